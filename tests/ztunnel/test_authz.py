@@ -1,0 +1,58 @@
+import pytest
+
+from ztunnel import authz
+from ztunnel.authz import Allow, Deny
+
+from zt_helpers import pol, rule
+
+A = "spiffe://cluster.local/ns/default/sa/client"
+B = "spiffe://cluster.local/ns/shop/sa/cart"
+
+CASES = [
+    ("no policies", [], A, 80, Allow),
+    ("allow principal", [pol("p", rules=[rule(principals=["cluster.local/ns/default/sa/client"])])], A, 80, Allow),
+    ("allow other principal", [pol("p", rules=[rule(principals=["cluster.local/ns/default/sa/x"])])], A, 80, Deny),
+    ("allow with spiffe prefix", [pol("p", rules=[rule(principals=[A])])], A, 80, Allow),
+    ("allow wildcard prefix", [pol("p", rules=[rule(principals=["cluster.local/ns/default/*"])])], A, 80, Allow),
+    ("allow wildcard suffix", [pol("p", rules=[rule(principals=["*/sa/client"])])], A, 80, Allow),
+    ("allow star", [pol("p", rules=[rule(principals=["*"])])], A, 80, Allow),
+    ("allow namespace", [pol("p", rules=[rule(namespaces=["default"])])], A, 80, Allow),
+    ("allow namespace other", [pol("p", rules=[rule(namespaces=["default"])])], B, 80, Deny),
+    ("allow notNamespaces", [pol("p", rules=[rule(not_namespaces=["shop"])])], B, 80, Deny),
+    ("allow notPrincipals", [pol("p", rules=[rule(not_principals=["cluster.local/ns/shop/sa/cart"])])], A, 80, Allow),
+    ("allow ports match", [pol("p", rules=[rule(ports=[80])])], A, 80, Allow),
+    ("allow ports miss", [pol("p", rules=[rule(ports=[80])])], A, 81, Deny),
+    ("allow notPorts", [pol("p", rules=[rule(not_ports=[81])])], A, 81, Deny),
+    ("allow both fields all must match", [pol("p", rules=[rule(principals=[A], ports=[80])])], A, 81, Deny),
+    ("allow empty rule matches all", [pol("p", rules=[rule()])], B, 9, Allow),
+    ("allow no rules denies all", [pol("p")], A, 80, Deny),
+    ("allow L7 never matches", [pol("p", rules=[rule(methods=["GET"])])], A, 80, Deny),
+    ("deny principal", [pol("d", "DENY", rules=[rule(principals=[A])])], A, 80, Deny),
+    ("deny other principal", [pol("d", "DENY", rules=[rule(principals=[A])])], B, 80, Allow),
+    ("deny no rules matches nothing", [pol("d", "DENY")], A, 80, Allow),
+    ("deny L7 always matches", [pol("d", "DENY", rules=[rule(principals=[A], paths=["/admin"])])], A, 80, Deny),
+    ("deny beats allow", [pol("a", rules=[rule()]), pol("d", "DENY", rules=[rule(namespaces=["default"])])], A, 80, Deny),
+    ("deny elsewhere, allow here", [pol("a", rules=[rule()]), pol("d", "DENY", rules=[rule(namespaces=["shop"])])], A, 80, Allow),
+    ("one of two allows", [pol("a1", rules=[rule(principals=[B])]), pol("a2", rules=[rule(principals=[A])])], A, 80, Allow),
+    ("rule list is OR", [pol("a", rules=[rule(ports=[1]), rule(ports=[80])])], A, 80, Allow),
+    ("unauthenticated vs principals", [pol("a", rules=[rule(principals=["*"])])], None, 80, Deny),
+    ("unauthenticated vs empty rule", [pol("a", rules=[rule()])], None, 80, Allow),
+    ("deny port only", [pol("d", "DENY", rules=[rule(ports=[22])])], A, 22, Deny),
+    ("deny port only other port", [pol("d", "DENY", rules=[rule(ports=[22])])], A, 80, Allow),
+]
+
+
+@pytest.mark.parametrize("name,policies,peer,port,expected", CASES, ids=[c[0] for c in CASES])
+def test_evaluate_table(name, policies, peer, port, expected):
+    assert isinstance(authz.evaluate(policies, peer, port), expected)
+
+
+def test_deny_reason_names_policy_and_principal():
+    d = authz.evaluate([pol("block-client", "DENY", rules=[rule(principals=[A])])], A, 80)
+    assert d.policy == "default/block-client"
+    assert "default/block-client" in d.reason and A in d.reason
+
+
+def test_no_allow_match_reason_lists_policies():
+    d = authz.evaluate([pol("only-b", rules=[rule(principals=[B])])], A, 80)
+    assert "default/only-b" in d.reason and A in d.reason and "port 80" in d.reason

@@ -1,0 +1,50 @@
+"""Services: a VIP and ports in front of the workloads its selector picks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _fields
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    target_port: int
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    cluster_ip: str | None
+    selector: dict[str, str] = field(default_factory=dict, hash=False)
+    ports: tuple[ServicePort, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def port(self, number: int) -> ServicePort | None:
+        return next((p for p in self.ports if p.port == number), None)
+
+    def dump(self) -> dict[str, Any]:
+        return {"name": self.key, "clusterIP": self.cluster_ip, "selector": dict(self.selector),
+                "ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port,
+                           "protocol": p.protocol} for p in self.ports]}
+
+
+def from_resource(res: Any) -> Service:
+    spec = res.spec
+    ports = []
+    for p in _fields.get(spec, "ports", default=[]):
+        port = int(_fields.get(p, "port"))
+        ports.append(ServicePort(port=port,
+                                 target_port=int(_fields.get(p, "target_port", "targetPort", default=port)),
+                                 name=_fields.get(p, "name", default="") or "",
+                                 protocol=_fields.get(p, "protocol", default="TCP")))
+    ip = _fields.get(spec, "cluster_ip", "clusterIP")
+    return Service(namespace=res.namespace, name=res.name, cluster_ip=str(ip) if ip else None,
+                   selector=dict(_fields.get(spec, "selector", default={})), ports=tuple(ports))
