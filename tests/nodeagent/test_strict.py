@@ -1,0 +1,130 @@
+"""STRICT ingress: plaintext from outside the pod is dropped, loopback delivery is not;
+and our programs coexist with another program on the same cgroup (multi-attach)."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from meshcore.netns import open_netns, socket_in
+from na_helpers import bpftool_show, client_code, listener, reply
+
+APP = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(16)
+print("ready", flush=True)
+for _ in range(100):
+    c, _ = s.accept()
+    c.sendall(b"hi")
+    c.close()
+"""
+
+
+def try_connect(netns: str, host: str, port: int, timeout: float = 1.5) -> bytes | None:
+    """What the app sends, or None if the connection could not be made."""
+    fd = open_netns(netns)
+    try:
+        s = socket_in(fd)
+    finally:
+        os.close(fd)
+    with s:
+        s.settimeout(timeout)
+        try:
+            s.connect((host, port))
+            return s.recv(16)
+        except (TimeoutError, ConnectionError, OSError):
+            return None
+
+
+@pytest.fixture
+def app(pod):
+    proc = pod.spawn(APP)
+    assert proc.stdout.readline().strip() == "ready"
+    return pod
+
+
+def test_strict_drops_plaintext_from_outside_and_allows_loopback(programs, app):
+    pod = app
+    assert try_connect(pod.peer_netns, pod.pod_ip, 8080) == b"hi"  # reachable before STRICT
+    programs.attach(pod.cgroup, strict=True)
+    try:
+        assert try_connect(pod.peer_netns, pod.pod_ip, 8080) is None
+        assert try_connect(pod.netns, "127.0.0.1", 8080) == b"hi"
+        assert try_connect(pod.netns, pod.pod_ip, 8080) == b"hi"  # local delivery goes over lo
+        programs.set_strict(pod.cgroup, False)
+        assert try_connect(pod.peer_netns, pod.pod_ip, 8080) == b"hi"
+        assert {a.program for a in programs.attachments(pod.cgroup)} == {
+            "trellis_connect4", "trellis_connect6", "trellis_sockops"}
+        programs.set_strict(pod.cgroup, True)
+        assert try_connect(pod.peer_netns, pod.pod_ip, 8080) is None
+    finally:
+        programs.detach(pod.cgroup)
+    assert try_connect(pod.peer_netns, pod.pod_ip, 8080) == b"hi"
+
+
+def test_strict_lets_replies_to_the_apps_own_connections_through(programs, pod):
+    programs.attach(pod.cgroup, strict=True)
+    try:
+        with listener(pod.peer_netns, "0.0.0.0", 15008) as remote:  # a mesh port: not captured
+            proc = pod.spawn(client_code(pod.peer_ip, 15008))
+            conn, _ = remote.accept()
+            conn.close()
+            assert reply(proc)["peer"] == [pod.peer_ip, 15008]
+            proc.stdin.close()
+    finally:
+        programs.detach(pod.cgroup)
+
+
+COUNTER = b"""
+BPF_ARRAY(tt_count, u64, 1);
+int tt_egress(struct __sk_buff *skb)
+{
+    int k = 0;
+    u64 *v = tt_count.lookup(&k);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+    return 1;
+}
+"""
+
+
+def test_other_programs_on_the_cgroup_keep_running(programs, pod):
+    from bcc import BPF, BPFAttachType
+
+    other = BPF(text=COUNTER)
+    fn = other.load_func(b"tt_egress", BPF.CGROUP_SKB, attach_type=BPFAttachType.CGROUP_INET_EGRESS)
+    fd = os.open(pod.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    count = other[b"tt_count"]
+    try:
+        BPF.attach_func(fn, fd, BPFAttachType.CGROUP_INET_EGRESS, 2)
+        programs.attach(pod.cgroup, strict=True)
+        try:
+            with listener(pod.netns, "127.0.0.1", 15001) as cap:
+                proc = pod.spawn(client_code("10.96.0.10", 80))
+                conn, _ = cap.accept()  # ours ran: the connect was captured
+                conn.close()
+                reply(proc)
+                proc.stdin.close()
+            after_attach = count[count.Key(0)].value
+            assert after_attach > 0  # theirs ran too
+        finally:
+            programs.detach(pod.cgroup)
+        assert [a["name"] for a in bpftool_show(pod.cgroup)] == ["tt_egress"]
+        with listener(pod.peer_netns, "0.0.0.0", 9093) as remote:
+            proc = pod.spawn(client_code(pod.peer_ip, 9093))
+            conn, _ = remote.accept()
+            conn.close()
+            reply(proc)
+            proc.stdin.close()
+        assert count[count.Key(0)].value > after_attach
+    finally:
+        try:
+            BPF.detach_func(fn, fd, BPFAttachType.CGROUP_INET_EGRESS)
+        finally:
+            os.close(fd)
+            other.cleanup()
+    assert bpftool_show(pod.cgroup) == []
