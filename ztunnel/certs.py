@@ -1,0 +1,166 @@
+"""Workload certificates for the identities of this node's pods.
+
+Keys are generated here and never leave; the control plane signs CSRs. Each identity
+gets a worker that renews at half-life and, when signing fails, retries with backoff
+for as long as the current certificate is still valid. Open connections keep the
+SSLContext they were made with, so renewal never touches them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+import trio
+
+from meshcore import identity as ident
+from meshcore import tls
+
+log = logging.getLogger("trellis.ztunnel.certs")
+
+
+class Signer(Protocol):
+    async def sign(self, csr_pem: bytes) -> tuple[list, list]: ...
+
+
+class CertificateUnavailable(RuntimeError):
+    pass
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _pem(x: Any) -> bytes:
+    return x.encode() if isinstance(x, str) else bytes(x)
+
+
+@dataclass
+class _Entry:
+    identity: str
+    refs: int = 0
+    bundle: ident.CertBundle | None = None
+    state: str = "pending"
+    last_error: str | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class CertificateManager:
+    def __init__(self, signer: Signer, trust_domain: str, *, now: Callable[[], dt.datetime] = _utcnow,
+                 min_backoff: float = 0.5, max_backoff: float = 30.0, alpn: list[str] | None = None) -> None:
+        self.signer, self.trust_domain, self.now = signer, trust_domain, now
+        self.min_backoff, self.max_backoff = min_backoff, max_backoff
+        self.alpn = alpn if alpn is not None else ["h2"]
+        self._entries: dict[str, _Entry] = {}
+        self._contexts: dict[tuple[str, int, bool], ssl.SSLContext] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for e in self._entries.values():
+                nursery.start_soon(self._worker, e)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # ---- which identities we need ----------------------------------------------
+    def want(self, identity: str) -> None:
+        """A local pod needs `identity`; the first caller starts its worker."""
+        e = self._entries.get(identity)
+        if e is None:
+            ident.SpiffeId.parse(identity)  # a clear error before anything is signed
+            e = self._entries[identity] = _Entry(identity)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._worker, e)
+        e.refs += 1
+
+    def release(self, identity: str) -> None:
+        e = self._entries.get(identity)
+        if e is None:
+            return
+        e.refs -= 1
+        if e.refs <= 0:
+            e.cancel.cancel()
+            del self._entries[identity]
+            for k in [k for k in self._contexts if k[0] == identity]:
+                del self._contexts[k]
+
+    async def wait_ready(self, identity: str) -> ident.CertBundle:
+        e = self._entries.get(identity)
+        if e is None:
+            raise CertificateUnavailable(f"no local pod uses {identity}; ztunnel only holds certificates "
+                                         f"for identities of pods on this node")
+        await e.ready.wait()
+        return e.bundle
+
+    # ---- renewal -------------------------------------------------------------------
+    async def _sign(self, identity: str) -> ident.CertBundle:
+        key = ident.generate_key()
+        chain, roots = await self.signer.sign(ident.build_csr(key, identity))
+        bundle = ident.CertBundle(ident.key_pem(key), tuple(_pem(c) for c in chain), tuple(_pem(r) for r in roots))
+        if bundle.identity != identity:
+            raise CertificateUnavailable(f"control plane signed {bundle.identity!r} when {identity} was asked")
+        return bundle
+
+    def _seconds_until(self, when: dt.datetime) -> float:
+        return max(0.0, (when - self.now()).total_seconds())
+
+    async def _worker(self, e: _Entry) -> None:
+        backoff = self.min_backoff
+        with e.cancel:
+            while True:
+                try:
+                    if e.bundle is not None:
+                        e.state = "renewing"
+                    e.bundle = await self._sign(e.identity)
+                    e.state, e.last_error, backoff = "valid", None, self.min_backoff
+                    e.ready.set()
+                    log.info("certificate for %s issued, serial %x, valid until %s", e.identity,
+                             e.bundle.leaf.serial_number, e.bundle.not_after.isoformat())
+                    await trio.sleep(self._seconds_until(e.bundle.refresh_at()))
+                except (Exception, trio.TooSlowError) as exc:  # keep serving the current cert
+                    e.last_error = f"{type(exc).__name__}: {exc}"
+                    valid = e.bundle is not None and not e.bundle.expired(self.now())
+                    e.state = "renewal failing, current still valid" if valid else "unavailable"
+                    log.warning("signing a certificate for %s failed (%s); retrying in %.1fs; is the control "
+                                "plane reachable and does it know a workload with this identity on this node?",
+                                e.identity, e.last_error, backoff)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+
+    # ---- use ------------------------------------------------------------------------
+    def bundle(self, identity: str) -> ident.CertBundle:
+        e = self._entries.get(identity)
+        if e is None or e.bundle is None:
+            why = e.last_error if e and e.last_error else "not issued yet"
+            raise CertificateUnavailable(f"no certificate for {identity} ({why}); is the control plane "
+                                         f"reachable from this node?")
+        if e.bundle.expired(self.now()):
+            raise CertificateUnavailable(f"certificate for {identity} expired at {e.bundle.not_after.isoformat()} "
+                                         f"and could not be renewed: {e.last_error}")
+        return e.bundle
+
+    def ssl_context_for(self, identity: str, server: bool = False) -> ssl.SSLContext:
+        bundle = self.bundle(identity)
+        key = (identity, bundle.leaf.serial_number, server)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            for old in [k for k in self._contexts if k[0] == identity and k[2] == server]:
+                del self._contexts[old]
+            make = tls.server_context if server else tls.client_context
+            ctx = self._contexts[key] = make(bundle, self.alpn)
+        return ctx
+
+    def dump(self) -> list[dict[str, Any]]:
+        out = []
+        for e in sorted(self._entries.values(), key=lambda e: e.identity):
+            b = e.bundle
+            out.append({"identity": e.identity, "state": e.state, "pods": e.refs, "lastError": e.last_error,
+                        "serial": f"{b.leaf.serial_number:x}" if b else None,
+                        "notBefore": b.not_before.isoformat() if b else None,
+                        "notAfter": b.not_after.isoformat() if b else None,
+                        "refreshAt": b.refresh_at().isoformat() if b else None})
+        return out
