@@ -1,0 +1,158 @@
+"""Pure: which pods of this node must be enrolled, with which mTLS mode, and what to do.
+
+(resources, node, currently enrolled) -> actions. No I/O, so every rule is a table test.
+A pod is a WorkloadEntry whose spec.node is this node and that has a network namespace
+(a VM has none), in a Namespace labelled trellis.dev/dataplane-mode=ambient. Its mode
+comes from PeerAuthentication: workload selector > namespace-wide > root namespace
+(trellis-system) > PERMISSIVE, as in Istio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+AMBIENT_LABEL = "trellis.dev/dataplane-mode"
+AMBIENT = "ambient"
+OPT_OUT = "none"  # on a workload: keep this one pod out of the mesh
+ROOT_NAMESPACE = "trellis-system"
+STRICT, PERMISSIVE = "STRICT", "PERMISSIVE"
+
+
+@dataclass(frozen=True)
+class Pod:
+    uid: str               # "<ns>/<name>", the ZDS uid
+    namespace: str
+    name: str
+    address: str
+    service_account: str
+    netns: str             # name under /run/netns or an absolute path
+
+
+@dataclass(frozen=True)
+class Enroll:
+    pod: Pod
+    strict: bool
+
+
+@dataclass(frozen=True)
+class Unenroll:
+    uid: str
+
+
+@dataclass(frozen=True)
+class SetStrict:
+    uid: str
+    on: bool
+
+
+Action = Enroll | Unenroll | SetStrict
+
+
+def _get(obj: Any, *names: str, default=None):
+    """Field of a typed spec dataclass, or of its raw dict form."""
+    for n in names:
+        if isinstance(obj, Mapping):
+            if n in obj:
+                return obj[n]
+        elif hasattr(obj, n):
+            return getattr(obj, n)
+    return default
+
+
+def selector_labels(selector: Any) -> dict[str, str] | None:
+    """matchLabels of a selector (dict, {"matchLabels": ...} or an object); None = no selector."""
+    if selector is None:
+        return None
+    labels = _get(selector, "match_labels", "matchLabels")
+    if labels is None and isinstance(selector, Mapping):
+        labels = selector
+    return dict(labels or {}) or None
+
+
+def selects(selector: Any, labels: Mapping[str, str]) -> bool:
+    want = selector_labels(selector) or {}
+    return all(labels.get(k) == v for k, v in want.items())
+
+
+def _mode(spec: Any) -> str | None:
+    mode = _get(spec, "mode")
+    if mode is None:
+        mode = _get(_get(spec, "mtls", default={}) or {}, "mode")
+    mode = (mode or "").upper()
+    return mode if mode in (STRICT, PERMISSIVE) else None  # UNSET inherits
+
+
+def peer_auth_mode(policies: Iterable[Any], namespace: str, labels: Mapping[str, str]) -> str:
+    """Effective mode for a workload; the first policy by name wins within a level."""
+    workload = ns_wide = root = None
+    for r in sorted(policies, key=lambda r: (r.namespace or "", r.name)):
+        mode = _mode(r.spec)
+        if mode is None:
+            continue
+        sel = selector_labels(_get(r.spec, "selector"))
+        if r.namespace == namespace and sel is not None:
+            if workload is None and selects(sel, labels):
+                workload = mode
+        elif r.namespace == namespace and sel is None:
+            ns_wide = ns_wide or mode
+        elif r.namespace == ROOT_NAMESPACE and sel is None:
+            root = root or mode
+    return workload or ns_wide or root or PERMISSIVE
+
+
+def desired(resources: Mapping[Any, Any], node: str) -> dict[str, Enroll]:
+    """uid -> Enroll for every pod of `node` that belongs in the mesh."""
+    by_kind: dict[str, list] = {}
+    for r in resources.values():
+        by_kind.setdefault(r.kind, []).append(r)
+    ambient = {r.name for r in by_kind.get("Namespace", [])
+               if (r.labels or {}).get(AMBIENT_LABEL) == AMBIENT}
+    policies = by_kind.get("PeerAuthentication", [])
+    out: dict[str, Enroll] = {}
+    for r in by_kind.get("WorkloadEntry", []):
+        spec = r.spec
+        netns = _get(spec, "network_namespace", "networkNamespace")
+        if _get(spec, "node") != node or not netns or r.namespace not in ambient:
+            continue
+        labels = dict(_get(spec, "labels") or {})
+        if (r.labels or {}).get(AMBIENT_LABEL) == OPT_OUT or labels.get(AMBIENT_LABEL) == OPT_OUT:
+            continue
+        pod = Pod(uid=f"{r.namespace}/{r.name}", namespace=r.namespace, name=r.name,
+                  address=str(_get(spec, "address")),
+                  service_account=_get(spec, "service_account", "serviceAccount") or "default",
+                  netns=str(netns))
+        out[pod.uid] = Enroll(pod, peer_auth_mode(policies, r.namespace, labels) == STRICT)
+    return out
+
+
+def reconcile(resources: Mapping[Any, Any], node: str, enrolled: Mapping[str, Enroll]) -> list[Action]:
+    """Actions that turn `enrolled` into what `resources` ask for.
+
+    Order: unenroll first (frees what a changed pod held), then mode flips, then enrolls;
+    uids sorted so a run is reproducible. A pod whose identity or netns changed is
+    unenrolled and enrolled again, since ztunnel keys its listeners on both.
+    """
+    want = desired(resources, node)
+    unenroll, flip, enroll = [], [], []
+    for uid in sorted(enrolled):
+        have, new = enrolled[uid], want.get(uid)
+        if new is None or new.pod != have.pod:
+            unenroll.append(Unenroll(uid))
+            if new is not None:
+                enroll.append(new)
+        elif new.strict != have.strict:
+            flip.append(SetStrict(uid, new.strict))
+    enroll += [want[uid] for uid in sorted(want) if uid not in enrolled]
+    return [*unenroll, *flip, *sorted(enroll, key=lambda a: a.pod.uid)]
+
+
+def apply(enrolled: Mapping[str, Enroll], action: Action) -> dict[str, Enroll]:
+    """The enrolled set after `action` succeeded (the agent records only what worked)."""
+    out = dict(enrolled)
+    if isinstance(action, Enroll):
+        out[action.pod.uid] = action
+    elif isinstance(action, Unenroll):
+        out.pop(action.uid, None)
+    else:
+        out[action.uid] = Enroll(out[action.uid].pod, action.on)
+    return out

@@ -1,0 +1,131 @@
+"""reconcile.py table tests: which pods are enrolled and with which mTLS mode."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from nodeagent.reconcile import (Enroll, Pod, SetStrict, Unenroll, apply, desired,
+                                 peer_auth_mode, reconcile)
+
+
+@dataclass(frozen=True)
+class WE:  # the fields of meshcore.resources.WorkloadEntrySpec
+    address: str
+    labels: dict
+    service_account: str = "default"
+    node: str = "n1"
+    network_namespace: str | None = "pod-ns"
+    ports: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PA:  # meshcore.resources.PeerAuthenticationSpec
+    selector: Any
+    mode: str | None
+
+
+@dataclass(frozen=True)
+class R:
+    kind: str
+    namespace: str | None
+    name: str
+    labels: dict
+    spec: Any
+
+    @property
+    def key(self):
+        return (self.kind, self.namespace or "", self.name)
+
+
+def ns(name, ambient=True):
+    return R("Namespace", None, name, {"trellis.dev/dataplane-mode": "ambient"} if ambient else {}, None)
+
+
+def we(namespace, name, node="n1", netns="auto", labels=None, meta=None, sa="default", address="10.244.1.5"):
+    netns = f"trellis-{node}-{namespace}-{name}" if netns == "auto" else netns
+    return R("WorkloadEntry", namespace, name, meta or {},
+             WE(address, labels or {"app": name}, sa, node, netns))
+
+
+def pa(namespace, name, mode, selector=None):
+    return R("PeerAuthentication", namespace, name, {}, PA(selector, mode))
+
+
+def res(*rs):
+    return {r.key: r for r in rs}
+
+
+@pytest.mark.parametrize("resources,uids", [
+    (res(ns("a"), we("a", "p1")), ["a/p1"]),
+    (res(ns("a", ambient=False), we("a", "p1")), []),          # namespace not ambient
+    (res(we("a", "p1")), []),                                   # namespace unknown
+    (res(ns("a"), we("a", "p1", node="n2")), []),               # other node
+    (res(ns("a"), we("a", "p1", netns=None)), []),              # a VM: nothing to attach to
+    (res(ns("a"), we("a", "p1", meta={"trellis.dev/dataplane-mode": "none"})), []),  # opt-out
+    (res(ns("a"), we("a", "p1"), we("a", "p2"), ns("b"), we("b", "p1")), ["a/p1", "a/p2", "b/p1"]),
+])
+def test_which_pods_are_enrolled(resources, uids):
+    assert sorted(desired(resources, "n1")) == uids
+
+
+def test_pod_fields():
+    got = desired(res(ns("a"), we("a", "p1", sa="web", address="10.244.1.9")), "n1")["a/p1"]
+    assert got == Enroll(Pod("a/p1", "a", "p1", "10.244.1.9", "web", "trellis-n1-a-p1"), False)
+
+
+WEB = {"app": "web"}
+
+
+@pytest.mark.parametrize("policies,mode", [
+    ([], "PERMISSIVE"),
+    ([pa("trellis-system", "mesh", "STRICT")], "STRICT"),
+    ([pa("trellis-system", "mesh", "STRICT"), pa("a", "ns", "PERMISSIVE")], "PERMISSIVE"),
+    ([pa("a", "ns", "STRICT"), pa("a", "w", "PERMISSIVE", {"matchLabels": WEB})], "PERMISSIVE"),
+    ([pa("a", "ns", "PERMISSIVE"), pa("a", "w", "STRICT", {"matchLabels": WEB})], "STRICT"),
+    ([pa("a", "w", "STRICT", {"matchLabels": {"app": "db"}})], "PERMISSIVE"),   # selects others
+    ([pa("b", "ns", "STRICT")], "PERMISSIVE"),                                  # other namespace
+    ([pa("b", "w", "STRICT", {"matchLabels": WEB})], "PERMISSIVE"),
+    ([pa("trellis-system", "w", "STRICT", {"matchLabels": WEB})], "PERMISSIVE"),  # root + selector: only root pods
+    ([pa("trellis-system", "mesh", "STRICT"), pa("a", "ns", "UNSET")], "STRICT"),  # UNSET inherits
+    ([pa("a", "ns", "strict")], "STRICT"),
+    ([pa("a", "w", "STRICT", {"app": "web"})], "STRICT"),                       # plain-map selector
+])
+def test_peer_authentication_precedence(policies, mode):
+    assert peer_auth_mode(policies, "a", WEB) == mode
+
+
+def test_mode_from_raw_spec_dict():
+    raw = R("PeerAuthentication", "a", "ns", {}, {"mtls": {"mode": "STRICT"}})
+    assert peer_auth_mode([raw], "a", WEB) == "STRICT"
+
+
+P1 = Pod("a/p1", "a", "p1", "10.244.1.5", "default", "trellis-n1-a-p1")
+BASE = [ns("a"), we("a", "p1")]
+
+
+@pytest.mark.parametrize("resources,enrolled,actions", [
+    (res(*BASE), {}, [Enroll(P1, False)]),
+    (res(*BASE), {"a/p1": Enroll(P1, False)}, []),
+    (res(ns("a")), {"a/p1": Enroll(P1, False)}, [Unenroll("a/p1")]),
+    (res(ns("a", ambient=False), we("a", "p1")), {"a/p1": Enroll(P1, True)}, [Unenroll("a/p1")]),
+    (res(*BASE, pa("a", "ns", "STRICT")), {"a/p1": Enroll(P1, False)}, [SetStrict("a/p1", True)]),
+    (res(*BASE), {"a/p1": Enroll(P1, True)}, [SetStrict("a/p1", False)]),
+    (res(ns("a"), we("a", "p1", address="10.244.1.6")), {"a/p1": Enroll(P1, False)},
+     [Unenroll("a/p1"), Enroll(Pod("a/p1", "a", "p1", "10.244.1.6", "default", "trellis-n1-a-p1"), False)]),
+    (res(ns("a"), we("a", "p2"), pa("a", "ns", "STRICT")), {"a/p1": Enroll(P1, False)},
+     [Unenroll("a/p1"), Enroll(Pod("a/p2", "a", "p2", "10.244.1.5", "default", "trellis-n1-a-p2"), True)]),
+])
+def test_reconcile_actions(resources, enrolled, actions):
+    assert reconcile(resources, "n1", enrolled) == actions
+
+
+def test_applying_the_actions_reaches_a_fixed_point():
+    resources = res(ns("a"), we("a", "p2"), we("a", "p3"), pa("a", "ns", "STRICT"))
+    enrolled = {"a/p1": Enroll(P1, False)}
+    for action in reconcile(resources, "n1", enrolled):
+        enrolled = apply(enrolled, action)
+    assert sorted(enrolled) == ["a/p2", "a/p3"]
+    assert all(e.strict for e in enrolled.values())
+    assert reconcile(resources, "n1", enrolled) == []
