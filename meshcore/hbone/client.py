@@ -1,0 +1,235 @@
+"""HBONE client: TLS+h2 connections to ztunnels, pooled and multiplexed.
+
+Pool key is (source identity, destination identity, destination address) as in the
+design: a tunnel never rides a connection authenticated as someone else. A new TLS
+connection asks `ssl_context_for(source_identity)` for its context, so a renewed
+certificate is used from then on while open connections keep their old session.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from contextlib import AsyncExitStack
+from typing import Callable, Sequence
+
+import trio
+
+from meshcore.tls import IdentityMismatch, verify_peer_identity
+
+from . import codec as c
+from .errors import (STATUS_ADVICE, HboneConnectionLost, HboneConnectRefused, HboneConnectTimeout,
+                     HboneError, HboneIdentityMismatch, HboneTlsError, HboneTunnelRefused,
+                     LocalProtocolError, describe_tls_failure)
+from .stream import HboneStream, Mux
+
+log = logging.getLogger("meshcore.hbone")
+SocketFactory = Callable[[int], socket.socket]
+PoolKey = tuple[str, str, tuple[str, int]]
+
+
+def _peer(address: tuple[str, int]) -> str:
+    return c.format_authority(address[0], address[1])
+
+
+async def _open_tcp(address: tuple[str, int], socket_factory: SocketFactory | None,
+                    timeout: float) -> trio.SocketStream:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    raw = socket_factory(family) if socket_factory else socket.socket(family, socket.SOCK_STREAM)
+    sock = trio.socket.from_stdlib_socket(raw)
+    peer = _peer(address)
+    try:
+        with trio.fail_after(timeout):
+            await sock.connect(address)
+    except trio.TooSlowError:
+        sock.close()
+        raise HboneConnectTimeout(f"connection to {peer} timed out, maybe a NetworkPolicy or "
+                                  f"firewall blocks HBONE port {address[1]}") from None
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.ECONNREFUSED:
+            raise HboneConnectRefused(f"connection to {peer} refused: is ztunnel running on the "
+                                      f"destination's node and listening on HBONE port {address[1]}?") from None
+        raise HboneConnectRefused(f"cannot connect to {peer}: {e.strerror or e}; check routes to the "
+                                  f"destination node") from None
+    except BaseException:
+        sock.close()
+        raise
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return trio.SocketStream(sock)
+
+
+class HboneConnection:
+    """One verified TLS+h2 connection; its reader runs in the pool's nursery."""
+
+    def __init__(self, mux: Mux, key: PoolKey) -> None:
+        self.mux = mux
+        self.key = key
+        self.active = 0                 # tunnels opened or opening on it
+        self.idle_since = trio.current_time()
+
+    @classmethod
+    async def establish(cls, address: tuple[str, int], ssl_context: ssl.SSLContext, key: PoolKey,
+                        expected_identity: str | None, socket_factory: SocketFactory | None,
+                        timeout: float) -> "HboneConnection":
+        peer = _peer(address)
+        tcp = await _open_tcp(address, socket_factory, timeout)
+        tls = trio.SSLStream(tcp, ssl_context, server_side=False)
+        try:
+            with trio.fail_after(timeout):
+                await tls.do_handshake()
+            if tls.selected_alpn_protocol() != "h2":
+                raise HboneTlsError(f"{peer} did not negotiate ALPN h2; is port {address[1]} an HBONE listener?")
+            # Verify who we reached before a single byte of the tunnel request leaves.
+            verify_peer_identity(tls, expected_identity, peer)
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(tls)
+            raise HboneConnectTimeout(f"TLS handshake with {peer} timed out; is the peer an HBONE "
+                                      f"listener, or is something dropping packets?") from None
+        except IdentityMismatch as e:
+            await trio.aclose_forcefully(tls)
+            raise HboneIdentityMismatch(f"{e}; the address no longer belongs to the workload the control "
+                                        f"plane named (stale endpoint?) or someone else answers there") from None
+        except trio.BrokenResourceError as e:
+            await trio.aclose_forcefully(tls)
+            raise HboneTlsError(describe_tls_failure(e, peer, we_are_server=False)) from None
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
+        return cls(Mux(tls, c.ClientConnection(), peer), key)
+
+    @property
+    def usable(self) -> bool:
+        limit = min(self.mux.codec.peer_max_concurrent_streams, c.MAX_CONCURRENT_STREAMS)
+        return self.mux.broken is None and not self.mux.codec.closed and self.active < limit
+
+    async def open_tunnel(self, authority: str, headers: Sequence[tuple[str, str]], timeout: float) -> HboneStream:
+        mux, peer = self.mux, self.mux.peer
+        try:
+            sid = mux.codec.open_tunnel(authority, tuple(headers))
+        except LocalProtocolError as e:
+            self._closed_one(None)
+            raise HboneConnectionLost(f"cannot open a tunnel on the connection to {peer}: {e}") from None
+        stream = HboneStream(mux, sid, on_close=self._closed_one)
+        st = mux.streams[sid]
+        try:
+            await mux.flush()
+            with trio.fail_after(timeout):
+                while st.response is None:
+                    if st.reset_code is not None:
+                        raise HboneTunnelRefused(f"{peer} reset the tunnel to {authority} before answering "
+                                                 f"(code {st.reset_code}); it may be overloaded", 0)
+                    if mux.broken:
+                        raise HboneConnectionLost(f"tunnel to {authority} via {peer} failed: {mux.broken}")
+                    await st.recv_lot.park()
+            if isinstance(st.response, c.TunnelRefused):
+                r = st.response
+                advice = STATUS_ADVICE.get(r.status, "the destination refused the tunnel")
+                detail = f" ({r.reason})" if r.reason else ""
+                raise HboneTunnelRefused(f"{peer} refused the tunnel to {authority} with HTTP {r.status}: "
+                                         f"{advice}{detail}", r.status, r.reason)
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(stream)
+            raise HboneConnectTimeout(f"{peer} did not answer the tunnel request for {authority} within "
+                                      f"{timeout:g}s; is the destination ztunnel overloaded?") from None
+        except trio.BrokenResourceError:
+            await trio.aclose_forcefully(stream)
+            raise HboneConnectionLost(f"tunnel to {authority} via {peer} failed: {mux.broken}") from None
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
+
+    def _closed_one(self, _stream: HboneStream | None) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle_since = trio.current_time()
+
+
+class HboneClientPool:
+    """`async with HboneClientPool(ssl_context_for) as pool: stream = await pool.connect(...)`."""
+
+    def __init__(self, ssl_context_for: Callable[[str], ssl.SSLContext],
+                 socket_factory: SocketFactory | None = None, *, idle_timeout: float = 60.0,
+                 connect_timeout: float = 10.0, open_timeout: float = 10.0) -> None:
+        self._ssl_context_for = ssl_context_for
+        self._socket_factory = socket_factory
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.open_timeout = open_timeout
+        self._conns: dict[PoolKey, list[HboneConnection]] = {}
+        self._locks: dict[PoolKey, trio.Lock] = {}
+        self._stack = AsyncExitStack()
+        self._nursery: trio.Nursery | None = None
+        self.connections_opened = 0
+        self.connections_failed = 0
+
+    async def __aenter__(self) -> "HboneClientPool":
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        self._nursery.start_soon(self._reap_idle)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for conns in list(self._conns.values()):
+            for conn in list(conns):
+                await conn.mux.aclose("HBONE client pool shutting down")
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        await self._stack.__aexit__(*exc)
+
+    def connections(self) -> list[HboneConnection]:
+        return [conn for conns in self._conns.values() for conn in conns]
+
+    async def connect(self, address: tuple[str, int], authority: str, expected_identity: str | None,
+                      source_identity: str, socket_factory: SocketFactory | None = None,
+                      headers: Sequence[tuple[str, str]] = ()) -> HboneStream:
+        """Open one tunnel to `authority` through the ztunnel at `address`; raise HboneError with advice."""
+        try:
+            c.parse_authority(authority)
+        except ValueError as e:
+            raise LocalProtocolError(str(e)) from None
+        if self._nursery is None:
+            raise LocalProtocolError("use HboneClientPool as `async with` before connect()")
+        address = (str(address[0]), int(address[1]))
+        key: PoolKey = (source_identity, expected_identity or "", address)
+        async with self._locks.setdefault(key, trio.Lock()):
+            conn = next((x for x in self._conns.get(key, []) if x.usable), None)
+            if conn is None:
+                conn = await self._establish(key, address, expected_identity, socket_factory)
+            conn.active += 1
+        return await conn.open_tunnel(authority, headers, self.open_timeout)
+
+    async def _establish(self, key: PoolKey, address: tuple[str, int], expected_identity: str | None,
+                         socket_factory: SocketFactory | None) -> HboneConnection:
+        try:
+            ctx = self._ssl_context_for(key[0])
+            conn = await HboneConnection.establish(address, ctx, key, expected_identity,
+                                                   socket_factory or self._socket_factory, self.connect_timeout)
+        except HboneError:
+            self.connections_failed += 1
+            raise
+        self.connections_opened += 1
+        self._conns.setdefault(key, []).append(conn)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, conn)
+        return conn
+
+    async def _run(self, conn: HboneConnection) -> None:
+        try:
+            await conn.mux.run()
+        finally:
+            conns = self._conns.get(conn.key, [])
+            if conn in conns:
+                conns.remove(conn)
+            if not conns:
+                self._conns.pop(conn.key, None)
+            log.debug("hbone: connection to %s ended: %s", conn.mux.peer, conn.mux.broken)
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await trio.sleep(max(min(self.idle_timeout / 4, 5.0), 0.01))
+            now = trio.current_time()
+            for conn in self.connections():
+                if conn.active == 0 and now - conn.idle_since >= self.idle_timeout:
+                    await conn.mux.aclose("idle")

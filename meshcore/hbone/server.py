@@ -1,0 +1,203 @@
+"""HBONE server: the accept loop, TLS with client certificates, one task per tunnel.
+
+Shaped like `trio.serve_listeners`: every accepted connection runs in its own task and
+is closed in `finally`; running out of file descriptors logs and backs off instead of
+killing the listener. A bad peer (plaintext, garbage, foreign CA, no certificate,
+malformed HTTP/2) costs one log line naming it and its connection, never the server.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import trio
+
+from meshcore.tls import IdentityMismatch, verify_peer_identity
+
+from . import codec as c
+from .errors import LocalProtocolError, describe_tls_failure
+from .stream import HboneStream, Mux
+
+log = logging.getLogger("meshcore.hbone")
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_BACKOFF = 0.1
+
+
+@dataclass
+class ServerStats:
+    """Counters ztunnel turns into metrics; `on_event(name, peer)` sees each increment."""
+    connections_accepted: int = 0
+    connections_active: int = 0
+    handshake_failures: int = 0
+    protocol_errors: int = 0
+    tunnels_requested: int = 0
+    tunnels_accepted: int = 0
+    tunnels_refused: int = 0
+    handler_errors: int = 0
+    on_event: Callable[[str, str], None] | None = field(default=None, repr=False)
+
+    def bump(self, name: str, peer: str, n: int = 1) -> None:
+        setattr(self, name, getattr(self, name) + n)
+        if self.on_event is not None:
+            self.on_event(name, peer)
+
+
+class InboundTunnel:
+    """One CONNECT request, handed to the handler; answer it with accept() or refuse()."""
+
+    def __init__(self, mux: Mux, stats: ServerStats, ev: c.TunnelRequested, peer_identity: str,
+                 peer_address: tuple) -> None:
+        self._mux, self._stats = mux, stats
+        self.stream_id = ev.stream_id
+        self.authority: tuple[str, int] = ev.authority
+        self.headers = ev.headers
+        self.peer_identity = peer_identity
+        self.peer_address = peer_address
+        # DER leaf of the client, for logs and metrics (serial, expiry); may be None
+        self.peer_certificate = mux.transport.getpeercert(binary_form=True) if hasattr(mux.transport, "getpeercert") else None
+        self.stream: HboneStream | None = None
+        self.answered = False
+
+    async def accept(self) -> HboneStream:
+        self._answer()
+        assert isinstance(self._mux.codec, c.ServerConnection)
+        self._mux.codec.accept(self.stream_id)
+        self.stream = HboneStream(self._mux, self.stream_id)
+        self._stats.bump("tunnels_accepted", self._mux.peer)
+        await self._mux.flush()
+        return self.stream
+
+    async def refuse(self, status: int, reason: str = "") -> None:
+        self._answer()
+        assert isinstance(self._mux.codec, c.ServerConnection)
+        self._mux.codec.refuse(self.stream_id, status, reason)
+        self._mux.forget(self.stream_id)
+        self._stats.bump("tunnels_refused", self._mux.peer)
+        await self._mux.flush()
+
+    def _answer(self) -> None:
+        if self.answered:
+            raise LocalProtocolError(f"tunnel {self.stream_id} from {self._mux.peer} was already answered")
+        if self._mux.broken:
+            raise trio.BrokenResourceError(self._mux.broken)
+        self.answered = True
+
+
+Handler = Callable[[InboundTunnel], Awaitable[None]]
+
+
+async def serve_hbone(listeners: list[trio.SocketListener] | trio.SocketListener,
+                      ssl_context_for_local: Callable[[], ssl.SSLContext], handler: Handler, *,
+                      handshake_timeout: float = 10, stats: ServerStats | None = None,
+                      task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve HBONE on already-bound listeners until cancelled."""
+    if isinstance(listeners, trio.SocketListener):
+        listeners = [listeners]
+    stats = stats if stats is not None else ServerStats()
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, ssl_context_for_local, handler, handshake_timeout,
+                               stats, nursery)
+        task_status.started(listeners)
+
+
+async def _accept_loop(listener: trio.SocketListener, ctx_for: Callable[[], ssl.SSLContext], handler: Handler,
+                       handshake_timeout: float, stats: ServerStats, nursery: trio.Nursery) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:
+                if e.errno in _RESOURCE_ERRNOS:
+                    log.error("hbone: accept failed (%s); raise the file descriptor limit or lower load, "
+                              "backing off %.1fs", errno.errorcode.get(e.errno, e.errno), ACCEPT_BACKOFF)
+                    await trio.sleep(ACCEPT_BACKOFF)
+                    continue
+                raise
+            nursery.start_soon(_serve_connection, stream, ctx_for, handler, handshake_timeout, stats)
+
+
+def _peer_of(stream: trio.SocketStream) -> tuple[tuple, str]:
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return ("?", 0), "unknown peer"
+    return addr, c.format_authority(addr[0], addr[1])
+
+
+async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl.SSLContext], handler: Handler,
+                            handshake_timeout: float, stats: ServerStats) -> None:
+    addr, peer = _peer_of(stream)
+    stats.bump("connections_accepted", peer)
+    stats.connections_active += 1
+    tls: trio.SSLStream | None = None
+    try:
+        tls = trio.SSLStream(stream, ctx_for(), server_side=True)
+        identity = await _handshake(tls, peer, handshake_timeout)
+        if identity is None:
+            stats.bump("handshake_failures", peer)
+            return
+        async with trio.open_nursery() as tunnels:
+            def on_request(ev: c.TunnelRequested) -> None:
+                stats.bump("tunnels_requested", peer)
+                tunnels.start_soon(_run_handler, handler, InboundTunnel(mux, stats, ev, identity, addr), stats)
+
+            mux = Mux(tls, c.ServerConnection(), f"{peer} ({identity})", on_request)
+            await mux.run()
+            # The connection is gone; tunnels on it can only fail now, so stop their handlers.
+            tunnels.cancel_scope.cancel()
+        if mux.broken and mux.broken.startswith("protocol error"):
+            stats.bump("protocol_errors", peer)
+            log.warning("hbone: closed connection from %s: %s", peer, mux.broken)
+    except Exception as e:   # one peer must never take the server down
+        log.exception("hbone: connection from %s failed unexpectedly: %s", peer, e)
+    finally:
+        stats.connections_active -= 1
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(tls if tls is not None else stream)
+
+
+async def _handshake(tls: trio.SSLStream, peer: str, timeout: float) -> str | None:
+    """TLS with a required client certificate; return the client's SPIFFE ID, or None (logged)."""
+    try:
+        with trio.fail_after(timeout):
+            await tls.do_handshake()
+        if tls.selected_alpn_protocol() != "h2":
+            log.warning("hbone: rejected %s: it did not negotiate ALPN h2 (not an HBONE client?)", peer)
+            return None
+        return verify_peer_identity(tls, None, f"client {peer}")
+    except trio.TooSlowError:
+        log.warning("hbone: rejected %s: TLS handshake took longer than %gs (stalled or not a TLS client)",
+                    peer, timeout)
+    except IdentityMismatch as e:
+        log.warning("hbone: rejected %s: %s; mesh certificates carry one spiffe:// URI SAN", peer, e)
+    except (trio.BrokenResourceError, ssl.SSLError) as e:
+        log.warning("hbone: rejected %s: %s", peer, describe_tls_failure(e, peer, we_are_server=True))
+    return None
+
+
+async def _run_handler(handler: Handler, req: InboundTunnel, stats: ServerStats) -> None:
+    try:
+        await handler(req)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        log.debug("hbone: tunnel %s from %s ended: %s", req.stream_id, req.peer_address, e)
+    except Exception:
+        stats.bump("handler_errors", str(req.peer_address))
+        log.exception("hbone: handler for tunnel to %s:%d from %s failed", *req.authority, req.peer_identity)
+        if not req.answered:
+            try:
+                await req.refuse(503, "internal error in the destination ztunnel")
+            except (trio.BrokenResourceError, LocalProtocolError):
+                pass
+    finally:
+        if not req.answered:
+            # A handler that neither accepted nor refused would leave the client waiting.
+            try:
+                await req.refuse(503, "no handler answered the tunnel")
+            except (trio.BrokenResourceError, LocalProtocolError):
+                pass
+        if req.stream is not None:
+            await trio.aclose_forcefully(req.stream)

@@ -1,0 +1,46 @@
+"""HboneStream over a real TLS 1.3 + h2 connection on loopback."""
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from meshcore.hbone.client import HboneClientPool
+
+from .certs import client_ctx
+from .conftest import CLIENT_ID, SERVER_ID, echo, start_server
+
+
+async def test_echo_roundtrip_and_half_close(nursery, client_bundle, server_bundle):
+    (port,), stats = await start_server(nursery, echo, server_bundle)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        s = await pool.connect(("127.0.0.1", port), "10.244.2.5:8080", SERVER_ID, CLIENT_ID)
+        await s.send_all(b"hello hbone")
+        await s.send_eof()
+        got = b""
+        with trio.fail_after(10):
+            while chunk := await s.receive_some():
+                got += chunk
+        assert got == b"hello hbone"
+        await s.aclose()
+    assert stats.tunnels_accepted == 1 and stats.handshake_failures == 0
+
+
+async def test_check_half_closeable_stream(nursery, client_bundle, server_bundle):
+    send_ch, recv_ch = trio.open_memory_channel(10)
+
+    async def hand_over(req):
+        stream = await req.accept()
+        await send_ch.send(stream)
+        await trio.sleep_forever()   # the checker owns the stream now
+
+    (port,), _ = await start_server(nursery, hand_over, server_bundle)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        async def maker():
+            client = await pool.connect(("127.0.0.1", port), "127.0.0.1:9", SERVER_ID, CLIENT_ID)
+            with trio.fail_after(10):
+                server = await recv_ch.receive()
+            return client, server
+
+        with trio.fail_after(60):
+            await trio.testing.check_half_closeable_stream(maker, None)
+        assert pool.connections_opened == 1
