@@ -1,0 +1,208 @@
+"""`trellis`: the lab and inspection CLI. Exit codes as kubectl: 0 ok, 1 failure or
+unreachable, 2 usage. Fetching and rendering live in inspect.py / output.py."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from . import inspect as insp
+from .output import FORMATS, render
+
+OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+
+
+def _fail(msg: str) -> None:
+    raise click.ClickException(msg)
+
+
+def _resources():
+    try:
+        from meshcore import resources
+    except ImportError as exc:
+        _fail(f"meshcore.resources is not available ({exc}); config validation needs it")
+    return resources
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Trellis: a sidecarless service mesh. Lab, validation and inspection."""
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def validate(directory: Path) -> None:
+    """Check every resource in DIRECTORY; one line per error."""
+    result = _resources().load_dir(directory)
+    for err in result.errors:
+        click.echo(str(err))
+    if result.errors:
+        sys.exit(1)
+    click.echo(f"{directory}: {len(result.resources)} resource(s) valid")
+
+
+def _inspect_command(kind: str):
+    path, key, columns, shape = insp.KINDS[kind]
+
+    @click.option("--node", help="only this lab node's ztunnel (default: every node)")
+    @click.option("--admin", "admin_addr", metavar="HOST:PORT", help="a ztunnel admin address outside the lab")
+    @OUTPUT
+    def command(node: str | None, admin_addr: str | None, fmt: str) -> None:
+        try:
+            ts = insp.targets(node=node, admin_addr=admin_addr)
+        except (insp.InspectError, ValueError) as exc:
+            _fail(str(exc))
+        rows, errors = insp.collect(ts, path, key)
+        rows = shape(rows)
+        click.echo(render(rows, fmt, columns))
+        for e in errors:
+            click.echo(f"error: {e}", err=True)
+        if errors:
+            sys.exit(1)
+
+    command.__doc__ = f"List {kind} as ztunnel sees them (GET {path})."
+    return cli.command(kind)(command)
+
+
+for _kind in insp.KINDS:
+    _inspect_command(_kind)
+
+
+@cli.command("config-dump")
+@click.option("--node", help="this lab node's ztunnel")
+@click.option("--control-plane", is_flag=True, help="the control plane instead of a ztunnel")
+@click.option("--admin", "admin_addr", metavar="HOST:PORT", help="an admin address outside the lab")
+@click.option("-o", "--output", "fmt", type=click.Choice(["json", "yaml"]), default="json", show_default=True)
+def config_dump(node: str | None, control_plane: bool, admin_addr: str | None, fmt: str) -> None:
+    """The full state a component serves from (GET /config_dump)."""
+    if node and control_plane:
+        raise click.UsageError("--node and --control-plane exclude each other")
+    try:
+        ts = insp.targets(node=node, control_plane=control_plane, admin_addr=admin_addr)
+        dumps = {t.label: insp.fetch(t, "/config_dump") for t in ts}
+    except (insp.InspectError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(render(next(iter(dumps.values())) if len(dumps) == 1 else dumps, fmt))
+
+
+# ---- lab -------------------------------------------------------------------------
+
+@cli.group()
+def lab() -> None:
+    """A local multi-node mesh: nodes and pods as netns + cgroups (root).
+
+    State in $TRELLIS_LAB_DIR (default /run/trellis/lab); kernel names start with
+    $TRELLIS_LAB_PREFIX (default trellis)."""
+
+
+@lab.command("up")
+@click.argument("directory", default="examples/lab", type=click.Path(path_type=Path))
+@click.option("--no-mesh", is_flag=True, help="network, cgroups and pods only: no control plane, ztunnel or node agent")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for readiness")
+def lab_up(directory: Path, no_mesh: bool, timeout: float) -> None:
+    """Create the lab described by DIRECTORY/lab.yaml and DIRECTORY/config/."""
+    from .lab import summary, topology, up
+    try:
+        st, plan = up.up(directory, mesh=not no_mesh, echo=lambda s: click.echo(f"==> {s}"), ready_timeout=timeout)
+    except topology.LabConfigError as exc:
+        _fail(f"invalid lab:\n{exc}")
+    except (up.LabError, OSError, RuntimeError) as exc:
+        _fail(f"{exc}\nthe lab is half up; inspect it with `trellis lab status`, remove it with `trellis lab down`")
+    click.echo(summary.after_up(st))
+
+
+@lab.command("down")
+def lab_down() -> None:
+    """Stop every lab process and delete its netns, cgroups and state."""
+    from .lab import down
+    problems = down.down(echo=lambda s: click.echo(f"==> {s}"))
+    for p in problems:
+        click.echo(f"error: {p}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+@lab.command("status")
+@OUTPUT
+def lab_status(fmt: str) -> None:
+    """Components (alive, pid) and pods (address, enrolled)."""
+    from .lab import state, status, summary
+    st = state.load()
+    if st is None:
+        _fail(f"no lab running (no {state.state_file()}); start one with `trellis lab up`")
+    from .lab.up import ambient_namespaces
+    report = status.probe(st, ambient_namespaces(state.state_dir() / "config"))
+    click.echo(render(report, fmt) if fmt != "table" else summary.status_tables(st, report))
+    if report["missing"]:
+        sys.exit(1)
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("pod")
+@click.option("-n", "--namespace", help="the pod's namespace when its name is ambiguous")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_exec(pod: str, namespace: str | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside POD's netns and cgroup; exits with COMMAND's code."""
+    from .lab import procs, state
+    st = state.load()
+    if st is None:
+        _fail(f"no lab running (no {state.state_file()}); start one with `trellis lab up`")
+    hits = [p for p in st.pods if p["name"] == pod and namespace in (None, p["namespace"])]
+    if len(hits) != 1:
+        known = ", ".join(f"{p['namespace']}/{p['name']}" for p in st.pods)
+        _fail(f"{'no' if not hits else 'more than one'} pod {pod!r}"
+              f"{f' in namespace {namespace}' if namespace else ''}; lab pods: {known}")
+    p = hits[0]
+    try:
+        code = procs.run_in(list(command), netns=p["netns"], cgroup=p["cgroup"],
+                            env={"POD_NAME": p["name"], "POD_NAMESPACE": p["namespace"], "POD_IP": p["address"]})
+    except (FileNotFoundError, OSError, Exception) as exc:
+        _fail(f"cannot run {command[0]!r} in pod {p['namespace']}/{p['name']}: {exc}")
+    sys.exit(code)
+
+
+def _config_dir() -> Path:
+    from .lab import state
+    st = state.load()
+    if st is None:
+        _fail(f"no lab running (no {state.state_file()}); start one with `trellis lab up`")
+    return state.state_dir() / "config"
+
+
+@lab.command("apply")
+@click.option("-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def lab_apply(file: Path) -> None:
+    """Validate FILE and put it in the lab's live config dir (the control plane watches it)."""
+    result = _resources().parse_documents(file.read_text(), str(file))
+    for err in result.errors:
+        click.echo(str(err), err=True)
+    if result.errors:
+        sys.exit(1)
+    dst = _config_dir() / file.name
+    tmp = dst.with_name(f".{file.name}.tmp")
+    shutil.copyfile(file, tmp)
+    tmp.replace(dst)  # atomic: the watcher never reads half a file
+    for r in result.resources:
+        click.echo(f"{r.kind.lower()}/{r.name} applied ({dst})")
+
+
+@lab.command("delete")
+@click.option("-f", "--filename", "file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def lab_delete(file: Path) -> None:
+    """Remove the file applied under FILE's name from the lab's live config dir."""
+    cdir = _config_dir()
+    dst = cdir / file.name
+    if not dst.exists():
+        _fail(f"{file.name} is not in {cdir}; applied files: {', '.join(sorted(p.name for p in cdir.glob('*.y*ml')))}")
+    dst.unlink()
+    click.echo(f"{file.name} deleted from {cdir}")
+
+
+def main() -> None:
+    cli(prog_name="trellis")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Fetching from the components' admin APIs and turning the answers into rows. No click
+here: the commands in cli.py only pick a target, call fetch, and render."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from meshcore import admin
+
+from .lab import state
+from .lab.topology import CP_ADMIN_PORT, ZT_ADMIN_PORT
+
+
+class InspectError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str            # "ztunnel/node1", "controlplane", "127.0.0.1:15000"
+    host: str
+    port: int
+    netns: str | None = None
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--admin {text!r}: expected HOST:PORT, e.g. 127.0.0.1:15000")
+    return host.strip("[]"), int(port)
+
+
+def targets(*, node: str | None = None, control_plane: bool = False, admin_addr: str | None = None) -> list[Target]:
+    """Where to ask: an explicit --admin address, else the running lab (lab.json)."""
+    if admin_addr:
+        host, port = parse_hostport(admin_addr)
+        return [Target(admin_addr, host, port)]
+    st = state.load()
+    if st is None:
+        raise InspectError(f"no lab running (no {state.state_file()}) and no --admin HOST:PORT given; "
+                           f"start one with `trellis lab up` or point --admin at a component's admin port")
+    if control_plane:
+        return [Target("controlplane", "127.0.0.1", CP_ADMIN_PORT, f"{st.prefix}-fabric")]
+    nodes = [n for n in st.nodes if node in (None, n["name"])]
+    if not nodes:
+        raise InspectError(f"no node {node!r} in the lab; nodes: {', '.join(n['name'] for n in st.nodes)}")
+    return [Target(f"ztunnel/{n['name']}", "127.0.0.1", ZT_ADMIN_PORT, n["netns"]) for n in nodes]
+
+
+def fetch(t: Target, path: str) -> Any:
+    where = f"{t.label} ({t.host}:{t.port}{f' in netns {t.netns}' if t.netns else ''})"
+    try:
+        status, body = admin.http_get(t.host, t.port, path, netns=t.netns, timeout=5.0)
+    except ConnectionRefusedError:
+        raise InspectError(f"{where}: connection refused; is it running? (`trellis lab status`)") from None
+    except TimeoutError:
+        raise InspectError(f"{where}: timed out; the component may be stuck, see its log") from None
+    except OSError as exc:
+        raise InspectError(f"{where}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        raise InspectError(f"{where}: {exc}") from None
+    if status != 200:
+        raise InspectError(f"{where}: GET {path} answered {status}: {body[:300].decode(errors='replace')}")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise InspectError(f"{where}: GET {path} did not answer JSON: {body[:200]!r}") from None
+
+
+def items(data: Any, key: str) -> list[dict[str, Any]]:
+    """The list under `key` whether the endpoint answers a bare list or {key: [...]}."""
+    if isinstance(data, dict):
+        data = data.get(key, [])
+    return [d for d in (data or []) if isinstance(d, dict)]
+
+
+def collect(ts: list[Target], path: str, key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows from every target, each tagged with where it came from; errors per target."""
+    rows, errors = [], []
+    for t in ts:
+        try:
+            rows += [dict(r, source=t.label) for r in items(fetch(t, path), key)]
+        except InspectError as exc:
+            errors.append(str(exc))
+    return rows, errors
+
+
+# ---- row shapes, after ztunnel/state/*.py dump() ----------------------------------
+
+WORKLOAD_COLUMNS = [("NAME", "uid"), ("ADDRESS", "address"), ("NODE", "node"), ("SERVICE ACCOUNT", "serviceAccount"),
+                    ("PROTOCOL", "protocol"), ("ENROLLED", "enrolled"), ("FROM", "source")]
+SERVICE_COLUMNS = [("NAME", "name"), ("CLUSTER-IP", "clusterIP"), ("PORTS", "portsText"),
+                   ("ENDPOINTS", "endpoints"), ("FROM", "source")]
+POLICY_COLUMNS = [("NAME", "name"), ("ACTION", "action"), ("SELECTOR", "selectorText"),
+                  ("TARGETS", "targetsText"), ("RULES", "ruleCount"), ("FROM", "source")]
+CERT_COLUMNS = [("IDENTITY", "identity"), ("STATE", "state"), ("NOT BEFORE", "notBefore"),
+                ("NOT AFTER", "notAfter"), ("FROM", "source")]
+
+
+def workload_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        r = dict(r)
+        r.setdefault("uid", f"{r.get('namespace')}/{r.get('name')}")
+        r.setdefault("enrolled", r.get("captured", r.get("inPod")))
+        out.append(r)
+    return out
+
+
+def service_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        ports = [f"{p.get('port')}->{p.get('targetPort', p.get('port'))}/{p.get('protocol', 'TCP')}"
+                 for p in r.get("ports") or [] if isinstance(p, dict)]
+        out.append(dict(r, portsText=",".join(ports)))
+    return out
+
+
+def policy_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        sel = r.get("selector")
+        sel_text = ",".join(f"{k}={v}" for k, v in (sel.items() if isinstance(sel, dict) else sel or []))
+        refs = r.get("target_refs") or r.get("targetRefs") or []
+        targets_text = ",".join("/".join(map(str, x.values() if isinstance(x, dict) else x)) for x in refs)
+        out.append(dict(r, selectorText=sel_text or ("(namespace)" if sel is None else "(all)"),
+                        targetsText=targets_text, ruleCount=len(r.get("rules") or [])))
+    return out
+
+
+def cert_rows(rows: list[dict]) -> list[dict]:
+    keys = {"notBefore": ("not_before", "validFrom"), "notAfter": ("not_after", "expires", "validTo")}
+    out = []
+    for r in rows:
+        r = dict(r)
+        for want, alts in keys.items():
+            if want not in r:
+                r[want] = next((r[a] for a in alts if a in r), None)
+        out.append(r)
+    return out
+
+
+KINDS = {
+    "workloads": ("/workloads", "workloads", WORKLOAD_COLUMNS, workload_rows),
+    "services": ("/services", "services", SERVICE_COLUMNS, service_rows),
+    "policies": ("/policies", "policies", POLICY_COLUMNS, policy_rows),
+    "certs": ("/certs", "certs", CERT_COLUMNS, cert_rows),
+}

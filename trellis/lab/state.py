@@ -1,0 +1,98 @@
+"""Where the lab keeps its state (`lab.json`) and how it is named, so that `lab down`
+can undo exactly what `lab up` did, even when `up` stopped half way."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = "/run/trellis/lab"
+DEFAULT_PREFIX = "trellis"
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("TRELLIS_LAB_DIR") or DEFAULT_STATE_DIR)
+
+
+def prefix() -> str:
+    return os.environ.get("TRELLIS_LAB_PREFIX") or DEFAULT_PREFIX
+
+
+@dataclass
+class Proc:
+    name: str            # "controlplane", "ztunnel/node1", "pod/default/sleep"
+    pid: int
+    log: str
+    netns: str
+    cgroup: str | None   # absolute cgroup directory, None when left where the CLI runs
+    start_time: int = 0  # /proc/PID/stat field 22: tells our pid from a recycled one
+
+
+@dataclass
+class LabState:
+    """Everything created, recorded *before* creating it (write-ahead), so a crash
+    between recording and creating only makes `down` try to delete something absent."""
+    lab_dir: str
+    prefix: str
+    trust_domain: str = "cluster.local"
+    cgroup_mount: str | None = None
+    cgroup_root: str | None = None       # absolute path of <mount>/<prefix>-lab
+    netns: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    mesh: bool = True
+    phase: str = "creating"              # creating -> up
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LabState":
+        d = dict(d)
+        d["procs"] = [Proc(**p) for p in d.get("procs", [])]
+        return cls(**d)
+
+
+def state_file(sdir: Path | None = None) -> Path:
+    return (sdir or state_dir()) / "lab.json"
+
+
+def load(sdir: Path | None = None) -> LabState | None:
+    path = state_file(sdir)
+    try:
+        return LabState.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise RuntimeError(f"{path}: unreadable lab state ({exc}); remove it after cleaning up by hand") from None
+
+
+def save(st: LabState, sdir: Path | None = None) -> None:
+    path = state_file(sdir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(st.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def proc_start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses; fields restart after the last ')'
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def alive(p: Proc) -> bool:
+    st = proc_start_time(p.pid)
+    if st is None or (p.start_time and st != p.start_time):
+        return False
+    try:
+        return Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

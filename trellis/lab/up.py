@@ -1,0 +1,207 @@
+"""`trellis lab up`: preflight, network, cgroups, identity, config, processes, readiness.
+
+Each step records what it is about to create in lab.json before creating it, so
+`trellis lab down` can always undo a lab, however far `up` got. With `mesh=False`
+(`--no-mesh`) only the network, cgroups, config and the pods' own commands are set up:
+a plain routed lab without control plane, ztunnel or node agent."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import cgroups, net, procs, state
+from .state import LabState
+from .topology import CP_ADMIN_PORT, CP_PORT, FABRIC_IP, ZT_ADMIN_PORT, LabPlan, load_lab, plan
+
+Echo = Callable[[str], None]
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def preflight(mesh: bool) -> Path:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (netns, cgroups, eBPF): run `sudo trellis lab up`")
+    if shutil.which("ip") is None:
+        raise LabError("`ip` (iproute2) not found; install it: apt-get install iproute2")
+    mount = cgroups.find_cgroup2()
+    if mesh and importlib.util.find_spec("bcc") is None:
+        raise LabError("python module bcc is not importable; install python3-bpfcc and recreate the venv "
+                       "with scripts/setup (or use --no-mesh for a lab without eBPF capture)")
+    return mount
+
+
+def workload_entries(p: LabPlan) -> list[dict]:
+    return [{"apiVersion": "trellis.dev/v1alpha1", "kind": "WorkloadEntry",
+             "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": dict(pod.spec.labels)},
+             "spec": {"address": pod.address, "labels": dict(pod.spec.labels),
+                      "serviceAccount": pod.spec.service_account, "node": pod.spec.node,
+                      "networkNamespace": pod.netns}} for pod in p.pods]
+
+
+def ambient_namespaces(config_dir: Path) -> set[str]:
+    """Namespaces labelled for the mesh: their pods should show up enrolled at ztunnel."""
+    found = set()
+    for f in sorted(config_dir.glob("*.y*ml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "Namespace":
+                meta = doc.get("metadata") or {}
+                if (meta.get("labels") or {}).get("trellis.dev/dataplane-mode") == "ambient":
+                    found.add(meta.get("name"))
+    return found
+
+
+def _network(p: LabPlan, st: LabState, sdir: Path, echo: Echo) -> None:
+    echo(f"network: fabric {p.fabric_netns} (bridge {p.fabric_bridge} {FABRIC_IP}/24)")
+    for name in [p.fabric_netns] + [n.netns for n in p.nodes] + [pod.netns for pod in p.pods]:
+        if net.netns_exists(name):
+            raise LabError(f"network namespace {name} already exists: another lab with prefix {p.prefix!r} "
+                           f"is up (state dir elsewhere?); run `trellis lab down` there or choose TRELLIS_LAB_PREFIX")
+    st.netns.append(p.fabric_netns); state.save(st, sdir)
+    net.add_netns(p.fabric_netns)
+    net.setup_fabric(p)
+    for n in p.nodes:
+        echo(f"network: node {n.name} netns {n.netns} eth0 {n.fabric_ip}, cni0 {n.bridge_ip}/24")
+        st.netns.append(n.netns); state.save(st, sdir)
+        net.add_netns(n.netns)
+        net.setup_node(p, n)
+    for pod in p.pods:
+        echo(f"network: pod {pod.key} netns {pod.netns} eth0 {pod.address}")
+        st.netns.append(pod.netns); state.save(st, sdir)
+        net.add_netns(pod.netns)
+        net.setup_pod(p, pod)
+
+
+def _cgroups(p: LabPlan, st: LabState, sdir: Path, echo: Echo) -> None:
+    root = Path(st.cgroup_root)
+    echo(f"cgroups: {root}")
+    dirs = [root / "controlplane"] + [root / n.name / "system" for n in p.nodes] + [root / pod.cgroup for pod in p.pods]
+    st.cgroups = [str(d) for d in dirs]; state.save(st, sdir)
+    for d in dirs:
+        cgroups.create(d)
+
+
+def _identity(p: LabPlan, sdir: Path, echo: Echo) -> None:
+    for n in p.nodes:
+        echo(f"identity: node credential for {n.name}")
+        out = sdir / "nodes" / n.name
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "controlplane", "--ca-dir", str(sdir / "ca"), "--trust-domain",
+               p.lab.trust_domain, "--issue-node-credential", n.name, "--out", str(out)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise LabError(f"issuing the node credential for {n.name} failed (`{' '.join(cmd)}`):\n"
+                           f"{(res.stderr or res.stdout).strip()[-2000:]}")
+
+
+def _config(lab_dir: Path, p: LabPlan, sdir: Path, echo: Echo) -> None:
+    dst = sdir / "config"
+    echo(f"config: {lab_dir / 'config'} -> {dst} (+ {len(p.pods)} WorkloadEntry in lab-workloads.yaml)")
+    dst.mkdir(parents=True, exist_ok=True)
+    if (lab_dir / "config").is_dir():
+        for f in sorted((lab_dir / "config").glob("*.y*ml")):
+            shutil.copy2(f, dst / f.name)
+    tmp = dst / ".lab-workloads.yaml.tmp"
+    tmp.write_text(yaml.safe_dump_all(workload_entries(p), sort_keys=False))
+    os.replace(tmp, dst / "lab-workloads.yaml")  # the control plane watches dst: no half-written file
+
+
+def _start(st: LabState, sdir: Path, name: str, argv: list[str], netns: str, cgroup: str | None,
+           log: Path, env: dict[str, str] | None = None) -> None:
+    st.procs.append(procs.spawn(name, argv, netns=netns, cgroup=cgroup, log=log, env=env))
+    state.save(st, sdir)
+
+
+def _processes(p: LabPlan, st: LabState, sdir: Path, mesh: bool, echo: Echo) -> None:
+    root, py, td = Path(st.cgroup_root), sys.executable, p.lab.trust_domain
+    if mesh:
+        echo(f"processes: control plane in {p.fabric_netns} at {FABRIC_IP}:{CP_PORT}")
+        _start(st, sdir, "controlplane", [py, "-m", "controlplane", "--config-dir", str(sdir / "config"),
+               "--ca-dir", str(sdir / "ca"), "--trust-domain", td, "--listen", f"{FABRIC_IP}:{CP_PORT}",
+               "--admin", f"127.0.0.1:{CP_ADMIN_PORT}"], p.fabric_netns, str(root / "controlplane"),
+               sdir / "controlplane.log")
+        for n in p.nodes:
+            nd, cg = sdir / "nodes" / n.name, str(root / n.name / "system")
+            common = ["--node", n.name, "--control-plane", f"{FABRIC_IP}:{CP_PORT}", "--credential-dir", str(nd),
+                      "--run-dir", str(nd)]
+            echo(f"processes: ztunnel and nodeagent for {n.name}")
+            _start(st, sdir, f"ztunnel/{n.name}", [py, "-m", "ztunnel", *common, "--trust-domain", td],
+                   n.netns, cg, nd / "ztunnel.log")
+            _start(st, sdir, f"nodeagent/{n.name}", [py, "-m", "nodeagent", *common], n.netns, cg, nd / "nodeagent.log")
+    for pod in p.pods:
+        echo(f"processes: pod {pod.key}: {' '.join(pod.spec.command)}")
+        env = {"POD_NAME": pod.spec.name, "POD_NAMESPACE": pod.spec.namespace, "POD_IP": pod.address,
+               "NODE_NAME": pod.spec.node, **pod.spec.env}
+        _start(st, sdir, f"pod/{pod.key}", pod.spec.command, pod.netns, str(root / pod.cgroup),
+               sdir / "pods" / f"{pod.spec.namespace}_{pod.spec.name}.log", env)
+
+
+def _check_alive(st: LabState) -> None:
+    for proc in st.procs:
+        if not state.alive(proc):
+            code = procs.exited_code(proc)
+            raise LabError(f"{proc.name} (pid {proc.pid}) exited{f' with code {code}' if code is not None else ''}; "
+                           f"last lines of {proc.log}:\n{procs.tail(proc.log)}")
+
+
+def _ready(p: LabPlan, st: LabState, sdir: Path, echo: Echo, timeout: float) -> None:
+    from .status import probe  # the same probes `lab status` shows
+    want = ambient_namespaces(sdir / "config")
+    deadline, shown = time.monotonic() + timeout, ""
+    while True:
+        _check_alive(st)
+        report = probe(st, want)
+        missing = report["missing"]
+        line = f"readiness: waiting for {', '.join(missing)}" if missing else "readiness: all ready"
+        if line != shown:
+            echo(line)
+            shown = line
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"not ready after {timeout:.0f}s: {', '.join(missing)}; check the logs under {sdir} "
+                           f"(`trellis lab status`), then `trellis lab down`")
+        time.sleep(0.5)
+
+
+def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: float = 60.0) -> tuple[LabState, LabPlan]:
+    lab_dir = Path(lab_dir).resolve()
+    sdir = state.state_dir()
+    lab = load_lab(lab_dir)
+    p = plan(lab, state.prefix())
+    existing = state.load(sdir)
+    if existing is not None:
+        if Path(existing.lab_dir) == lab_dir and existing.phase == "up":
+            echo(f"lab from {lab_dir} is already up (state {sdir})")
+            return existing, p
+        raise LabError(f"a lab is already running (from {existing.lab_dir}, state {sdir}, phase {existing.phase}); "
+                       f"`trellis lab down` first")
+    echo("preflight: root, cgroup2, ip" + (", bcc" if mesh else ""))
+    mount = preflight(mesh)
+    st = LabState(lab_dir=str(lab_dir), prefix=p.prefix, trust_domain=lab.trust_domain, cgroup_mount=str(mount),
+                  cgroup_root=str(mount / p.cgroup_root), mesh=mesh,
+                  nodes=[{"name": n.name, "netns": n.netns, "fabricIP": n.fabric_ip, "podCIDR": n.pod_cidr}
+                         for n in p.nodes],
+                  pods=[{"name": q.spec.name, "namespace": q.spec.namespace, "node": q.spec.node,
+                         "address": q.address, "netns": q.netns, "cgroup": str(mount / p.cgroup_root / q.cgroup)}
+                        for q in p.pods])
+    state.save(st, sdir)
+    _network(p, st, sdir, echo)
+    _cgroups(p, st, sdir, echo)
+    if mesh:
+        _identity(p, sdir, echo)
+    _config(lab_dir, p, sdir, echo)
+    _processes(p, st, sdir, mesh, echo)
+    _ready(p, st, sdir, echo, ready_timeout)
+    st.phase = "up"
+    state.save(st, sdir)
+    return st, p
