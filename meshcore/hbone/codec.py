@@ -177,13 +177,11 @@ class _Base:
 
     def _translate(self, ev: h2.events.Event) -> list[Event]:
         if isinstance(ev, h2.events.DataReceived):
-            out: list[Event] = [Data(ev.stream_id, bytes(ev.data), ev.flow_controlled_length)]
-            if ev.stream_ended is not None:
-                out.append(HalfClosed(ev.stream_id))
-            return out
+            if not ev.data and not ev.flow_controlled_length:
+                return []   # the empty DATA frame that only carries END_STREAM
+            return [Data(ev.stream_id, bytes(ev.data), ev.flow_controlled_length)]
         if isinstance(ev, h2.events.StreamEnded):
-            # DataReceived already reported it (h2 emits both); report once per stream.
-            return [] if ev.stream_id in self._ended_with_data else [HalfClosed(ev.stream_id)]
+            return [HalfClosed(ev.stream_id)]
         if isinstance(ev, h2.events.StreamReset):
             return [Reset(ev.stream_id, int(ev.error_code or 0))]
         if isinstance(ev, h2.events.WindowUpdated):
@@ -198,10 +196,6 @@ class _Base:
 
     def _translate_role(self, ev: h2.events.Event) -> list[Event]:
         return []   # pings, settings acks, priority, trailers: nothing for tunnels
-
-    @property
-    def _ended_with_data(self) -> set[int]:
-        return set()
 
     # -- sending
     def send(self, stream_id: int, data: bytes | memoryview) -> int:
@@ -263,7 +257,6 @@ class _Base:
 
 class ClientConnection(_Base):
     def __init__(self) -> None:
-        self._ended: set[int] = set()
         super().__init__(client_side=True)
 
     def open_tunnel(self, authority: str, headers: Headers | list[tuple[str, str]] = ()) -> int:
@@ -279,15 +272,6 @@ class ClientConnection(_Base):
             raise LocalProtocolError(f"cannot open tunnel to {authority}: {e}") from None
         return sid
 
-    @property
-    def _ended_with_data(self) -> set[int]:
-        return self._ended
-
-    def _translate(self, ev: h2.events.Event) -> list[Event]:
-        if isinstance(ev, h2.events.DataReceived) and ev.stream_ended is not None:
-            self._ended.add(ev.stream_id)
-        return super()._translate(ev)
-
     def _translate_role(self, ev: h2.events.Event) -> list[Event]:
         if isinstance(ev, h2.events.ResponseReceived):
             hdrs = dict(ev.headers)
@@ -300,17 +284,7 @@ class ClientConnection(_Base):
 
 class ServerConnection(_Base):
     def __init__(self) -> None:
-        self._ended: set[int] = set()
         super().__init__(client_side=False)
-
-    @property
-    def _ended_with_data(self) -> set[int]:
-        return self._ended
-
-    def _translate(self, ev: h2.events.Event) -> list[Event]:
-        if isinstance(ev, h2.events.DataReceived) and ev.stream_ended is not None:
-            self._ended.add(ev.stream_id)
-        return super()._translate(ev)
 
     def _translate_role(self, ev: h2.events.Event) -> list[Event]:
         if not isinstance(ev, h2.events.RequestReceived):

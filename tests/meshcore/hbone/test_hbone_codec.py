@@ -1,0 +1,181 @@
+"""Codec pair tests: client bytes -> server events and back, no sockets."""
+from __future__ import annotations
+
+import ssl
+
+import h2.connection
+import h2.config
+import h2.events
+import pytest
+
+from meshcore.hbone import codec as c
+from meshcore.hbone.errors import LocalProtocolError, RemoteProtocolError, describe_tls_failure
+
+
+def pair():
+    cl, sv = c.ClientConnection(), c.ServerConnection()
+    sv.receive_data(cl.data_to_send())
+    cl.receive_data(sv.data_to_send())
+    sv.receive_data(cl.data_to_send())
+    return cl, sv
+
+
+def only(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_connect_carries_only_method_and_authority_and_extra_headers_pass():
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.244.2.5:8080", [("baggage", "k=v"), ("traceparent", "00-ab-cd-01")])
+    wire = cl.data_to_send()
+    assert b":scheme" not in wire and b":path" not in wire
+    evs = only(sv.receive_data(wire), c.TunnelRequested)
+    assert evs == [c.TunnelRequested(sid, ("10.244.2.5", 8080),
+                                     (("baggage", "k=v"), ("traceparent", "00-ab-cd-01")))]
+
+
+def test_accept_data_half_close_both_ways():
+    cl, sv = pair()
+    sid = cl.open_tunnel("[fd00::5]:443")
+    assert only(sv.receive_data(cl.data_to_send()), c.TunnelRequested)[0].authority == ("fd00::5", 443)
+    sv.accept(sid)
+    assert only(cl.receive_data(sv.data_to_send()), c.TunnelOpened) == [c.TunnelOpened(sid)]
+    assert cl.send(sid, b"ping") == 4
+    cl.half_close(sid)
+    evs = sv.receive_data(cl.data_to_send())
+    assert [e for e in evs if not isinstance(e, c.WindowOpened)] == [c.Data(sid, b"ping", 4), c.HalfClosed(sid)]
+    sv.send(sid, b"pong")
+    sv.half_close(sid)
+    evs = cl.receive_data(sv.data_to_send())
+    assert [e for e in evs if not isinstance(e, c.WindowOpened)] == [c.Data(sid, b"pong", 4), c.HalfClosed(sid)]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 503, 504])
+def test_refuse_statuses_reach_client(status):
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    sv.refuse(sid, status, "policy deny\r\nx: y")
+    evs = cl.receive_data(sv.data_to_send())
+    refused = only(evs, c.TunnelRefused)
+    assert refused == [c.TunnelRefused(sid, status, "policy deny x: y")]
+    assert only(evs, c.HalfClosed) == [c.HalfClosed(sid)]
+
+
+def test_reset_is_reported_as_abort():
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    cl.reset(sid)
+    assert only(sv.receive_data(cl.data_to_send()), c.Reset) == [c.Reset(sid, 8)]
+    cl.reset(sid)   # resetting twice is harmless
+
+
+def raw_client_request(headers):
+    """A plain h2 client, to send what our codec would never send."""
+    h = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
+                                                             validate_outbound_headers=False))
+    h.initiate_connection()
+    h.send_headers(1, headers, end_stream=False)
+    return h
+
+
+@pytest.mark.parametrize("headers,status", [
+    ([(":method", "CONNECT"), (":authority", "web.default.svc:80")], 400),
+    ([(":method", "CONNECT"), (":authority", "10.0.0.1")], 400),
+    ([(":method", "CONNECT"), (":authority", "10.0.0.1:0")], 400),
+    ([(":method", "CONNECT"), (":authority", "10.0.0.1:70000")], 400),
+    ([(":method", "CONNECT"), (":authority", "[fd00::1]")], 400),
+    ([(":method", "GET"), (":authority", "10.0.0.1:80"), (":scheme", "https"), (":path", "/")], 405),
+])
+def test_bad_requests_answered_by_codec(headers, status):
+    sv = c.ServerConnection()
+    h = raw_client_request(headers)
+    evs = sv.receive_data(h.data_to_send())
+    bad = only(evs, c.BadRequest)
+    assert len(bad) == 1 and bad[0].status == status and bad[0].reason
+    assert not only(evs, c.TunnelRequested)
+    answers = [e for e in h.receive_data(sv.data_to_send()) if isinstance(e, h2.events.ResponseReceived)]
+    assert dict(answers[0].headers)[":status"] == str(status)
+
+
+def test_connect_with_scheme_and_path_is_a_protocol_error():
+    sv = c.ServerConnection()
+    with pytest.raises(RemoteProtocolError) as e:
+        sv.receive_data(raw_client_request([(":method", "CONNECT"), (":authority", "10.0.0.1:80"),
+                                            (":scheme", "https"), (":path", "/")]).data_to_send())
+    assert e.value.status_hint == 400
+    assert b"" != sv.data_to_send()   # GOAWAY queued for the caller to flush
+    assert sv.receive_data(b"more") == []
+
+
+def test_flow_control_send_stops_at_window_and_ack_reopens():
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    big = b"x" * (c.STREAM_WINDOW + 1000)
+    assert cl.send(sid, big) == c.STREAM_WINDOW
+    assert cl.send(sid, b"more") == 0
+    data = only(sv.receive_data(cl.data_to_send()), c.Data)
+    assert sum(len(d.data) for d in data) == c.STREAM_WINDOW
+    assert max(len(d.data) for d in data) == c.MAX_FRAME_SIZE   # large frames are in force
+    assert only(cl.receive_data(sv.data_to_send()), c.WindowOpened) == []   # nothing read yet
+    sv.ack(sid, c.STREAM_WINDOW)
+    assert c.WindowOpened(sid) in cl.receive_data(sv.data_to_send())
+    assert cl.send(sid, b"more") == 4
+
+
+def test_oversized_headers_close_the_connection():
+    cl, sv = pair()
+    cl.open_tunnel("10.0.0.1:80", [("x-big", "a" * (c.MAX_HEADER_LIST_SIZE + 10))])
+    with pytest.raises(RemoteProtocolError):
+        sv.receive_data(cl.data_to_send())
+
+
+def test_goaway_becomes_connection_closed():
+    cl, sv = pair()
+    sv.close(0, "draining")
+    evs = cl.receive_data(sv.data_to_send())
+    assert only(evs, c.ConnectionClosed) == [c.ConnectionClosed(0, "draining", 0)]
+    assert cl.closed
+
+
+@pytest.mark.parametrize("bad", ["", "10.0.0.1", "host:80", "10.0.0.1:x", "[::1:80", "1.2.3.4:65536"])
+def test_local_misuse_raises_local_error(bad):
+    cl, _ = pair()
+    with pytest.raises(LocalProtocolError):
+        cl.open_tunnel(bad)
+
+
+def test_refuse_with_200_is_misuse():
+    _, sv = pair()
+    with pytest.raises(LocalProtocolError):
+        sv.refuse(1, 200)
+
+
+@pytest.mark.parametrize("text,server,expect", [
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", False, "not signed by the mesh CA"),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", True, "client 1.2.3.4:5 presented a certificate not signed"),
+    ("[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca", False, "does not trust our certificate"),
+    ("[SSL: PEER_DID_NOT_RETURN_A_CERTIFICATE] peer did not return", True, "sent no client certificate"),
+    ("[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] alert", False, "sent no client certificate"),
+    ("[SSL: HTTP_REQUEST] http request", True, "did not speak TLS 1.3"),
+    ("[SSL: WRONG_VERSION_NUMBER] wrong version number", True, "plaintext or garbage"),
+    ("[SSL: SSLV3_ALERT_CERTIFICATE_EXPIRED] expired", False, "expired certificate"),
+    ("[SSL: SOMETHING_ELSE] odd", False, "TLS handshake with peer 1.2.3.4:5 failed"),
+])
+def test_describe_tls_failure(text, server, expect):
+    import trio
+    err = trio.BrokenResourceError("x")
+    err.__cause__ = ssl.SSLError(1, text)
+    assert expect in describe_tls_failure(err, "1.2.3.4:5", we_are_server=server)
+
+
+@pytest.mark.parametrize("authority,want", [
+    ("10.244.2.5:8080", ("10.244.2.5", 8080)),
+    ("[fd00::1]:15008", ("fd00::1", 15008)),
+    ("[::ffff:10.0.0.1]:1", ("::ffff:a00:1", 1)),
+])
+def test_parse_and_format_authority(authority, want):
+    assert c.parse_authority(authority) == want
+    assert c.parse_authority(c.format_authority(*want)) == want
