@@ -1,0 +1,104 @@
+"""Inbound: an HBONE tunnel for this pod -> authority check -> L4 authz -> the app in the pod.
+
+The app is dialled from inside the pod's netns at the pod's own IP, so it sees a local
+connection from the pod address, as with Istio's in-pod ztunnel.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+
+from meshcore.hbone.server import InboundTunnel
+
+from . import authz
+from .copy import Transfer, copy_bidirectional
+from .inputs import ProxyInputs
+from .metrics import ConnLabels, log_connection
+from .outbound import open_tcp_in
+from .podinfo import PodInfo
+from .state import Workload
+
+log = logging.getLogger("trellis.ztunnel.inbound")
+
+
+def _source_labels(identity: str | None, state) -> dict[str, str]:
+    ns = name = "unknown"
+    if identity and "/ns/" in identity and "/sa/" in identity:
+        ns = identity.split("/ns/", 1)[1].split("/", 1)[0]
+        name = identity.rsplit("/sa/", 1)[1]
+    return {"source_workload": name, "source_workload_namespace": ns, "source_principal": identity or "unknown"}
+
+
+class Inbound:
+    def __init__(self, pod: PodInfo, inputs: ProxyInputs) -> None:
+        self.pod, self.inputs = pod, inputs
+        self.active = 0
+
+    def workload(self) -> Workload:
+        """The pod as the control plane describes it (labels for policy), else from the add message."""
+        w = self.inputs.state().workload_by_uid(self.pod.uid)
+        return w or Workload(namespace=self.pod.namespace, name=self.pod.name, address=self.pod.address,
+                             service_account=self.pod.service_account, in_mesh=True,
+                             trust_domain=self.pod.trust_domain)
+
+    async def handle(self, tunnel: InboundTunnel) -> None:
+        self.active += 1
+        try:
+            await self._handle(tunnel)
+        finally:
+            self.active -= 1
+
+    async def _handle(self, tunnel: InboundTunnel) -> None:
+        started = time.monotonic()
+        ip, port = tunnel.authority
+        state = self.inputs.state()
+        services = state.services_of(self.workload())
+        labels = ConnLabels(reporter="destination", **_source_labels(tunnel.peer_identity, state),
+                            destination_workload=self.pod.name, destination_workload_namespace=self.pod.namespace,
+                            destination_principal=self.pod.identity,
+                            destination_service=services[0].key if services else "unknown",
+                            connection_security_policy="mutual_tls")
+        src = f"{tunnel.peer_address[0]}:{tunnel.peer_address[1]}"
+        dst = f"{ip}:{port}"
+        transfer, outcome, app = Transfer(), "ok", None
+
+        async def refuse(status: int, reason: str, what: str) -> None:
+            nonlocal outcome
+            outcome, transfer.error = what, reason
+            await tunnel.refuse(status, reason)
+
+        try:
+            if ip != self.pod.address:
+                await refuse(400, f"tunnel authority {dst} is not this pod's address {self.pod.address} "
+                                  f"({self.pod.uid}); the client's endpoint data is stale", "bad_authority")
+                return
+            decision = authz.evaluate(state.policies_for(self.workload()), tunnel.peer_identity, port)
+            if isinstance(decision, authz.Deny):
+                log.warning("inbound to %s port %d: RBAC denied %s: %s", self.pod.uid, port,
+                            tunnel.peer_identity, decision.reason)
+                await refuse(403, decision.reason, "denied")
+                return
+            try:
+                app = await open_tcp_in(self.pod.netns_fd, (self.pod.address, port), self.inputs.connect_timeout)
+            except ConnectionError as exc:
+                await refuse(503, f"connection refused by the application on port {port} in {self.pod.uid} "
+                                  f"({exc}); is the app listening on {self.pod.address}:{port} or 0.0.0.0?",
+                             "app_unreachable")
+                return
+            stream = await tunnel.accept()
+            self.inputs.metrics.connection_opened(labels)
+            try:
+                # Inbound direction: "sent" is what reaches the app (toward the destination).
+                await copy_bidirectional(stream, app, transfer)
+            finally:
+                self.inputs.metrics.connection_closed(labels, transfer.sent, transfer.received)
+            if transfer.error:
+                outcome = "reset"
+        finally:
+            if app is not None:
+                await trio.aclose_forcefully(app)
+            log_connection(direction="inbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
+                           received=transfer.received, started=started, outcome=outcome, error=transfer.error,
+                           pod=self.pod.uid)

@@ -1,0 +1,22 @@
+"""The one explicit bundle of what the proxies depend on (ztunnel's ProxyInputs)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import route
+from .certs import CertificateManager
+from .metrics import Metrics
+from .state import State
+
+
+@dataclass
+class ProxyInputs:
+    state: Callable[[], State]              # the current snapshot (replaced on each update)
+    certs: CertificateManager
+    metrics: Metrics
+    origdst_fd: Callable[[], int | None]    # the node agent's map; a new hello replaces it
+    trust_domain: str = "cluster.local"
+    pick: route.Pick = field(default_factory=route.RoundRobin)
+    connect_timeout: float = 10.0
+    drain_timeout: float = 30.0

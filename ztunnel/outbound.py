@@ -1,0 +1,117 @@
+"""Outbound: accept on the pod's 15001 -> original destination -> route -> HBONE or plain TCP.
+
+Sockets to the destination are created inside the *source pod's* netns so packets leave
+with the pod's own IP, as Istio's in-pod ztunnel does.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import trio
+
+from meshcore import netns
+from meshcore.hbone.client import HboneClientPool
+from meshcore.hbone.errors import HboneError
+
+from . import origdst, route
+from .certs import CertificateUnavailable
+from .copy import Transfer, copy_bidirectional
+from .inputs import ProxyInputs
+from .metrics import ConnLabels, log_connection
+from .podinfo import PodInfo
+
+log = logging.getLogger("trellis.ztunnel.outbound")
+
+
+async def open_tcp_in(netns_fd: int, address: tuple[str, int], timeout: float) -> trio.SocketStream:
+    """A TCP connection made from inside `netns_fd`, with errors worded as advice."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = trio.socket.from_stdlib_socket(netns.socket_in(netns_fd, family))
+    try:
+        with trio.fail_after(timeout):
+            await sock.connect(address)
+    except trio.TooSlowError:
+        sock.close()
+        raise ConnectionError(f"connection to {address[0]}:{address[1]} timed out after {timeout:g}s; "
+                              f"maybe a NetworkPolicy or firewall drops it") from None
+    except OSError as exc:
+        sock.close()
+        raise ConnectionError(f"connection to {address[0]}:{address[1]} failed: {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+def _labels(pod: PodInfo, r: route.Route, secure: bool) -> ConnLabels:
+    dest = getattr(r, "destination", None)
+    return ConnLabels(
+        reporter="source", source_workload=pod.name, source_workload_namespace=pod.namespace,
+        source_principal=pod.identity,
+        destination_workload=dest.name if dest else "unknown",
+        destination_workload_namespace=dest.namespace if dest else "unknown",
+        destination_principal=dest.identity if (dest and secure) else "unknown",
+        destination_service=getattr(r, "service", None) or "unknown",
+        connection_security_policy="mutual_tls" if secure else "unknown")
+
+
+class Outbound:
+    def __init__(self, pod: PodInfo, inputs: ProxyInputs, pool: HboneClientPool, netns_cookie: int) -> None:
+        self.pod, self.inputs, self.pool, self.cookie = pod, inputs, pool, netns_cookie
+
+    def original_destination(self, peer_port: int) -> tuple[str, int] | None:
+        fd = self.inputs.origdst_fd()
+        if fd is None:
+            return None
+        return origdst.take(fd, self.cookie, peer_port)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        started = time.monotonic()
+        peer = stream.socket.getpeername()
+        src = f"{self.pod.address}:{peer[1]}"
+        try:
+            dst = self.original_destination(peer[1])
+        except OSError as exc:
+            dst, why = None, f"origdst map lookup failed: {exc}"
+        else:
+            why = None
+        if dst is None:
+            log.warning("outbound %s from %s: %s", src, self.pod.uid, why or
+                        "no original destination recorded: is the connection captured by the node agent's eBPF?")
+            await trio.aclose_forcefully(stream)
+            return
+        r = route.decide(self.inputs.state(), self.inputs.state().workload_by_uid(self.pod.uid),
+                         dst, self.inputs.pick)
+        await self.proxy(stream, r, src, f"{dst[0]}:{dst[1]}", started)
+
+    async def proxy(self, stream: trio.abc.Stream, r: route.Route, src: str, dst: str, started: float) -> None:
+        labels = _labels(self.pod, r, isinstance(r, route.Hbone))
+        transfer, upstream, outcome = Transfer(), None, "ok"
+        try:
+            if isinstance(r, route.Refuse):
+                raise ConnectionRefusedError(r.reason)
+            if isinstance(r, route.Hbone):
+                upstream = await self.pool.connect(r.hbone_address, r.authority, r.expected_identity,
+                                                   self.pod.identity, socket_factory=self.pod.socket_factory)
+            else:
+                upstream = await open_tcp_in(self.pod.netns_fd, (r.ip, r.port), self.inputs.connect_timeout)
+            self.inputs.metrics.connection_opened(labels)
+            try:
+                await copy_bidirectional(stream, upstream, transfer)
+            finally:
+                self.inputs.metrics.connection_closed(labels, transfer.sent, transfer.received)
+            if transfer.error:
+                outcome = "reset"
+        except (HboneError, CertificateUnavailable, ConnectionError, OSError) as exc:
+            outcome, transfer.error = "error", str(exc)
+        finally:
+            if upstream is not None:
+                await trio.aclose_forcefully(upstream)
+            await trio.aclose_forcefully(stream)
+            log_connection(direction="outbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
+                           received=transfer.received, started=started, outcome=outcome, error=transfer.error,
+                           route=type(r).__name__, endpoint=getattr(r, "authority", None) or
+                           (f"{r.ip}:{r.port}" if isinstance(r, route.Plaintext) else None),
+                           reason=getattr(r, "reason", None))

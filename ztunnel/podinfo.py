@@ -1,0 +1,45 @@
+"""What ztunnel knows about a local pod from the node agent's `add` (docs/internals.md ZDS)."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from meshcore import netns
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    address: str
+    service_account: str
+    netns_fd: int
+    trust_domain: str = "cluster.local"
+
+    @property
+    def uid(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def identity(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    def socket_factory(self, family: int = socket.AF_INET) -> socket.socket:
+        return netns.socket_in(self.netns_fd, family)
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any], netns_fd: int, trust_domain: str) -> "PodInfo":
+        missing = [k for k in ("namespace", "name", "address") if not msg.get(k)]
+        if missing:
+            raise ValueError(f"add message is missing {', '.join(missing)} (got keys {sorted(msg)})")
+        uid = msg.get("uid")
+        info = cls(namespace=msg["namespace"], name=msg["name"], address=str(msg["address"]),
+                   service_account=msg.get("serviceAccount") or "default", netns_fd=netns_fd,
+                   trust_domain=trust_domain)
+        if uid and uid != info.uid:
+            raise ValueError(f"add message uid {uid!r} does not match namespace/name {info.uid!r}")
+        return info
+
+    def dump(self) -> dict[str, Any]:
+        return {"uid": self.uid, "address": self.address, "identity": self.identity}

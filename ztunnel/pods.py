@@ -1,0 +1,214 @@
+"""Per-pod proxies: listeners inside the pod's netns, started on `add`, drained on `remove`.
+
+Every listener is bound before anything serves, so `add` answers the node agent with a
+bind error at once. Each pod gets its own HBONE client pool: pooled connections carry
+the source pod's IP, so they must never be shared between pods of one identity.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import trio
+
+from meshcore import netns
+from meshcore.hbone.client import HboneClientPool
+from meshcore.hbone.server import serve_hbone
+
+from .inbound import Inbound
+from .inputs import ProxyInputs
+from .outbound import Outbound
+from .podinfo import PodInfo
+
+log = logging.getLogger("trellis.ztunnel.pods")
+OUTBOUND_PORT, HBONE_PORT = 15001, 15008
+
+
+class DrainableListener(trio.abc.Listener[trio.SocketStream]):
+    """A listener that can stop accepting without failing the accept loop serving it."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._inner = trio.SocketListener(sock)
+        self.socket = sock
+        self.draining = False
+        self._scope: trio.CancelScope | None = None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def accept(self) -> trio.SocketStream:
+        if not self.draining:
+            with trio.CancelScope() as self._scope:
+                try:
+                    return await self._inner.accept()
+                except trio.ClosedResourceError:
+                    if not self.draining:
+                        raise
+        await trio.sleep_forever()
+
+    def drain(self) -> None:
+        self.draining = True
+        if self._scope is not None:
+            self._scope.cancel()
+        self.socket.close()  # new SYNs now get RST instead of queueing for nobody
+
+
+def bind_in(netns_fd: int, host: str, port: int, what: str) -> DrainableListener:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    raw = netns.socket_in(netns_fd, family)
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        raw.bind((host, port))
+        raw.listen(1024)
+    except OSError as exc:
+        raw.close()
+        raise OSError(exc.errno, f"cannot bind the {what} listener {host}:{port} in the pod netns: "
+                                 f"{exc.strerror} (another ztunnel already serving this pod?)") from None
+    return DrainableListener(trio.socket.from_stdlib_socket(raw))
+
+
+class Pod:
+    def __init__(self, info: PodInfo, inputs: ProxyInputs) -> None:
+        self.info, self.inputs = info, inputs
+        self.outbound_listeners: list[DrainableListener] = []
+        self.inbound_listeners: list[DrainableListener] = []
+        self.outbound_active = 0
+        self.inbound: Inbound | None = None
+        self._scope = trio.CancelScope()
+        self.done = trio.Event()
+        self.state = "starting"
+        self.started = False
+
+    def bind(self) -> None:
+        fd = self.info.netns_fd
+        try:
+            self.outbound_listeners.append(bind_in(fd, "127.0.0.1", OUTBOUND_PORT, "outbound"))
+            try:
+                self.outbound_listeners.append(bind_in(fd, "::1", OUTBOUND_PORT, "outbound"))
+            except OSError as exc:  # pods without IPv6 loopback are common; IPv4 capture still works
+                log.info("pod %s: no IPv6 outbound listener: %s", self.info.uid, exc)
+            self.inbound_listeners.append(bind_in(fd, "0.0.0.0", HBONE_PORT, "HBONE inbound"))
+        except BaseException:
+            for listener in self.outbound_listeners + self.inbound_listeners:
+                listener.socket.close()
+            raise
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report started, serve until cancelled or drained."""
+        self.bind()
+        self.inputs.certs.want(self.info.identity)
+        cookie = netns.netns_cookie(self.outbound_listeners[0].socket)
+        try:
+            with self._scope:
+                async with HboneClientPool(self.inputs.certs.ssl_context_for,
+                                           self.info.socket_factory) as pool, trio.open_nursery() as nursery:
+                    outbound = Outbound(self.info, self.inputs, pool, cookie)
+                    self.inbound = Inbound(self.info, self.inputs)
+                    for listener in self.outbound_listeners:
+                        nursery.start_soon(self._accept_loop, listener, outbound)
+                    await nursery.start(serve_hbone, self.inbound_listeners,
+                                        lambda: self.inputs.certs.ssl_context_for(self.info.identity, server=True),
+                                        self.inbound.handle)
+                    self.state = "serving"
+                    self.started = True
+                    task_status.started(self)
+        finally:
+            self.state = "stopped"
+            self.inputs.certs.release(self.info.identity)
+            self.done.set()
+
+    async def _accept_loop(self, listener: DrainableListener, outbound: Outbound) -> None:
+        async with trio.open_nursery() as conns:
+            async with listener:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as exc:
+                        log.error("pod %s: outbound accept failed (%s); backing off", self.info.uid, exc)
+                        await trio.sleep(0.1)
+                        continue
+                    conns.start_soon(self._outbound_conn, outbound, stream)
+
+    async def _outbound_conn(self, outbound: Outbound, stream: trio.SocketStream) -> None:
+        self.outbound_active += 1
+        try:
+            await outbound.handle(stream)
+        finally:
+            self.outbound_active -= 1
+
+    @property
+    def active(self) -> int:
+        return self.outbound_active + (self.inbound.active if self.inbound else 0)
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting, let open connections finish until `deadline` (trio time), then cut them."""
+        self.state = "draining"
+        for listener in self.outbound_listeners + self.inbound_listeners:
+            listener.drain()
+        with trio.move_on_at(deadline):
+            while self.active > 0:
+                await trio.sleep(0.05)
+        if self.active:
+            log.warning("pod %s: closing %d connection(s) still open at the drain deadline",
+                        self.info.uid, self.active)
+        self._scope.cancel()
+        await self.done.wait()
+
+    def dump(self) -> dict[str, Any]:
+        return dict(self.info.dump(), state=self.state, activeConnections=self.active,
+                    listeners=[f"{l.socket.getsockname()[0]}:{l.socket.getsockname()[1]}"
+                               for l in self.outbound_listeners + self.inbound_listeners if not l.draining])
+
+
+class PodManager:
+    """Pods by uid; `add` returns once the pod's listeners are bound (or raises why not)."""
+
+    def __init__(self, inputs: ProxyInputs, nursery: trio.Nursery) -> None:
+        self.inputs, self.nursery = inputs, nursery
+        self.pods: dict[str, Pod] = {}
+
+    async def add(self, info: PodInfo) -> Pod:
+        old = self.pods.get(info.uid)
+        if old is not None:
+            # Same pod handed over again (node agent restart): keep the running one.
+            os.close(info.netns_fd)
+            return old
+        pod = Pod(info, self.inputs)
+        try:
+            await self.nursery.start(self._run_pod, pod)
+        except BaseException:
+            os.close(info.netns_fd)
+            raise
+        self.pods[info.uid] = pod
+        return pod
+
+    async def _run_pod(self, pod: Pod, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await pod.run(task_status=task_status)
+        finally:
+            if self.pods.get(pod.info.uid) is pod:
+                del self.pods[pod.info.uid]
+            if pod.started:  # before that, add() owns the fd and closes it on failure
+                os.close(pod.info.netns_fd)
+
+    async def remove(self, uid: str, drain_timeout: float | None = None) -> bool:
+        pod = self.pods.pop(uid, None)
+        if pod is None:
+            return False
+        timeout = self.inputs.drain_timeout if drain_timeout is None else drain_timeout
+        self.nursery.start_soon(pod.drain, trio.current_time() + timeout)
+        return True
+
+    async def drain_all(self, timeout: float) -> None:
+        deadline = trio.current_time() + timeout
+        pods, self.pods = list(self.pods.values()), {}
+        async with trio.open_nursery() as n:
+            for pod in pods:
+                n.start_soon(pod.drain, deadline)
+
+    def dump(self) -> list[dict[str, Any]]:
+        return [p.dump() for p in sorted(self.pods.values(), key=lambda p: p.info.uid)]
