@@ -1,0 +1,128 @@
+"""python -m nodeagent: load the eBPF programs, follow the control plane, enroll pods.
+
+SIGTERM/SIGINT detach every program and exit 0; nothing is pinned, so nothing stays.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from meshcore import identity
+from meshcore import netns as mnetns
+from meshcore.netns import NetnsError
+from .agent import NodeAgent
+from .handoff import HandoffClient
+from .headers import HeadersNotFound
+from .loader import LoaderError, Programs
+
+log = logging.getLogger("trellis.nodeagent")
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def load_credential(cred_dir: Path) -> identity.CertBundle:
+    files = {n: cred_dir / n for n in ("bootstrap.key", "bootstrap.crt", "roots.pem")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise StartupError(f"node credential missing: {', '.join(missing)}; the lab writes them at "
+                           f"`trellis lab up` (check --credential-dir)")
+    try:
+        return identity.CertBundle(
+            key_pem=files["bootstrap.key"].read_bytes(),
+            chain_pem=tuple(identity.split_pem_chain(files["bootstrap.crt"].read_bytes())),
+            roots_pem=tuple(identity.split_pem_chain(files["roots.pem"].read_bytes())))
+    except ValueError as e:
+        raise StartupError(f"node credential in {cred_dir} is unreadable ({e}); re-issue it") from None
+
+
+def enter_netns(name: str) -> None:
+    """Move the (still single-threaded) process into `name` for good."""
+    fd = mnetns.open_netns(name)
+    try:
+        mnetns._setns(fd)
+    finally:
+        os.close(fd)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT (e.g. 10.100.0.1:15012)")
+    return host.strip("[]"), int(port)
+
+
+def control_plane_client(address: tuple[str, int], bundle: identity.CertBundle, node: str):
+    try:
+        from meshcore.cpclient import ControlPlaneClient
+    except ImportError as e:
+        raise StartupError(f"meshcore.cpclient is not available ({e}); update the installation") from None
+    # internals.md names the second argument bundle_provider; accept either shape.
+    params = list(inspect.signature(ControlPlaneClient).parameters)
+    cred = (lambda: bundle) if len(params) > 1 and "provider" in params[1] else bundle
+    return ControlPlaneClient(address, cred, node)
+
+
+async def serve(node: str, cp, run_dir: Path, excluded: tuple[int, ...]) -> None:
+    programs = Programs(excluded_ports=excluded)
+    handoff = HandoffClient(run_dir / "ztunnel.sock", node, programs.origdst_fd)
+    agent = NodeAgent(node, programs, handoff)
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.run)
+                if cp is not None:
+                    nursery.start_soon(cp.watch, agent.on_update)
+                log.info("node agent for %s running (ztunnel socket %s)", node, handoff.path)
+                async for signum in signals:
+                    log.info("received %s: detaching everything", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        try:
+            agent.shutdown()
+        finally:
+            programs.close()
+    log.info("node agent stopped; no programs left attached")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--node", required=True, help="This node's name (WorkloadEntry spec.node).")
+@click.option("--control-plane", "control_plane", required=True, help="Control plane HOST:PORT (mTLS, 15012).")
+@click.option("--credential-dir", type=click.Path(path_type=Path), required=True,
+              help="Holds bootstrap.key, bootstrap.crt, roots.pem.")
+@click.option("--run-dir", type=click.Path(path_type=Path), required=True,
+              help="Where ztunnel listens on ztunnel.sock.")
+@click.option("--netns", default=None, help="Network namespace to reach the control plane from (lab: trellis-<node>).")
+@click.option("--exclude-port", "exclude_ports", type=click.IntRange(1, 65535), multiple=True,
+              help="Destination port never captured (repeatable).")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def main(node, control_plane, credential_dir, run_dir, netns, exclude_ports, log_level):
+    """Trellis node agent: attaches the capture eBPF programs to enrolled pods' cgroups
+    and hands each pod's network namespace to ztunnel."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    address = parse_address(control_plane)
+    try:
+        bundle = load_credential(credential_dir)
+        if netns:
+            # The process is single-threaded here, so its sockets (the control-plane
+            # connection) are created in `netns`; BPF, cgroups and the Unix socket are
+            # not tied to a network namespace.
+            enter_netns(netns)
+        cp = control_plane_client(address, bundle, node)
+        trio.run(serve, node, cp, run_dir, tuple(exclude_ports))
+    except (StartupError, HeadersNotFound, LoaderError, NetnsError) as e:
+        log.error("%s", e)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m nodeagent")
