@@ -82,14 +82,14 @@ class HboneConnection:
             if tls.selected_alpn_protocol() != "h2":
                 raise HboneTlsError(f"{peer} did not negotiate ALPN h2; is port {address[1]} an HBONE listener?")
             # Verify who we reached before a single byte of the tunnel request leaves.
-            verify_peer_identity(tls, expected_identity, peer)
+            verify_peer_identity(tls, expected_identity, f"peer {peer}")
         except trio.TooSlowError:
             await trio.aclose_forcefully(tls)
             raise HboneConnectTimeout(f"TLS handshake with {peer} timed out; is the peer an HBONE "
                                       f"listener, or is something dropping packets?") from None
         except IdentityMismatch as e:
             await trio.aclose_forcefully(tls)
-            raise HboneIdentityMismatch(f"{e}; the address no longer belongs to the workload the control "
+            raise HboneIdentityMismatch(f"{e.args[0] if e.args else e}; the address no longer belongs to the workload the control "
                                         f"plane named (stale endpoint?) or someone else answers there") from None
         except trio.BrokenResourceError as e:
             await trio.aclose_forcefully(tls)

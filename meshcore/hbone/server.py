@@ -173,7 +173,8 @@ async def _handshake(tls: trio.SSLStream, peer: str, timeout: float) -> str | No
         log.warning("hbone: rejected %s: TLS handshake took longer than %gs (stalled or not a TLS client)",
                     peer, timeout)
     except IdentityMismatch as e:
-        log.warning("hbone: rejected %s: %s; mesh certificates carry one spiffe:// URI SAN", peer, e)
+        log.warning("hbone: rejected %s: %s; mesh certificates carry one spiffe:// URI SAN", peer,
+                    e.args[0] if e.args else e)
     except (trio.BrokenResourceError, ssl.SSLError) as e:
         log.warning("hbone: rejected %s: %s", peer, describe_tls_failure(e, peer, we_are_server=True))
     return None
