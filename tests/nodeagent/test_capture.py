@@ -135,3 +135,19 @@ def test_detach_leaves_cgroup_empty(programs, pod):
                          check=True, capture_output=True, text=True).stdout
     assert out.strip() == ""
     assert programs.attachments(pod.cgroup) == []
+
+
+def test_ztunnel_reads_what_sockops_wrote(programs, captured):
+    """Contract check with ztunnel/origdst.py: same key/value layout, same cookie and port."""
+    from ztunnel import origdst as zt_origdst
+
+    pod = captured
+    lst = listener(pod.netns, "127.0.0.1", 15001)
+    with lst:
+        proc = pod.spawn(client_code("10.96.3.4", 8443))
+        conn, peer = lst.accept()
+        with conn:
+            reply(proc)
+            assert zt_origdst.take(programs.origdst_fd, netns_cookie(lst), peer[1]) == ("10.96.3.4", 8443)
+            assert zt_origdst.take(programs.origdst_fd, netns_cookie(lst), peer[1]) is None  # consumed
+        proc.stdin.close()
