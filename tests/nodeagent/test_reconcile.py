@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from nodeagent.reconcile import (Enroll, Pod, SetStrict, Unenroll, apply, desired,
                                  peer_auth_mode, reconcile)
@@ -129,3 +130,28 @@ def test_applying_the_actions_reaches_a_fixed_point():
     assert sorted(enrolled) == ["a/p2", "a/p3"]
     assert all(e.strict for e in enrolled.values())
     assert reconcile(resources, "n1", enrolled) == []
+
+
+NAMES = st.sampled_from(["a", "b"])
+PODS = st.sampled_from(["p1", "p2", "p3"])
+
+
+@st.composite
+def worlds(draw):
+    rs = [ns(n, ambient=draw(st.booleans())) for n in draw(st.sets(NAMES))]
+    for n, p in draw(st.sets(st.tuples(NAMES, PODS))):
+        rs.append(we(n, p, node=draw(st.sampled_from(["n1", "n2"])), address=draw(st.sampled_from(["10.0.0.1", "10.0.0.2"]))))
+    for n in draw(st.sets(st.sampled_from(["a", "b", "trellis-system"]))):
+        rs.append(pa(n, "pa", draw(st.sampled_from(["STRICT", "PERMISSIVE", "UNSET"]))))
+    return res(*rs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=worlds(), after=worlds())
+def test_any_change_converges_in_one_pass(before, after):
+    enrolled = {}
+    for world in (before, after):
+        for action in reconcile(world, "n1", enrolled):
+            enrolled = apply(enrolled, action)
+        assert enrolled == desired(world, "n1")
+        assert reconcile(world, "n1", enrolled) == []
