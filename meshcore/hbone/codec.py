@@ -301,7 +301,11 @@ class ServerConnection(_Base):
         return [TunnelRequested(ev.stream_id, authority, regular)]
 
     def _bad(self, stream_id: int, status: int, reason: str) -> BadRequest:
-        self.refuse(stream_id, status, reason)
+        try:
+            self.refuse(stream_id, status, reason)
+        except LocalProtocolError:
+            pass   # a later frame in the same batch already reset the stream
+
         return BadRequest(stream_id, status, reason)
 
     def accept(self, stream_id: int) -> None:

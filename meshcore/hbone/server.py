@@ -64,7 +64,10 @@ class InboundTunnel:
     async def accept(self) -> HboneStream:
         self._answer()
         assert isinstance(self._mux.codec, c.ServerConnection)
-        self._mux.codec.accept(self.stream_id)
+        try:
+            self._mux.codec.accept(self.stream_id)
+        except LocalProtocolError as e:   # the client gave up (RST) before we answered
+            raise trio.BrokenResourceError(f"tunnel {self.stream_id} from {self._mux.peer}: {e}") from None
         self.stream = HboneStream(self._mux, self.stream_id)
         self._stats.bump("tunnels_accepted", self._mux.peer)
         await self._mux.flush()
@@ -73,7 +76,12 @@ class InboundTunnel:
     async def refuse(self, status: int, reason: str = "") -> None:
         self._answer()
         assert isinstance(self._mux.codec, c.ServerConnection)
-        self._mux.codec.refuse(self.stream_id, status, reason)
+        try:
+            self._mux.codec.refuse(self.stream_id, status, reason)
+        except LocalProtocolError as e:
+            if not 200 < status < 600:
+                raise
+            log.debug("hbone: could not refuse tunnel %d from %s: %s", self.stream_id, self._mux.peer, e)
         self._mux.forget(self.stream_id)
         self._stats.bump("tunnels_refused", self._mux.peer)
         await self._mux.flush()

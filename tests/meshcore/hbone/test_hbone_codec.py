@@ -179,3 +179,12 @@ def test_describe_tls_failure(text, server, expect):
 def test_parse_and_format_authority(authority, want):
     assert c.parse_authority(authority) == want
     assert c.parse_authority(c.format_authority(*want)) == want
+
+
+def test_bad_request_reset_in_the_same_batch_is_not_an_error():
+    # Found by the fuzzer: h2 processes the whole batch before we answer the bad request.
+    h = raw_client_request([(":method", "CONNECT"), (":authority", "nonsense")])
+    h.reset_stream(1)
+    sv = c.ServerConnection()
+    evs = sv.receive_data(h.data_to_send())
+    assert only(evs, c.BadRequest)[0].status == 400 and only(evs, c.Reset) == [c.Reset(1, 0)]
