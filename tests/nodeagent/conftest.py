@@ -1,7 +1,7 @@
 """A real pod for eBPF tests: netns + veth to a peer netns + its own cgroup v2 + processes.
 
 Everything is named tt-na-<id> and removed in teardown, even when a test fails.
-Layout: pod netns (lo, eth 10.250.<n>.2/24, default via .1, ::1) <-veth-> peer netns
+Layout: pod netns (lo, eth 10.250.<n>.2/24 + fd00:250:<n>::2/64, default via .1) <-veth-> peer netns
 (10.250.<n>.1/24); cgroups <cgroup2>/tt-na-<id>/{pod,other}.
 """
 from __future__ import annotations
@@ -34,6 +34,8 @@ class Pod:
     peer_netns: str
     pod_ip: str
     peer_ip: str
+    pod_ip6: str
+    peer_ip6: str
     root_cgroup: Path
     cgroup: Path           # the pod's cgroup
     other_cgroup: Path     # same netns, not the pod
@@ -67,7 +69,7 @@ def pod():
     mount = cgroups.cgroup2_mount()
     root = mount / name
     p = Pod(id=uid, netns=name, peer_netns=f"{name}-peer", pod_ip=f"10.250.{n}.2",
-            peer_ip=f"10.250.{n}.1", root_cgroup=root, cgroup=root / "pod", other_cgroup=root / "other")
+            peer_ip=f"10.250.{n}.1", pod_ip6=f"fd00:250:{n:x}::2", peer_ip6=f"fd00:250:{n:x}::1", root_cgroup=root, cgroup=root / "pod", other_cgroup=root / "other")
     made_ns: list[str] = []
     try:
         for ns in (p.netns, p.peer_netns):
@@ -78,6 +80,8 @@ def pod():
         sh("ip", "link", "add", va, "netns", p.netns, "type", "veth", "peer", "name", vb, "netns", p.peer_netns)
         sh("ip", "-n", p.netns, "addr", "add", f"{p.pod_ip}/24", "dev", va)
         sh("ip", "-n", p.peer_netns, "addr", "add", f"{p.peer_ip}/24", "dev", vb)
+        sh("ip", "-n", p.netns, "addr", "add", f"{p.pod_ip6}/64", "dev", va, "nodad")
+        sh("ip", "-n", p.peer_netns, "addr", "add", f"{p.peer_ip6}/64", "dev", vb, "nodad")
         sh("ip", "-n", p.netns, "link", "set", va, "up")
         sh("ip", "-n", p.peer_netns, "link", "set", vb, "up")
         sh("ip", "-n", p.netns, "route", "add", "default", "via", p.peer_ip)

@@ -85,6 +85,18 @@ def test_loopback_is_not_captured(captured):
         assert_direct(pod, proc, app, cap, "127.0.0.1", 8080)
 
 
+def test_ipv6_loopback_and_mesh_ports_are_not_captured(captured):
+    pod = captured
+    with listener(pod.netns, "::1", 15001, socket.AF_INET6) as cap, \
+            listener(pod.netns, "::1", 8080, socket.AF_INET6) as app, \
+            listener(pod.peer_netns, "::", 15008, socket.AF_INET6) as remote:
+        proc = pod.spawn(client_code("::1", 8080, "AF_INET6"))
+        assert_direct(pod, proc, app, cap, "::1", 8080)
+        cap.setblocking(True)
+        proc = pod.spawn(client_code(pod.peer_ip6, 15008, "AF_INET6"))
+        assert_direct(pod, proc, remote, cap, pod.peer_ip6, 15008)
+
+
 @pytest.mark.parametrize("port", [15008, 15020, 15021])
 def test_mesh_ports_are_not_captured(captured, port):
     pod = captured

@@ -12,9 +12,10 @@ from na_helpers import bpftool_show, client_code, listener, reply
 
 APP = """
 import socket
-s = socket.socket()
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 8080))  # dual-stack: one listener for both families
 s.listen(16)
 print("ready", flush=True)
 for _ in range(100):
@@ -28,7 +29,7 @@ def try_connect(netns: str, host: str, port: int, timeout: float = 1.5) -> bytes
     """What the app sends, or None if the connection could not be made."""
     fd = open_netns(netns)
     try:
-        s = socket_in(fd)
+        s = socket_in(fd, socket.AF_INET6 if ":" in host else socket.AF_INET)
     finally:
         os.close(fd)
     with s:
@@ -50,11 +51,15 @@ def app(pod):
 def test_strict_drops_plaintext_from_outside_and_allows_loopback(programs, app):
     pod = app
     assert try_connect(pod.peer_netns, pod.pod_ip, 8080) == b"hi"  # reachable before STRICT
+    assert try_connect(pod.peer_netns, pod.pod_ip6, 8080) == b"hi"
     programs.attach(pod.cgroup, strict=True)
     try:
         assert try_connect(pod.peer_netns, pod.pod_ip, 8080) is None
         assert try_connect(pod.netns, "127.0.0.1", 8080) == b"hi"
         assert try_connect(pod.netns, pod.pod_ip, 8080) == b"hi"  # local delivery goes over lo
+        assert try_connect(pod.peer_netns, pod.pod_ip6, 8080) is None
+        assert try_connect(pod.netns, "::1", 8080) == b"hi"
+        assert try_connect(pod.netns, pod.pod_ip6, 8080) == b"hi"
         programs.set_strict(pod.cgroup, False)
         assert try_connect(pod.peer_netns, pod.pod_ip, 8080) == b"hi"
         assert {a.program for a in programs.attachments(pod.cgroup)} == {
