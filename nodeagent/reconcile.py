@@ -103,7 +103,7 @@ def peer_auth_mode(policies: Iterable[Any], namespace: str, labels: Mapping[str,
 def desired(resources: Mapping[Any, Any], node: str) -> dict[str, Enroll]:
     """uid -> Enroll for every pod of `node` that belongs in the mesh."""
     by_kind: dict[str, list] = {}
-    for r in resources.values():
+    for r in (resources.values() if isinstance(resources, Mapping) else resources):
         by_kind.setdefault(r.kind, []).append(r)
     ambient = {r.name for r in by_kind.get("Namespace", [])
                if (r.labels or {}).get(AMBIENT_LABEL) == AMBIENT}

@@ -172,3 +172,41 @@ async def test_missing_pod_netns_is_named(programs, tmp_path):
     finally:
         await client.aclose()
         peer.close()
+
+
+class RecordingPods:
+    """Stands in for ztunnel's PodManager only: the socket and ZdsServer are the real ones."""
+
+    def __init__(self):
+        self.added, self.removed = [], []
+
+    async def add(self, info):
+        st = os.fstat(info.netns_fd)
+        self.added.append((info.uid, info.address, info.identity, (st.st_dev, st.st_ino)))
+        os.close(info.netns_fd)
+
+    async def remove(self, uid):
+        self.removed.append(uid)
+        return True
+
+
+async def test_wire_compatible_with_ztunnels_zds_server(programs, pod, tmp_path):
+    from ztunnel.zds import ZdsServer
+
+    pods, hellos = RecordingPods(), []
+    server = ZdsServer(pods, "cluster.local", lambda fd, node: hellos.append((map_id(fd), node, os.close(fd))))
+    client = HandoffClient(tmp_path / "ztunnel.sock", "n1", programs.origdst_fd)
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, await server.bind(client.path))
+                await client.add(pod_of(pod))
+                await client.remove(pod_of(pod).uid)
+                nursery.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+    want = os.stat(f"/run/netns/{pod.netns}")
+    assert hellos == [(map_id(programs.origdst_fd), "n1", None)]
+    assert pods.added == [(f"default/{pod.id}", pod.pod_ip, "spiffe://cluster.local/ns/default/sa/web",
+                           (want.st_dev, want.st_ino))]
+    assert pods.removed == [f"default/{pod.id}"]

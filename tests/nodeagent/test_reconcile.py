@@ -155,3 +155,7 @@ def test_any_change_converges_in_one_pass(before, after):
             enrolled = apply(enrolled, action)
         assert enrolled == desired(world, "n1")
         assert reconcile(world, "n1", enrolled) == []
+
+
+def test_resources_may_be_a_list():
+    assert sorted(desired([ns("a"), we("a", "p1")], "n1")) == ["a/p1"]
