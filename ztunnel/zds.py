@@ -35,6 +35,7 @@ class ZdsServer:
     def __init__(self, pods: PodManager, trust_domain: str, on_hello: Callable[[int, str], None]) -> None:
         self.pods, self.trust_domain, self.on_hello = pods, trust_domain, on_hello
         self.connections = 0
+        self.path: Path | None = None
 
     async def bind(self, path: str | Path) -> trio.socket.SocketType:
         path = Path(path)
@@ -50,15 +51,21 @@ class ZdsServer:
                                      f"(is --run-dir writable?)") from None
         os.chmod(path, 0o600)
         sock.listen(16)
+        self.path = path
         return sock
 
     async def serve(self, sock: trio.socket.SocketType, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            with sock:
-                while True:
-                    conn, _ = await sock.accept()
-                    nursery.start_soon(self._serve_conn, conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                with sock:
+                    while True:
+                        conn, _ = await sock.accept()
+                        nursery.start_soon(self._serve_conn, conn)
+        finally:
+            # A stale socket would make the node agent think we are still here.
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
 
     async def _serve_conn(self, conn: trio.socket.SocketType) -> None:
         self.connections += 1
