@@ -17,6 +17,8 @@ from pathlib import Path
 from .state import Proc, alive, proc_start_time
 
 CLONE_NEWNET = 0x40000000
+# our own children, kept so their exit status is still ours to read (Popen reaps on GC)
+_children: dict[int, subprocess.Popen] = {}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -62,6 +64,7 @@ def spawn(name: str, argv: list[str], *, netns: str, cgroup: str | None, log: Pa
         child = subprocess.Popen(resolve(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True, preexec_fn=lambda: _enter(netns, cgroup),
                                  env=child_env(env), cwd=cwd, close_fds=True)
+    _children[child.pid] = child
     return Proc(name=name, pid=child.pid, log=str(log), netns=netns, cgroup=cgroup,
                 start_time=proc_start_time(child.pid) or 0)
 
@@ -74,6 +77,8 @@ def run_in(argv: list[str], *, netns: str, cgroup: str | None, env: dict[str, st
 
 def exited_code(p: Proc) -> int | None:
     """Exit status if the process is our child and has exited, else None."""
+    if p.pid in _children:
+        return _children[p.pid].poll()
     try:
         pid, status = os.waitpid(p.pid, os.WNOHANG)
     except ChildProcessError:
@@ -82,6 +87,9 @@ def exited_code(p: Proc) -> int | None:
 
 
 def _reap(pid: int) -> None:
+    if pid in _children:
+        _children[pid].poll()
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -156,6 +156,8 @@ def _check_alive(st: LabState) -> None:
 def _ready(p: LabPlan, st: LabState, sdir: Path, echo: Echo, timeout: float) -> None:
     from .status import probe  # the same probes `lab status` shows
     want = ambient_namespaces(sdir / "config")
+    # a command that fails at once (bad flag, port taken) must fail `up`, not look ready
+    settle_until = time.monotonic() + 1.0
     deadline, shown = time.monotonic() + timeout, ""
     while True:
         _check_alive(st)
@@ -165,7 +167,7 @@ def _ready(p: LabPlan, st: LabState, sdir: Path, echo: Echo, timeout: float) -> 
         if line != shown:
             echo(line)
             shown = line
-        if not missing:
+        if not missing and time.monotonic() >= settle_until:
             return
         if time.monotonic() > deadline:
             raise LabError(f"not ready after {timeout:.0f}s: {', '.join(missing)}; check the logs under {sdir} "
