@@ -72,19 +72,29 @@ def pids_in_netns(netns: Path, proc: Path = PROC) -> list[int]:
     return sorted(pids)
 
 
-def pod_cgroup(netns: Path, proc: Path = PROC, mount: Path | None = None) -> Path | None:
+def own_cgroup(proc: Path = PROC) -> str | None:
+    return parse_proc_cgroup((proc / "self" / "cgroup").read_text())
+
+
+def pod_cgroup(netns: Path, proc: Path = PROC, mount: Path | None = None,
+               ignore: tuple[str, ...] | None = None) -> Path | None:
     """The pod's cgroup directory, or None while no process lives in the namespace.
 
+    Processes in `ignore` (default: our own cgroup, where the lab also runs ztunnel) do
+    not count: ztunnel's thread visits a pod's netns for an instant to create sockets
+    there, and would otherwise drag the common cgroup up to the node's.
     Refuses the cgroup root: attaching there would capture every process on the node.
     """
     mount = mount or cgroup2_mount(proc)
+    if ignore is None:
+        ignore = tuple(c for c in (own_cgroup(proc),) if c and c != "/")
     paths = []
     for pid in pids_in_netns(netns, proc):
         try:
             cg = parse_proc_cgroup((proc / str(pid) / "cgroup").read_text())
         except OSError:
             continue
-        if cg is not None:
+        if cg is not None and cg not in ignore:
             paths.append(cg)
     common = common_cgroup(paths)
     if common is None:
