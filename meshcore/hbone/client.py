@@ -68,6 +68,7 @@ class HboneConnection:
         self.key = key
         self.active = 0                 # tunnels opened or opening on it
         self.idle_since = trio.current_time()
+        self.tunnels_opened = 0
 
     @classmethod
     async def establish(cls, address: tuple[str, int], ssl_context: ssl.SSLContext, key: PoolKey,
@@ -121,7 +122,7 @@ class HboneConnection:
                         raise HboneTunnelRefused(f"{peer} reset the tunnel to {authority} before answering "
                                                  f"(code {st.reset_code}); it may be overloaded", 0)
                     if mux.broken:
-                        raise HboneConnectionLost(f"tunnel to {authority} via {peer} failed: {mux.broken}")
+                        raise HboneConnectionLost(self._lost(authority))
                     await st.recv_lot.park()
             if isinstance(st.response, c.TunnelRefused):
                 r = st.response
@@ -135,11 +136,20 @@ class HboneConnection:
                                       f"{timeout:g}s; is the destination ztunnel overloaded?") from None
         except trio.BrokenResourceError:
             await trio.aclose_forcefully(stream)
-            raise HboneConnectionLost(f"tunnel to {authority} via {peer} failed: {mux.broken}") from None
+            raise HboneConnectionLost(self._lost(authority)) from None
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
+        self.tunnels_opened += 1
         return stream
+
+    def _lost(self, authority: str) -> str:
+        msg = f"tunnel to {authority} via {self.mux.peer} failed: {self.mux.broken}"
+        if self.tunnels_opened == 0:
+            # TLS 1.3 clients learn that the server rejected their certificate only now.
+            msg += ("; the connection never carried a tunnel: if this repeats, the peer may reject our "
+                    "certificate (signed by another mesh CA, or expired), see its log")
+        return msg
 
     def _closed_one(self, _stream: HboneStream | None) -> None:
         self.active -= 1

@@ -17,7 +17,7 @@ import trio
 from trio.lowlevel import ParkingLot, checkpoint
 
 from . import codec as c
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError, describe_tls_failure
 
 log = logging.getLogger("meshcore.hbone")
 READ_SIZE = 256 * 1024
@@ -52,6 +52,7 @@ class Mux:
         self._kick = trio.Event()
         self._window_lot = ParkingLot()
         self._cancel = trio.CancelScope()
+        self._server_side = isinstance(codec, c.ServerConnection)
 
     # ---- driving -----------------------------------------------------------------
     async def run(self) -> None:
@@ -64,7 +65,8 @@ class Mux:
                     await self._reader()
                     nursery.cancel_scope.cancel()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                self._break(f"connection to {self.peer} broke: {e or type(e).__name__}")
+                self._break(describe_tls_failure(e, self.peer, we_are_server=self._server_side)
+                            if e.__cause__ is not None else f"connection to {self.peer} broke: {e or type(e).__name__}")
         self._break(self.broken or f"connection to {self.peer} closed")
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self.transport)
@@ -240,19 +242,17 @@ class HboneStream(trio.abc.HalfCloseableStream):
         self._claim_send()
         self._sending = True
         try:
-            while not self._broken() and not self._closed:
-                try:
-                    if self._mux.codec.send_window(self.stream_id) > 0:
-                        break
-                except LocalProtocolError:
-                    break
+            while not self._closed and self._broken() is None and self._send_window() == 0:
                 await self._mux.wait_window()
-            else:
-                await checkpoint()
-                return
             await checkpoint()
         finally:
             self._sending = False
+
+    def _send_window(self) -> int:
+        try:
+            return self._mux.codec.send_window(self.stream_id)
+        except LocalProtocolError:
+            return 1   # the stream is gone: send_all will not block, it will fail
 
     async def send_eof(self) -> None:
         self._claim_send()

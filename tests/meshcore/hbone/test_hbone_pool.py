@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import trio
 
 from meshcore.hbone import codec as c
 from meshcore.hbone.client import HboneClientPool
+from meshcore.hbone.errors import HboneConnectRefused
 
 from .certs import client_ctx
 from .conftest import CLIENT_ID, SERVER_ID, echo, start_server
@@ -139,4 +141,22 @@ async def test_pool_keys_by_destination_identity_and_address(nursery, ca, client
         e = await pool.connect(("127.0.0.1", p1), "10.0.0.2:80", SERVER_ID, CLIENT_ID)
         assert pool.connections_opened == 3   # e shares a's connection
         for s in (a, b, d, e):
+            await s.aclose()
+
+
+async def test_server_gone_breaks_tunnels_and_leaves_the_pool(client_bundle, server_bundle):
+    async with trio.open_nursery() as server_nursery:
+        (port,), _ = await start_server(server_nursery, echo, server_bundle)
+        async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+            s = await pool.connect(("127.0.0.1", port), "10.0.0.1:80", SERVER_ID, CLIENT_ID)
+            await s.send_all(b"x")
+            assert await s.receive_some() == b"x"
+            server_nursery.cancel_scope.cancel()   # the destination ztunnel goes away
+            with trio.fail_after(10):
+                with pytest.raises(trio.BrokenResourceError, match="127.0.0.1"):
+                    await s.receive_some()
+                while pool.connections():
+                    await trio.sleep(0.02)
+            with pytest.raises(HboneConnectRefused):
+                await pool.connect(("127.0.0.1", port), "10.0.0.1:80", SERVER_ID, CLIENT_ID)
             await s.aclose()
