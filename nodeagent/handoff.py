@@ -190,7 +190,11 @@ class HandoffClient:
         except NetnsError as e:
             raise HandoffError(f"cannot hand pod {pod.uid} to ztunnel: {e}") from None
         self.pods[pod.uid] = pod
-        await self._call(lambda: self._send_add(pod), replayed_on_connect=True)
+        try:
+            await self._call(lambda: self._send_add(pod), replayed_on_connect=True)
+        except HandoffError:
+            self.pods.pop(pod.uid, None)  # refused: not ours to replay later
+            raise
 
     async def remove(self, uid: str) -> None:
         self.pods.pop(uid, None)

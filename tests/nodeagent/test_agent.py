@@ -122,3 +122,28 @@ def test_cli_help_and_missing_credential(tmp_path):
                            "--credential-dir", str(tmp_path), "--run-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=30)
     assert port.returncode == 2 and "HOST:PORT" in port.stderr
+
+
+async def test_refused_handoff_leaves_nothing_attached_and_is_retried(programs, pod, tmp_path):
+    peer = FakeZtunnelPeer(tmp_path / "ztunnel.sock")
+    agent = NodeAgent("n1", programs, HandoffClient(peer.path, "n1", programs.origdst_fd))
+    uid = f"default/{pod.id}"
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(peer.serve)
+            proc = pod.spawn("import sys; print('up', flush=True); sys.stdin.read()")
+            assert proc.stdout.readline().strip() == "up"
+            assert await agent.handoff.ensure_connected()
+            peer.answer = {"ok": False, "error": "pod netns has no loopback"}
+            agent.on_update(res(ns("default"), workload(pod)), 1)
+            await agent.reconcile_once()
+            assert agent.enrolled == {} and names(pod.cgroup) == []
+            assert agent.handoff.pods == {}
+            peer.answer = {"ok": True}
+            await agent.reconcile_once()
+            assert list(agent.enrolled) == [uid] and names(pod.cgroup) == CAPTURE
+            nursery.cancel_scope.cancel()
+    finally:
+        agent.shutdown()
+        await agent.handoff.aclose()
+        peer.close()
