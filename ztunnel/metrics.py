@@ -34,8 +34,10 @@ class Metrics:
         r = self.registry
         self.opened = Counter("istio_tcp_connections_opened", "TCP connections opened", LABELS, registry=r)
         self.closed = Counter("istio_tcp_connections_closed", "TCP connections closed", LABELS, registry=r)
-        self.sent = Counter("istio_tcp_sent_bytes", "Bytes sent towards the destination", LABELS, registry=r)
-        self.received = Counter("istio_tcp_received_bytes", "Bytes received from the destination", LABELS, registry=r)
+        # Istio's meaning at both reporters: received = request bytes (client to server),
+        # sent = response bytes (server to client).
+        self.sent = Counter("istio_tcp_sent_bytes", "Response bytes (server to client)", LABELS, registry=r)
+        self.received = Counter("istio_tcp_received_bytes", "Request bytes (client to server)", LABELS, registry=r)
         self.cp_connected = Gauge("trellis_control_plane_connected", "1 when the control-plane watch is up", registry=r)
         self.config_version = Gauge("trellis_config_version", "Version of the applied snapshot", registry=r)
         self.cp_last_contact = Gauge("trellis_control_plane_last_contact_seconds",
@@ -44,11 +46,11 @@ class Metrics:
     def connection_opened(self, labels: ConnLabels) -> None:
         self.opened.labels(**asdict(labels)).inc()
 
-    def connection_closed(self, labels: ConnLabels, sent: int, received: int) -> None:
+    def connection_closed(self, labels: ConnLabels, request_bytes: int, response_bytes: int) -> None:
         values = asdict(labels)
         self.closed.labels(**values).inc()
-        self.sent.labels(**values).inc(sent)
-        self.received.labels(**values).inc(received)
+        self.received.labels(**values).inc(request_bytes)
+        self.sent.labels(**values).inc(response_bytes)
 
     def value(self, name: str, **labels: str) -> float:
         """Sum of a sample over series matching `labels` (for tests and the CLI)."""

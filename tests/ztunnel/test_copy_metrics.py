@@ -69,11 +69,11 @@ def test_metrics_names_and_labels():
     labels = ConnLabels(reporter="destination", source_principal="spiffe://cluster.local/ns/a/sa/b",
                         connection_security_policy="mutual_tls")
     m.connection_opened(labels)
-    m.connection_closed(labels, sent=10, received=20)
+    m.connection_closed(labels, request_bytes=10, response_bytes=20)
     text = m.render().decode()
     assert 'istio_tcp_connections_opened_total{' in text
-    assert m.value("istio_tcp_sent_bytes_total", reporter="destination") == 10
-    assert m.value("istio_tcp_received_bytes_total", source_principal="spiffe://cluster.local/ns/a/sa/b") == 20
+    assert m.value("istio_tcp_received_bytes_total", reporter="destination") == 10
+    assert m.value("istio_tcp_sent_bytes_total", source_principal="spiffe://cluster.local/ns/a/sa/b") == 20
     assert m.value("istio_tcp_connections_closed_total", connection_security_policy="mutual_tls") == 1
 
 

@@ -70,6 +70,14 @@ async def client(fd: int, map_fd: int, dst: tuple[str, int], payload: bytes) -> 
         return bytes(got)
 
 
+async def eventually(predicate, attempts=100, interval=0.02):
+    for _ in range(attempts):
+        if predicate():
+            return
+        await trio.sleep(interval)
+    assert predicate()
+
+
 def mesh_state(a_ip, b_ip, c_ip, policies=()):
     return State(workloads=[wl("client", a_ip), wl("web", b_ip), wl("other", c_ip)],
                  services=[svc("web", VIP, ports=((80, 8080),))], policies=list(policies),
@@ -110,7 +118,13 @@ async def test_service_vip_over_hbone_with_authz_and_passthrough(lab):
                                      connection_security_policy="mutual_tls") == 1
                 assert metrics.value("istio_tcp_connections_opened_total", reporter="source",
                                      source_workload="client", destination_workload="web") == 1
-                assert metrics.value("istio_tcp_sent_bytes_total", reporter="source") == len(payload)
+                # the destination side books its close after the client saw EOF
+                await eventually(lambda: metrics.value("istio_tcp_connections_closed_total",
+                                                       reporter="destination") == 1)
+                for reporter in ("source", "destination"):
+                    assert metrics.value("istio_tcp_received_bytes_total", reporter=reporter) == len(payload)
+                    assert metrics.value("istio_tcp_sent_bytes_total", reporter=reporter) == len(payload) + len(b_ip) + 1
+                    assert metrics.value("istio_tcp_connections_closed_total", reporter=reporter) == 1
 
                 # 2. DENY on client's principal: client refused, "other" still gets through
                 current["state"] = mesh_state(a_ip, b_ip, c_ip, [pol(
