@@ -92,7 +92,11 @@ class Ztunnel:
 
     # ---- control plane -------------------------------------------------------------
     def on_update(self, resources: Any, version: int | None) -> None:
-        new = State.from_resources(resources, trust_domain=self.config.trust_domain, version=version)
+        try:
+            new = State.from_resources(resources, trust_domain=self.config.trust_domain, version=version)
+        except Exception:  # a bad snapshot must not take down a proxy that still has a good one
+            log.exception("cannot apply config version %s; keeping version %s", version, self.state.version)
+            return
         for w in new.warnings:
             log.warning("config: %s", w)
         self.state = new
@@ -192,7 +196,16 @@ class Ztunnel:
             self.origdst_fd = None
 
     async def _watch(self) -> None:
-        await self.cp.watch(self.on_update)
+        """The client reconnects by itself; this only guards against it giving up."""
+        backoff = 1.0
+        while True:
+            try:
+                await self.cp.watch(self.on_update)
+            except Exception as exc:
+                log.error("control plane watch stopped (%s: %s); restarting in %.0fs, serving config version %s "
+                          "meanwhile", type(exc).__name__, exc, backoff, self.state.version)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
     async def shutdown(self, scope: trio.CancelScope) -> None:
         """Stop accepting, drain open connections until the deadline, then stop everything."""

@@ -65,3 +65,30 @@ async def test_sigterm_stops_accepting_and_exits(tmp_path):
         pass
     else:
         raise AssertionError("readiness still accepting after SIGTERM")
+
+
+class CrashingWatch(StaticControlPlane):
+    def __init__(self):
+        super().__init__([])
+        self.calls = 0
+
+    async def watch(self, on_update, *, task_status=trio.TASK_STATUS_IGNORED):
+        self.calls += 1
+        if self.calls == 1:
+            on_update({"bad": object()}, 3)  # not a resource: rejected, the process stays up
+            raise ConnectionResetError("control plane went away")
+        on_update({}, 4)
+        await trio.sleep_forever()
+
+
+async def test_watch_failures_keep_the_process_up(tmp_path, autojump_clock):
+    cfg = Config(node="n1", control_plane=("127.0.0.1", 1), credential_dir=tmp_path, run_dir=tmp_path,
+                 admin=("127.0.0.1", 0), metrics=("127.0.0.1", 0), ready=("127.0.0.1", 0))
+    cp = CrashingWatch()
+    zt = Ztunnel(cfg, cp)
+    async with trio.open_nursery() as n:
+        await n.start(lambda task_status: zt.run(handle_signals=False, task_status=task_status))
+        assert zt.state.version is None
+        await trio.sleep(5)
+        assert cp.calls == 2 and zt.state.version == 4
+        n.cancel_scope.cancel()
