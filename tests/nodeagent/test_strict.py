@@ -133,3 +133,22 @@ def test_other_programs_on_the_cgroup_keep_running(programs, pod):
             os.close(fd)
             other.cleanup()
     assert bpftool_show(pod.cgroup) == []
+
+
+@pytest.mark.parametrize("field,readable", [
+    ("ifindex", True), ("ingress_ifindex", True), ("protocol", True), ("len", True),
+    ("tc_classid", False), ("wire_len", False),  # what cgroup_skb may not see
+])
+def test_which_sk_buff_fields_cgroup_skb_may_read(programs, field, readable):
+    """The fields strict.c relies on pass this kernel's verifier for cgroup_skb."""
+    from bcc import BPF, BPFAttachType
+
+    probe = BPF(text=f"int probe(struct __sk_buff *skb) {{ return skb->{field} == 7 ? 0 : 1; }}".encode())
+    try:
+        if readable:
+            probe.load_func(b"probe", BPF.CGROUP_SKB, attach_type=BPFAttachType.CGROUP_INET_INGRESS)
+        else:
+            with pytest.raises(Exception, match="Permission denied|Invalid argument"):
+                probe.load_func(b"probe", BPF.CGROUP_SKB, attach_type=BPFAttachType.CGROUP_INET_INGRESS)
+    finally:
+        probe.cleanup()
