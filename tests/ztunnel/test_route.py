@@ -35,6 +35,16 @@ CASES = [
     (("10.96.0.99", 80), route.first, Plaintext, dict(ip="10.96.0.99")),
     (("10.244.1.2", 80), route.first, Plaintext, dict(ip="10.244.1.2")),
     (("fd00::1", 80), route.first, Plaintext, dict(ip="fd00::1", port=80)),
+    (("10.96.0.10", 80), route.first, Hbone, dict(destination=STATE.workload_by_uid("default/web-1"))),
+    (("10.96.0.12", 80), route.first, Plaintext, dict(destination=STATE.workload_by_uid("legacy/old"))),
+    (("10.96.0.11", 80), route.first, Refuse, dict(reason="service default/db has no port 80 (ports: 5432)")),
+    (("10.96.0.13", 80), route.first, Refuse, dict(service="default/empty")),
+    (("10.244.1.3", 15008), route.first, Hbone, dict(target_port=15008)),
+    (("10.244.2.3", 8443), route.first, Hbone, dict(expected_identity=f"{TD}/ns/default/sa/web",
+                                                     authority="10.244.2.3:8443")),
+    (("10.244.2.9", 5432), route.first, Plaintext, dict(service=None)),
+    (("0.0.0.0", 80), route.first, Plaintext, dict(ip="0.0.0.0")),
+    (("127.0.0.1", 8080), route.first, Plaintext, dict(ip="127.0.0.1", port=8080)),
 ]
 
 
