@@ -109,6 +109,11 @@ def use_headers(root: Path = Path("/"), state_dir: Path = DEFAULT_STATE_DIR) -> 
     """Point bcc at usable headers (sets BCC_KERNEL_SOURCE) and return the directory."""
     if os.environ.get("BCC_KERNEL_SOURCE"):
         return Path(os.environ["BCC_KERNEL_SOURCE"])
-    path = prepare(find_headers(root), state_dir)
+    found = find_headers(root)
+    try:
+        path = prepare(found, state_dir)
+    except OSError as e:
+        raise HeadersNotFound(f"found kernel headers {found.build} + {found.source} but could not lay them "
+                              f"out for bcc under {state_dir}: {e.strerror} (is it writable? run as root)") from None
     os.environ["BCC_KERNEL_SOURCE"] = str(path)
     return path

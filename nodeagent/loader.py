@@ -21,6 +21,7 @@ log = logging.getLogger("trellis.nodeagent.loader")
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCES = ("connect.c", "sockops.c", "strict.c")
 BPF_F_ALLOW_MULTI = 2
+EXCLUDED_PORTS_MAX = 64  # bpf/include/config.h
 
 
 class LoaderError(RuntimeError):
@@ -96,12 +97,18 @@ class Programs:
         return self.bpf[b"origdst"].map_fd
 
     def set_excluded_ports(self, ports) -> None:
+        """Replace the set of destination ports that are never captured."""
+        ports = sorted(set(ports))
+        bad = [p for p in ports if not isinstance(p, int) or not 0 < p < 65536]
+        if bad:
+            raise LoaderError(f"excluded port {bad[0]!r} is not a TCP port (1-65535)")
+        if len(ports) > EXCLUDED_PORTS_MAX:
+            raise LoaderError(f"{len(ports)} excluded ports given, at most {EXCLUDED_PORTS_MAX} fit "
+                              f"(raise EXCLUDED_PORTS_MAX in bpf/include/config.h)")
         table = self.bpf[b"excluded_ports"]
         table.clear()
         for p in ports:
-            if not 0 < int(p) < 65536:
-                raise LoaderError(f"excluded port {p!r} is not a TCP port (1-65535)")
-            table[table.Key(int(p))] = table.Leaf(1)
+            table[table.Key(p)] = table.Leaf(1)
 
     # attachments ----------------------------------------------------------
     def attachments(self, cgroup: Path | None = None) -> list[Attachment]:

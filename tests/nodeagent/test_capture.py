@@ -163,3 +163,13 @@ def test_ztunnel_reads_what_sockops_wrote(programs, captured):
             assert zt_origdst.take(programs.origdst_fd, netns_cookie(lst), peer[1]) == ("10.96.3.4", 8443)
             assert zt_origdst.take(programs.origdst_fd, netns_cookie(lst), peer[1]) is None  # consumed
         proc.stdin.close()
+
+
+def test_excluded_ports_are_validated(programs):
+    from nodeagent.loader import LoaderError
+
+    with pytest.raises(LoaderError, match="not a TCP port"):
+        programs.set_excluded_ports([0])
+    with pytest.raises(LoaderError, match="at most 64"):
+        programs.set_excluded_ports(range(1000, 1100))
+    programs.set_excluded_ports([])

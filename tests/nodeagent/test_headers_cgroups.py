@@ -103,3 +103,15 @@ def test_pod_cgroup_from_processes_in_its_netns(pod):
 def test_missing_netns_is_named():
     with pytest.raises(cgroups.CgroupError, match="tt-na-nonexistent"):
         cgroups.pod_cgroup(Path("/run/netns/tt-na-nonexistent"))
+
+
+def test_unwritable_state_dir_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env_before = os.environ.pop("BCC_KERNEL_SOURCE", None)
+    try:
+        with pytest.raises(headers.HeadersNotFound, match=str(blocker)):
+            headers.use_headers(state_dir=blocker / "sub")
+    finally:
+        if env_before is not None:
+            os.environ["BCC_KERNEL_SOURCE"] = env_before
