@@ -23,9 +23,14 @@ from .state import Workload
 log = logging.getLogger("trellis.ztunnel.inbound")
 
 
-def _source_labels(identity: str | None, state) -> dict[str, str]:
+def _source_labels(identity: str | None, peer_ip: str, state) -> dict[str, str]:
+    """Name the source workload by its address when the certificate agrees; else only what the
+    certificate proves (namespace and service account)."""
     ns = name = "unknown"
-    if identity and "/ns/" in identity and "/sa/" in identity:
+    w = state.workload_by_address(peer_ip)
+    if w is not None and w.identity == identity:
+        ns, name = w.namespace, w.name
+    elif identity and "/ns/" in identity and "/sa/" in identity:
         ns = identity.split("/ns/", 1)[1].split("/", 1)[0]
         name = identity.rsplit("/sa/", 1)[1]
     return {"source_workload": name, "source_workload_namespace": ns, "source_principal": identity or "unknown"}
@@ -55,7 +60,7 @@ class Inbound:
         ip, port = tunnel.authority
         state = self.inputs.state()
         services = state.services_of(self.workload())
-        labels = ConnLabels(reporter="destination", **_source_labels(tunnel.peer_identity, state),
+        labels = ConnLabels(reporter="destination", **_source_labels(tunnel.peer_identity, str(tunnel.peer_address[0]), state),
                             destination_workload=self.pod.name, destination_workload_namespace=self.pod.namespace,
                             destination_principal=self.pod.identity,
                             destination_service=services[0].key if services else "unknown",

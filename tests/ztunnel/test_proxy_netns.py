@@ -112,7 +112,8 @@ async def test_service_vip_over_hbone_with_authz_and_passthrough(lab):
                 got = await client(a_fd, map_fd, (VIP, 80), payload)
                 assert got == f"{b_ip}\n".encode() + payload
                 assert metrics.value("istio_tcp_connections_opened_total", reporter="destination",
-                                     source_principal=f"{TD}/ns/default/sa/client",
+                                     source_principal=f"{TD}/ns/default/sa/client", source_workload="client",
+                                     destination_workload="web",
                                      destination_principal=f"{TD}/ns/default/sa/web",
                                      destination_service="default/web",
                                      connection_security_policy="mutual_tls") == 1
