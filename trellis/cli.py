@@ -55,7 +55,7 @@ def _inspect_command(kind: str):
         except (insp.InspectError, ValueError) as exc:
             _fail(str(exc))
         rows, errors = insp.collect(ts, path, key)
-        rows = shape(rows)
+        rows = shape(rows, insp.serving_by_target(ts)) if kind == "workloads" else shape(rows)
         click.echo(render(rows, fmt, columns))
         for e in errors:
             click.echo(f"error: {e}", err=True)
@@ -63,6 +63,8 @@ def _inspect_command(kind: str):
             sys.exit(1)
 
     command.__doc__ = f"List {kind} as ztunnel sees them (GET {path})."
+    if kind == "pods":
+        command.__doc__ = "Pods whose netns ztunnel holds (GET /pods): state, listeners, connections."
     return cli.command(kind)(command)
 
 

@@ -94,17 +94,36 @@ SERVICE_COLUMNS = [("NAME", "name"), ("CLUSTER-IP", "clusterIP"), ("PORTS", "por
                    ("ENDPOINTS", "endpoints"), ("FROM", "source")]
 POLICY_COLUMNS = [("NAME", "name"), ("ACTION", "action"), ("SELECTOR", "selectorText"),
                   ("TARGETS", "targetsText"), ("RULES", "ruleCount"), ("FROM", "source")]
-CERT_COLUMNS = [("IDENTITY", "identity"), ("STATE", "state"), ("NOT BEFORE", "notBefore"),
-                ("NOT AFTER", "notAfter"), ("FROM", "source")]
+POD_COLUMNS = [("UID", "uid"), ("ADDRESS", "address"), ("IDENTITY", "identity"), ("STATE", "state"),
+               ("CONNECTIONS", "activeConnections"), ("LISTENERS", "listeners"), ("FROM", "source")]
+CERT_COLUMNS = [("IDENTITY", "identity"), ("STATE", "state"), ("SERIAL", "serial"), ("NOT AFTER", "notAfter"),
+                ("REFRESH AT", "refreshAt"), ("PODS", "pods"), ("FROM", "source")]
 
 
-def workload_rows(rows: list[dict]) -> list[dict]:
-    out = []
+def workload_rows(rows: list[dict], serving: dict[str, set[str]] | None = None) -> list[dict]:
+    """One row per workload: every ztunnel knows every workload, so with several nodes
+    asked, keep the row from the workload's own node, where `enrolled` means something
+    (its uid is among that ztunnel's serving pods)."""
+    serving = serving or {}
+    best: dict[str, dict] = {}
     for r in rows:
         r = dict(r)
         r.setdefault("uid", f"{r.get('namespace')}/{r.get('name')}")
-        r.setdefault("enrolled", r.get("captured", r.get("inPod")))
-        out.append(r)
+        own = r.get("source") == f"ztunnel/{r.get('node')}"
+        r["enrolled"] = r["uid"] in serving.get(r.get("source"), set()) if r.get("source") in serving else None
+        if r["uid"] not in best or own:
+            best[r["uid"]] = r
+    return list(best.values())
+
+
+def serving_by_target(ts: list[Target]) -> dict[str, set[str]]:
+    from .lab.status import serving_uids
+    out = {}
+    for t in ts:
+        try:
+            out[t.label] = serving_uids(fetch(t, "/pods"))
+        except InspectError:
+            pass  # an older ztunnel without /pods: leave `enrolled` unknown
     return out
 
 
@@ -146,4 +165,5 @@ KINDS = {
     "services": ("/services", "services", SERVICE_COLUMNS, service_rows),
     "policies": ("/policies", "policies", POLICY_COLUMNS, policy_rows),
     "certs": ("/certs", "certs", CERT_COLUMNS, cert_rows),
+    "pods": ("/pods", "pods", POD_COLUMNS, list),
 }

@@ -12,12 +12,15 @@ from meshcore import admin
 
 TRELLIS = [str(Path(sys.executable).parent / "trellis")]
 
-WORKLOADS = {"workloads": [
+# shapes as ztunnel/app.py serves them: bare lists
+WORKLOADS = [
     {"uid": "default/web-1", "address": "10.244.2.2", "serviceAccount": "web", "node": "node2",
-     "identity": "spiffe://cluster.local/ns/default/sa/web", "protocol": "HBONE", "enrolled": True},
+     "identity": "spiffe://cluster.local/ns/default/sa/web", "protocol": "HBONE"},
     {"uid": "legacy/legacy", "address": "10.244.1.3", "serviceAccount": "legacy", "node": "node1",
-     "protocol": "TCP", "enrolled": False}]}
-DUMP = {"version": 7, "trustDomain": "cluster.local", **WORKLOADS, "services": [], "policies": []}
+     "protocol": "TCP"}]
+PODS = [{"uid": "default/web-1", "address": "10.244.2.2", "identity": "spiffe://cluster.local/ns/default/sa/web",
+         "state": "serving", "activeConnections": 2, "listeners": ["127.0.0.1:15001", "0.0.0.0:15008"]}]
+DUMP = {"state": {"version": 7, "workloads": WORKLOADS, "services": [], "policies": []}, "pods": PODS}
 
 
 async def _resp(body):
@@ -26,7 +29,7 @@ async def _resp(body):
 
 async def serve(nursery):
     routes = {"/workloads": lambda r: _resp(WORKLOADS), "/config_dump": lambda r: _resp(DUMP),
-              "/services": lambda r: _resp({"services": []})}
+              "/services": lambda r: _resp([]), "/pods": lambda r: _resp(PODS)}
     listener = await nursery.start(admin.serve_http, "127.0.0.1", 0, routes)
     return listener.socket.getsockname()[1]
 
@@ -47,7 +50,10 @@ async def test_workloads_table_json_yaml(nursery):
     code, out, _ = await trellis("workloads", "--admin", f"127.0.0.1:{port}", "-o", "json")
     assert code == 0 and [w["uid"] for w in json.loads(out)] == ["default/web-1", "legacy/legacy"]
     code, out, _ = await trellis("workloads", "--admin", f"127.0.0.1:{port}", "-o", "yaml")
-    assert code == 0 and yaml.safe_load(out)[1]["protocol"] == "TCP"
+    wl = yaml.safe_load(out)
+    assert code == 0 and wl[1]["protocol"] == "TCP" and [w["enrolled"] for w in wl] == [True, False]
+    code, out, _ = await trellis("pods", "--admin", f"127.0.0.1:{port}")
+    assert code == 0 and out.splitlines()[1].split()[3:5] == ["serving", "2"]
 
 
 async def test_empty_list_and_config_dump(nursery):
@@ -55,7 +61,7 @@ async def test_empty_list_and_config_dump(nursery):
     code, out, _ = await trellis("services", "--admin", f"127.0.0.1:{port}")
     assert (code, out.strip()) == (0, "No resources found.")
     code, out, _ = await trellis("config-dump", "--admin", f"127.0.0.1:{port}")
-    assert code == 0 and json.loads(out)["version"] == 7
+    assert code == 0 and json.loads(out)["state"]["version"] == 7
 
 
 async def test_missing_endpoint_and_unreachable_exit_1_with_advice(nursery):

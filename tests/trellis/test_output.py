@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from trellis import inspect as insp
-from trellis.lab.status import enrolled_uids
+from trellis.lab.status import serving_uids
 from trellis.output import cell, render, table
 
 ROWS = [{"uid": "default/web-1", "address": "10.244.2.2", "labels": {"app": "web"}, "enrolled": True},
@@ -43,15 +43,15 @@ def test_unknown_format_is_an_error():
 
 
 @pytest.mark.parametrize("data,expected", [
-    ([{"uid": "a/b", "enrolled": True}, {"uid": "a/c", "enrolled": False}], {"a/b"}),
-    ({"workloads": [{"namespace": "a", "name": "b", "captured": True}]}, {"a/b"}),
-    ({"workloads": {"a/b": {"inPod": True}, "a/c": {}}}, {"a/b"}),
-    ([{"uid": "a/b", "protocol": "HBONE"}], set()),   # known to ztunnel is not enrolled
-    ({"workloads": None}, set()),
+    ([{"uid": "a/b", "state": "serving"}, {"uid": "a/c", "state": "starting"}, {"uid": "a/d", "state": "draining"}],
+     {"a/b"}),
+    ({"pods": [{"uid": "a/b", "state": "serving"}]}, {"a/b"}),
+    ([{"state": "serving"}], set()),
+    ({"pods": None}, set()),
     (["junk", 3], set()),
 ])
-def test_enrolled_uids(data, expected):
-    assert enrolled_uids(data) == expected
+def test_serving_uids(data, expected):
+    assert serving_uids(data) == expected
 
 
 @pytest.mark.parametrize("text,ok", [("127.0.0.1:15000", ("127.0.0.1", 15000)), ("[::1]:15000", ("::1", 15000)),
@@ -77,5 +77,13 @@ def test_row_shapes_follow_ztunnel_dumps():
         ("app=web", "Service/web", 2), ("(namespace)", "", 0)]
     certs = insp.cert_rows([{"identity": "spiffe://td/ns/a/sa/b", "not_after": "2026-01-01T00:00:00Z"}])
     assert certs[0]["notAfter"] == "2026-01-01T00:00:00Z" and certs[0]["notBefore"] is None
-    wl = insp.workload_rows([{"namespace": "a", "name": "b", "captured": True}])
-    assert (wl[0]["uid"], wl[0]["enrolled"]) == ("a/b", True)
+    wl = insp.workload_rows([{"namespace": "a", "name": "b"}])
+    assert (wl[0]["uid"], wl[0]["enrolled"]) == ("a/b", None)   # unknown without /pods
+
+
+def test_workloads_from_several_nodes_keep_the_own_node_row():
+    rows = [{"uid": "d/web", "node": "n2", "source": "ztunnel/n1"}, {"uid": "d/web", "node": "n2", "source": "ztunnel/n2"},
+            {"uid": "d/vm", "node": "n3", "source": "ztunnel/n1"}]
+    out = insp.workload_rows(rows, {"ztunnel/n1": set(), "ztunnel/n2": {"d/web"}})
+    assert [(r["uid"], r["source"], r["enrolled"]) for r in out] == [("d/web", "ztunnel/n2", True),
+                                                                      ("d/vm", "ztunnel/n1", False)]

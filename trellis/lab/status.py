@@ -11,24 +11,11 @@ from . import state
 from .state import LabState
 from .topology import CP_ADMIN_PORT, ZT_ADMIN_PORT
 
-# ztunnel's /workloads marks a pod whose netns the node agent handed over; until that key
-# is settled in docs/internals.md, accept the likely spellings.
-ENROLLED_KEYS = ("enrolled", "captured", "inPod")
-
-
-def enrolled_uids(workloads: Any) -> set[str]:
-    """uids ("ns/name") that ztunnel reports as enrolled (it holds listeners in their netns)."""
-    items = workloads.get("workloads", workloads) if isinstance(workloads, dict) else workloads
-    if isinstance(items, dict):
-        items = [dict(v, uid=k) if isinstance(v, dict) else {"uid": k} for k, v in items.items()]
-    found = set()
-    for w in items or []:
-        if not isinstance(w, dict):
-            continue
-        uid = w.get("uid") or (f"{w.get('namespace')}/{w.get('name')}" if w.get("name") else None)
-        if uid and any(w.get(k) for k in ENROLLED_KEYS):
-            found.add(uid)
-    return found
+def serving_uids(pods: Any) -> set[str]:
+    """uids ("ns/name") of pods whose netns ztunnel holds and serves (its /pods route:
+    the node agent handed the netns over and the pod's listeners are bound)."""
+    items = pods.get("pods", []) if isinstance(pods, dict) else pods
+    return {p["uid"] for p in items or [] if isinstance(p, dict) and p.get("uid") and p.get("state") == "serving"}
 
 
 def _get(host: str, port: int, path: str, netns: str) -> tuple[Any, str | None]:
@@ -64,9 +51,9 @@ def probe(st: LabState, ambient: set[str]) -> dict[str, Any]:
             if err:
                 missing.append(f"ztunnel/{n['name']} /healthz ({err})")
                 continue
-            data, err = _get("127.0.0.1", ZT_ADMIN_PORT, "/workloads", n["netns"])
+            data, err = _get("127.0.0.1", ZT_ADMIN_PORT, "/pods", n["netns"])
             if data is not None:
-                enrolled |= enrolled_uids(data)
+                enrolled |= serving_uids(data)
     pods = []
     for pod in st.pods:
         key = f"{pod['namespace']}/{pod['name']}"
