@@ -56,3 +56,33 @@ def test_deny_reason_names_policy_and_principal():
 def test_no_allow_match_reason_lists_policies():
     d = authz.evaluate([pol("only-b", rules=[rule(principals=[B])])], A, 80)
     assert "default/only-b" in d.reason and A in d.reason and "port 80" in d.reason
+
+
+from hypothesis import given, strategies as st
+
+_names = st.sampled_from(["a", "b", "client", "web"])
+_principals = st.builds(lambda ns, sa: f"cluster.local/ns/{ns}/sa/{sa}", _names, _names)
+_rules = st.builds(lambda p, n, ports, np_: rule(principals=p, namespaces=n, ports=ports, not_ports=np_),
+                   st.lists(_principals, max_size=2), st.lists(_names, max_size=2),
+                   st.lists(st.integers(1, 5), max_size=2), st.lists(st.integers(1, 5), max_size=1))
+_policies = st.lists(st.builds(lambda i, action, rules: pol(f"p{i}", action, rules=rules),
+                               st.integers(0, 99), st.sampled_from(["ALLOW", "DENY"]),
+                               st.lists(_rules, max_size=3)), max_size=4)
+
+
+@given(_policies, _principals, st.integers(1, 5))
+def test_deny_all_rule_always_wins(policies, principal, port):
+    peer = "spiffe://" + principal
+    assert isinstance(authz.evaluate(policies + [pol("zz", "DENY", rules=[rule()])], peer, port), Deny)
+
+
+@given(_policies, _principals, st.integers(1, 5))
+def test_decision_is_consistent_with_policy_matches(policies, principal, port):
+    peer = "spiffe://" + principal
+    d = authz.evaluate(policies, peer, port)
+    denies = [p for p in policies if p.action == "DENY" and authz.policy_matches(p, peer, port)]
+    allows = [p for p in policies if p.action == "ALLOW"]
+    expect_allow = not denies and (not allows or any(authz.policy_matches(p, peer, port) for p in allows))
+    assert isinstance(d, Allow) == expect_allow
+    if isinstance(d, Deny):
+        assert d.reason and d.policy
