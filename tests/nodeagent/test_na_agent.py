@@ -13,8 +13,8 @@ import trio
 from na_helpers import bpftool_show
 from nodeagent.agent import NodeAgent
 from nodeagent.handoff import HandoffClient
-from test_handoff import FakeZtunnelPeer
-from test_reconcile import R, WE, PA, ns, res
+from test_na_handoff import FakeZtunnelPeer
+from test_na_reconcile import R, WE, PA, ns, res
 
 CAPTURE = ["trellis_connect4", "trellis_connect6", "trellis_sockops"]
 
@@ -71,7 +71,7 @@ import logging, sys, trio
 logging.basicConfig(level=logging.INFO)
 from pathlib import Path
 sys.path.insert(0, {testdir!r})
-from test_reconcile import R, WE, ns, res
+from test_na_reconcile import R, WE, ns, res
 from nodeagent.__main__ import serve
 
 class StaticControlPlane:
