@@ -1,7 +1,9 @@
 """HBONE client: TLS+h2 connections to ztunnels, pooled and multiplexed.
 
 Pool key is (source identity, destination identity, destination address) as in the
-design: a tunnel never rides a connection authenticated as someone else. A new TLS
+design: a tunnel never rides a connection authenticated as someone else. Callers that
+open connections from several pods' network namespaces also pass `source_address`, so
+a tunnel leaves from its own pod's netns (Istio's WorkloadKey carries the source IP too). A new TLS
 connection asks `ssl_context_for(source_identity)` for its context, so a renewed
 certificate is used from then on while open connections keep their old session.
 """
@@ -26,7 +28,7 @@ from .stream import HboneStream, Mux
 
 log = logging.getLogger("meshcore.hbone")
 SocketFactory = Callable[[int], socket.socket]
-PoolKey = tuple[str, str, tuple[str, int]]
+PoolKey = tuple[str, str, tuple[str, int], str]
 
 
 def _peer(address: tuple[str, int]) -> str:
@@ -193,7 +195,7 @@ class HboneClientPool:
 
     async def connect(self, address: tuple[str, int], authority: str, expected_identity: str | None,
                       source_identity: str, socket_factory: SocketFactory | None = None,
-                      headers: Sequence[tuple[str, str]] = ()) -> HboneStream:
+                      headers: Sequence[tuple[str, str]] = (), source_address: str = "") -> HboneStream:
         """Open one tunnel to `authority` through the ztunnel at `address`; raise HboneError with advice."""
         try:
             c.parse_authority(authority)
@@ -202,7 +204,7 @@ class HboneClientPool:
         if self._nursery is None:
             raise LocalProtocolError("use HboneClientPool as `async with` before connect()")
         address = (str(address[0]), int(address[1]))
-        key: PoolKey = (source_identity, expected_identity or "", address)
+        key: PoolKey = (source_identity, expected_identity or "", address, source_address)
         async with self._locks.setdefault(key, trio.Lock()):
             conn = next((x for x in self._conns.get(key, []) if x.usable), None)
             if conn is None:
@@ -228,6 +230,8 @@ class HboneClientPool:
     async def _run(self, conn: HboneConnection) -> None:
         try:
             await conn.mux.run()
+        except Exception:   # one bad connection must not take the pool (and ztunnel) down
+            log.exception("hbone: connection to %s failed unexpectedly", conn.mux.peer)
         finally:
             conns = self._conns.get(conn.key, [])
             if conn in conns:

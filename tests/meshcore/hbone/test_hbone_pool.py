@@ -160,3 +160,14 @@ async def test_server_gone_breaks_tunnels_and_leaves_the_pool(client_bundle, ser
             with pytest.raises(HboneConnectRefused):
                 await pool.connect(("127.0.0.1", port), "10.0.0.1:80", SERVER_ID, CLIENT_ID)
             await s.aclose()
+
+
+async def test_source_address_separates_connections(nursery, client_bundle, server_bundle):
+    (port,), _ = await start_server(nursery, echo, server_bundle)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        a = await pool.connect(("127.0.0.1", port), "10.0.0.1:80", SERVER_ID, CLIENT_ID, source_address="10.244.1.5")
+        b = await pool.connect(("127.0.0.1", port), "10.0.0.1:80", SERVER_ID, CLIENT_ID, source_address="10.244.1.6")
+        a2 = await pool.connect(("127.0.0.1", port), "10.0.0.1:80", SERVER_ID, CLIENT_ID, source_address="10.244.1.5")
+        assert pool.connections_opened == 2
+        for s in (a, b, a2):
+            await s.aclose()

@@ -236,3 +236,14 @@ async def test_renewed_certificate_used_by_new_connections_old_tunnel_keeps_work
         await new.aclose()
     assert len(seen) == 2 and seen[0] != seen[1]
     assert {peer_uri_san(d) for d in seen} == {CLIENT_ID}
+
+
+async def test_stalled_client_is_dropped_after_handshake_timeout(nursery, caplog, client_bundle, server_bundle):
+    caplog.set_level(logging.WARNING, "meshcore.hbone")
+    (port,), stats = await start_server(nursery, echo, server_bundle)   # handshake_timeout=2
+    s = await trio.open_tcp_stream("127.0.0.1", port)
+    await drain_until_closed(s)   # we never send a byte; the server must hang up on us
+    await s.aclose()
+    await wait_for(lambda: stats.handshake_failures == 1, "handshake failure")
+    assert any("TLS handshake took longer than" in r.getMessage() for r in caplog.records)
+    await assert_still_serves(port, client_bundle)
