@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trellis.lab.cgroups import find_cgroup2
+from trellis.lab.cgroups import attached_bpf, detach_bpf, find_cgroup2
 
 TRELLIS = str(Path(sys.executable).parent / "trellis")
 PREFIX = "tt-lab"
@@ -201,3 +201,42 @@ def test_down_leaves_nothing_and_half_created_lab_is_cleaned(tmp_path):
     assert not (tmp_path / "state").exists()
     again = run("lab", "down", env=env)
     assert again.returncode == 0 and "no lab running" in again.stdout
+
+
+CRASHED_AGENT = """
+import os, signal, sys
+from pathlib import Path
+from nodeagent.loader import Programs
+p = Programs()
+for cg in sys.argv[1:]:
+    p.attach(Path(cg), strict=True)
+print("attached", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)   # a node agent that dies without detaching
+"""
+
+
+def test_down_detaches_bpf_left_by_a_crashed_node_agent(tmp_path):
+    prefix = "tt-lab-b"
+    env = {"TRELLIS_LAB_DIR": str(tmp_path / "state"), "TRELLIS_LAB_PREFIX": prefix}
+    before = ours(prefix)
+    (tmp_path / "lab.yaml").write_text("apiVersion: trellis.dev/v1alpha1\nkind: Lab\nspec:\n  nodes: [node1]\n"
+                                       "  pods:\n    - {name: p, node: node1, command: [sleep, infinity]}\n")
+    try:
+        assert run("lab", "up", str(tmp_path), "--no-mesh", env=env).returncode == 0
+        cg = find_cgroup2() / f"{prefix}-lab" / "node1" / "pods" / "default_p"
+        system = cg.parents[1] / "system"
+        agent = subprocess.run([sys.executable, "-c", CRASHED_AGENT, str(cg), str(system)], capture_output=True,
+                               text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+        assert "attached" in agent.stdout, agent.stderr[-2000:]
+        ids = [p["id"] for p in attached_bpf(cg)]
+        assert len(ids) >= 2 and len(attached_bpf(system)) == len(ids)  # outlived their loader
+        # the explicit detach `lab down` does before rmdir (here on one cgroup; down does the other)
+        assert len(detach_bpf(system)) == len(ids) and attached_bpf(system) == []
+    finally:
+        down = run("lab", "down", env=env)
+        if down.returncode != 0:
+            force_cleanup(prefix)
+    assert down.returncode == 0, down.stderr
+    assert ours(prefix) == before
+    for prog_id in ids:   # detached and, with no fd left anywhere, freed by the kernel
+        assert subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True).returncode != 0
