@@ -3,6 +3,7 @@ unreachable, 2 usage. Fetching and rendering live in inspect.py / output.py."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def lab_exec(pod: str, namespace: str | None, command: tuple[str, ...]) -> None:
     try:
         code = procs.run_in(list(command), netns=p["netns"], cgroup=p["cgroup"],
                             env={"POD_NAME": p["name"], "POD_NAMESPACE": p["namespace"], "POD_IP": p["address"]})
-    except (FileNotFoundError, OSError, Exception) as exc:
+    except (OSError, subprocess.SubprocessError) as exc:  # not found, or setns/cgroup join refused
         _fail(f"cannot run {command[0]!r} in pod {p['namespace']}/{p['name']}: {exc}")
     sys.exit(code)
 
