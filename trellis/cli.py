@@ -112,7 +112,7 @@ def lab_up(directory: Path, no_mesh: bool, timeout: float) -> None:
     except topology.LabConfigError as exc:
         _fail(f"invalid lab:\n{exc}")
     except (up.LabError, OSError, RuntimeError) as exc:
-        _fail(f"{exc}\nthe lab is half up; inspect it with `trellis lab status`, remove it with `trellis lab down`")
+        _fail(str(exc))
     click.echo(summary.after_up(st))
 
 

@@ -189,7 +189,7 @@ def test_down_leaves_nothing_and_half_created_lab_is_cleaned(tmp_path):
         res = run("lab", "up", str(tmp_path), "--no-mesh", env=env)
         assert res.returncode == 1
         assert "pod/default/client" in res.stderr and "exited with code 3" in res.stderr and "boom-tt" in res.stderr
-        assert "trellis lab down" in res.stderr
+        assert "the lab is half up" in res.stderr and "trellis lab down" in res.stderr
         left = ours(prefix)
         assert len(left["netns"]) == 6 and len(left["cgroups"]) == 1
     finally:

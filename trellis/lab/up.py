@@ -37,6 +37,11 @@ def preflight(mesh: bool) -> Path:
     if mesh and importlib.util.find_spec("bcc") is None:
         raise LabError("python module bcc is not importable; install python3-bpfcc and recreate the venv "
                        "with scripts/setup (or use --no-mesh for a lab without eBPF capture)")
+    if mesh:
+        absent = [m for m in ("controlplane", "ztunnel", "nodeagent") if importlib.util.find_spec(f"{m}.__main__") is None]
+        if absent:
+            raise LabError(f"{', '.join(absent)} cannot run (`python -m {absent[0]}`: no {absent[0]}/__main__.py); "
+                           f"install the full project, or use --no-mesh for the network and pods alone")
     return mount
 
 
@@ -197,13 +202,17 @@ def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: f
                          "address": q.address, "netns": q.netns, "cgroup": str(mount / p.cgroup_root / q.cgroup)}
                         for q in p.pods])
     state.save(st, sdir)
-    _network(p, st, sdir, echo)
-    _cgroups(p, st, sdir, echo)
-    if mesh:
-        _identity(p, sdir, echo)
-    _config(lab_dir, p, sdir, echo)
-    _processes(p, st, sdir, mesh, echo)
-    _ready(p, st, sdir, echo, ready_timeout)
+    try:
+        _network(p, st, sdir, echo)
+        _cgroups(p, st, sdir, echo)
+        if mesh:
+            _identity(p, sdir, echo)
+        _config(lab_dir, p, sdir, echo)
+        _processes(p, st, sdir, mesh, echo)
+        _ready(p, st, sdir, echo, ready_timeout)
+    except (LabError, OSError, RuntimeError) as exc:  # NetError, CgroupError are RuntimeErrors
+        raise LabError(f"{exc}\nthe lab is half up: look with `trellis lab status`, "
+                       f"remove it with `trellis lab down`") from exc
     st.phase = "up"
     state.save(st, sdir)
     return st, p
