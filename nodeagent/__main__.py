@@ -71,6 +71,19 @@ def control_plane_client(address: tuple[str, int], bundle: identity.CertBundle, 
     return ControlPlaneClient(address, cred, node)
 
 
+async def watch_forever(cp, agent: NodeAgent) -> None:
+    """The client reconnects by itself; this only keeps the agent up if it gives up."""
+    backoff = 1.0
+    while True:
+        try:
+            await cp.watch(agent.on_update)
+        except Exception as e:
+            log.error("control plane watch stopped (%s: %s); restarting in %.0fs, keeping %d pod(s) enrolled "
+                      "from config version %s", type(e).__name__, e, backoff, len(agent.enrolled), agent.version)
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
 async def serve(node: str, cp, run_dir: Path, excluded: tuple[int, ...]) -> None:
     programs = Programs(excluded_ports=excluded)
     handoff = HandoffClient(run_dir / "ztunnel.sock", node, programs.origdst_fd)
@@ -80,7 +93,7 @@ async def serve(node: str, cp, run_dir: Path, excluded: tuple[int, ...]) -> None
             async with trio.open_nursery() as nursery:
                 await nursery.start(agent.run)
                 if cp is not None:
-                    nursery.start_soon(cp.watch, agent.on_update)
+                    nursery.start_soon(watch_forever, cp, agent)
                 log.info("node agent for %s running (ztunnel socket %s)", node, handoff.path)
                 async for signum in signals:
                     log.info("received %s: detaching everything", signal.Signals(signum).name)

@@ -147,3 +147,26 @@ async def test_refused_handoff_leaves_nothing_attached_and_is_retried(programs, 
         agent.shutdown()
         await agent.handoff.aclose()
         peer.close()
+
+
+async def test_a_failing_watch_is_restarted_and_the_agent_stays_up(autojump_clock, caplog):
+    from nodeagent.__main__ import watch_forever
+
+    class FlakyControlPlane:
+        calls = 0
+
+        async def watch(self, on_update):
+            self.calls += 1
+            raise ConnectionError("control plane at 10.100.0.1:15012 refused the connection")
+
+    class Agent:
+        enrolled, version = {}, None
+
+        def on_update(self, resources, version):
+            raise AssertionError("never called: the watch fails first")
+
+    cp = FlakyControlPlane()
+    with trio.move_on_after(10):
+        await watch_forever(cp, Agent())
+    assert cp.calls >= 3
+    assert "refused the connection" in caplog.text and "restarting in" in caplog.text
