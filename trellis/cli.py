@@ -35,13 +35,30 @@ def cli() -> None:
 @cli.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def validate(directory: Path) -> None:
-    """Check every resource in DIRECTORY; one line per error."""
-    result = _resources().load_dir(directory)
-    for err in result.errors:
-        click.echo(str(err))
-    if result.errors:
+    """Check every resource in DIRECTORY; one line per error.
+
+    A lab directory (with lab.yaml) is checked whole: lab.yaml and its config/."""
+    from .lab.topology import LabConfigError, load_lab, plan
+    errors: list[str] = []
+    if (directory / "lab.yaml").exists():
+        try:
+            plan(load_lab(directory))
+        except LabConfigError as exc:
+            # "file: field: message" -> "file: Lab: field: message", the shape of resource errors
+            errors += [": Lab: ".join(line.split(": ", 1)) for line in exc.errors]
+        for line in errors:
+            click.echo(line)
+        directory = directory / "config" if (directory / "config").is_dir() else None
+    count = 0
+    if directory is not None:
+        result = _resources().load_dir(directory)
+        errors += [str(e) for e in result.errors]
+        count = len(result.resources)
+        for e in result.errors:
+            click.echo(str(e))
+    if errors:
         sys.exit(1)
-    click.echo(f"{directory}: {len(result.resources)} resource(s) valid")
+    click.echo(f"valid: {count} resource(s)")
 
 
 def _inspect_command(kind: str):

@@ -101,3 +101,14 @@ async def test_lab_up_rejects_invalid_lab_naming_file_and_field(tmp_path):
     assert code == 1
     assert f"{tmp_path / 'lab.yaml'}: spec.pods[0].node: 'n2' is not one of spec.nodes (n1)" in err
     assert not (tmp_path / "state").exists()
+
+
+async def test_validate_lab_dir_reports_lab_errors_one_per_line(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "examples" / "lab" / "lab.yaml").read_text().replace("node: node2", "node: node9")
+    (tmp_path / "lab.yaml").write_text(text)
+    code, out, _ = await trellis("validate", str(tmp_path))
+    lines = [x for x in out.splitlines() if "node9" in x]
+    assert code == 1 and len(lines) == 2
+    assert lines[0] == (f"{tmp_path / 'lab.yaml'}: Lab: spec.pods[1].node: 'node9' is not one of spec.nodes "
+                        f"(node1, node2); add it there or fix the pod")
