@@ -62,6 +62,10 @@ async def _open_tcp(address: tuple[str, int], socket_factory: SocketFactory | No
     return trio.SocketStream(sock)
 
 
+class _NoRoom(HboneConnectionLost):
+    """This connection cannot take another stream; the pool retries on a new one."""
+
+
 class HboneConnection:
     """One verified TLS+h2 connection; its reader runs in the pool's nursery."""
 
@@ -71,6 +75,7 @@ class HboneConnection:
         self.active = 0                 # tunnels opened or opening on it
         self.idle_since = trio.current_time()
         self.tunnels_opened = 0
+        self.full = False
 
     @classmethod
     async def establish(cls, address: tuple[str, int], ssl_context: ssl.SSLContext, key: PoolKey,
@@ -105,15 +110,17 @@ class HboneConnection:
     @property
     def usable(self) -> bool:
         limit = min(self.mux.codec.peer_max_concurrent_streams, c.MAX_CONCURRENT_STREAMS)
-        return self.mux.broken is None and not self.mux.codec.closed and self.active < limit
+        return self.mux.broken is None and not self.mux.codec.closed and not self.full and self.active < limit
 
     async def open_tunnel(self, authority: str, headers: Sequence[tuple[str, str]], timeout: float) -> HboneStream:
         mux, peer = self.mux, self.mux.peer
         try:
             sid = mux.codec.open_tunnel(authority, tuple(headers))
         except LocalProtocolError as e:
+            # The peer lowered its stream limit, or the connection is closing: use another.
             self._closed_one(None)
-            raise HboneConnectionLost(f"cannot open a tunnel on the connection to {peer}: {e}") from None
+            self.full = True
+            raise _NoRoom(f"cannot open a tunnel on the connection to {peer}: {e}") from None
         stream = HboneStream(mux, sid, on_close=self._closed_one)
         st = mux.streams[sid]
         try:
@@ -205,12 +212,18 @@ class HboneClientPool:
             raise LocalProtocolError("use HboneClientPool as `async with` before connect()")
         address = (str(address[0]), int(address[1]))
         key: PoolKey = (source_identity, expected_identity or "", address, source_address)
-        async with self._locks.setdefault(key, trio.Lock()):
-            conn = next((x for x in self._conns.get(key, []) if x.usable), None)
-            if conn is None:
-                conn = await self._establish(key, address, expected_identity, socket_factory)
-            conn.active += 1
-        return await conn.open_tunnel(authority, headers, self.open_timeout)
+        for attempt in (1, 2):
+            async with self._locks.setdefault(key, trio.Lock()):
+                conn = next((x for x in self._conns.get(key, []) if x.usable), None)
+                if conn is None:
+                    conn = await self._establish(key, address, expected_identity, socket_factory)
+                conn.active += 1
+            try:
+                return await conn.open_tunnel(authority, headers, self.open_timeout)
+            except _NoRoom:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _establish(self, key: PoolKey, address: tuple[str, int], expected_identity: str | None,
                          socket_factory: SocketFactory | None) -> HboneConnection:

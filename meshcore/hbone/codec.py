@@ -244,7 +244,10 @@ class _Base:
         """Send GOAWAY: no new streams; existing ones may finish."""
         if not self.closed:
             self.closed = True
-            self._h2.close_connection(error_code=code, additional_data=reason.encode() or None)
+            try:
+                self._h2.close_connection(error_code=code, additional_data=reason.encode() or None)
+            except h2.exceptions.ProtocolError:
+                pass   # h2 already closed it (peer GOAWAY or a protocol error)
 
     @property
     def peer_max_concurrent_streams(self) -> int:
