@@ -3,11 +3,11 @@ process in the pod's cgroup dialing a Service VIP, answered by a pod behind HBON
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import trio
 
 from meshcore import netns
@@ -45,20 +45,21 @@ class StaticControlPlane:
         await trio.sleep_forever()
 
 
-async def echo_server(fd, port, *, task_status=trio.TASK_STATUS_IGNORED):
-    raw = netns.socket_in(fd)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    raw.bind(("0.0.0.0", port))
-    raw.listen(16)
-
-    async def handle(stream):
-        async with stream:
-            while data := await stream.receive_some(65536):
-                await stream.send_all(b"echo:" + data)
-
-    await trio.serve_listeners(handle, [trio.SocketListener(trio.socket.from_stdlib_socket(raw))],
-                               task_status=task_status)
-
+ECHO_APP = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(16)
+print("up", flush=True)
+for _ in range(50):
+    c, _ = s.accept()
+    with c:
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+        c.sendall(b"echo:" + data)
+"""
 
 APP = """
 import socket
@@ -72,13 +73,29 @@ print(data.decode(), flush=True)
 """
 
 
-async def test_app_reaches_service_vip_through_capture_and_ztunnel(programs, pod, tmp_path):
+def plaintext_reaches(pod) -> bool:
+    """A direct (non-mesh) connection from the client pod's netns to web:8080."""
+    fd = netns.open_netns(pod.netns)
+    try:
+        s = netns.socket_in(fd)
+    finally:
+        os.close(fd)
+    with s:
+        s.settimeout(1.5)
+        try:
+            s.connect((pod.peer_ip, 8080))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_app_reaches_service_vip_through_capture_and_ztunnel(programs, pod, tmp_path, strict):
     from ztunnel.app import Config, Ztunnel
 
     holder = pod.spawn("import sys; print('up', flush=True); sys.stdin.read()")  # the client pod's process
-    server_holder = pod.spawn("import sys; print('up', flush=True); sys.stdin.read()",
-                              cgroup=pod.other_cgroup, netns=pod.peer_netns)   # the server pod's
-    assert holder.stdout.readline().strip() == "up" and server_holder.stdout.readline().strip() == "up"
+    web = pod.spawn(ECHO_APP, cgroup=pod.other_cgroup, netns=pod.peer_netns)  # the server pod's app
+    assert holder.stdout.readline().strip() == "up" and web.stdout.readline().strip() == "up"
     resources = [
         Res("Namespace", None, "default", labels={"trellis.dev/dataplane-mode": "ambient"}),
         Res("WorkloadEntry", "default", "client", spec={"address": pod.pod_ip, "serviceAccount": "client",
@@ -88,17 +105,18 @@ async def test_app_reaches_service_vip_through_capture_and_ztunnel(programs, pod
         Res("Service", "default", "web", spec={"clusterIP": "10.96.0.10", "selector": {"app": "web"},
                                                "ports": [{"port": 80, "targetPort": 8080}]}),
     ]
+    if strict:
+        resources.append(Res("PeerAuthentication", "default", "web", spec={
+            "selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "STRICT"}}))
     cp = StaticControlPlane(resources)
     run_dir = tmp_path / "run"
     cfg = Config(node="n1", control_plane=("127.0.0.1", 1), credential_dir=tmp_path, run_dir=run_dir,
                  admin=("127.0.0.1", 0), metrics=("127.0.0.1", 0), ready=("127.0.0.1", 0), drain_timeout=1)
     zt = Ztunnel(cfg, cp)
     agent = NodeAgent("n1", programs, HandoffClient(run_dir / "ztunnel.sock", "n1", programs.origdst_fd))
-    web_fd = netns.open_netns(pod.peer_netns)
     try:
         with trio.fail_after(40):
             async with trio.open_nursery() as n:
-                await n.start(echo_server, web_fd, 8080)
                 await n.start(lambda task_status: zt.run(handle_signals=False, task_status=task_status))
                 await n.start(cp.watch, agent.on_update)
                 await n.start(agent.run)
@@ -119,9 +137,10 @@ async def test_app_reaches_service_vip_through_capture_and_ztunnel(programs, pod
                 # 10.96.0.10 has no route and nothing listens on :80: only the capture plus
                 # ztunnel's Service resolution (80 -> web:8080 over HBONE) can answer.
                 assert app.stdout.decode().strip() == "echo:hello"
+                # STRICT (web only): plaintext around the mesh is dropped, HBONE delivery is not
+                assert plaintext_reaches(pod) is not strict
                 assert len(programs.origdst) == before  # ztunnel consumed the entry sockops wrote
                 await zt.shutdown(n.cancel_scope)
     finally:
         agent.shutdown()
         await agent.handoff.aclose()
-        os.close(web_fd)
