@@ -24,7 +24,8 @@ from . import codec as c
 from .errors import (STATUS_ADVICE, HboneConnectionLost, HboneConnectRefused, HboneConnectTimeout,
                      HboneError, HboneIdentityMismatch, HboneTlsError, HboneTunnelRefused,
                      LocalProtocolError, describe_tls_failure)
-from .stream import HboneStream, Mux
+from .mux import Mux
+from .stream import HboneStream
 
 log = logging.getLogger("meshcore.hbone")
 SocketFactory = Callable[[int], socket.socket]

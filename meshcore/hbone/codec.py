@@ -9,7 +9,6 @@ refuses it; END_STREAM is a half-close, RST_STREAM an abort. Unknown regular hea
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 import h2.config
@@ -20,6 +19,10 @@ import h2.exceptions
 import h2.settings
 
 from .errors import LocalProtocolError, RemoteProtocolError
+# Re-exported: codec users see one namespace, as with h11.
+from .events import (REASON_HEADER, BadRequest, ConnectionClosed, Data, Event, HalfClosed, Headers,  # noqa: F401
+                     Reset, TunnelOpened, TunnelRefused, TunnelRequested, WindowOpened, format_authority,
+                     parse_authority)
 
 # Large windows and frames so bulk transfer is not throttled by flow control: on a
 # fast path (loopback, 10G LAN) 64 KiB default windows stall a stream every few
@@ -32,95 +35,6 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_CONCURRENT_STREAMS = 100
 MAX_HEADER_LIST_SIZE = 16 * 1024   # CONNECT needs a few hundred bytes; refuse header bombs
-
-Headers = tuple[tuple[str, str], ...]
-
-
-# ---- events ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TunnelRequested:
-    stream_id: int
-    authority: tuple[str, int]
-    headers: Headers = ()
-
-
-@dataclass(frozen=True)
-class BadRequest:
-    """A stream the codec refused on its own (not CONNECT, bad authority); already answered."""
-    stream_id: int
-    status: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class TunnelOpened:
-    stream_id: int
-
-
-@dataclass(frozen=True)
-class TunnelRefused:
-    stream_id: int
-    status: int
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Data:
-    stream_id: int
-    data: bytes
-    flow_length: int   # bytes that count against flow control (data + padding)
-
-
-@dataclass(frozen=True)
-class HalfClosed:
-    stream_id: int
-
-
-@dataclass(frozen=True)
-class Reset:
-    stream_id: int
-    code: int
-
-
-@dataclass(frozen=True)
-class ConnectionClosed:
-    code: int
-    reason: str = ""
-    last_stream_id: int | None = None   # GOAWAY: streams above this were never processed
-
-
-@dataclass(frozen=True)
-class WindowOpened:
-    stream_id: int   # 0: the connection window (or the initial window setting) changed
-
-
-Event = (TunnelRequested | BadRequest | TunnelOpened | TunnelRefused | Data | HalfClosed
-         | Reset | ConnectionClosed | WindowOpened)
-
-REASON_HEADER = "trellis-reason"   # optional, human-readable; Istio peers ignore it
-
-
-def parse_authority(authority: str) -> tuple[str, int]:
-    """`10.0.0.1:80` or `[fd00::1]:80` -> (ip, port); raise ValueError with advice."""
-    if authority.startswith("["):
-        host, sep, port = authority[1:].partition("]:")
-        if not sep:
-            raise ValueError(f":authority {authority!r} must be [ipv6]:port")
-        ip = ipaddress.IPv6Address(host)
-    else:
-        host, sep, port = authority.rpartition(":")
-        if not sep:
-            raise ValueError(f":authority {authority!r} must be ip:port (the original destination)")
-        ip = ipaddress.IPv4Address(host)
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f":authority {authority!r} has no valid port 1-65535")
-    return str(ip), int(port)
-
-
-def format_authority(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
 
 # ---- connections -----------------------------------------------------------------
 

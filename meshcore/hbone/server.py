@@ -19,7 +19,8 @@ from meshcore.tls import IdentityMismatch, verify_peer_identity
 
 from . import codec as c
 from .errors import LocalProtocolError, describe_tls_failure
-from .stream import HboneStream, Mux
+from .mux import Mux
+from .stream import HboneStream
 
 log = logging.getLogger("meshcore.hbone")
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
