@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import logging
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +136,8 @@ class Programs:
         cgroup = Path(cgroup)
         wanted = [s.name for s in CAPTURE] + ([STRICT.name] if strict else [])
         have = {a.program for a in self.attachments(cgroup)}
+        if not have:
+            self.remove_stale(cgroup)
         fd = _open_cgroup(cgroup)
         done: list[str] = []
         try:
@@ -150,6 +154,22 @@ class Programs:
         finally:
             os.close(fd)
         return wanted
+
+    def remove_stale(self, cgroup: Path) -> list[str]:
+        """Detach trellis_* programs that an agent killed without cleanup left behind.
+
+        Attachments outlive the process that made them; a stale connect4 running before
+        ours would record destinations in a map ztunnel no longer reads.
+        """
+        ours = {_prog_id(fn.fd) for fn in self._fns.values()}
+        removed = []
+        for a in _bpftool_json("cgroup", "show", str(cgroup)):
+            if a.get("name", "").startswith("trellis_") and a.get("id") not in ours:
+                _bpftool_json("cgroup", "detach", str(cgroup), a["attach_type"], "id", str(a["id"]))
+                removed.append(f"{a['name']}#{a['id']}")
+        if removed:
+            log.warning("cgroup %s: detached %s left by an earlier node agent", cgroup, ", ".join(removed))
+        return removed
 
     def set_strict(self, cgroup: Path, on: bool) -> None:
         cgroup = Path(cgroup)
@@ -200,6 +220,25 @@ class Programs:
             self.detach_all()
         finally:
             self.bpf.cleanup()
+
+
+def _prog_id(fd: int) -> int:
+    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+        if line.startswith("prog_id:"):
+            return int(line.split()[1])
+    raise LoaderError(f"fd {fd} is not a BPF program")
+
+
+def _bpftool_json(*args: str) -> list:
+    try:
+        out = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise LoaderError("bpftool not found; install it (`apt-get install bpftool`) so the agent can "
+                          "clean up after a crashed predecessor") from None
+    if out.returncode != 0:
+        raise LoaderError(f"bpftool {' '.join(args)} failed: {out.stderr.strip() or out.stdout.strip()}")
+    text = out.stdout.strip()
+    return json.loads(text) if text else []
 
 
 def origdst_entry(table, netns_cookie: int, sport: int):

@@ -173,3 +173,43 @@ def test_excluded_ports_are_validated(programs):
     with pytest.raises(LoaderError, match="at most 64"):
         programs.set_excluded_ports(range(1000, 1100))
     programs.set_excluded_ports([])
+
+
+CRASHING_AGENT = """
+import os, sys
+from nodeagent.loader import Programs
+p = Programs()
+p.attach(sys.argv[1], strict=True)
+print("attached", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_programs_left_by_a_killed_agent_are_replaced(programs, pod):
+    import signal
+    import sys
+
+    old = subprocess.Popen([sys.executable, "-c", CRASHING_AGENT, str(pod.cgroup)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pod.procs.append(old)
+    assert old.stdout.readline().strip() == "attached"
+    old.send_signal(signal.SIGKILL)  # no chance to detach
+    old.communicate(timeout=10)
+    stale = {a["id"] for a in bpftool_show(pod.cgroup)}
+    assert len(stale) == 4  # attachments outlive their process
+    programs.attach(pod.cgroup)
+    try:
+        now = bpftool_show(pod.cgroup)
+        assert len(now) == 3 and not stale & {a["id"] for a in now}
+        lst = listener(pod.netns, "127.0.0.1", 15001)
+        with lst:
+            proc = pod.spawn(client_code("10.96.0.12", 80))
+            conn, peer = lst.accept()
+            with conn:
+                reply(proc)
+                entry = origdst_entry(programs.origdst, netns_cookie(lst), peer[1])
+                assert entry is not None and leaf_address(entry) == ("10.96.0.12", 80)  # in *our* map
+            proc.stdin.close()
+    finally:
+        programs.detach(pod.cgroup)
+    assert bpftool_show(pod.cgroup) == []
