@@ -180,3 +180,6 @@ class Mux:
 
     async def wait_window(self) -> None:
         await self._window_lot.park()
+
+    def wake_senders(self) -> None:
+        self._window_lot.unpark_all()

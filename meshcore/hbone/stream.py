@@ -80,6 +80,8 @@ class HboneStream(trio.abc.HalfCloseableStream):
             while not self._closed and self._broken() is None and self._send_window() == 0:
                 await self._mux.wait_window()
             await checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError("HBONE stream was closed while waiting to send")
         finally:
             self._sending = False
 
@@ -157,6 +159,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
             st.buf.clear()
             codec.ack(self.stream_id, unread)   # give the connection window back
             st.recv_lot.unpark_all()
+            self._mux.wake_senders()
             self._mux.forget(self.stream_id)
             if self._on_close is not None:
                 self._on_close(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from meshcore.hbone import codec as c
 from meshcore.hbone.client import HboneClientPool
 
 from .certs import client_ctx
@@ -41,6 +42,14 @@ async def test_check_half_closeable_stream(nursery, client_bundle, server_bundle
                 server = await recv_ch.receive()
             return client, server
 
-        with trio.fail_after(60):
-            await trio.testing.check_half_closeable_stream(maker, None)
+        async def clogged_maker():
+            # Fill the stream window both ways with nobody reading: the next send blocks.
+            client, server = await maker()
+            async with trio.open_nursery() as n:
+                n.start_soon(client.send_all, b"c" * c.STREAM_WINDOW)
+                n.start_soon(server.send_all, b"s" * c.STREAM_WINDOW)
+            return client, server
+
+        with trio.fail_after(120):
+            await trio.testing.check_half_closeable_stream(maker, clogged_maker)
         assert pool.connections_opened == 1
