@@ -72,13 +72,13 @@ class _Base:
             return []
         try:
             h2_events = self._h2.receive_data(data)
+            out: list[Event] = []
+            for ev in h2_events:
+                out.extend(self._translate(ev))
         except h2.exceptions.ProtocolError as e:
             raise self._fail(f"malformed HTTP/2 from peer: {e}") from None
-        except Exception as e:   # hpack/hyperframe corner cases escape h2's wrapping
+        except Exception as e:   # hpack/hyperframe corner cases, a non-numeric :status, ...
             raise self._fail(f"malformed HTTP/2 from peer ({type(e).__name__}: {e})") from None
-        out: list[Event] = []
-        for ev in h2_events:
-            out.extend(self._translate(ev))
         return out
 
     def _fail(self, message: str) -> RemoteProtocolError:

@@ -10,6 +10,16 @@ from dataclasses import dataclass
 Headers = tuple[tuple[str, str], ...]
 
 
+def _check_stream(stream_id: int, allow_connection: bool = False) -> None:
+    if not isinstance(stream_id, int) or stream_id < (0 if allow_connection else 1):
+        raise ValueError(f"invalid HTTP/2 stream id {stream_id!r}")
+
+
+def _check_status(status: int) -> None:
+    if not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"invalid HTTP status {status!r}")
+
+
 # ---- events ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -17,6 +27,10 @@ class TunnelRequested:
     stream_id: int
     authority: tuple[str, int]
     headers: Headers = ()
+
+    def __post_init__(self) -> None:
+        _check_stream(self.stream_id)
+        parse_authority(format_authority(*self.authority))
 
 
 @dataclass(frozen=True)
@@ -26,10 +40,17 @@ class BadRequest:
     status: int
     reason: str
 
+    def __post_init__(self) -> None:
+        _check_stream(self.stream_id)
+        _check_status(self.status)
+
 
 @dataclass(frozen=True)
 class TunnelOpened:
     stream_id: int
+
+    def __post_init__(self) -> None:
+        _check_stream(self.stream_id)
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,10 @@ class TunnelRefused:
     status: int
     reason: str = ""
 
+    def __post_init__(self) -> None:
+        _check_stream(self.stream_id)
+        _check_status(self.status)
+
 
 @dataclass(frozen=True)
 class Data:
@@ -45,16 +70,27 @@ class Data:
     data: bytes
     flow_length: int   # bytes that count against flow control (data + padding)
 
+    def __post_init__(self) -> None:
+        _check_stream(self.stream_id)
+        if self.flow_length < len(self.data):
+            raise ValueError(f"flow_length {self.flow_length} < {len(self.data)} data bytes")
+
 
 @dataclass(frozen=True)
 class HalfClosed:
     stream_id: int
+
+    def __post_init__(self) -> None:
+        _check_stream(self.stream_id)
 
 
 @dataclass(frozen=True)
 class Reset:
     stream_id: int
     code: int
+
+    def __post_init__(self) -> None:
+        _check_stream(self.stream_id)
 
 
 @dataclass(frozen=True)
@@ -67,6 +103,9 @@ class ConnectionClosed:
 @dataclass(frozen=True)
 class WindowOpened:
     stream_id: int   # 0: the connection window (or the initial window setting) changed
+
+    def __post_init__(self) -> None:
+        _check_stream(self.stream_id, allow_connection=True)
 
 
 Event = (TunnelRequested | BadRequest | TunnelOpened | TunnelRefused | Data | HalfClosed

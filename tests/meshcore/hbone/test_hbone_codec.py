@@ -188,3 +188,29 @@ def test_bad_request_reset_in_the_same_batch_is_not_an_error():
     sv = c.ServerConnection()
     evs = sv.receive_data(h.data_to_send())
     assert only(evs, c.BadRequest)[0].status == 400 and only(evs, c.Reset) == [c.Reset(1, 0)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: c.TunnelOpened(0),
+    lambda: c.TunnelRefused(1, 200 * 10),
+    lambda: c.BadRequest(-1, 400, "x"),
+    lambda: c.Data(1, b"abc", 2),
+    lambda: c.TunnelRequested(1, ("web", 80)),
+    lambda: c.WindowOpened(-1),
+])
+def test_events_are_validated_on_construction(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_non_numeric_status_from_server_is_a_remote_error():
+    cl = c.ClientConnection()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    h = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
+                                                             validate_outbound_headers=False,
+                                                             validate_inbound_headers=False))
+    h.initiate_connection()
+    h.receive_data(cl.data_to_send())
+    h.send_headers(sid, [(":status", "abc")])
+    with pytest.raises(RemoteProtocolError):
+        cl.receive_data(h.data_to_send())
