@@ -98,12 +98,15 @@ class InboundTunnel:
 Handler = Callable[[InboundTunnel], Awaitable[None]]
 
 
-async def serve_hbone(listeners: list[trio.SocketListener] | trio.SocketListener,
+AnyListener = trio.abc.Listener[trio.SocketStream]
+
+
+async def serve_hbone(listeners: list[AnyListener] | AnyListener,
                       ssl_context_for_local: Callable[[], ssl.SSLContext], handler: Handler, *,
                       handshake_timeout: float = 10, stats: ServerStats | None = None,
-                      task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve HBONE on already-bound listeners until cancelled."""
-    if isinstance(listeners, trio.SocketListener):
+                      task_status: trio.TaskStatus[list[AnyListener]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve HBONE on already-bound listeners (any trio Listener of SocketStreams) until cancelled."""
+    if isinstance(listeners, trio.abc.Listener):
         listeners = [listeners]
     stats = stats if stats is not None else ServerStats()
     async with trio.open_nursery() as nursery:
@@ -113,7 +116,7 @@ async def serve_hbone(listeners: list[trio.SocketListener] | trio.SocketListener
         task_status.started(listeners)
 
 
-async def _accept_loop(listener: trio.SocketListener, ctx_for: Callable[[], ssl.SSLContext], handler: Handler,
+async def _accept_loop(listener: AnyListener, ctx_for: Callable[[], ssl.SSLContext], handler: Handler,
                        handshake_timeout: float, stats: ServerStats, nursery: trio.Nursery) -> None:
     async with listener:
         while True:
@@ -132,7 +135,7 @@ async def _accept_loop(listener: trio.SocketListener, ctx_for: Callable[[], ssl.
 def _peer_of(stream: trio.SocketStream) -> tuple[tuple, str]:
     try:
         addr = stream.socket.getpeername()
-    except OSError:
+    except (OSError, AttributeError):
         return ("?", 0), "unknown peer"
     return addr, c.format_authority(addr[0], addr[1])
 
