@@ -110,11 +110,20 @@ def pod():
 
 
 @pytest.fixture(scope="session")
-def programs():
+def programs(tmp_path_factory):
+    """One compiled set for the session; bcc's merged header tree lives in a temp dir
+    (not /run/trellis) so the suite leaves nothing behind."""
+    from nodeagent import headers
     from nodeagent.loader import Programs
 
+    before = os.environ.get("BCC_KERNEL_SOURCE")
+    if before is None:
+        os.environ["BCC_KERNEL_SOURCE"] = str(headers.prepare(headers.find_headers(),
+                                                              tmp_path_factory.mktemp("tt-na-headers")))
     progs = Programs()
     try:
         yield progs
     finally:
         progs.close()
+        if before is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
