@@ -14,6 +14,7 @@ import trio
 
 from meshcore import netns
 from meshcore.hbone.client import HboneClientPool
+from meshcore.hbone.errors import HboneConnectTimeout
 from meshcore.hbone.server import serve_hbone
 
 from .certs import client_ctx, server_ctx
@@ -98,3 +99,19 @@ async def test_tunnel_between_pod_namespaces(nursery, two_pods, client_bundle, s
     assert bytes(got) == payload
     assert made == [family]
     assert peers == [(client_ip, CLIENT_ID, (server_ip, 8080))]
+
+
+async def test_connect_timeout_when_a_firewall_drops_hbone(two_pods, client_bundle):
+    fd_a, _ = two_pods
+    # A NetworkPolicy-like drop of SYNs to 15008, inside the client pod's own netns (gone with it).
+    rules = ("add table inet tt_hbone\n"
+             "add chain inet tt_hbone out { type filter hook output priority 0; }\n"
+             "add rule inet tt_hbone out tcp dport 15008 drop\n")
+    subprocess.run(["ip", "netns", "exec", f"tt-hbone-{TAG}-a", "nft", "-f", "-"], input=rules, text=True,
+                   check=True, capture_output=True)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle), lambda fam: netns.socket_in(fd_a, fam),
+                               connect_timeout=0.5) as pool:
+        with pytest.raises(HboneConnectTimeout, match="connection to 10.254.77.2:15008 timed out, maybe a "
+                                                      "NetworkPolicy or firewall blocks HBONE port 15008"):
+            await pool.connect(("10.254.77.2", 15008), "10.254.77.2:8080", SERVER_ID, CLIENT_ID)
+        assert pool.connections_failed == 1
