@@ -24,7 +24,7 @@ from . import codec as c
 from .errors import (STATUS_ADVICE, HboneConnectionLost, HboneConnectRefused, HboneConnectTimeout,
                      HboneError, HboneIdentityMismatch, HboneTlsError, HboneTunnelRefused,
                      LocalProtocolError, describe_tls_failure)
-from .mux import Mux
+from .mux import REFUSED_STREAM, Mux
 from .stream import HboneStream
 
 log = logging.getLogger("meshcore.hbone")
@@ -111,7 +111,9 @@ class HboneConnection:
     @property
     def usable(self) -> bool:
         limit = min(self.mux.codec.peer_max_concurrent_streams, c.MAX_CONCURRENT_STREAMS)
-        return self.mux.broken is None and not self.mux.codec.closed and not self.full and self.active < limit
+        codec = self.mux.codec
+        return (self.mux.broken is None and not codec.closed and not codec.going_away and not self.full
+                and self.active < limit)
 
     async def open_tunnel(self, authority: str, headers: Sequence[tuple[str, str]], timeout: float) -> HboneStream:
         mux, peer = self.mux, self.mux.peer
@@ -128,6 +130,9 @@ class HboneConnection:
             await mux.flush()
             with trio.fail_after(timeout):
                 while st.response is None:
+                    if st.reset_code == REFUSED_STREAM:
+                        raise _NoRoom(f"{peer} did not process the tunnel to {authority} (REFUSED_STREAM "
+                                      f"or GOAWAY); it is safe to retry on a new connection")
                     if st.reset_code is not None:
                         raise HboneTunnelRefused(f"{peer} reset the tunnel to {authority} before answering "
                                                  f"(code {st.reset_code}); it may be overloaded", 0)

@@ -20,8 +20,8 @@ import h2.settings
 
 from .errors import LocalProtocolError, RemoteProtocolError
 # Re-exported: codec users see one namespace, as with h11.
-from .events import (REASON_HEADER, BadRequest, ConnectionClosed, Data, Event, HalfClosed, Headers,  # noqa: F401
-                     Reset, TunnelOpened, TunnelRefused, TunnelRequested, WindowOpened, format_authority,
+from .events import (REASON_HEADER, BadRequest, ConnectionClosed, Data, Event, GoingAway, HalfClosed,  # noqa: F401
+                     Headers, Reset, TunnelOpened, TunnelRefused, TunnelRequested, WindowOpened, format_authority,
                      parse_authority)
 
 # Large windows and frames so bulk transfer is not throttled by flow control: on a
@@ -42,7 +42,9 @@ MAX_HEADER_LIST_SIZE = 16 * 1024   # CONNECT needs a few hundred bytes; refuse h
 class _Base:
     client_side: bool
     _h2: h2.connection.H2Connection = field(init=False)
-    closed: bool = field(init=False, default=False)
+    closed: bool = field(init=False, default=False)        # fatal: nothing more in or out
+    going_away: bool = field(init=False, default=False)    # graceful GOAWAY either way: no new streams
+    _pending: bytes = field(init=False, default=b"")
 
     def __post_init__(self) -> None:
         config = h2.config.H2Configuration(client_side=self.client_side, header_encoding="utf-8",
@@ -63,13 +65,16 @@ class _Base:
 
     # -- bytes in / out
     def data_to_send(self) -> bytes:
-        return self._h2.data_to_send()
+        out, self._pending = self._pending + self._h2.data_to_send(), b""
+        return out
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the peer. Raises RemoteProtocolError if the peer broke HTTP/2;
         a GOAWAY has then been queued in `data_to_send()` for the caller to flush."""
         if self.closed:
             return []
+        # h2 drops unsent output when a GOAWAY arrives; keep what tunnels already queued.
+        self._pending += self._h2.data_to_send()
         try:
             h2_events = self._h2.receive_data(data)
             out: list[Event] = []
@@ -103,8 +108,12 @@ class _Base:
         if isinstance(ev, h2.events.RemoteSettingsChanged):
             return [WindowOpened(0)]
         if isinstance(ev, h2.events.ConnectionTerminated):
-            self.closed = True
             extra = (ev.additional_data or b"").decode("utf-8", "replace")
+            if not ev.error_code and ev.last_stream_id is not None:
+                self.going_away = True
+                self._reopen()
+                return [GoingAway(ev.last_stream_id, extra)]
+            self.closed = True
             return [ConnectionClosed(int(ev.error_code or 0), extra, ev.last_stream_id)]
         return self._translate_role(ev)
 
@@ -163,6 +172,22 @@ class _Base:
             except h2.exceptions.ProtocolError:
                 pass   # h2 already closed it (peer GOAWAY or a protocol error)
 
+    def drain(self, reason: str = "") -> None:
+        """Graceful GOAWAY (NO_ERROR): the peer opens no new streams, open ones finish."""
+        if self.closed or self.going_away:
+            return
+        self.going_away = True
+        self._h2.close_connection(0, additional_data=reason.encode() or None)
+        self._reopen()
+
+    def _reopen(self) -> None:
+        # h2 treats any GOAWAY, sent or received, as the end of the connection, but RFC 9113
+        # section 6.8 lets streams at or below last_stream_id finish, and Istio's ztunnel
+        # drains that way. Put h2's connection state back to OPEN; `going_away` keeps us
+        # from opening streams.
+        cs = h2.connection.ConnectionState
+        self._h2.state_machine.state = cs.CLIENT_OPEN if self.client_side else cs.SERVER_OPEN
+
     @property
     def peer_max_concurrent_streams(self) -> int:
         return self._h2.remote_settings.max_concurrent_streams
@@ -181,6 +206,8 @@ class ClientConnection(_Base):
             parse_authority(authority)
         except ValueError as e:
             raise LocalProtocolError(str(e)) from None
+        if self.going_away or self.closed:
+            raise LocalProtocolError("connection is going away (GOAWAY); open the tunnel on a new one")
         sid = self._h2.get_next_available_stream_id()
         hdrs = [(":method", "CONNECT"), (":authority", authority), *headers]
         try:

@@ -101,6 +101,13 @@ class ConnectionClosed:
 
 
 @dataclass(frozen=True)
+class GoingAway:
+    """Graceful GOAWAY (NO_ERROR): no new streams; streams up to `last_stream_id` go on."""
+    last_stream_id: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class WindowOpened:
     stream_id: int   # 0: the connection window (or the initial window setting) changed
 
@@ -109,7 +116,7 @@ class WindowOpened:
 
 
 Event = (TunnelRequested | BadRequest | TunnelOpened | TunnelRefused | Data | HalfClosed
-         | Reset | ConnectionClosed | WindowOpened)
+         | Reset | ConnectionClosed | GoingAway | WindowOpened)
 
 REASON_HEADER = "trellis-reason"   # optional, human-readable; Istio peers ignore it
 

@@ -20,6 +20,7 @@ from .errors import RemoteProtocolError, describe_tls_failure
 
 log = logging.getLogger("meshcore.hbone")
 READ_SIZE = 256 * 1024
+REFUSED_STREAM = 7   # RFC 9113 error code: the peer did not process the stream
 DEFAULT_RECEIVE = 64 * 1024
 
 
@@ -144,6 +145,16 @@ class Mux:
             self._break(f"{self.peer} closed the connection (GOAWAY code {ev.code}"
                         f"{': ' + ev.reason if ev.reason else ''})")
             return
+        if isinstance(ev, c.GoingAway):
+            log.debug("hbone: %s is going away (GOAWAY, last stream %d)%s", self.peer, ev.last_stream_id,
+                      f": {ev.reason}" if ev.reason else "")
+            for sid, st in self.streams.items():
+                if sid > ev.last_stream_id and sid % 2 == int(not self._server_side):
+                    st.reset_code = REFUSED_STREAM   # never processed: safe to retry elsewhere
+                    st.recv_lot.unpark_all()
+            self._window_lot.unpark_all()
+            self._close_if_drained()
+            return
         if isinstance(ev, c.WindowOpened):
             self._window_lot.unpark_all()
             return
@@ -177,6 +188,17 @@ class Mux:
 
     def forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
+        self._close_if_drained()
+
+    def drain(self, reason: str = "") -> None:
+        """Graceful GOAWAY: open tunnels finish, then the connection closes."""
+        self.codec.drain(reason)
+        self.kick()
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.codec.going_away and not self.streams and self.broken is None:
+            self._break(f"connection to {self.peer} drained (GOAWAY) with no tunnels left")
 
     async def wait_window(self) -> None:
         await self._window_lot.park()

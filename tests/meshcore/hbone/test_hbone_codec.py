@@ -132,12 +132,38 @@ def test_oversized_headers_close_the_connection():
         sv.receive_data(cl.data_to_send())
 
 
-def test_goaway_becomes_connection_closed():
+def test_goaway_with_error_becomes_connection_closed():
     cl, sv = pair()
-    sv.close(0, "draining")
+    sv.close(2, "internal error")
     evs = cl.receive_data(sv.data_to_send())
-    assert only(evs, c.ConnectionClosed) == [c.ConnectionClosed(0, "draining", 0)]
+    assert only(evs, c.ConnectionClosed) == [c.ConnectionClosed(2, "internal error", 0)]
     assert cl.closed
+
+
+def test_graceful_goaway_lets_open_streams_finish_both_ways():
+    cl, sv = pair()
+    s1 = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    sv.accept(s1)
+    cl.receive_data(sv.data_to_send())
+    s3 = cl.open_tunnel("10.0.0.1:81")       # in flight when the server starts draining
+    queued = cl.send(s1, b"queued before the GOAWAY arrived")
+    sv.drain("pod shutting down")
+    assert sv.going_away and not sv.closed
+    evs = cl.receive_data(sv.data_to_send())
+    assert only(evs, c.GoingAway) == [c.GoingAway(s1, "pod shutting down")]
+    assert cl.going_away and not cl.closed and s3 > s1
+    with pytest.raises(LocalProtocolError, match="going away"):
+        cl.open_tunnel("10.0.0.1:82")
+    # Stream 1 goes on: bytes queued before the GOAWAY are not lost, data flows both ways.
+    cl.half_close(s1)
+    evs = sv.receive_data(cl.data_to_send())
+    assert b"".join(e.data for e in only(evs, c.Data) if e.stream_id == s1)[:queued] == b"queued before the GOAWAY arrived"
+    assert c.HalfClosed(s1) in evs
+    sv.send(s1, b"bye")
+    sv.half_close(s1)
+    evs = cl.receive_data(sv.data_to_send())
+    assert c.Data(s1, b"bye", 3) in evs and c.HalfClosed(s1) in evs
 
 
 @pytest.mark.parametrize("bad", ["", "10.0.0.1", "host:80", "10.0.0.1:x", "[::1:80", "1.2.3.4:65536"])
