@@ -149,8 +149,26 @@ async def test_service_vip_over_hbone_with_authz_and_passthrough(lab):
                 async with trio.SocketStream(sock) as s:
                     assert await s.receive_some(10) == b""
 
-                # 5. remove drains and unbinds
-                assert await pods.remove("default/client", drain_timeout=1)
+                # 5. remove: an open outbound connection keeps working, new ones are refused
+                current["state"] = mesh_state(a_ip, b_ip, c_ip)
+                raw = netns.socket_in(a_fd)
+                raw.bind(("127.0.0.1", 0))
+                origdst.put(map_fd, netns.netns_cookie(raw), raw.getsockname()[1], VIP, 80)
+                sock = trio.socket.from_stdlib_socket(raw)
+                await sock.connect(("127.0.0.1", 15001))
+                async with trio.SocketStream(sock) as open_conn:
+                    assert await open_conn.receive_some(100) == f"{b_ip}\n".encode()
+                    assert await pods.remove("default/client", drain_timeout=10)
+                    await trio.sleep(0.1)
+                    with pytest.raises(OSError):
+                        await client(a_fd, map_fd, (VIP, 80), b"x")
+                    await open_conn.send_all(b"during drain")
+                    got = b""
+                    while len(got) < len(b"during drain"):
+                        got += await open_conn.receive_some(100)
+                    assert got == b"during drain"
+                    await open_conn.send_eof()
+                    assert await open_conn.receive_some(100) == b""
                 await trio.sleep(0.1)
                 with pytest.raises(OSError):
                     await client(a_fd, map_fd, (VIP, 80), b"x")
