@@ -53,6 +53,7 @@ class Mux:
         self._window_lot = ParkingLot()
         self._cancel = trio.CancelScope()
         self._server_side = isinstance(codec, c.ServerConnection)
+        self._drained = False
 
     # ---- driving -----------------------------------------------------------------
     async def run(self) -> None:
@@ -95,6 +96,8 @@ class Mux:
             await self._kick.wait()
             self._kick = trio.Event()
             await self.flush()
+            if self._drained:
+                self._break(f"connection to {self.peer} drained (GOAWAY) with no tunnels left")
 
     def kick(self) -> None:
         self._kick.set()
@@ -197,8 +200,10 @@ class Mux:
         self._close_if_drained()
 
     def _close_if_drained(self) -> None:
+        # Close from the writer, after it flushed the last tunnel's END_STREAM or RST.
         if self.codec.going_away and not self.streams and self.broken is None:
-            self._break(f"connection to {self.peer} drained (GOAWAY) with no tunnels left")
+            self._drained = True
+            self.kick()
 
     async def wait_window(self) -> None:
         await self._window_lot.park()

@@ -101,23 +101,53 @@ Handler = Callable[[InboundTunnel], Awaitable[None]]
 AnyListener = trio.abc.Listener[trio.SocketStream]
 
 
+class _Live:
+    """The server's open connections, so a drain can reach each of them."""
+
+    def __init__(self) -> None:
+        self.muxes: set[Mux] = set()
+        self.draining = False
+
+    def drain_all(self) -> None:
+        self.draining = True
+        for mux in list(self.muxes):
+            mux.drain("server draining")
+
+
 async def serve_hbone(listeners: list[AnyListener] | AnyListener,
                       ssl_context_for_local: Callable[[], ssl.SSLContext], handler: Handler, *,
                       handshake_timeout: float = 10, stats: ServerStats | None = None,
+                      drain: trio.Event | None = None,
                       task_status: trio.TaskStatus[list[AnyListener]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve HBONE on already-bound listeners (any trio Listener of SocketStreams) until cancelled."""
+    """Serve HBONE on already-bound listeners (any trio Listener of SocketStreams).
+
+    Runs until cancelled (every connection closes at once) or, when `drain` is set, stops
+    accepting, sends each connection a graceful GOAWAY and returns once their tunnels
+    have finished; put a deadline on the caller's cancel scope to bound the drain.
+    """
     if isinstance(listeners, trio.abc.Listener):
         listeners = [listeners]
     stats = stats if stats is not None else ServerStats()
-    async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, ssl_context_for_local, handler, handshake_timeout,
-                               stats, nursery)
-        task_status.started(listeners)
+    live = _Live()
+    async with trio.open_nursery() as connections:
+        with trio.CancelScope() as accepting:
+            if drain is not None:
+                connections.start_soon(_drain_when, drain, accepting, live)
+            async with trio.open_nursery() as acceptors:
+                for listener in listeners:
+                    acceptors.start_soon(_accept_loop, listener, ssl_context_for_local, handler, handshake_timeout,
+                                         stats, connections, live)
+                task_status.started(listeners)
+
+
+async def _drain_when(drain: trio.Event, accepting: trio.CancelScope, live: _Live) -> None:
+    await drain.wait()
+    accepting.cancel()   # closes the listeners: new clients get "connection refused"
+    live.drain_all()
 
 
 async def _accept_loop(listener: AnyListener, ctx_for: Callable[[], ssl.SSLContext], handler: Handler,
-                       handshake_timeout: float, stats: ServerStats, nursery: trio.Nursery) -> None:
+                       handshake_timeout: float, stats: ServerStats, nursery: trio.Nursery, live: _Live) -> None:
     async with listener:
         while True:
             try:
@@ -129,7 +159,7 @@ async def _accept_loop(listener: AnyListener, ctx_for: Callable[[], ssl.SSLConte
                     await trio.sleep(ACCEPT_BACKOFF)
                     continue
                 raise
-            nursery.start_soon(_serve_connection, stream, ctx_for, handler, handshake_timeout, stats)
+            nursery.start_soon(_serve_connection, stream, ctx_for, handler, handshake_timeout, stats, live)
 
 
 def _peer_of(stream: trio.SocketStream) -> tuple[tuple, str]:
@@ -141,7 +171,7 @@ def _peer_of(stream: trio.SocketStream) -> tuple[tuple, str]:
 
 
 async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl.SSLContext], handler: Handler,
-                            handshake_timeout: float, stats: ServerStats) -> None:
+                            handshake_timeout: float, stats: ServerStats, live: _Live) -> None:
     addr, peer = _peer_of(stream)
     stats.bump("connections_accepted", peer)
     stats.connections_active += 1
@@ -158,7 +188,13 @@ async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl
                 tunnels.start_soon(_run_handler, handler, InboundTunnel(mux, stats, ev, identity, addr), stats)
 
             mux = Mux(tls, c.ServerConnection(), f"{peer} ({identity})", on_request)
-            await mux.run()
+            live.muxes.add(mux)
+            if live.draining:
+                mux.drain("server draining")
+            try:
+                await mux.run()
+            finally:
+                live.muxes.discard(mux)
             # The connection is gone; tunnels on it can only fail now, so stop their handlers.
             tunnels.cancel_scope.cancel()
         if mux.broken and mux.broken.startswith("protocol error"):

@@ -10,7 +10,9 @@ from meshcore.hbone import codec as c
 from meshcore.hbone.client import HboneClientPool
 from meshcore.hbone.errors import HboneConnectRefused
 
-from .certs import client_ctx
+from meshcore.hbone.server import serve_hbone
+
+from .certs import client_ctx, server_ctx
 from .conftest import CLIENT_ID, SERVER_ID, echo, start_server
 
 MiB = 1024 * 1024
@@ -171,3 +173,35 @@ async def test_source_address_separates_connections(nursery, client_bundle, serv
         assert pool.connections_opened == 2
         for s in (a, b, a2):
             await s.aclose()
+
+
+async def test_server_drain_lets_open_tunnels_finish(client_bundle, server_bundle):
+    drain = trio.Event()
+    served = trio.Event()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    ctx = server_ctx(server_bundle)
+    async with trio.open_nursery() as nursery:
+        async def serve():
+            await serve_hbone(listeners, lambda: ctx, echo, drain=drain)
+            served.set()
+        nursery.start_soon(serve)
+        async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+            with trio.fail_after(20):
+                s = await pool.connect(("127.0.0.1", port), "10.0.0.1:80", SERVER_ID, CLIENT_ID)
+                await s.send_all(b"before")
+                assert await s.receive_some() == b"before"
+                drain.set()
+                while not pool.connections()[0].mux.codec.going_away:
+                    await trio.sleep(0.02)
+                await s.send_all(b"during the drain")   # the open tunnel keeps working
+                assert await s.receive_some() == b"during the drain"
+                with pytest.raises(HboneConnectRefused):   # but nothing new is accepted
+                    await pool.connect(("127.0.0.1", port), "10.0.0.1:80", SERVER_ID, CLIENT_ID)
+                assert not served.is_set()
+                await s.send_eof()
+                assert await s.receive_some() == b""   # a clean EOF, not a broken connection
+                await s.aclose()
+                await served.wait()   # serve_hbone returns once the last tunnel is done
+                while pool.connections():
+                    await trio.sleep(0.02)
