@@ -1,6 +1,8 @@
 """Fuzz: whatever bytes a peer sends, the server codec only raises RemoteProtocolError."""
 from __future__ import annotations
 
+import h2.config
+import h2.connection
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from meshcore.hbone import codec as c
@@ -31,7 +33,7 @@ def feed(chunks) -> None:
             return
         for ev in events:
             assert isinstance(ev, (c.TunnelRequested, c.BadRequest, c.Data, c.HalfClosed, c.Reset,
-                                   c.ConnectionClosed, c.WindowOpened))
+                                   c.ConnectionClosed, c.GoingAway, c.WindowOpened))
         sv.data_to_send()
 
 
@@ -66,3 +68,13 @@ def test_fuzz_harness_can_fail():
         assert "malformed" in str(e)
     else:
         raise AssertionError("plaintext HTTP/1.1 was accepted as HTTP/2")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 20), st.binary(max_size=50), st.lists(st.binary(max_size=100), max_size=3))
+def test_goaway_then_garbage(last_stream_id, code, debug, more):
+    # A peer that says goodbye, then keeps talking nonsense. that says goodbye, then keeps talking nonsense
+    h = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    h.initiate_connection()
+    h.close_connection(code, additional_data=debug, last_stream_id=last_stream_id)
+    feed([h.data_to_send(), *more])
