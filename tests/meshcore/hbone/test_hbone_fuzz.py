@@ -73,7 +73,7 @@ def test_fuzz_harness_can_fail():
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(0, 20), st.binary(max_size=50), st.lists(st.binary(max_size=100), max_size=3))
 def test_goaway_then_garbage(last_stream_id, code, debug, more):
-    # A peer that says goodbye, then keeps talking nonsense. that says goodbye, then keeps talking nonsense
+    # A peer that says goodbye, then keeps talking nonsense.
     h = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     h.initiate_connection()
     h.close_connection(code, additional_data=debug, last_stream_id=last_stream_id)
