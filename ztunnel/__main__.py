@@ -1,6 +1,7 @@
 """`python -m ztunnel --node NODE --control-plane HOST:PORT --credential-dir DIR --run-dir DIR`."""
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -39,12 +40,22 @@ def main(node, control_plane, credential_dir, run_dir, trust_domain, admin_addr,
                  ready=_hostport(ready_addr, "--ready"), drain_timeout=drain_timeout)
     try:
         credential = load_credential(credential_dir)
-        from meshcore.cpclient import ControlPlaneClient
-        cp = ControlPlaneClient(cfg.control_plane, credential, node)
+        cp = control_plane_client(cfg.control_plane, credential, node)
         trio.run(lambda: Ztunnel(cfg, cp).run())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         click.echo(f"ztunnel: {exc}", err=True)
         sys.exit(1)
+
+
+def control_plane_client(address: tuple[str, int], credential, node: str):
+    try:
+        from meshcore.cpclient import ControlPlaneClient
+    except ImportError as exc:
+        raise ImportError(f"meshcore.cpclient is not available ({exc}); update the installation") from None
+    # internals.md calls the second argument bundle_provider, the brief a credential: accept both.
+    params = list(inspect.signature(ControlPlaneClient).parameters)
+    cred = (lambda: credential) if len(params) > 1 and "provider" in params[1] else credential
+    return ControlPlaneClient(address, cred, node)
 
 
 if __name__ == "__main__":
