@@ -159,3 +159,21 @@ def test_any_change_converges_in_one_pass(before, after):
 
 def test_resources_may_be_a_list():
     assert sorted(desired([ns("a"), we("a", "p1")], "n1")) == ["a/p1"]
+
+
+def test_with_meshcore_resources_typed_specs():
+    """The shapes meshcore.resources produces: ip_address objects, selector = matchLabels dict."""
+    import ipaddress
+
+    from meshcore.resources.kinds import PeerAuthenticationSpec, WorkloadEntrySpec
+
+    spec = WorkloadEntrySpec(address=ipaddress.ip_address("10.244.1.7"), node="n1", labels={"app": "web"},
+                             service_account="web", network_namespace="trellis-n1-a-web")
+    world = res(ns("a"), R("WorkloadEntry", "a", "web", {}, spec),
+                R("PeerAuthentication", "a", "ns", {}, PeerAuthenticationSpec(None, "STRICT")),
+                R("PeerAuthentication", "a", "web", {}, PeerAuthenticationSpec({"app": "web"}, "PERMISSIVE")))
+    assert desired(world, "n1") == {
+        "a/web": Enroll(Pod("a/web", "a", "web", "10.244.1.7", "web", "trellis-n1-a-web"), False)}
+    world[("PeerAuthentication", "a", "web")] = R("PeerAuthentication", "a", "web", {},
+                                                  PeerAuthenticationSpec({"app": "db"}, "PERMISSIVE"))
+    assert desired(world, "n1")["a/web"].strict
