@@ -11,6 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+try:
+    from meshcore.resources.selectors import matches as selector_matches
+except ImportError:  # meshcore.resources was still landing when this was written
+    def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in (selector or {}).items())
+
 AMBIENT_LABEL = "trellis.dev/dataplane-mode"
 AMBIENT = "ambient"
 OPT_OUT = "none"  # on a workload: keep this one pod out of the mesh
@@ -70,8 +76,7 @@ def selector_labels(selector: Any) -> dict[str, str] | None:
 
 
 def selects(selector: Any, labels: Mapping[str, str]) -> bool:
-    want = selector_labels(selector) or {}
-    return all(labels.get(k) == v for k, v in want.items())
+    return selector_matches(selector_labels(selector), labels)
 
 
 def _mode(spec: Any) -> str | None:
