@@ -1,0 +1,19 @@
+"""The resource model: Kubernetes-style objects, validated with errors that name the file,
+the object and the field path. See kinds.py for the kinds and their typed specs."""
+from .errors import ResourceError, ResourceInvalid
+from .kinds import (KINDS, AuthorizationPolicySpec, NamespaceSpec, OpaqueSpec, Operation, PeerAuthenticationSpec,
+                    Rule, ServicePort, ServiceSpec, Source, TargetRef, WorkloadEntrySpec)
+from .loader import LoadResult, check_references, load_dir, load_file, parse_documents
+from .model import Resource, from_dict
+from .selectors import matches, principal_matches
+
+AMBIENT_LABEL = "trellis.dev/dataplane-mode"
+WAYPOINT_LABEL = "trellis.dev/use-waypoint"
+ROOT_NAMESPACE = "trellis-system"
+
+__all__ = [
+    "AMBIENT_LABEL", "KINDS", "ROOT_NAMESPACE", "WAYPOINT_LABEL", "AuthorizationPolicySpec", "LoadResult",
+    "NamespaceSpec", "OpaqueSpec", "Operation", "PeerAuthenticationSpec", "Resource", "ResourceError",
+    "ResourceInvalid", "Rule", "ServicePort", "ServiceSpec", "Source", "TargetRef", "WorkloadEntrySpec",
+    "check_references", "from_dict", "load_dir", "load_file", "matches", "parse_documents", "principal_matches",
+]

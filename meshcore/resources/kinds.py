@@ -1,0 +1,229 @@
+"""The resource kinds and their typed specs (field names snake_case; YAML camelCase).
+
+- v1 Namespace: labels `trellis.dev/dataplane-mode: ambient`, `trellis.dev/use-waypoint`.
+- v1 Service: ServiceSpec(cluster_ip, selector, ports[ServicePort(name, port, target_port, protocol)]).
+- trellis.dev/v1alpha1 WorkloadEntry: WorkloadEntrySpec(address, labels, service_account,
+  node, network_namespace, ports).
+- trellis.dev/v1alpha1 AuthorizationPolicy: AuthorizationPolicySpec(selector, target_refs,
+  action, rules[Rule(from_[Source...], to[Operation...])]) with Istio's semantics.
+- trellis.dev/v1alpha1 PeerAuthentication: PeerAuthenticationSpec(selector, mode).
+- gateway.networking.k8s.io/v1 Gateway, HTTPRoute: OpaqueSpec(fields) until waypoints type them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_of, obj, port, string, str_map
+
+TRELLIS = "trellis.dev/v1alpha1"
+GATEWAY = "gateway.networking.k8s.io/v1"
+PRINCIPAL = re.compile(r"^(\*|\*?[^*\s]+|[^*\s]+\*)$")
+
+
+@dataclass(frozen=True)
+class NamespaceSpec:
+    pass
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    target_port: int
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    cluster_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    selector: dict = field(default_factory=dict)
+    ports: tuple[ServicePort, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkloadEntrySpec:
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    node: str
+    labels: dict = field(default_factory=dict)
+    service_account: str = "default"
+    network_namespace: str | None = None
+    ports: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    kind: str
+    name: str
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Operation:
+    ports: tuple[int, ...] = ()
+    not_ports: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+    @property
+    def has_l7(self) -> bool:
+        return bool(self.methods or self.paths)
+
+
+@dataclass(frozen=True)
+class Rule:
+    from_: tuple[Source, ...] = ()
+    to: tuple[Operation, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthorizationPolicySpec:
+    selector: dict | None = None
+    target_refs: tuple[TargetRef, ...] = ()
+    action: str = "ALLOW"
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerAuthenticationSpec:
+    selector: dict | None = None
+    mode: str = "PERMISSIVE"
+
+
+@dataclass(frozen=True)
+class OpaqueSpec:
+    fields: Any = None
+
+
+def _port_entry(v, path, problems):
+    if isinstance(v, dict) and "targetPort" not in v and isinstance(v.get("port"), int):
+        v = dict(v, targetPort=v["port"])
+    return _port_obj(v, path, problems)
+
+
+_port_obj = obj(ServicePort, {"name": F("name", string(DNS_LABEL, "port name"), default=""),
+                              "port": F("port", port, required=True),
+                              "targetPort": F("target_port", port, required=True),
+                              "protocol": F("protocol", enum("TCP"), default="TCP")})
+
+
+def _unique_ports(spec: ServiceSpec, path, problems):
+    seen = set()
+    for i, p in enumerate(spec.ports):
+        if p.port in seen:
+            problems.append((f"{path}.ports[{i}].port", f"port {p.port} is listed twice"))
+        seen.add(p.port)
+
+
+_match_labels = obj(dict, {"matchLabels": F("matchLabels", labels, required=True)})
+
+
+def _selector(v, path, problems):
+    out = _match_labels(v, path, problems)
+    return None if out is None else out["matchLabels"]
+
+
+def _principal(v, path, problems):
+    s = string()(v, path, problems)
+    if s is None:
+        return None
+    if s.startswith("spiffe://") or s == "*" or PRINCIPAL.match(s):
+        if s.startswith("spiffe://") and "*" not in s and not re.match(r"^spiffe://[^/]+/ns/[^/]+/sa/[^/]+$", s):
+            problems.append((path, f"{s!r} is not a workload SPIFFE ID (spiffe://<td>/ns/<ns>/sa/<sa>)"))
+            return None
+        return s
+    problems.append((path, f"{s!r} is not a principal: use spiffe://<td>/ns/<ns>/sa/<sa>, "
+                           "a prefix*, a *suffix or *"))
+    return None
+
+
+def _strs(check=string()):
+    return list_of(check)
+
+
+_source = obj(Source, {"principals": F("principals", list_of(_principal), default=tuple),
+                       "notPrincipals": F("not_principals", list_of(_principal), default=tuple),
+                       "namespaces": F("namespaces", _strs(), default=tuple),
+                       "notNamespaces": F("not_namespaces", _strs(), default=tuple)})
+_operation = obj(Operation, {"ports": F("ports", list_of(port), default=tuple),
+                             "notPorts": F("not_ports", list_of(port), default=tuple),
+                             "methods": F("methods", _strs(), default=tuple),
+                             "paths": F("paths", _strs(), default=tuple)})
+_from = obj(dict, {"source": F("source", _source, required=True)})
+_to = obj(dict, {"operation": F("operation", _operation, required=True)})
+
+
+def _rule(v, path, problems):
+    r = obj(dict, {"from": F("from_", list_of(_from), default=tuple),
+                   "to": F("to", list_of(_to), default=tuple)})(v, path, problems)
+    if r is None:
+        return None
+    return Rule(from_=tuple(x["source"] for x in r["from_"]), to=tuple(x["operation"] for x in r["to"]))
+
+
+_target_ref = obj(TargetRef, {"group": F("group", string(), default=""),
+                              "kind": F("kind", enum("Service", "Namespace", "Gateway"), required=True),
+                              "name": F("name", string(DNS_SUBDOMAIN, "name"), required=True)})
+
+
+def _opaque(v, path, problems):
+    if not isinstance(v, dict):
+        problems.append((path, "must be a mapping"))
+        return None
+    return OpaqueSpec(v)
+
+
+def _mtls(v, path, problems):
+    out = obj(dict, {"mode": F("mode", enum("STRICT", "PERMISSIVE"), required=True)})(v, path, problems)
+    return None if out is None else out["mode"]
+
+
+_pa = obj(dict, {"selector": F("selector", _selector), "mtls": F("mode", _mtls, default="PERMISSIVE")})
+
+
+def _peer_auth(v, path, problems):
+    out = _pa(v, path, problems)
+    return None if out is None else PeerAuthenticationSpec(selector=out["selector"], mode=out["mode"])
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    namespaced: bool
+    spec: Any  # Check
+    spec_required: bool = True
+
+
+KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
+    Kind("v1", "Namespace", False, obj(NamespaceSpec, {}), spec_required=False),
+    Kind("v1", "Service", True, obj(ServiceSpec, {
+        "clusterIP": F("cluster_ip", ip_address, required=True),
+        "selector": F("selector", labels, default=dict),
+        "ports": F("ports", list_of(_port_entry), required=True)}, post=_unique_ports)),
+    Kind(TRELLIS, "WorkloadEntry", True, obj(WorkloadEntrySpec, {
+        "address": F("address", ip_address, required=True),
+        "node": F("node", string(DNS_SUBDOMAIN, "node name"), required=True),
+        "labels": F("labels", labels, default=dict),
+        "serviceAccount": F("service_account", string(DNS_SUBDOMAIN, "service account name"), default="default"),
+        "networkNamespace": F("network_namespace", string()),
+        "ports": F("ports", str_map(string(), port), default=dict)})),
+    Kind(TRELLIS, "AuthorizationPolicy", True, obj(AuthorizationPolicySpec, {
+        "selector": F("selector", _selector),
+        "targetRefs": F("target_refs", list_of(_target_ref), default=tuple),
+        "action": F("action", enum("ALLOW", "DENY"), default="ALLOW"),
+        "rules": F("rules", list_of(_rule), default=tuple)}), spec_required=False),
+    Kind(TRELLIS, "PeerAuthentication", True, _peer_auth, spec_required=False),
+    Kind(GATEWAY, "Gateway", True, _opaque),
+    Kind(GATEWAY, "HTTPRoute", True, _opaque),
+]}

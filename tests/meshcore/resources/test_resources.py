@@ -1,0 +1,152 @@
+"""The resource model: what loads, and the exact error for what does not."""
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings, strategies as st
+
+from meshcore.resources import (ResourceError, ResourceInvalid, check_references, from_dict, load_dir,
+                                matches, parse_documents, principal_matches)
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SVC = """apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
+
+@pytest.mark.parametrize("lab", ["examples/lab/config", "tests/e2e/lab/config"])
+def test_shipped_configs_load_clean(lab):
+    res = load_dir(ROOT / lab)
+    assert res.errors == []
+    assert {r.kind for r in res.resources} >= {"Namespace", "Service", "PeerAuthentication"}
+
+
+def test_typed_specs():
+    (svc,) = parse_documents(SVC, "svc.yaml").resources
+    assert svc.key == ("Service", "default", "web")
+    assert str(svc.spec.cluster_ip) == "10.96.0.10"
+    assert svc.spec.ports[0].target_port == 8080
+    (defaulted,) = parse_documents(SVC.replace(", targetPort: 8080", ""), "svc.yaml").resources
+    assert defaulted.spec.ports[0].target_port == 80
+
+
+BAD = [
+    ("apiVersion: v1\nkind: Servise\nmetadata: {name: a}\nspec: {}\n", "", "unknown kind v1 Servise"),
+    (SVC.replace("selector:", "selektor:"), "spec.selektor", "unknown field (allowed: clusterIP, selector, ports)"),
+    (SVC.replace("port: 80,", "port: 70000,"), "spec.ports[0].port", "must be an integer 1-65535, got 70000"),
+    (SVC.replace("10.96.0.10", "10.96.0.300"), "spec.clusterIP", "must be an IPv4 or IPv6 address, got '10.96.0.300'"),
+    (SVC.replace("name: web,", "name: Web_1,"), "metadata.name", "'Web_1' is not a valid name"),
+    (SVC.replace("  clusterIP: 10.96.0.10\n", ""), "spec.clusterIP", "is required"),
+    (SVC.replace("{app: web}", "{app: [web]}"), "spec.selector.app", "['web'] is not a valid label value"),
+    (SVC + "status: {}\n", "status", "unknown field (allowed: apiVersion, kind, metadata, spec)"),
+    ("apiVersion: trellis.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: strict}}\n",
+     "spec.mtls.mode", "must be one of STRICT, PERMISSIVE, got 'strict'"),
+    ("apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: ALLOW\n"
+     "  rules: [{from: [{source: {principals: ['spiffe://cluster.local/sa/x']}}]}]\n",
+     "spec.rules[0].from[0].source.principals[0]", "is not a workload SPIFFE ID"),
+    ("apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: MAYBE}\n",
+     "spec.action", "must be one of ALLOW, DENY"),
+    ("apiVersion: trellis.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec: {address: 10.0.0.1}\n",
+     "spec.node", "is required"),
+]
+
+
+@pytest.mark.parametrize("text,path,message", BAD)
+def test_bad_documents_name_file_object_and_field(text, path, message):
+    res = parse_documents(text, "cfg/x.yaml")
+    assert res.resources == []
+    assert len(res.errors) >= 1
+    err = res.errors[0]
+    assert err.source == "cfg/x.yaml" and err.path == path and message in err.message, str(err)
+    assert str(err).startswith("cfg/x.yaml: ")
+
+
+def test_error_string_shape():
+    (err,) = parse_documents(SVC.replace("port: 80,", "port: 0,"), "config/svc.yaml").errors
+    assert str(err) == "config/svc.yaml: Service default/web: spec.ports[0].port: must be an integer 1-65535, got 0"
+
+
+def test_malformed_yaml_names_the_line():
+    (err,) = parse_documents("kind: Service\nmetadata: {name: x\n  spec: [\n", "bad.yaml").errors
+    assert err.source == "bad.yaml" and "malformed YAML: line 3" in err.message
+
+
+def test_duplicate_keys_are_an_error_not_a_silent_overwrite():
+    (err,) = parse_documents(SVC + "kind: Service\n", "d.yaml").errors
+    assert "duplicate key 'kind'" in err.message
+
+
+def test_a_bad_file_loses_nothing_from_the_others(tmp_path):
+    (tmp_path / "a.yaml").write_text(SVC)
+    (tmp_path / "b.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\nkind: [\n")
+    (tmp_path / "c.yaml").write_text(SVC.replace("name: web,", "name: web2,").replace("port: 80,", "port: -1,"))
+    res = load_dir(tmp_path)
+    assert {r.key for r in res.resources} == {("Service", "default", "web")}
+    assert {e.source.rsplit("/", 1)[1] for e in res.errors} == {"b.yaml", "c.yaml"}
+
+
+def test_duplicate_objects_name_both_files(tmp_path):
+    (tmp_path / "a.yaml").write_text(SVC)
+    (tmp_path / "b.yaml").write_text(SVC)
+    res = load_dir(tmp_path)
+    assert len(res.resources) == 1
+    (err,) = res.errors
+    assert err.source.endswith("b.yaml") and "duplicate of the object in" in err.message and "a.yaml" in err.message
+
+
+def test_cross_object_conflicts():
+    res = parse_documents(SVC + "---\n" + SVC.replace("name: web,", "name: other,"), "s.yaml")
+    (err,) = check_references(res.resources)
+    assert err.path == "spec.clusterIP" and "already used by Service default/web" in err.message
+
+
+def test_round_trip():
+    for r in load_dir(ROOT / "tests/e2e/lab/config").resources + parse_documents(SVC, "s").resources:
+        again = from_dict(r.to_dict())
+        assert again == r and again.spec == r.spec
+
+
+def test_from_dict_raises_with_all_errors():
+    with pytest.raises(ResourceInvalid) as exc:
+        from_dict({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "bogus": 1}, "spec": {"ports": []}})
+    paths = {e.path for e in exc.value.errors}
+    assert paths == {"metadata.bogus", "spec.clusterIP"}
+
+
+def test_selectors_and_principals():
+    assert matches({"app": "web"}, {"app": "web", "v": "1"}) and matches(None, {}) and not matches({"a": "b"}, {})
+    p = "spiffe://cluster.local/ns/default/sa/sleep"
+    assert principal_matches(p, p) and principal_matches("*", p)
+    assert principal_matches("spiffe://cluster.local/ns/default/*", p) and principal_matches("*/sa/sleep", p)
+    assert not principal_matches("*/sa/web", p) and not principal_matches("*", None)
+
+
+yamlish = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=12)
+    | st.sampled_from(["v1", "Service", "trellis.dev/v1alpha1", "WorkloadEntry", "AuthorizationPolicy", "10.0.0.1"]),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+        st.sampled_from(["apiVersion", "kind", "metadata", "spec", "name", "ports", "port", "rules", "from",
+                         "source", "principals", "selector", "matchLabels", "clusterIP", "address", "node", "x"]),
+        kids, max_size=5),
+    max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(yamlish)
+def test_garbage_only_ever_yields_resource_errors(doc):
+    res = parse_documents(yaml.safe_dump(doc), "fuzz.yaml")
+    assert all(isinstance(e, ResourceError) for e in res.errors)
+    assert len(res.resources) + len(res.errors) >= (0 if doc is None else 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_garbage_text_only_ever_yields_resource_errors(text):
+    res = parse_documents(text, "fuzz.yaml")
+    assert all(isinstance(e, ResourceError) for e in res.errors)
