@@ -38,6 +38,7 @@ def with_change(path: str, value, delete: bool = False):
 @pytest.mark.parametrize("path,value,delete,expected", [
     ("kind", "Pod", False, "kind: must be 'Lab'"),
     ("apiVersion", "v1", False, "apiVersion: must be 'trellis.dev/v1alpha1'"),
+    ("spec.certTTL", "soon", False, "spec.certTTL: 'soon' must be a duration such as 90s, 10m or 24h"),
     ("spec", None, True, "spec: missing"),
     ("spec.nodes", [], False, "spec.nodes: must be a non-empty list"),
     ("spec.nodes", ["node1", "node1"], False, "spec.nodes: node names must be unique"),

@@ -18,7 +18,8 @@ CP_PORT, CP_ADMIN_PORT, ZT_ADMIN_PORT = 15012, 15010, 15000
 MAX_NODES = 200  # node N takes fabric address .(10+N) and pod subnet 10.244.N.0/24
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _POD_KEYS = {"name", "namespace", "node", "serviceAccount", "labels", "command", "address", "env"}
-_SPEC_KEYS = {"trustDomain", "nodes", "pods"}
+_SPEC_KEYS = {"trustDomain", "certTTL", "nodes", "pods"}
+_DURATION = re.compile(r"^[1-9][0-9]*(s|m|h)$")
 
 
 class LabConfigError(ValueError):
@@ -48,6 +49,7 @@ class Lab:
     nodes: list[str]
     pods: list[PodSpec]
     source: str = "lab.yaml"
+    cert_ttl: str | None = None   # workload certificate lifetime, e.g. "30s" (control plane default: 24h)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ def parse_lab(doc: Any, source: str = "lab.yaml") -> Lab:
     td = spec.get("trustDomain", "cluster.local")
     if not isinstance(td, str) or not re.match(r"^[a-z0-9.-]+$", td):
         errors.append(f"{source}: spec.trustDomain: {td!r} must be lowercase letters, digits, '.', '-'")
+    cert_ttl = spec.get("certTTL")
+    if cert_ttl is not None and not (isinstance(cert_ttl, str) and _DURATION.match(cert_ttl)):
+        errors.append(f"{source}: spec.certTTL: {cert_ttl!r} must be a duration such as 90s, 10m or 24h")
     nodes = spec.get("nodes")
     if not isinstance(nodes, list) or not nodes:
         errors.append(f"{source}: spec.nodes: must be a non-empty list of node names, e.g. [node1, node2]")
@@ -183,7 +188,7 @@ def parse_lab(doc: Any, source: str = "lab.yaml") -> Lab:
     if errors:
         raise LabConfigError(errors)
     return Lab(name=str(meta.get("name", "lab")), trust_domain=td, nodes=[str(n) for n in nodes],
-               pods=pods, source=source)
+               pods=pods, source=source, cert_ttl=cert_ttl)
 
 
 def load_lab(lab_dir: Path) -> Lab:

@@ -132,7 +132,8 @@ def _processes(p: LabPlan, st: LabState, sdir: Path, mesh: bool, echo: Echo) -> 
         echo(f"processes: control plane in {p.fabric_netns} at {FABRIC_IP}:{CP_PORT}")
         _start(st, sdir, "controlplane", [py, "-m", "controlplane", "--config-dir", str(sdir / "config"),
                "--ca-dir", str(sdir / "ca"), "--trust-domain", td, "--listen", f"{FABRIC_IP}:{CP_PORT}",
-               "--admin", f"127.0.0.1:{CP_ADMIN_PORT}"], p.fabric_netns, str(root / "controlplane"),
+               "--admin", f"127.0.0.1:{CP_ADMIN_PORT}",
+               *(["--cert-ttl", p.lab.cert_ttl] if p.lab.cert_ttl else [])], p.fabric_netns, str(root / "controlplane"),
                sdir / "controlplane.log")
         for n in p.nodes:
             nd, cg = sdir / "nodes" / n.name, str(root / n.name / "system")
