@@ -5,11 +5,11 @@ import array
 import json
 import os
 import socket
-from dataclasses import dataclass, field
 
 import pytest
 import trio
 
+from meshcore.resources import parse_documents
 from ztunnel import origdst
 from ztunnel.app import Config, Ztunnel
 
@@ -18,16 +18,6 @@ from zt_netns import Lab
 from test_proxy_netns import client, echo_server
 
 TD = "spiffe://cluster.local"
-
-
-@dataclass
-class Res:
-    """The control plane's resource shape (kind, namespace, name, labels, spec as a dict)."""
-    kind: str
-    namespace: str | None
-    name: str
-    labels: dict = field(default_factory=dict)
-    spec: dict = field(default_factory=dict)
 
 
 class StaticControlPlane:
@@ -45,7 +35,7 @@ class StaticControlPlane:
 
     async def watch(self, on_update, *, task_status=trio.TASK_STATUS_IGNORED):
         self.connected = True
-        on_update({(r.kind, r.namespace or "", r.name): r for r in self.resources}, self.version)
+        on_update({r.key: r for r in self.resources}, self.version)
         task_status.started()
         await trio.sleep_forever()
 
@@ -79,15 +69,29 @@ def lab():
 async def test_ztunnel_end_to_end_in_process(lab, tmp_path):
     _, a_ip, a_fd = lab.pod("a", 1)
     _, b_ip, b_fd = lab.pod("b", 2)
-    resources = [
-        Res("Namespace", None, "default", labels={"trellis.dev/dataplane-mode": "ambient"}),
-        Res("WorkloadEntry", "default", "client", spec={"address": a_ip, "serviceAccount": "client",
-                                                         "node": "n1", "labels": {"app": "client"}}),
-        Res("WorkloadEntry", "default", "web", spec={"address": b_ip, "serviceAccount": "web",
-                                                      "node": "n1", "labels": {"app": "web"}}),
-        Res("Service", "default", "web", spec={"clusterIP": "10.96.0.10", "selector": {"app": "web"},
-                                               "ports": [{"port": 80, "targetPort": 8080}]}),
-    ]
+    text = f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: default, labels: {{trellis.dev/dataplane-mode: ambient}}}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: default}}
+spec: {{address: {a_ip}, serviceAccount: client, node: n1, labels: {{app: client}}}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: web, namespace: default}}
+spec: {{address: {b_ip}, serviceAccount: web, node: n1, labels: {{app: web}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec: {{clusterIP: 10.96.0.10, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}
+"""
+    loaded = parse_documents(text, "test.yaml")
+    assert not loaded.errors, [str(e) for e in loaded.errors]
+    resources = loaded.resources
     cp = StaticControlPlane(resources, version=7)
     cfg = Config(node="n1", control_plane=("127.0.0.1", 1), credential_dir=tmp_path, run_dir=tmp_path / "run",
                  admin=("127.0.0.1", 0), metrics=("127.0.0.1", 0), ready=("127.0.0.1", 0), drain_timeout=2)

@@ -94,3 +94,68 @@ def test_from_resources_reads_istio_shaped_dicts_and_skips_bad_objects():
     assert deny.rules[0].operations[0].ports == (8080,) and deny.rules[0].operations[0].has_l7
     assert {p.name for p in s.policies_for(web)} == {"deny-legacy", "by-ref"}
     assert s.dump()["version"] == 9 and s.enrolled_namespaces == {"default"}
+
+
+MESH_YAML = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {trellis.dev/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: web-1, namespace: default}
+spec: {address: 10.244.1.3, labels: {app: web}, serviceAccount: web, node: node1}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: client, namespace: default}
+spec: {address: 10.244.1.2, labels: {app: client}, serviceAccount: client, node: node1}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: old, namespace: legacy}
+spec: {address: 10.244.2.9, labels: {app: old}, node: node2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["spiffe://cluster.local/ns/default/sa/client"]}}]
+    to: [{operation: {ports: [8080]}}]
+"""
+
+
+def test_state_from_the_real_resource_model():
+    from meshcore.resources import parse_documents
+    from ztunnel import authz, route
+
+    result = parse_documents(MESH_YAML, "mesh.yaml")
+    assert not result.errors, [str(e) for e in result.errors]
+    s = State.from_resources({r.key: r for r in result.resources}, version=3)
+    assert not s.warnings
+    client = s.workload_by_uid("default/client")
+    r = route.decide(s, client, ("10.96.0.10", 80))
+    assert isinstance(r, route.Hbone) and r.authority == "10.244.1.3:8080"
+    assert r.expected_identity == "spiffe://cluster.local/ns/default/sa/web"
+    assert isinstance(route.decide(s, client, ("10.244.2.9", 80)), route.Plaintext)
+    web = s.workload_by_uid("default/web-1")
+    policies = s.policies_for(web)
+    assert [p.key for p in policies] == ["default/deny-client"]
+    assert isinstance(authz.evaluate(policies, client.identity, 8080), authz.Deny)
+    assert isinstance(authz.evaluate(policies, "spiffe://cluster.local/ns/default/sa/other", 8080), authz.Allow)
+    assert isinstance(authz.evaluate(policies, client.identity, 9090), authz.Allow)
