@@ -1,0 +1,90 @@
+"""`python -m controlplane`: the CA, the config store and the watch API in one process."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from meshcore import admin
+
+from .api import ApiServer
+from .ca import CertificateAuthority, parse_duration, write_credential
+from .store import ConfigStore
+
+
+def _hostport(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"{text!r} must be HOST:PORT", param_hint=flag)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def run(ca: CertificateAuthority, config_dir: Path, listen: tuple[str, int], admin_addr: tuple[str, int]) -> None:
+    store = ConfigStore(config_dir)
+    api = ApiServer(ca, store)
+
+    async def healthz(_req):
+        return admin.Response({"status": "ok", "version": store.version, "errors": len(store.errors), **api.stats})
+
+    async def config_dump(_req):
+        return admin.Response(store.dump())
+
+    async with trio.open_nursery() as nursery:
+        # bind everything first: a port in use fails start-up at once
+        admin_listener = await admin.open_listener(*admin_addr)
+        await nursery.start(store.watch)
+        await nursery.start(api.serve, *listen)
+        await nursery.start(lambda task_status: admin.serve_http(*admin_addr, {"/healthz": healthz, "/config_dump": config_dump},
+                                                                 listener=admin_listener, task_status=task_status))
+        logging.getLogger("trellis.controlplane").info(
+            "event=started listen=%s:%d admin=%s:%d config_dir=%s version=%d", *listen, *admin_addr, config_dir, store.version)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                logging.getLogger("trellis.controlplane").info("event=stopping")
+                nursery.cancel_scope.cancel()
+                break
+
+
+@click.command()
+@click.option("--config-dir", type=click.Path(path_type=Path), help="directory of YAML resources to serve")
+@click.option("--ca-dir", type=click.Path(path_type=Path), required=True, help="where the CA keys live (created on first start)")
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option("--listen", default="0.0.0.0:15012", show_default=True)
+@click.option("--admin", "admin_addr", default="127.0.0.1:15010", show_default=True)
+@click.option("--cert-ttl", default="24h", show_default=True, help="workload certificate lifetime (90s, 10m, 24h)")
+@click.option("--issue-node-credential", "issue_node", metavar="NODE", help="write NODE's bootstrap credential to --out and exit")
+@click.option("--out", type=click.Path(path_type=Path), help="with --issue-node-credential")
+@click.option("--log-level", default="INFO", show_default=True)
+def main(config_dir, ca_dir, trust_domain, listen, admin_addr, cert_ttl, issue_node, out, log_level):
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    try:
+        ttl = parse_duration(cert_ttl)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cert-ttl")
+    try:
+        ca = CertificateAuthority.load_or_create(ca_dir, trust_domain, ttl)
+    except (OSError, ValueError) as exc:
+        click.echo(f"controlplane: cannot load the CA from {ca_dir}: {exc}", err=True)
+        sys.exit(1)
+    if issue_node:
+        if not out:
+            raise click.UsageError("--issue-node-credential needs --out DIR")
+        write_credential(ca.issue_node_credential(issue_node), out)
+        click.echo(f"wrote the credential of node {issue_node} to {out}")
+        return
+    if not config_dir:
+        raise click.UsageError("--config-dir is required to serve")
+    try:
+        trio.run(run, ca, config_dir, _hostport(listen, "--listen"), _hostport(admin_addr, "--admin"))
+    except OSError as exc:
+        click.echo(f"controlplane: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The control-plane API on :15012: mutual TLS, one JSON-lines request per connection.
+
+  {"op":"sign","csr":PEM}                 -> {"ok":true,"chain":[...],"roots":[...]}
+  {"op":"watch","node":N,"since":V|null}  -> snapshot, then deltas, pings every 10 s
+
+Callers are nodes (node credential `spiffe://<td>/trellis/node/<node>`): a node may only
+watch its own view and only get certificates for workloads that run on it."""
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import trio
+
+from meshcore import tls
+from meshcore.identity import node_from_identity
+from meshcore.jsonlines import FramingError, LineReader, encode
+
+from .ca import CertificateAuthority, CsrRejected
+from .store import ConfigStore
+from .views import allowed_identities, delta, node_view
+
+log = logging.getLogger("trellis.controlplane.api")
+HANDSHAKE_TIMEOUT = 10
+REQUEST_TIMEOUT = 10
+PING_INTERVAL = 10.0
+
+
+class ApiServer:
+    def __init__(self, ca: CertificateAuthority, store: ConfigStore):
+        self.ca, self.store = ca, store
+        self.ssl_context = tls.server_context(ca.issue_server_credential(), alpn=["trellis-cp"])
+        self.stats = {"connections": 0, "tls_failures": 0, "bad_requests": 0, "signed": 0, "refused": 0, "watches": 0}
+
+    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started(listeners)
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, tcp: trio.SocketStream) -> None:
+        peer = _peer(tcp)
+        self.stats["connections"] += 1
+        stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await stream.do_handshake()
+            caller = tls.verify_peer_identity(stream, None, peer)
+            node = node_from_identity(caller, self.ca.trust_domain)
+            if node is None:
+                await self._error(stream, f"{caller} is not a node credential of trust domain {self.ca.trust_domain}")
+                return
+            reader = LineReader(stream)
+            with trio.fail_after(REQUEST_TIMEOUT):
+                req = await reader.read()
+            if req is None:
+                return
+            op = req.get("op")
+            if op == "sign":
+                await self._sign(stream, node, req)
+            elif op == "watch":
+                await self._watch(stream, node, req, peer)
+            else:
+                self.stats["bad_requests"] += 1
+                await self._error(stream, f"unknown op {op!r} (expected sign or watch)")
+        except (ssl.SSLError, trio.BrokenResourceError) as exc:
+            self.stats["tls_failures"] += 1
+            log.warning("event=tls_failed peer=%s error=%r hint=%s", peer, str(exc),
+                        "is the caller using a node credential from this mesh's CA?")
+        except FramingError as exc:
+            self.stats["bad_requests"] += 1
+            log.warning("event=bad_request peer=%s error=%r", peer, str(exc))
+            await self._error(stream, f"bad request: {exc}")
+        except trio.TooSlowError:
+            log.warning("event=timeout peer=%s hint=the caller sent no complete request in %ss", peer, REQUEST_TIMEOUT)
+        except Exception:
+            log.exception("event=handler_failed peer=%s", peer)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _error(self, stream: trio.SSLStream, message: str) -> None:
+        try:
+            await stream.send_all(encode({"ok": False, "error": message}))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+
+    async def _sign(self, stream: trio.SSLStream, node: str, req: dict[str, Any]) -> None:
+        csr = req.get("csr")
+        try:
+            if not isinstance(csr, str):
+                raise CsrRejected("request has no csr (a PEM string)")
+            allowed = allowed_identities(self.store.resources, node, self.ca.trust_domain)
+            try:
+                chain = self.ca.sign_workload_csr(csr, allowed)
+            except CsrRejected as exc:
+                raise CsrRejected(f"node {node}: {exc}") from None
+        except CsrRejected as exc:
+            self.stats["refused"] += 1
+            log.warning("event=csr_refused node=%s reason=%r", node, str(exc))
+            await self._error(stream, str(exc))
+            return
+        self.stats["signed"] += 1
+        log.info("event=csr_signed node=%s", node)
+        await stream.send_all(encode({"ok": True, "chain": [c.decode() for c in chain],
+                                      "roots": [r.decode() for r in self.ca.roots_pem]}))
+
+    async def _watch(self, stream: trio.SSLStream, node: str, req: dict[str, Any], peer: str) -> None:
+        if req.get("node") not in (None, node):
+            await self._error(stream, f"node {node} may only watch its own view, not {req.get('node')!r}")
+            return
+        since = req.get("since")
+        self.stats["watches"] += 1
+        store = self.store
+        version = store.version
+        current = node_view(store.resources, node)
+        if isinstance(since, int) and since in store.history and since <= version:
+            upserts, deletes = delta(node_view(store.history[since], node), current)
+            await stream.send_all(encode({"type": "delta", "version": version, "upserts": upserts, "deletes": deletes}))
+            log.info("event=watch_resumed node=%s peer=%s since=%s version=%s", node, peer, since, version)
+        else:
+            await stream.send_all(encode({"type": "snapshot", "version": version, "resources": list(current.values())}))
+            log.info("event=watch_snapshot node=%s peer=%s version=%s resources=%d", node, peer, version, len(current))
+        sent = current
+        while True:
+            with trio.move_on_after(PING_INTERVAL):
+                await store.wait_changed(version)
+            if store.version == version:
+                await stream.send_all(encode({"type": "ping", "version": version}))
+                continue
+            version = store.version
+            view = node_view(store.resources, node)
+            upserts, deletes = delta(sent, view)
+            sent = view
+            await stream.send_all(encode({"type": "delta", "version": version, "upserts": upserts, "deletes": deletes}))
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "unknown peer"

@@ -1,0 +1,160 @@
+"""The data plane's side of the control-plane API: certificate signing and the resumable
+watch. When the control plane is away, the last snapshot stays in force and the client
+says so (`connected`, `last_contact`, `last_error`) while it reconnects with backoff."""
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import socket
+import ssl
+import time
+from typing import Any, Awaitable, Callable
+
+import trio
+
+from . import tls
+from .identity import CertBundle
+from .jsonlines import FramingError, LineReader, encode
+from .resources import Resource, ResourceInvalid, from_dict
+
+log = logging.getLogger("trellis.cpclient")
+CONNECT_TIMEOUT = 5.0
+SILENCE_TIMEOUT = 35.0  # the server pings every 10 s
+MIN_BACKOFF, MAX_BACKOFF = 0.2, 10.0
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+class ControlPlaneClient:
+    def __init__(self, address: tuple[str, int], credential: CertBundle | Callable[[], CertBundle], node: str, *,
+                 socket_factory: Callable[[int], socket.socket] | None = None):
+        self.address, self.node, self.socket_factory = address, node, socket_factory
+        self._credential = credential
+        self.connected = False
+        self.last_contact: float | None = None   # time.time() of the last message
+        self.last_error: str | None = None
+        self.version: int | None = None
+        self.resources: dict[tuple, Resource] = {}
+
+    # -- plumbing ------------------------------------------------------------------------
+    def credential(self) -> CertBundle:
+        return self._credential() if callable(self._credential) else self._credential
+
+    def _expected_server(self, bundle: CertBundle) -> str:
+        td = bundle.identity.removeprefix("spiffe://").split("/", 1)[0]
+        return f"spiffe://{td}/ns/trellis-system/sa/controlplane"
+
+    async def _connect(self) -> trio.SSLStream:
+        host, port = self.address
+        where = f"control plane {host}:{port}"
+        bundle = self.credential()
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                if self.socket_factory:
+                    sock = trio.socket.from_stdlib_socket(self.socket_factory(socket.AF_INET6 if ":" in host else socket.AF_INET))
+                    try:
+                        await sock.connect((host, port))
+                    except BaseException:
+                        sock.close()
+                        raise
+                    tcp = trio.SocketStream(sock)
+                else:
+                    tcp = await trio.open_tcp_stream(host, port)
+                stream = trio.SSLStream(tcp, tls.client_context(bundle, alpn=["trellis-cp"]), server_hostname=None)
+                await stream.do_handshake()
+        except trio.TooSlowError:
+            raise ControlPlaneError(f"connection to {where} timed out; is it running and reachable from this node?") from None
+        except ssl.SSLError as exc:
+            raise ControlPlaneError(f"TLS with {where} failed ({exc.reason or exc}); was this node's credential issued by its CA?") from None
+        except OSError as exc:
+            raise ControlPlaneError(f"cannot reach {where}: {exc.strerror or exc}") from None
+        tls.verify_peer_identity(stream, self._expected_server(bundle), where)
+        return stream
+
+    # -- sign ----------------------------------------------------------------------------
+    async def sign(self, csr_pem: bytes | str) -> tuple[list[bytes], list[bytes]]:
+        stream = await self._connect()
+        try:
+            await stream.send_all(encode({"op": "sign", "csr": csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem}))
+            with trio.fail_after(30):
+                reply = await LineReader(stream).read()
+        finally:
+            await trio.aclose_forcefully(stream)
+        if not reply or not reply.get("ok"):
+            raise ControlPlaneError(f"control plane refused to sign: {(reply or {}).get('error', 'no answer')}")
+        return [c.encode() for c in reply["chain"]], [r.encode() for r in reply["roots"]]
+
+    # -- watch ---------------------------------------------------------------------------
+    async def watch(self, on_update: Callable[[dict, int], Awaitable[None] | None], *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run forever: connect, apply snapshot/deltas, call on_update(resources, version);
+        reconnect with jittered backoff, resuming from the last version applied."""
+        started, backoff = False, MIN_BACKOFF
+        while True:
+            try:
+                stream = await self._connect()
+                try:
+                    await stream.send_all(encode({"op": "watch", "node": self.node, "since": self.version}))
+                    reader = LineReader(stream)
+                    while True:
+                        with trio.fail_after(SILENCE_TIMEOUT):
+                            msg = await reader.read()
+                        if msg is None:
+                            raise ControlPlaneError("control plane closed the watch")
+                        if msg.get("ok") is False:
+                            raise ControlPlaneError(f"control plane refused the watch: {msg.get('error')}")
+                        if not self.connected:
+                            log.info("event=control_plane_connected address=%s:%d since=%s", *self.address, self.version)
+                        self.connected, self.last_error, self.last_contact = True, None, time.time()
+                        backoff = MIN_BACKOFF
+                        if self._apply(msg):
+                            result = on_update(dict(self.resources), self.version)
+                            if inspect.isawaitable(result):
+                                await result
+                        if not started:
+                            started = True
+                            task_status.started()
+                finally:
+                    await trio.aclose_forcefully(stream)
+            except (ControlPlaneError, tls.IdentityMismatch, FramingError, trio.TooSlowError,
+                    trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+                error = str(exc) or type(exc).__name__
+                if self.connected or error != self.last_error:
+                    log.warning("event=control_plane_unreachable error=%r serving_version=%s retry_in=%.1fs",
+                                error, self.version, backoff)
+                self.connected, self.last_error = False, error
+            await trio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _apply(self, msg: dict[str, Any]) -> bool:
+        kind = msg.get("type")
+        if kind == "ping":
+            return False
+        if kind == "snapshot":
+            self.resources = self._parse(msg.get("resources", []))
+        elif kind == "delta":
+            for key in msg.get("deletes", []):
+                self.resources.pop(tuple(key), None)
+            self.resources.update(self._parse(msg.get("upserts", [])))
+        else:
+            raise FramingError(f"unknown message type {kind!r}")
+        self.version = int(msg["version"])
+        return True
+
+    def _parse(self, items: list[dict]) -> dict[tuple, Resource]:
+        out = {}
+        for d in items:
+            try:
+                r = from_dict(d, source="control plane")
+            except ResourceInvalid as exc:  # a newer control plane may know more kinds
+                log.warning("event=resource_skipped error=%r", str(exc))
+                continue
+            out[r.key] = r
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {"address": f"{self.address[0]}:{self.address[1]}", "connected": self.connected,
+                "lastContact": self.last_contact, "version": self.version, "lastError": self.last_error}
