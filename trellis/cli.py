@@ -2,7 +2,6 @@
 unreachable, 2 usage. Fetching and rendering live in inspect.py / output.py."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,33 +190,36 @@ def _config_dir() -> Path:
     return state.state_dir() / "config"
 
 
-@lab.command("apply")
-@click.option("-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def lab_apply(file: Path) -> None:
-    """Validate FILE and put it in the lab's live config dir (the control plane watches it)."""
+def _parse_or_fail(file: Path):
     result = _resources().parse_documents(file.read_text(), str(file))
     for err in result.errors:
         click.echo(str(err), err=True)
     if result.errors:
         sys.exit(1)
-    dst = _config_dir() / file.name
-    tmp = dst.with_name(f".{file.name}.tmp")
-    shutil.copyfile(file, tmp)
-    tmp.replace(dst)  # atomic: the watcher never reads half a file
-    for r in result.resources:
-        click.echo(f"{r.kind.lower()}/{r.name} applied ({dst})")
+    return result.resources
+
+
+@lab.command("apply")
+@click.option("-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def lab_apply(file: Path) -> None:
+    """Validate FILE and create or replace its objects in the lab's live config dir."""
+    from .lab import liveconfig
+    for r, verb in liveconfig.apply(_config_dir(), _parse_or_fail(file)):
+        click.echo(f"{r.kind.lower()}/{r.name} {verb}")
 
 
 @lab.command("delete")
-@click.option("-f", "--filename", "file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def lab_delete(file: Path) -> None:
-    """Remove the file applied under FILE's name from the lab's live config dir."""
-    cdir = _config_dir()
-    dst = cdir / file.name
-    if not dst.exists():
-        _fail(f"{file.name} is not in {cdir}; applied files: {', '.join(sorted(p.name for p in cdir.glob('*.y*ml')))}")
-    dst.unlink()
-    click.echo(f"{file.name} deleted from {cdir}")
+    """Remove FILE's objects (matched by kind, namespace and name) from the lab's live config."""
+    from .lab import liveconfig
+    deleted, missing = liveconfig.delete(_config_dir(), _parse_or_fail(file))
+    for r in deleted:
+        click.echo(f"{r.kind.lower()}/{r.name} deleted")
+    for r in missing:
+        click.echo(f"{r.kind.lower()}/{r.name} not found", err=True)
+    if missing:
+        sys.exit(1)
 
 
 def main() -> None:
