@@ -10,6 +10,7 @@ import click
 import trio
 
 from meshcore import admin
+from meshcore.addr import parse_hostport
 
 from .api import ApiServer
 from .ca import CertificateAuthority, parse_duration, write_credential
@@ -17,10 +18,10 @@ from .store import ConfigStore
 
 
 def _hostport(text: str, flag: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise click.BadParameter(f"{text!r} must be HOST:PORT", param_hint=flag)
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_hostport(text, flag, default_host="0.0.0.0")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 async def run(ca: CertificateAuthority, config_dir: Path, listen: tuple[str, int], admin_addr: tuple[str, int]) -> None:

@@ -28,6 +28,31 @@ class ControlPlaneError(RuntimeError):
     pass
 
 
+class CredentialError(ValueError):
+    pass
+
+
+CREDENTIAL_FILES = ("bootstrap.key", "bootstrap.crt", "roots.pem")
+
+
+def load_credential(directory) -> CertBundle:
+    """A node's bootstrap credential (bootstrap.key, bootstrap.crt, roots.pem), as written by
+    `python -m controlplane --issue-node-credential` (the lab does it at `trellis lab up`)."""
+    from pathlib import Path
+    from .identity import split_pem_chain
+    paths = {n: Path(directory) / n for n in CREDENTIAL_FILES}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise CredentialError(f"node credential incomplete, missing {', '.join(missing)}; the lab writes them "
+                              f"at `trellis lab up` (or pass the right --credential-dir)")
+    try:
+        return CertBundle(paths["bootstrap.key"].read_bytes(),
+                          tuple(split_pem_chain(paths["bootstrap.crt"].read_bytes())),
+                          tuple(split_pem_chain(paths["roots.pem"].read_bytes())))
+    except ValueError as exc:
+        raise CredentialError(f"cannot read the node credential in {directory}: {exc}; re-issue it") from None
+
+
 class ControlPlaneClient:
     def __init__(self, address: tuple[str, int], credential: CertBundle | Callable[[], CertBundle], node: str, *,
                  socket_factory: Callable[[int], socket.socket] | None = None):

@@ -4,7 +4,6 @@ SIGTERM/SIGINT detach every program and exit 0; nothing is pinned, so nothing st
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import signal
@@ -14,7 +13,8 @@ from pathlib import Path
 import click
 import trio
 
-from meshcore import identity
+from meshcore.addr import parse_hostport
+from meshcore.cpclient import ControlPlaneClient, CredentialError, load_credential
 from meshcore import netns as mnetns
 from meshcore.netns import NetnsError
 from .agent import NodeAgent
@@ -23,25 +23,6 @@ from .headers import HeadersNotFound
 from .loader import LoaderError, Programs
 
 log = logging.getLogger("trellis.nodeagent")
-
-
-class StartupError(RuntimeError):
-    pass
-
-
-def load_credential(cred_dir: Path) -> identity.CertBundle:
-    files = {n: cred_dir / n for n in ("bootstrap.key", "bootstrap.crt", "roots.pem")}
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        raise StartupError(f"node credential missing: {', '.join(missing)}; the lab writes them at "
-                           f"`trellis lab up` (check --credential-dir)")
-    try:
-        return identity.CertBundle(
-            key_pem=files["bootstrap.key"].read_bytes(),
-            chain_pem=tuple(identity.split_pem_chain(files["bootstrap.crt"].read_bytes())),
-            roots_pem=tuple(identity.split_pem_chain(files["roots.pem"].read_bytes())))
-    except ValueError as e:
-        raise StartupError(f"node credential in {cred_dir} is unreadable ({e}); re-issue it") from None
 
 
 def enter_netns(name: str) -> None:
@@ -54,21 +35,10 @@ def enter_netns(name: str) -> None:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{text!r} is not HOST:PORT (e.g. 10.100.0.1:15012)")
-    return host.strip("[]"), int(port)
-
-
-def control_plane_client(address: tuple[str, int], bundle: identity.CertBundle, node: str):
     try:
-        from meshcore.cpclient import ControlPlaneClient
-    except ImportError as e:
-        raise StartupError(f"meshcore.cpclient is not available ({e}); update the installation") from None
-    # internals.md names the second argument bundle_provider; accept either shape.
-    params = list(inspect.signature(ControlPlaneClient).parameters)
-    cred = (lambda: bundle) if len(params) > 1 and "provider" in params[1] else bundle
-    return ControlPlaneClient(address, cred, node)
+        return parse_hostport(text, "--control-plane", example="10.100.0.1:15012")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 async def watch_forever(cp, agent: NodeAgent) -> None:
@@ -130,9 +100,9 @@ def main(node, control_plane, credential_dir, run_dir, netns, exclude_ports, log
             # connection) are created in `netns`; BPF, cgroups and the Unix socket are
             # not tied to a network namespace.
             enter_netns(netns)
-        cp = control_plane_client(address, bundle, node)
+        cp = ControlPlaneClient(address, bundle, node)
         trio.run(serve, node, cp, run_dir, tuple(exclude_ports))
-    except (StartupError, HeadersNotFound, LoaderError, NetnsError) as e:
+    except (CredentialError, HeadersNotFound, LoaderError, NetnsError) as e:
         log.error("%s", e)
         sys.exit(1)
 

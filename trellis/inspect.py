@@ -2,6 +2,8 @@
 here: the commands in cli.py only pick a target, call fetch, and render."""
 from __future__ import annotations
 
+from meshcore.addr import parse_hostport as _parse_hostport
+
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +27,7 @@ class Target:
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--admin {text!r}: expected HOST:PORT, e.g. 127.0.0.1:15000")
-    return host.strip("[]"), int(port)
+    return _parse_hostport(text, "--admin")
 
 
 def targets(*, node: str | None = None, control_plane: bool = False, admin_addr: str | None = None) -> list[Target]:

@@ -1,7 +1,6 @@
 """`python -m ztunnel --node NODE --control-plane HOST:PORT --credential-dir DIR --run-dir DIR`."""
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 from pathlib import Path
@@ -9,12 +8,15 @@ from pathlib import Path
 import click
 import trio
 
+from meshcore.addr import parse_hostport
+from meshcore.cpclient import ControlPlaneClient, load_credential
+
 
 def _hostport(value: str, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{what} must be HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_hostport(value, what, default_host="0.0.0.0")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,29 +35,18 @@ def main(node, control_plane, credential_dir, run_dir, trust_domain, admin_addr,
          drain_timeout, log_level) -> None:
     """Trellis ztunnel: the per-node L4 proxy (HBONE, mTLS, L4 authorization)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from .app import Config, Ztunnel, load_credential
+    from .app import Config, Ztunnel
     cfg = Config(node=node, control_plane=_hostport(control_plane, "--control-plane"),
                  credential_dir=credential_dir, run_dir=run_dir, trust_domain=trust_domain,
                  admin=_hostport(admin_addr, "--admin"), metrics=_hostport(metrics_addr, "--metrics"),
                  ready=_hostport(ready_addr, "--ready"), drain_timeout=drain_timeout)
     try:
         credential = load_credential(credential_dir)
-        cp = control_plane_client(cfg.control_plane, credential, node)
+        cp = ControlPlaneClient(cfg.control_plane, credential, node)
         trio.run(lambda: Ztunnel(cfg, cp).run())
     except (OSError, ValueError, ImportError) as exc:
         click.echo(f"ztunnel: {exc}", err=True)
         sys.exit(1)
-
-
-def control_plane_client(address: tuple[str, int], credential, node: str):
-    try:
-        from meshcore.cpclient import ControlPlaneClient
-    except ImportError as exc:
-        raise ImportError(f"meshcore.cpclient is not available ({exc}); update the installation") from None
-    # internals.md calls the second argument bundle_provider, the brief a credential: accept both.
-    params = list(inspect.signature(ControlPlaneClient).parameters)
-    cred = (lambda: credential) if len(params) > 1 and "provider" in params[1] else credential
-    return ControlPlaneClient(address, cred, node)
 
 
 if __name__ == "__main__":

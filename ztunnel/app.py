@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import trio
 
 from meshcore import admin
-from meshcore.identity import CertBundle, split_pem_chain
 
 from . import route
 from .certs import CertificateManager
@@ -51,21 +50,6 @@ class Config:
     metrics: tuple[str, int] = ("0.0.0.0", 15020)
     ready: tuple[str, int] = ("0.0.0.0", 15021)
     drain_timeout: float = 30.0
-
-
-def load_credential(directory: Path) -> CertBundle:
-    """The node's bootstrap credential: bootstrap.key, bootstrap.crt, roots.pem."""
-    paths = {n: directory / n for n in ("bootstrap.key", "bootstrap.crt", "roots.pem")}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"node credential incomplete, missing {', '.join(missing)}; the lab writes them "
-                                f"at `trellis lab up` (or pass the right --credential-dir)")
-    try:
-        return CertBundle(paths["bootstrap.key"].read_bytes(),
-                          tuple(split_pem_chain(paths["bootstrap.crt"].read_bytes())),
-                          tuple(split_pem_chain(paths["roots.pem"].read_bytes())))
-    except ValueError as exc:
-        raise ValueError(f"cannot read the node credential in {directory}: {exc}") from None
 
 
 def _as_unix(t: Any) -> float | None:
