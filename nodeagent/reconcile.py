@@ -11,16 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-try:
-    from meshcore.resources.selectors import matches as selector_matches
-except ImportError:  # meshcore.resources was still landing when this was written
-    def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in (selector or {}).items())
+from meshcore.resources import AMBIENT_LABEL, ROOT_NAMESPACE, matches
 
-AMBIENT_LABEL = "trellis.dev/dataplane-mode"
 AMBIENT = "ambient"
 OPT_OUT = "none"  # on a workload: keep this one pod out of the mesh
-ROOT_NAMESPACE = "trellis-system"
 STRICT, PERMISSIVE = "STRICT", "PERMISSIVE"
 
 
@@ -54,49 +48,15 @@ class SetStrict:
 Action = Enroll | Unenroll | SetStrict
 
 
-def _get(obj: Any, *names: str, default=None):
-    """Field of a typed spec dataclass, or of its raw dict form."""
-    for n in names:
-        if isinstance(obj, Mapping):
-            if n in obj:
-                return obj[n]
-        elif hasattr(obj, n):
-            return getattr(obj, n)
-    return default
-
-
-def selector_labels(selector: Any) -> dict[str, str] | None:
-    """matchLabels of a selector (dict, {"matchLabels": ...} or an object); None = no selector."""
-    if selector is None:
-        return None
-    labels = _get(selector, "match_labels", "matchLabels")
-    if labels is None and isinstance(selector, Mapping):
-        labels = selector
-    return dict(labels or {}) or None
-
-
-def selects(selector: Any, labels: Mapping[str, str]) -> bool:
-    return selector_matches(selector_labels(selector), labels)
-
-
-def _mode(spec: Any) -> str | None:
-    mode = _get(spec, "mode")
-    if mode is None:
-        mode = _get(_get(spec, "mtls", default={}) or {}, "mode")
-    mode = (mode or "").upper()
-    return mode if mode in (STRICT, PERMISSIVE) else None  # UNSET inherits
-
-
 def peer_auth_mode(policies: Iterable[Any], namespace: str, labels: Mapping[str, str]) -> str:
     """Effective mode for a workload; the first policy by name wins within a level."""
     workload = ns_wide = root = None
     for r in sorted(policies, key=lambda r: (r.namespace or "", r.name)):
-        mode = _mode(r.spec)
-        if mode is None:
-            continue
-        sel = selector_labels(_get(r.spec, "selector"))
+        mode, sel = r.spec.mode, r.spec.selector
+        if mode not in (STRICT, PERMISSIVE):
+            continue  # UNSET inherits from the next level
         if r.namespace == namespace and sel is not None:
-            if workload is None and selects(sel, labels):
+            if workload is None and matches(sel, labels):
                 workload = mode
         elif r.namespace == namespace and sel is None:
             ns_wide = ns_wide or mode
@@ -116,15 +76,14 @@ def desired(resources: Mapping[Any, Any], node: str) -> dict[str, Enroll]:
     out: dict[str, Enroll] = {}
     for r in by_kind.get("WorkloadEntry", []):
         spec = r.spec
-        netns = _get(spec, "network_namespace", "networkNamespace")
-        if _get(spec, "node") != node or not netns or r.namespace not in ambient:
+        netns = spec.network_namespace
+        if spec.node != node or not netns or r.namespace not in ambient:
             continue
-        labels = dict(_get(spec, "labels") or {})
+        labels = dict(spec.labels)
         if (r.labels or {}).get(AMBIENT_LABEL) == OPT_OUT or labels.get(AMBIENT_LABEL) == OPT_OUT:
             continue
         pod = Pod(uid=f"{r.namespace}/{r.name}", namespace=r.namespace, name=r.name,
-                  address=str(_get(spec, "address")),
-                  service_account=_get(spec, "service_account", "serviceAccount") or "default",
+                  address=str(spec.address), service_account=spec.service_account,
                   netns=str(netns))
         out[pod.uid] = Enroll(pod, peer_auth_mode(policies, r.namespace, labels) == STRICT)
     return out

@@ -75,9 +75,9 @@ def _operation_matches(op: Operation, port: int, action: str) -> bool:
 
 
 def _rule_matches(rule: Rule, identity: str | None, port: int, action: str) -> bool:
-    if rule.sources and not any(_source_matches(s, identity) for s in rule.sources):
+    if rule.from_ and not any(_source_matches(s, identity) for s in rule.from_):
         return False
-    if rule.operations and not any(_operation_matches(o, port, action) for o in rule.operations):
+    if rule.to and not any(_operation_matches(o, port, action) for o in rule.to):
         return False
     return True
 

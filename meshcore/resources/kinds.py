@@ -184,7 +184,7 @@ def _opaque(v, path, problems):
 
 
 def _mtls(v, path, problems):
-    out = obj(dict, {"mode": F("mode", enum("STRICT", "PERMISSIVE"), required=True)})(v, path, problems)
+    out = obj(dict, {"mode": F("mode", enum("STRICT", "PERMISSIVE", "UNSET"), required=True)})(v, path, problems)
     return None if out is None else out["mode"]
 
 

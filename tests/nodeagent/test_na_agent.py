@@ -14,7 +14,7 @@ from na_helpers import bpftool_show
 from nodeagent.agent import NodeAgent
 from nodeagent.handoff import HandoffClient
 from test_na_handoff import FakeZtunnelPeer
-from test_na_reconcile import R, WE, PA, ns, res
+from test_na_reconcile import ns, pa, res, we
 
 CAPTURE = ["trellis_connect4", "trellis_connect6", "trellis_sockops"]
 
@@ -24,7 +24,7 @@ def names(cgroup) -> list[str]:
 
 
 def workload(pod) -> R:
-    return R("WorkloadEntry", "default", pod.id, {}, WE(pod.pod_ip, {"app": "web"}, "web", "n1", pod.netns))
+    return we("default", pod.id, node="n1", netns=pod.netns, labels={"app": "web"}, sa="web", address=pod.pod_ip)
 
 
 async def test_enroll_strict_unenroll(programs, pod, tmp_path):
@@ -44,7 +44,7 @@ async def test_enroll_strict_unenroll(programs, pod, tmp_path):
             assert names(pod.cgroup) == CAPTURE
             assert peer.ops() == ["hello", "add"]
 
-            strict = R("PeerAuthentication", "default", "strict", {}, PA(None, "STRICT"))
+            strict = pa("default", "strict", "STRICT")
             agent.on_update(res(ns("default"), workload(pod), strict), 2)
             await agent.reconcile_once()
             assert names(pod.cgroup) == sorted(CAPTURE + ["trellis_strict_ingress"])
@@ -71,13 +71,13 @@ import logging, sys, trio
 logging.basicConfig(level=logging.INFO)
 from pathlib import Path
 sys.path.insert(0, {testdir!r})
-from test_na_reconcile import R, WE, ns, res
+from test_na_reconcile import ns, res, we
 from nodeagent.__main__ import serve
 
 class StaticControlPlane:
     async def watch(self, on_update, task_status=trio.TASK_STATUS_IGNORED):
-        on_update(res(ns("default"), R("WorkloadEntry", "default", "p", {{}},
-                                       WE("10.0.0.2", {{}}, "web", "n1", {netns!r}))), 1)
+        on_update(res(ns("default"), we("default", "p", node="n1", netns={netns!r}, labels={{}},
+                                        sa="web", address="10.0.0.2")), 1)
         print("watching", flush=True)
         await trio.sleep_forever()
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trio
 
 from meshcore import netns
+from meshcore.resources import from_dict
 from nodeagent.agent import NodeAgent
 from nodeagent.handoff import HandoffClient
 
@@ -20,13 +20,16 @@ from zt_ca import TestCA  # noqa: E402  (the ztunnel tests' real CA: signs CSRs 
 TD = "spiffe://cluster.local"
 
 
-@dataclass
-class Res:
-    kind: str
-    namespace: str | None
-    name: str
-    labels: dict = field(default_factory=dict)
-    spec: dict = field(default_factory=dict)
+API = {"Namespace": "v1", "Service": "v1"}
+
+
+def Res(kind, namespace, name, labels=None, spec=None):
+    """A real, validated resource, as the control plane would push it."""
+    meta = {"name": name, "labels": labels or {}, **({"namespace": namespace} if namespace else {})}
+    doc = {"apiVersion": API.get(kind, "trellis.dev/v1alpha1"), "kind": kind, "metadata": meta}
+    if spec is not None:
+        doc["spec"] = spec
+    return from_dict(doc)
 
 
 class StaticControlPlane:

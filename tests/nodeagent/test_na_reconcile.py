@@ -1,57 +1,38 @@
 """reconcile.py table tests: which pods are enrolled and with which mTLS mode."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from meshcore.resources import from_dict
 from nodeagent.reconcile import (Enroll, Pod, SetStrict, Unenroll, apply, desired,
                                  peer_auth_mode, reconcile)
 
 
-@dataclass(frozen=True)
-class WE:  # the fields of meshcore.resources.WorkloadEntrySpec
-    address: str
-    labels: dict
-    service_account: str = "default"
-    node: str = "n1"
-    network_namespace: str | None = "pod-ns"
-    ports: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PA:  # meshcore.resources.PeerAuthenticationSpec
-    selector: Any
-    mode: str | None
-
-
-@dataclass(frozen=True)
-class R:
-    kind: str
-    namespace: str | None
-    name: str
-    labels: dict
-    spec: Any
-
-    @property
-    def key(self):
-        return (self.kind, self.namespace or "", self.name)
+def _res(kind, namespace, name, labels=None, spec=None):
+    """A real, validated resource, as the control plane pushes it."""
+    meta = {"name": name, "labels": labels or {}, **({"namespace": namespace} if namespace else {})}
+    api = "v1" if kind == "Namespace" else "trellis.dev/v1alpha1"
+    return from_dict({"apiVersion": api, "kind": kind, "metadata": meta, **({"spec": spec} if spec else {})})
 
 
 def ns(name, ambient=True):
-    return R("Namespace", None, name, {"trellis.dev/dataplane-mode": "ambient"} if ambient else {}, None)
+    return _res("Namespace", None, name, {"trellis.dev/dataplane-mode": "ambient"} if ambient else {})
 
 
 def we(namespace, name, node="n1", netns="auto", labels=None, meta=None, sa="default", address="10.244.1.5"):
     netns = f"trellis-{node}-{namespace}-{name}" if netns == "auto" else netns
-    return R("WorkloadEntry", namespace, name, meta or {},
-             WE(address, labels or {"app": name}, sa, node, netns))
+    spec = {"address": address, "labels": labels or {"app": name}, "serviceAccount": sa, "node": node}
+    if netns:
+        spec["networkNamespace"] = netns
+    return _res("WorkloadEntry", namespace, name, meta, spec)
 
 
 def pa(namespace, name, mode, selector=None):
-    return R("PeerAuthentication", namespace, name, {}, PA(selector, mode))
+    spec = {"mtls": {"mode": mode}}
+    if selector is not None:
+        spec["selector"] = selector
+    return _res("PeerAuthentication", namespace, name, None, spec)
 
 
 def res(*rs):
@@ -90,16 +71,9 @@ WEB = {"app": "web"}
     ([pa("b", "w", "STRICT", {"matchLabels": WEB})], "PERMISSIVE"),
     ([pa("trellis-system", "w", "STRICT", {"matchLabels": WEB})], "PERMISSIVE"),  # root + selector: only root pods
     ([pa("trellis-system", "mesh", "STRICT"), pa("a", "ns", "UNSET")], "STRICT"),  # UNSET inherits
-    ([pa("a", "ns", "strict")], "STRICT"),
-    ([pa("a", "w", "STRICT", {"app": "web"})], "STRICT"),                       # plain-map selector
 ])
 def test_peer_authentication_precedence(policies, mode):
     assert peer_auth_mode(policies, "a", WEB) == mode
-
-
-def test_mode_from_raw_spec_dict():
-    raw = R("PeerAuthentication", "a", "ns", {}, {"mtls": {"mode": "STRICT"}})
-    assert peer_auth_mode([raw], "a", WEB) == "STRICT"
 
 
 P1 = Pod("a/p1", "a", "p1", "10.244.1.5", "default", "trellis-n1-a-p1")
@@ -161,19 +135,3 @@ def test_resources_may_be_a_list():
     assert sorted(desired([ns("a"), we("a", "p1")], "n1")) == ["a/p1"]
 
 
-def test_with_meshcore_resources_typed_specs():
-    """The shapes meshcore.resources produces: ip_address objects, selector = matchLabels dict."""
-    import ipaddress
-
-    from meshcore.resources.kinds import PeerAuthenticationSpec, WorkloadEntrySpec
-
-    spec = WorkloadEntrySpec(address=ipaddress.ip_address("10.244.1.7"), node="n1", labels={"app": "web"},
-                             service_account="web", network_namespace="trellis-n1-a-web")
-    world = res(ns("a"), R("WorkloadEntry", "a", "web", {}, spec),
-                R("PeerAuthentication", "a", "ns", {}, PeerAuthenticationSpec(None, "STRICT")),
-                R("PeerAuthentication", "a", "web", {}, PeerAuthenticationSpec({"app": "web"}, "PERMISSIVE")))
-    assert desired(world, "n1") == {
-        "a/web": Enroll(Pod("a/web", "a", "web", "10.244.1.7", "web", "trellis-n1-a-web"), False)}
-    world[("PeerAuthentication", "a", "web")] = R("PeerAuthentication", "a", "web", {},
-                                                  PeerAuthenticationSpec({"app": "db"}, "PERMISSIVE"))
-    assert desired(world, "n1")["a/web"].strict

@@ -1,5 +1,6 @@
 import json
 
+from meshcore.resources import parse_documents
 from ztunnel.state import State
 
 from zt_helpers import mesh, pol, rule, wl
@@ -54,44 +55,71 @@ def test_policy_attachment():
                                                      "trellis-system/root-selector"}
 
 
-class Res:
-    def __init__(self, kind, ns, name, labels=None, spec=None):
-        self.kind, self.namespace, self.name, self.labels, self.spec = kind, ns, name, labels or {}, spec or {}
+STATE_YAML = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {trellis.dev/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: web, namespace: default}
+spec: {address: 10.0.0.2, serviceAccount: web-sa, labels: {app: web}, node: n1, networkNamespace: trellis-n1-default-web}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: old, namespace: legacy}
+spec: {address: 10.0.0.3, node: n1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.1
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}, {port: 81}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-legacy, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules:
+    - from: [{source: {namespaces: [legacy], notPrincipals: [x]}}]
+      to: [{operation: {ports: [8080], methods: [GET]}}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: by-ref, namespace: default}
+spec:
+  targetRefs: [{kind: Service, name: web}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: default}
+spec: {gatewayClassName: trellis-waypoint}
+"""
 
 
-def test_from_resources_reads_istio_shaped_dicts_and_skips_bad_objects():
-    resources = [
-        Res("Namespace", None, "default", {"trellis.dev/dataplane-mode": "ambient"}),
-        Res("Namespace", None, "legacy"),
-        Res("WorkloadEntry", "default", "web", spec={"address": "10.0.0.2", "serviceAccount": "web-sa",
-                                                    "labels": {"app": "web"}, "node": "n1",
-                                                    "networkNamespace": "trellis-n1-default-web"}),
-        Res("WorkloadEntry", "legacy", "old", spec={"address": "10.0.0.3", "node": "n1"}),
-        Res("WorkloadEntry", "default", "broken", spec={"address": "10.0.0.9", "labels": 5}),
-        Res("Service", "default", "web", spec={"clusterIP": "10.96.0.1", "selector": {"app": "web"},
-                                               "ports": [{"name": "http", "port": 80, "targetPort": 8080}, {"port": 81}]}),
-        Res("AuthorizationPolicy", "default", "deny-legacy", spec={
-            "selector": {"matchLabels": {"app": "web"}}, "action": "DENY",
-            "rules": [{"from": [{"source": {"namespaces": ["legacy"], "notPrincipals": ["x"]}}],
-                       "to": [{"operation": {"ports": ["8080"], "methods": ["GET"]}}]}]}),
-        Res("AuthorizationPolicy", "default", "by-ref", spec={"targetRefs": [{"kind": "Service", "name": "web"}]}),
-        Res("Gateway", "default", "waypoint"),
-    ]
-    s = State.from_resources({(r.kind, r.ns if hasattr(r, "ns") else r.namespace, r.name): r for r in resources},
-                             version=9)
+def test_from_resources_indexes_the_typed_resource_model():
+    loaded = parse_documents(STATE_YAML, "state.yaml")
+    assert loaded.errors == []
+    s = State.from_resources({r.key: r for r in loaded.resources}, version=9)
     web = s.workload_by_uid("default/web")
     assert web.in_mesh and web.identity == "spiffe://cluster.local/ns/default/sa/web-sa"
     assert web.network_namespace == "trellis-n1-default-web"
     old = s.workload_by_uid("legacy/old")
     assert not old.in_mesh and old.service_account == "default"
-    assert s.workload_by_uid("default/broken") is None
-    assert any("default/broken" in w for w in s.warnings)
     svc = s.service_by_vip("10.96.0.1", 81)
     assert svc.port(80).target_port == 8080 and svc.port(81).target_port == 81 and svc.port(80).name == "http"
     deny = next(p for p in s.policies if p.name == "deny-legacy")
     assert deny.action == "DENY" and deny.selector == (("app", "web"),)
-    assert deny.rules[0].sources[0].namespaces == ("legacy",) and deny.rules[0].sources[0].not_principals == ("x",)
-    assert deny.rules[0].operations[0].ports == (8080,) and deny.rules[0].operations[0].has_l7
+    assert deny.rules[0].from_[0].namespaces == ("legacy",) and deny.rules[0].from_[0].not_principals == ("x",)
+    assert deny.rules[0].to[0].ports == (8080,) and deny.rules[0].to[0].has_l7
     assert {p.name for p in s.policies_for(web)} == {"deny-legacy", "by-ref"}
     assert s.dump()["version"] == 9 and s.enrolled_namespaces == {"default"}
 

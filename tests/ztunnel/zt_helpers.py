@@ -24,7 +24,7 @@ def rule(principals=(), namespaces=(), not_principals=(), not_namespaces=(), por
     op = Operation(tuple(ports), tuple(not_ports), tuple(methods), tuple(paths))
     has_src = any((principals, namespaces, not_principals, not_namespaces))
     has_op = any((ports, not_ports, methods, paths))
-    return Rule(sources=(src,) if has_src else (), operations=(op,) if has_op else ())
+    return Rule(from_=(src,) if has_src else (), to=(op,) if has_op else ())
 
 
 def mesh():

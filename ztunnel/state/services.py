@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _fields
+from meshcore.resources import Resource
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,9 @@ class Service:
                            "protocol": p.protocol} for p in self.ports]}
 
 
-def from_resource(res: Any) -> Service:
+def from_resource(res: Resource) -> Service:
     spec = res.spec
-    ports = []
-    for p in _fields.get(spec, "ports", default=[]):
-        port = int(_fields.get(p, "port"))
-        ports.append(ServicePort(port=port,
-                                 target_port=int(_fields.get(p, "target_port", "targetPort", default=port)),
-                                 name=_fields.get(p, "name", default="") or "",
-                                 protocol=_fields.get(p, "protocol", default="TCP")))
-    ip = _fields.get(spec, "cluster_ip", "clusterIP")
-    return Service(namespace=res.namespace, name=res.name, cluster_ip=str(ip) if ip else None,
-                   selector=dict(_fields.get(spec, "selector", default={})), ports=tuple(ports))
+    ports = tuple(ServicePort(port=p.port, target_port=p.target_port, name=p.name, protocol=p.protocol)
+                  for p in spec.ports)
+    return Service(namespace=res.namespace, name=res.name, cluster_ip=str(spec.cluster_ip),
+                   selector=dict(spec.selector), ports=ports)

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from . import _fields, policies, services, workloads
+from meshcore.resources import matches
+
+from . import policies, services, workloads
 from .policies import AuthzPolicy
 from .services import Service
 from .workloads import Workload
@@ -47,7 +49,7 @@ class State:
                 self._by_vip.setdefault((s.cluster_ip, p.port), s)
         self._endpoints = {s.key: [w for w in self.workloads
                                    if w.namespace == s.namespace and s.selector
-                                   and _fields.matches(s.selector, w.labels)]
+                                   and matches(s.selector, w.labels)]
                            for s in self.services}
 
     # ---- lookups -------------------------------------------------------------
@@ -88,7 +90,7 @@ class State:
                        or (kind == "Namespace" and name == workload.namespace) for kind, name in p.target_refs):
                     out.append(p)
             elif p.selector is not None:
-                if _fields.matches(dict(p.selector), workload.labels):
+                if matches(dict(p.selector), workload.labels):
                     out.append(p)
             elif p.namespace == workload.namespace:
                 out.append(p)

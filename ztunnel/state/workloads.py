@@ -4,10 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _fields
-
-AMBIENT_LABEL = "trellis.dev/dataplane-mode"
-
+from meshcore.resources import AMBIENT_LABEL, Resource
 
 @dataclass(frozen=True)
 class Workload:
@@ -38,16 +35,16 @@ class Workload:
                 "protocol": "HBONE" if self.in_mesh else "TCP"}
 
 
-def from_resource(res: Any, *, trust_domain: str, enrolled_namespaces: set[str]) -> Workload:
+def from_resource(res: Resource, *, trust_domain: str, enrolled_namespaces: set[str]) -> Workload:
     spec = res.spec
     return Workload(
         namespace=res.namespace, name=res.name,
-        address=str(_fields.get(spec, "address")),
-        service_account=_fields.get(spec, "service_account", "serviceAccount", default="default"),
-        node=_fields.get(spec, "node", default=""),
-        network_namespace=_fields.get(spec, "network_namespace", "networkNamespace"),
-        labels=dict(_fields.get(spec, "labels", default={})),
-        ports=dict(_fields.get(spec, "ports", default={})),
+        address=str(spec.address),
+        service_account=spec.service_account,
+        node=spec.node,
+        network_namespace=spec.network_namespace,
+        labels=dict(spec.labels),
+        ports=dict(spec.ports),
         in_mesh=res.namespace in enrolled_namespaces,
         trust_domain=trust_domain,
     )

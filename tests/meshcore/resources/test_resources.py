@@ -46,7 +46,7 @@ BAD = [
     (SVC.replace("{app: web}", "{app: [web]}"), "spec.selector.app", "['web'] is not a valid label value"),
     (SVC + "status: {}\n", "status", "unknown field (allowed: apiVersion, kind, metadata, spec)"),
     ("apiVersion: trellis.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: strict}}\n",
-     "spec.mtls.mode", "must be one of STRICT, PERMISSIVE, got 'strict'"),
+     "spec.mtls.mode", "must be one of STRICT, PERMISSIVE, UNSET, got 'strict'"),
     ("apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: ALLOW\n"
      "  rules: [{from: [{source: {principals: ['spiffe://cluster.local/sa/x']}}]}]\n",
      "spec.rules[0].from[0].source.principals[0]", "is not a workload SPIFFE ID"),
