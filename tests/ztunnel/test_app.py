@@ -6,7 +6,6 @@ import json
 import os
 import socket
 
-import pytest
 import trio
 
 from meshcore.resources import parse_documents
@@ -14,7 +13,6 @@ from ztunnel import origdst
 from ztunnel.app import Config, Ztunnel
 
 from zt_ca import TestCA
-from zt_netns import Lab
 from test_proxy_netns import client, echo_server
 
 TD = "spiffe://cluster.local"
@@ -55,15 +53,6 @@ async def zds_request(sock, msg, fds=()):
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
     await sock.sendmsg([json.dumps(msg).encode()], anc)
     return json.loads(await sock.recv(65536))
-
-
-@pytest.fixture
-def lab():
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 async def test_ztunnel_end_to_end_in_process(lab, tmp_path):

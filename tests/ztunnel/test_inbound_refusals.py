@@ -18,21 +18,11 @@ from ztunnel.state import State
 
 from zt_ca import TestCA
 from zt_helpers import pol, rule, wl
-from zt_netns import Lab
 from test_proxy_netns import client, echo_server
 
 TD = "spiffe://cluster.local"
 WEB = f"{TD}/ns/default/sa/web"
 CLIENT = f"{TD}/ns/default/sa/client"
-
-
-@pytest.fixture
-def lab():
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 async def test_inbound_refusals_name_the_cause(lab):

@@ -18,19 +18,9 @@ from ztunnel.state import State
 
 from zt_ca import TestCA
 from zt_helpers import pol, rule, svc, wl
-from zt_netns import Lab
 
 VIP = "10.96.0.10"
 TD = "spiffe://cluster.local"
-
-
-@pytest.fixture
-def lab():
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 async def echo_server(fd: int, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):

@@ -16,16 +16,6 @@ from ztunnel.state import State
 from ztunnel.zds import ZdsServer
 
 from zt_ca import TestCA
-from zt_netns import Lab
-
-
-@pytest.fixture
-def lab():
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 async def request(sock, msg, fds=()):

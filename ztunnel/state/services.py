@@ -4,15 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcore.resources import Resource
-
-
-@dataclass(frozen=True)
-class ServicePort:
-    port: int
-    target_port: int
-    name: str = ""
-    protocol: str = "TCP"
+from meshcore.resources import Resource, ServicePort  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -38,7 +30,5 @@ class Service:
 
 def from_resource(res: Resource) -> Service:
     spec = res.spec
-    ports = tuple(ServicePort(port=p.port, target_port=p.target_port, name=p.name, protocol=p.protocol)
-                  for p in spec.ports)
     return Service(namespace=res.namespace, name=res.name, cluster_ip=str(spec.cluster_ip),
-                   selector=dict(spec.selector), ports=ports)
+                   selector=dict(spec.selector), ports=spec.ports)
