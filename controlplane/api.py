@@ -46,14 +46,16 @@ class ApiServer:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.do_handshake()
             caller = tls.verify_peer_identity(stream, None, peer)
-            node = node_from_identity(caller, self.ca.trust_domain)
-            if node is None:
-                await self._error(stream, f"{caller} is not a node credential of trust domain {self.ca.trust_domain}")
-                return
+            # read the request before any refusal: closing with unread bytes makes the
+            # kernel send RST, which can destroy our error reply before the peer reads it
             reader = LineReader(stream)
             with trio.fail_after(REQUEST_TIMEOUT):
                 req = await reader.read()
             if req is None:
+                return
+            node = node_from_identity(caller, self.ca.trust_domain)
+            if node is None:
+                await self._error(stream, f"{caller} is not a node credential of trust domain {self.ca.trust_domain}")
                 return
             op = req.get("op")
             if op == "sign":
@@ -65,7 +67,8 @@ class ApiServer:
                 await self._error(stream, f"unknown op {op!r} (expected sign or watch)")
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
             self.stats["tls_failures"] += 1
-            log.warning("event=tls_failed peer=%s error=%r hint=%s", peer, str(exc),
+            cause = exc.__cause__ or exc  # trio wraps the SSL error
+            log.warning("event=tls_failed peer=%s error=%r hint=%s", peer, str(cause) or type(cause).__name__,
                         "is the caller using a node credential from this mesh's CA?")
         except FramingError as exc:
             self.stats["bad_requests"] += 1

@@ -92,8 +92,12 @@ class ControlPlaneClient:
                 await stream.do_handshake()
         except trio.TooSlowError:
             raise ControlPlaneError(f"connection to {where} timed out; is it running and reachable from this node?") from None
-        except ssl.SSLError as exc:
-            raise ControlPlaneError(f"TLS with {where} failed ({exc.reason or exc}); was this node's credential issued by its CA?") from None
+        except (ssl.SSLError, trio.BrokenResourceError) as exc:
+            # trio wraps handshake failures: the SSL error is the cause
+            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            reason = getattr(cause, "reason", None) or str(cause) or "connection closed during the handshake"
+            raise ControlPlaneError(f"TLS with {where} failed ({reason}); do the node credential and the "
+                                    "control plane come from the same mesh CA?") from None
         except OSError as exc:
             raise ControlPlaneError(f"cannot reach {where}: {exc.strerror or exc}") from None
         tls.verify_peer_identity(stream, self._expected_server(bundle), where)

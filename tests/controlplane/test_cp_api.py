@@ -1,0 +1,121 @@
+"""The control-plane API over real mTLS, with the real client."""
+import json
+import os
+import ssl
+
+import pytest
+import trio
+
+from controlplane.ca import CertificateAuthority
+from cp_helpers import client, running_api, workload
+from meshcore import tls
+from meshcore.cpclient import ControlPlaneClient, ControlPlaneError
+from meshcore.identity import CertBundle, build_csr, generate_key, key_pem
+from meshcore.jsonlines import encode
+
+WEB = "spiffe://cluster.local/ns/default/sa/web"
+
+
+async def test_sign_only_for_workloads_on_the_asking_node(tmp_path):
+    async with running_api(tmp_path) as (ca, store, api, port, _):
+        chain, roots = await client(ca, port, "node2").sign(build_csr(generate_key(), WEB))
+        assert CertBundle(key_pem(generate_key()), tuple(chain), tuple(roots)).identity == WEB
+        with pytest.raises(ControlPlaneError, match="node node1: .*sa/web does not belong to any workload"):
+            await client(ca, port, "node1").sign(build_csr(generate_key(), WEB))
+        with pytest.raises(ControlPlaneError, match="not a PEM certificate signing request"):
+            await client(ca, port, "node2").sign(b"-----BEGIN CERTIFICATE REQUEST-----\nnope\n")
+        assert api.stats["signed"] == 1 and api.stats["refused"] == 2
+
+
+async def test_watch_snapshot_then_delta_then_resume(tmp_path):
+    async with running_api(tmp_path) as (ca, store, api, port, nursery):
+        c = client(ca, port, "node1")
+        seen = []
+        await nursery.start(c.watch, lambda res, v: seen.append((v, set(res))))
+        assert seen[0][0] == 1 and ("WorkloadEntry", "default", "web") in seen[0][1]
+        (tmp_path / "config" / "db.yaml").write_text(workload("db", "node1", "db", "10.244.1.9"))
+        with trio.fail_after(5):
+            while c.version != 2:
+                await trio.sleep(0.02)
+        assert ("WorkloadEntry", "default", "db") in c.resources and c.connected
+    # resume: a fresh server with history 1..2; a client that applied 1 gets a delta
+    async with running_api(tmp_path / "again") as (ca, store, api, port, nursery):
+        (tmp_path / "again" / "config" / "db.yaml").write_text(workload("db", "node1", "db", "10.244.1.9"))
+        store.reload()
+        messages = await _raw_watch(ca, port, "node1", since=1)
+        assert messages[0]["type"] == "delta" and messages[0]["version"] == 2
+        assert [u["metadata"]["name"] for u in messages[0]["upserts"]] == ["db"]
+        messages = await _raw_watch(ca, port, "node1", since=77)
+        assert messages[0]["type"] == "snapshot", "an unknown version gets a snapshot"
+        messages = await _raw_watch(ca, port, "node2", since=None, as_node="node1")
+        assert messages[0] == {"ok": False, "error": "node node1 may only watch its own view, not 'node2'"}
+
+
+async def _raw_watch(ca, port, node, since, as_node=None):
+    cred = ca.issue_node_credential(as_node or node)
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), tls.client_context(cred, ["trellis-cp"]))
+    await stream.send_all(encode({"op": "watch", "node": node, "since": since}))
+    data = b""
+    with trio.move_on_after(2):
+        while b"\n" not in data:
+            data += await stream.receive_some(1 << 20)
+    await trio.aclose_forcefully(stream)
+    return [json.loads(line) for line in data.split(b"\n") if line]
+
+
+async def test_client_keeps_its_snapshot_while_the_server_is_away(tmp_path):
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local")
+    c = None
+    async with trio.open_nursery() as outer:
+        async with running_api(tmp_path) as (ca, store, api, port, nursery):
+            c = client(ca, port, "node1")
+            await outer.start(c.watch, lambda res, v: None)
+            assert c.connected and c.version == 1
+        # the server is gone (its nursery was cancelled): the client notices, keeps what it had
+        with trio.fail_after(10):
+            while c.connected:
+                await trio.sleep(0.05)
+        assert c.version == 1 and ("WorkloadEntry", "default", "web") in c.resources
+        assert "cannot reach" in c.last_error or "closed" in c.last_error
+        outer.cancel_scope.cancel()
+
+
+async def test_garbage_never_stops_the_server(tmp_path):
+    async with running_api(tmp_path) as (ca, store, api, port, _):
+        # random bytes, a plaintext HTTP request
+        for junk in (os.urandom(2048), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
+            s = await trio.open_tcp_stream("127.0.0.1", port)
+            await s.send_all(junk)
+            with trio.move_on_after(2):
+                await s.receive_some(100)
+            await s.aclose()
+        # a foreign CA's node credential: the handshake fails
+        foreign = CertificateAuthority.load_or_create(tmp_path / "foreign", "cluster.local")
+        stranger = ControlPlaneClient(("127.0.0.1", port), foreign.issue_node_credential("node1"), "node1")
+        with pytest.raises(ControlPlaneError, match="TLS with control plane .* failed .*same mesh CA"):
+            await stranger.sign(build_csr(generate_key(), WEB))
+        # a mesh-signed workload certificate is not a node credential
+        key = generate_key()
+        wl = CertBundle(key_pem(key), tuple(ca.sign_workload_csr(build_csr(key, WEB))), ca.roots_pem)
+        stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), tls.client_context(wl, ["trellis-cp"]))
+        await stream.send_all(encode({"op": "sign", "csr": "x"}))
+        reply = await stream.receive_some(4096)
+        assert b"is not a node credential" in reply
+        await trio.aclose_forcefully(stream)
+        # unknown op and an oversized line over a good credential
+        good = ca.issue_node_credential("node2")
+        for payload, expect in ((encode({"op": "dance"}), b"unknown op 'dance'"),
+                                (b"{" + b" " * (17 * 1024 * 1024), b"longer than")):
+            stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), tls.client_context(good, ["trellis-cp"]))
+            with trio.move_on_after(10):
+                try:
+                    await stream.send_all(payload)
+                except trio.BrokenResourceError:
+                    pass
+                reply = await stream.receive_some(4096)
+                assert expect in reply
+            await trio.aclose_forcefully(stream)
+        assert api.stats["tls_failures"] >= 2 and api.stats["bad_requests"] >= 2
+        # and it still serves a good client
+        chain, _ = await client(ca, port, "node2").sign(build_csr(generate_key(), WEB))
+        assert chain
