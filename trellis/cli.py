@@ -222,7 +222,13 @@ def lab_delete(file: Path) -> None:
         sys.exit(1)
 
 
+def _add_bench() -> None:
+    from bench.cli import bench  # the suite lives beside the components it measures
+    cli.add_command(bench)
+
+
 def main() -> None:
+    _add_bench()
     cli(prog_name="trellis")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import trio
 
 from meshcore.addr import parse_hostport
 from meshcore.cpclient import ControlPlaneClient, load_credential
+
+
+def raise_fd_limit() -> None:
+    """Each proxied connection holds at least one descriptor: take the hard limit, as Envoy
+    and Istio's ztunnel do, instead of the usual soft 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    logging.getLogger("trellis.ztunnel").info("file descriptor limit %d", max(soft, hard))
 
 
 def _hostport(value: str, what: str) -> tuple[str, int]:
@@ -35,6 +45,7 @@ def main(node, control_plane, credential_dir, run_dir, trust_domain, admin_addr,
          drain_timeout, log_level) -> None:
     """Trellis ztunnel: the per-node L4 proxy (HBONE, mTLS, L4 authorization)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    raise_fd_limit()
     from .app import Config, Ztunnel
     cfg = Config(node=node, control_plane=_hostport(control_plane, "--control-plane"),
                  credential_dir=credential_dir, run_dir=run_dir, trust_domain=trust_domain,

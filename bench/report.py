@@ -1,0 +1,86 @@
+"""The table, the ratios and the issue's targets (pure: rows in, text out)."""
+from __future__ import annotations
+
+from .run import Row
+
+COLUMNS = [("scenario", "SCENARIO"), ("workers", "WORKERS"), ("rps", "REQ/S"), ("p50_ms", "P50 MS"),
+           ("p99_ms", "P99 MS"), ("max_ms", "MAX MS"), ("gbps_1", "GBIT/S x1"), ("gbps_4", "GBIT/S x4"),
+           ("cpu_ms_per_req", "CPU MS/REQ"), ("cpu_s_per_gb", "CPU S/GB"), ("rss_idle_mib", "RSS IDLE MIB"),
+           ("rss_load_mib", "RSS LOAD MIB")]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
+    return str(v)
+
+
+def table(rows: list[Row]) -> str:
+    cells = [[h for _, h in COLUMNS]] + [[_fmt(getattr(r, k)) for k, _ in COLUMNS] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(COLUMNS))).rstrip() for c in cells]
+    for r in rows:
+        if r.extra:
+            lines.append(f"{r.scenario}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.extra.items()))
+    return "\n".join(lines)
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def ratios(rows: list[Row]) -> str:
+    by = {r.scenario: r for r in rows}
+    out = []
+    direct = by.get("direct")
+    if direct:
+        out.append("vs direct (req/s, p99, Gbit/s x1):")
+        for r in rows:
+            if r.scenario != "direct" and r.rps is not None and "/" not in r.scenario:
+                out.append(f"  {r.scenario:<14} {_ratio(r.rps, direct.rps):>7} {_ratio(r.p99_ms, direct.p99_ms):>7} "
+                           f"{_ratio(r.gbps_1, direct.gbps_1):>7}")
+    l4 = by.get("trellis-l4")
+    if l4:
+        out.append("trellis-l4 vs peers (req/s, p99, Gbit/s x1, Gbit/s x4):")
+        for r in rows:
+            if r.scenario in ("stunnel", "envoy-hbone"):
+                out.append(f"  vs {r.scenario:<11} {_ratio(l4.rps, r.rps):>7} {_ratio(l4.p99_ms, r.p99_ms):>7} "
+                           f"{_ratio(l4.gbps_1, r.gbps_1):>7} {_ratio(l4.gbps_4, r.gbps_4):>7}")
+    return "\n".join(out)
+
+
+def targets(rows: list[Row]) -> list[tuple[str, str, str]]:
+    """(target, PASS/MISS/n.a., figures) for each of the issue's targets that this run measured."""
+    by = {r.scenario: r for r in rows}
+    l4, st, en = by.get("trellis-l4"), by.get("stunnel"), by.get("envoy-hbone")
+    out = []
+
+    def check(name, ok, figures):
+        out.append((name, "PASS" if ok else "MISS", figures))
+
+    if l4 and st:
+        check("L4 req/s >= 1.0x stunnel", l4.rps >= st.rps, _ratio(l4.rps, st.rps))
+        if l4.gbps_1 and st.gbps_1:
+            check("L4 bulk >= 1.0x stunnel", l4.gbps_1 >= st.gbps_1, _ratio(l4.gbps_1, st.gbps_1))
+    if l4 and en:
+        check("L4 req/s >= 0.5x Envoy HBONE", l4.rps >= 0.5 * en.rps, _ratio(l4.rps, en.rps))
+        check("L4 p99 <= 2x Envoy HBONE", l4.p99_ms <= 2 * en.p99_ms, _ratio(l4.p99_ms, en.p99_ms))
+    if l4 and l4.rss_idle_mib:
+        # two ztunnels are summed: the target is per ztunnel
+        check("ztunnel RSS idle <= 40 MiB", l4.rss_idle_mib / 2 <= 40, f"{l4.rss_idle_mib / 2:.1f} MiB each")
+    for r in rows:
+        if r.scenario.startswith("idle-"):
+            kib = r.extra["kib_per_connection"]
+            check(f"{r.scenario}: <= 16 KiB per idle connection", kib <= 16, f"{kib:.1f} KiB (both ztunnels)")
+    return out
+
+
+def render(rows: list[Row]) -> str:
+    parts = [table(rows), "", ratios(rows)]
+    t = targets(rows)
+    if t:
+        parts += ["", "targets (issue 3):"] + [f"  {v:<4}  {name}  ({fig})" for name, v, fig in t]
+    parts += ["", "trellis-l7 (waypoint): not built yet (the waypoint is a later issue)"]
+    return "\n".join(parts)
