@@ -3,6 +3,7 @@ the plain (unenrolled) client and server pods: stunnel as an mTLS tunnel pair, E
 HTTP/2 CONNECT-over-mTLS tunnel pair (HBONE's protocol). One worker each."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ def envoy_binary() -> str:
 
 
 def _tls_ctx(t: dict, who: str) -> str:
-    return (f"common_tls_context: {{alpn_protocols: [h2], tls_params: {{tls_minimum_protocol_version: TLSv1_3}}, "
+    return (f"common_tls_context: {{alpn_protocols: [h2], tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}, "
             f"tls_certificates: [{{certificate_chain: {{filename: '{t[who + '_crt']}'}}, "
             f"private_key: {{filename: '{t[who + '_key']}'}}}}], "
             f"validation_context: {{trusted_ca: {{filename: '{t['ca']}'}}}}}}")
@@ -155,7 +156,7 @@ def start_envoy(d: Path, t: dict, client_pod: dict, server_pod: dict, bulk_ip: s
     {_endpoint("bulk", bulk_ip, BULK_PORT)}
 """)
     exe = envoy_binary()
-    args = ["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]
+    args = ["--concurrency", "1", "--disable-hot-restart", "--log-level", os.environ.get("TRELLIS_BENCH_ENVOY_LOG", "warn")]
     return Peer("envoy-hbone", "--concurrency 1",
                 [_spawn("envoy-client", [exe, "-c", str(d / "envoy-client.yaml"), *args], client_pod, d / "envoy-client.log")],
                 [_spawn("envoy-server", [exe, "-c", str(d / "envoy-server.yaml"), *args], server_pod, d / "envoy-server.log")])
