@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from pathlib import Path
 
 import trio
@@ -19,9 +20,13 @@ HISTORY = 100
 
 
 class ConfigStore:
-    def __init__(self, config_dir: str | Path, poll_interval: float = 0.5):
+    def __init__(self, config_dir: str | Path, poll_interval: float = 0.5, first_version: int | None = None):
         self.dir = Path(config_dir)
         self.poll_interval = poll_interval
+        # Versions must never repeat across restarts: a watch resumes "since" a version, and
+        # a restarted store that counted from 1 again would answer with a delta against
+        # different content. Starting from the clock (ms) keeps them increasing.
+        self.first_version = first_version if first_version is not None else int(time.time() * 1000)
         self.version = 0
         self.resources: dict[tuple, Resource] = {}
         self.errors: list[ResourceError] = []
@@ -66,7 +71,7 @@ class ConfigStore:
         new = {r.key: r for r in merged.resources}
         if _raw(new) == _raw(self.resources) and self.version:
             return False
-        self.version += 1
+        self.version = self.version + 1 if self.version else self.first_version
         self.resources = new
         self.history[self.version] = new
         while len(self.history) > HISTORY:

@@ -38,14 +38,15 @@ def write_config(d: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_api(tmp_path: Path, poll: float = 0.05):
+async def running_api(tmp_path: Path, poll: float = 0.05, first_version: int = 1, port: int = 0):
     """A CA, a watched store and the API on an OS-chosen loopback port."""
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local")
-    store = ConfigStore(write_config(tmp_path / "config"), poll_interval=poll)
+    cfg = tmp_path / "config"
+    store = ConfigStore(cfg if cfg.is_dir() else write_config(cfg), poll_interval=poll, first_version=first_version)
     api = ApiServer(ca, store)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.watch)
-        listeners = await nursery.start(api.serve, "127.0.0.1", 0)
+        listeners = await nursery.start(api.serve, "127.0.0.1", port)
         port = listeners[0].socket.getsockname()[1]
         yield ca, store, api, port, nursery
         nursery.cancel_scope.cancel()

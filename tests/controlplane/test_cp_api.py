@@ -125,3 +125,26 @@ async def test_garbage_never_stops_the_server(tmp_path):
         # and it still serves a good client
         chain, _ = await client(ca, port, "node2").sign(build_csr(generate_key(), WEB))
         assert chain
+
+
+async def test_client_reconnects_to_a_restarted_control_plane_and_catches_up(tmp_path):
+    """A restarted control plane has no history of its predecessor's versions: the client,
+    resuming `since` its last version, must get a snapshot with what changed meanwhile."""
+    updates = []
+    async with trio.open_nursery() as outer:
+        async with running_api(tmp_path, first_version=1) as (ca, store, api, port, _):
+            c = client(ca, port, "node1")
+            await outer.start(c.watch, lambda res, v: updates.append(v))
+            assert c.version == 1
+        with trio.fail_after(10):
+            while c.connected:
+                await trio.sleep(0.05)
+        # while it is away: an edit, and the new process will count from its own clock
+        (tmp_path / "config" / "db.yaml").write_text(workload("db", "node1", "db", "10.244.1.9"))
+        async with running_api(tmp_path, first_version=1000, port=port) as (ca, store, api, port, _):
+            with trio.fail_after(20):
+                while not c.connected or c.version != 1000:
+                    await trio.sleep(0.05)
+            assert ("WorkloadEntry", "default", "db") in c.resources, "the client caught up with the edit"
+            assert c.last_error is None and updates[-1] == 1000
+        outer.cancel_scope.cancel()

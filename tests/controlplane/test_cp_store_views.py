@@ -7,7 +7,7 @@ from cp_helpers import policy, workload, write_config
 
 
 def test_versions_bump_only_on_effective_change(tmp_path):
-    store = ConfigStore(write_config(tmp_path))
+    store = ConfigStore(write_config(tmp_path), first_version=1)
     assert store.reload() and store.version == 1 and store.errors == []
     assert not store.reload() and store.version == 1
     (tmp_path / "web.yaml").write_text(workload("web", "node2", "web", "10.244.2.9"))
@@ -16,7 +16,7 @@ def test_versions_bump_only_on_effective_change(tmp_path):
 
 
 def test_invalid_edit_keeps_the_last_good_objects_and_reports(tmp_path):
-    store = ConfigStore(write_config(tmp_path))
+    store = ConfigStore(write_config(tmp_path), first_version=1)
     store.reload()
     (tmp_path / "web.yaml").write_text(workload("web", "node2", "web", "10.244.2.300"))
     store.reload()
@@ -30,7 +30,7 @@ def test_invalid_edit_keeps_the_last_good_objects_and_reports(tmp_path):
 
 
 def test_history_is_bounded(tmp_path):
-    store = ConfigStore(write_config(tmp_path))
+    store = ConfigStore(write_config(tmp_path), first_version=1)
     for i in range(HISTORY + 5):
         (tmp_path / "web.yaml").write_text(workload("web", "node2", "web", f"10.244.{i // 200}.{i % 200 + 2}"))
         store.reload()
@@ -38,7 +38,7 @@ def test_history_is_bounded(tmp_path):
 
 
 async def test_watch_picks_up_file_changes(tmp_path):
-    store = ConfigStore(write_config(tmp_path), poll_interval=0.02)
+    store = ConfigStore(write_config(tmp_path), poll_interval=0.02, first_version=1)
     async with trio.open_nursery() as nursery:
         await nursery.start(store.watch)
         assert store.version == 1
@@ -53,7 +53,7 @@ def test_node_view_holds_only_the_policies_a_node_enforces(tmp_path):
     write_config(tmp_path)
     (tmp_path / "pol.yaml").write_text("---\n".join([
         policy("in-default", "default"), policy("mesh-wide", "trellis-system"), policy("elsewhere", "other")]))
-    store = ConfigStore(tmp_path)
+    store = ConfigStore(tmp_path, first_version=1)
     store.reload()
     view = node_view(store.resources, "node1")
     names = {k[2] for k in view if k[0] == "AuthorizationPolicy"}
@@ -63,7 +63,7 @@ def test_node_view_holds_only_the_policies_a_node_enforces(tmp_path):
 
 
 def test_delta_and_allowed_identities(tmp_path):
-    store = ConfigStore(write_config(tmp_path))
+    store = ConfigStore(write_config(tmp_path), first_version=1)
     store.reload()
     old = node_view(store.resources, "node1")
     (tmp_path / "web.yaml").unlink()
