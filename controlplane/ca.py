@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshcore.identity import CertBundle, SpiffeId, generate_key, key_pem, node_identity, split_pem_chain, uri_sans
+from meshcore.identity import (CertBundle, SpiffeId, controlplane_identity, generate_key, key_pem, node_identity,
+                               split_pem_chain)
 
 DEFAULT_TTL = dt.timedelta(hours=24)
 SKEW = dt.timedelta(minutes=1)
-CONTROLPLANE_SA = ("trellis-system", "controlplane")
 
 
 class CsrRejected(ValueError):
@@ -150,11 +150,7 @@ class CertificateAuthority:
         return self._issue(node_identity(self.trust_domain, node), ttl)
 
     def issue_server_credential(self, ttl: dt.timedelta = dt.timedelta(days=365)) -> CertBundle:
-        return self._issue(str(SpiffeId(self.trust_domain, *CONTROLPLANE_SA)), ttl)
-
-
-def controlplane_identity(trust_domain: str) -> str:
-    return str(SpiffeId(trust_domain, *CONTROLPLANE_SA))
+        return self._issue(controlplane_identity(self.trust_domain), ttl)
 
 
 def _self_signed_root(trust_domain: str):

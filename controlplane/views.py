@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from meshcore.identity import workload_identity
 from meshcore.resources import ROOT_NAMESPACE, Resource
 
 POLICY_KINDS = {"AuthorizationPolicy", "PeerAuthentication"}
@@ -24,5 +25,5 @@ def delta(old: View, new: View) -> tuple[list[dict], list[list[str]]]:
 
 
 def allowed_identities(resources: Mapping[tuple, Resource], node: str, trust_domain: str) -> set[str]:
-    return {f"spiffe://{trust_domain}/ns/{r.namespace}/sa/{r.spec.service_account}"
+    return {workload_identity(trust_domain, r.namespace, r.spec.service_account)
             for r in resources.values() if r.kind == "WorkloadEntry" and r.spec.node == node}

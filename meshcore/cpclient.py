@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from . import tls
-from .identity import CertBundle
+from .identity import CertBundle, controlplane_identity
 from .jsonlines import FramingError, LineReader, encode
 from .resources import Resource, ResourceInvalid, from_dict
 
@@ -69,8 +69,7 @@ class ControlPlaneClient:
         return self._credential() if callable(self._credential) else self._credential
 
     def _expected_server(self, bundle: CertBundle) -> str:
-        td = bundle.identity.removeprefix("spiffe://").split("/", 1)[0]
-        return f"spiffe://{td}/ns/trellis-system/sa/controlplane"
+        return controlplane_identity(bundle.identity.removeprefix("spiffe://").split("/", 1)[0])
 
     async def _connect(self) -> trio.SSLStream:
         host, port = self.address

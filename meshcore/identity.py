@@ -36,7 +36,21 @@ class SpiffeId:
         return cls(m["td"], m["ns"], m["sa"])
 
     def __str__(self) -> str:
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return workload_identity(self.trust_domain, self.namespace, self.service_account)
+
+
+CONTROLPLANE_SA = ("trellis-system", "controlplane")
+
+
+def workload_identity(trust_domain: str, namespace: str, service_account: str) -> str:
+    """A workload's SPIFFE ID. No validation (SpiffeId does that): it is on hot paths and
+    its inputs come from validated resources."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+def controlplane_identity(trust_domain: str) -> str:
+    """What the control plane presents; data-plane clients insist on it."""
+    return workload_identity(trust_domain, *CONTROLPLANE_SA)
 
 
 def node_identity(trust_domain: str, node: str) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshcore import netns
+from meshcore.identity import workload_identity
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class PodInfo:
 
     @property
     def identity(self) -> str:
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return workload_identity(self.trust_domain, self.namespace, self.service_account)
 
     def socket_factory(self, family: int = socket.AF_INET) -> socket.socket:
         return netns.socket_in(self.netns_fd, family)

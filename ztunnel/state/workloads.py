@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshcore.identity import workload_identity
 from meshcore.resources import AMBIENT_LABEL, Resource
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Workload:
 
     @property
     def identity(self) -> str:
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return workload_identity(self.trust_domain, self.namespace, self.service_account)
 
     def dump(self) -> dict[str, Any]:
         return {"uid": self.uid, "address": self.address, "serviceAccount": self.service_account,
