@@ -31,7 +31,10 @@ def _machine() -> dict:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON file (default bench/results/<UTC time>.json)")
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
 def bench(quick, duration, connections, scenarios, out, output):
-    """Benchmark Trellis against the direct path and peer proxies, on this machine, now."""
+    """Benchmark Trellis against the direct path and peer proxies, on this machine, now.
+
+    The lab's kernel names start with $TRELLIS_BENCH_PREFIX (default tbench) and its state
+    lives in $TRELLIS_BENCH_DIR (default /run/trellis/bench): set both to run beside another bench."""
     if os.geteuid() != 0:
         raise click.ClickException("trellis bench builds a lab: run it as root")
     names = scenarios.split(",") if scenarios else (QUICK if quick else ALL)

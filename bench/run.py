@@ -15,10 +15,18 @@ from meshcore import admin
 from . import measure, peers
 
 LAB_DIR = Path(__file__).parent / "lab"
-PREFIX, STATE_DIR = "tbench", "/run/trellis/bench"
 TRELLIS = str(Path(sys.executable).parent / "trellis")
 ALL = ["direct", "trellis-l4", "stunnel", "envoy-hbone", "churn", "idle-1k", "idle-10k", "config-push-10k"]
 QUICK = ["direct", "trellis-l4", "stunnel"]
+
+
+def lab_prefix() -> str:
+    """Kernel names of the bench lab start with this, so two benches can run side by side."""
+    return os.environ.get("TRELLIS_BENCH_PREFIX") or "tbench"
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("TRELLIS_BENCH_DIR") or "/run/trellis/bench")
 
 
 @dataclass
@@ -28,6 +36,8 @@ class Options:
     scenarios: list[str] = field(default_factory=lambda: list(ALL))
     bulk: bool = True
     quick: bool = False
+    prefix: str = field(default_factory=lab_prefix)
+    state_dir: Path = field(default_factory=lab_dir)
 
 
 @dataclass
@@ -52,7 +62,7 @@ class Row:
 class Bench:
     def __init__(self, opts: Options, echo: Callable[[str], None] = print):
         self.opts, self.echo = opts, echo
-        self.env = dict(os.environ, TRELLIS_LAB_PREFIX=PREFIX, TRELLIS_LAB_DIR=STATE_DIR)
+        self.env = dict(os.environ, TRELLIS_LAB_PREFIX=opts.prefix, TRELLIS_LAB_DIR=str(opts.state_dir))
         self.rows: list[Row] = []
 
     # -- the lab ------------------------------------------------------------------------
@@ -67,7 +77,7 @@ class Bench:
         return res.stdout
 
     def state(self) -> dict:
-        return json.loads((Path(STATE_DIR) / "lab.json").read_text())
+        return json.loads((self.opts.state_dir / "lab.json").read_text())
 
     def pod(self, ns: str, name: str) -> dict:
         return next(p for p in self.state()["pods"] if (p["namespace"], p["name"]) == (ns, name))
@@ -138,9 +148,9 @@ class Bench:
                         "trellis-l4", "ztunnel x2 (HBONE)", "1 process each", ("mesh", "client"),
                         "http://10.96.0.10/", ("10.96.0.11", 5201), zt))
                 elif name in ("stunnel", "envoy-hbone"):
-                    tls = tls or peers.tls_files(Path(STATE_DIR) / "peers")
+                    tls = tls or peers.tls_files(self.opts.state_dir / "peers")
                     start = peers.start_stunnel if name == "stunnel" else peers.start_envoy
-                    peer = start(Path(STATE_DIR) / "peers", tls, plain_client, plain_web, plain_bulk["address"])
+                    peer = start(self.opts.state_dir / "peers", tls, plain_client, plain_web, plain_bulk["address"])
                     started.append(peer)
                     http_port, bulk_port = peers.LOCAL[name]
                     self._wait_ready(("plain", "client"), f"http://127.0.0.1:{http_port}/", peer)
@@ -212,8 +222,8 @@ class Bench:
 
     def config_push(self, n: int, zt: list[int]) -> None:
         """n WorkloadEntries written at once: seconds until every ztunnel has applied them."""
-        cfg = Path(STATE_DIR) / "config"
-        cp_before = admin.get_json("127.0.0.1", 15010, "/healthz", netns=f"{PREFIX}-fabric")["version"]
+        cfg = self.opts.state_dir / "config"
+        cp_before = admin.get_json("127.0.0.1", 15010, "/healthz", netns=f"{self.opts.prefix}-fabric")["version"]
         docs = [f"apiVersion: trellis.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: w{i}, namespace: push}}\n"
                 f"spec: {{address: 10.{200 + i // 65536}.{(i // 256) % 256}.{i % 256}, node: elsewhere, "
                 f"serviceAccount: push, labels: {{app: push}}}}\n" for i in range(n)]
@@ -227,7 +237,7 @@ class Bench:
             for node in nodes:
                 if node not in done:
                     try:
-                        v = admin.get_json("127.0.0.1", 15000, "/healthz", netns=f"{PREFIX}-{node}", timeout=5)["version"]
+                        v = admin.get_json("127.0.0.1", 15000, "/healthz", netns=f"{self.opts.prefix}-{node}", timeout=5)["version"]
                     except (OSError, RuntimeError, ValueError):
                         continue
                     if v is not None and v > cp_before:
