@@ -86,6 +86,11 @@ def _endpoint(name: str, ip: str, port: int) -> str:
             f"{{address: {{socket_address: {{address: '{ip}', port_value: {port}}}}}}}}}]}}]}}")
 
 
+# Envoy's default circuit breakers stop at 1024 connections and 1024 concurrent streams per
+# cluster; idle-10k holds 10,000 tunnels, so both sides lift them (no effect at 16 connections).
+_NO_BREAKER = "circuit_breakers: {thresholds: [{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000}]}"
+
+
 def start_envoy(d: Path, t: dict, client_pod: dict, server_pod: dict, bulk_ip: str) -> Peer:
     srv = server_pod["address"]
     LOCAL_HTTP, LOCAL_BULK = LOCAL["envoy-hbone"]
@@ -106,6 +111,7 @@ def start_envoy(d: Path, t: dict, client_pod: dict, server_pod: dict, bulk_ip: s
   clusters:
   - name: tunnel
     connect_timeout: 5s
+    {_NO_BREAKER}
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -150,9 +156,11 @@ def start_envoy(d: Path, t: dict, client_pod: dict, server_pod: dict, bulk_ip: s
   clusters:
   - name: app
     connect_timeout: 5s
+    {_NO_BREAKER}
     {_endpoint("app", "127.0.0.1", HTTP_PORT)}
   - name: bulk
     connect_timeout: 5s
+    {_NO_BREAKER}
     {_endpoint("bulk", bulk_ip, BULK_PORT)}
 """)
     exe = envoy_binary()

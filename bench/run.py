@@ -3,21 +3,33 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import select
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from meshcore import admin
+from trellis.lab import procs
+from trellis.lab.state import alive
 
-from . import measure, peers
+from . import l7peers, measure, peers
 
 LAB_DIR = Path(__file__).parent / "lab"
 TRELLIS = str(Path(sys.executable).parent / "trellis")
-ALL = ["direct", "trellis-l4", "stunnel", "envoy-hbone", "churn", "idle-1k", "idle-10k", "config-push-10k"]
+L4_PEERS = ["stunnel", "envoy-hbone"]
+L7_PEERS = list(l7peers.NAMES)
+ALL = ["direct", "trellis-l4", *L4_PEERS, *L7_PEERS, "churn", "idle-1k", "idle-10k", "config-push-10k"]
 QUICK = ["direct", "trellis-l4", "stunnel"]
+PLAIN_CLIENT, MESH_CLIENT = ("plain", "client"), ("mesh", "client")
+VIP, WEB_PORT = "10.96.0.10", 8080
+# stunnel holds two descriptors per connection on each side: idle-10k needs more than 20,000
+FD_LIMIT = 65536
 
 
 def lab_prefix() -> str:
@@ -64,6 +76,8 @@ class Bench:
         self.opts, self.echo = opts, echo
         self.env = dict(os.environ, TRELLIS_LAB_PREFIX=opts.prefix, TRELLIS_LAB_DIR=str(opts.state_dir))
         self.rows: list[Row] = []
+        self.plain: dict[str, dict] = {}
+        self._tls: dict | None = None
 
     # -- the lab ------------------------------------------------------------------------
     def cli(self, *args: str, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
@@ -122,103 +136,143 @@ class Bench:
             row.cpu_s_per_gb = cpu_gb if pids else None
         return row
 
-    # -- scenarios ----------------------------------------------------------------------
-    def run(self) -> list[Row]:
-        wanted = [s for s in self.opts.scenarios]
-        steps = len(wanted)
-        self.echo(f"[0/{steps}] lab up ({LAB_DIR})")
-        self.cli("lab", "down", timeout=120)
-        up = self.cli("lab", "up", str(LAB_DIR), timeout=300)
-        if up.returncode != 0:
-            raise RuntimeError(f"lab up failed:\n{up.stdout[-1500:]}{up.stderr[-1500:]}")
-        started: list[peers.Peer] = []
+    # -- peers --------------------------------------------------------------------------
+    @contextmanager
+    def peer(self, name: str) -> Iterator[tuple[peers.Peer, int]]:
+        """Start a peer proxy, wait until it carries a request, yield it and the client-side
+        HTTP port (127.0.0.1 in the plain client pod), and stop it however the body ends."""
+        d = self.opts.state_dir / "peers"
+        if name in L7_PEERS:
+            peer, port = l7peers.start(name, d, self.plain["client"], self.plain["web"], WEB_PORT), l7peers.LOCAL[name]
+        else:
+            self._tls = self._tls or peers.tls_files(d)
+            start = peers.start_stunnel if name == "stunnel" else peers.start_envoy
+            peer = start(d, self._tls, self.plain["client"], self.plain["web"], self.plain["bulk"]["address"])
+            port = peers.LOCAL[name][0]
         try:
-            plain_web, plain_bulk = self.pod("plain", "web"), self.pod("plain", "bulk")
-            plain_client = self.pod("plain", "client")
-            zt = self.pids("ztunnel/")
-            tls = None
-            for i, name in enumerate(wanted, 1):
-                self.echo(f"[{i}/{steps}] {name}")
-                if name == "direct":
-                    self.rows.append(self.request_response(
-                        "direct", "none (mesh off)", "-", ("plain", "client"), f"http://{plain_web['address']}:8080/",
-                        (plain_bulk["address"], 5201), []))
-                elif name == "trellis-l4":
-                    self.rows.append(self.request_response(
-                        "trellis-l4", "ztunnel x2 (HBONE)", "1 process each", ("mesh", "client"),
-                        "http://10.96.0.10/", ("10.96.0.11", 5201), zt))
-                elif name in ("stunnel", "envoy-hbone"):
-                    tls = tls or peers.tls_files(self.opts.state_dir / "peers")
-                    start = peers.start_stunnel if name == "stunnel" else peers.start_envoy
-                    peer = start(self.opts.state_dir / "peers", tls, plain_client, plain_web, plain_bulk["address"])
-                    started.append(peer)
-                    http_port, bulk_port = peers.LOCAL[name]
-                    self._wait_ready(("plain", "client"), f"http://127.0.0.1:{http_port}/", peer)
-                    self.rows.append(self.request_response(
-                        name, name.split("-")[0] + " pair", peer.workers, ("plain", "client"),
-                        f"http://127.0.0.1:{http_port}/", ("127.0.0.1", bulk_port), [p.pid for p in peer.procs]))
-                    peers.stop(peer)
-                    started.remove(peer)
-                elif name == "churn":
-                    self.churn(zt, plain_web)
-                elif name.startswith("idle-"):
-                    self.idle(int(name.split("-")[1].replace("k", "000")), zt)
-                elif name.startswith("config-push-"):
-                    self.config_push(int(name.rsplit("-", 1)[1].replace("k", "000")), zt)
-                else:
-                    raise ValueError(f"unknown scenario {name!r} (known: {', '.join(ALL)})")
+            self._wait_ready(PLAIN_CLIENT, f"http://127.0.0.1:{port}/", peer)
+            yield peer, port
+        except Exception as e:
+            raise RuntimeError(_peer_failure(peer, str(e))) from e
         finally:
-            for peer in started:
-                peers.stop(peer)
-            self.echo("lab down")
-            self.cli("lab", "down", timeout=120)
-        return self.rows
+            peers.stop(peer)
 
     def _wait_ready(self, pod, url: str, peer: peers.Peer, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while True:
+            dead = [p.name for p in peer.procs if not alive(p)]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited before carrying a request")
             res = self.cli("lab", "exec", pod[1], "-n", pod[0], "--", "curl", "-s", "--max-time", "2", url, timeout=30)
             if res.returncode == 0 and res.stdout.strip() == "ok":
                 return
             if time.monotonic() > deadline:
-                logs = "\n".join(Path(p.log).read_text()[-600:] for p in peer.procs if Path(p.log).exists())
-                raise RuntimeError(f"{peer.name} did not carry a request within {timeout}s:\n{logs}")
+                raise RuntimeError(f"did not carry a request to {url} within {timeout:g} s")
             time.sleep(0.3)
 
-    def churn(self, zt: list[int], plain_web: dict) -> None:
+    # -- scenarios ----------------------------------------------------------------------
+    def run(self) -> list[Row]:
+        wanted = [s for s in self.opts.scenarios]
+        steps = len(wanted)
+        _raise_fd_limit()
+        self.echo(f"[0/{steps}] lab up ({LAB_DIR}, prefix {self.opts.prefix}, state {self.opts.state_dir})")
+        self.cli("lab", "down", timeout=120)
+        up = self.cli("lab", "up", str(LAB_DIR), timeout=300)
+        if up.returncode != 0:
+            raise RuntimeError(f"lab up failed:\n{up.stdout[-1500:]}{up.stderr[-1500:]}")
+        try:
+            self.plain = {name: self.pod("plain", name) for name in ("client", "web", "bulk")}
+            zt = self.pids("ztunnel/")
+            for i, name in enumerate(wanted, 1):
+                self.echo(f"[{i}/{steps}] {name}")
+                self.scenario(name, zt)
+        finally:
+            self.echo("lab down")
+            self.cli("lab", "down", timeout=120)
+        return self.rows
+
+    def scenario(self, name: str, zt: list[int]) -> None:
+        if name == "direct":
+            self.rows.append(self.request_response(
+                "direct", "none (mesh off)", "-", PLAIN_CLIENT, f"http://{self.plain['web']['address']}:{WEB_PORT}/",
+                (self.plain["bulk"]["address"], peers.BULK_PORT), []))
+        elif name == "trellis-l4":
+            self.rows.append(self.request_response(
+                "trellis-l4", "ztunnel x2 (HBONE)", "1 process each", MESH_CLIENT, f"http://{VIP}/",
+                ("10.96.0.11", peers.BULK_PORT), zt))
+        elif name in L4_PEERS:
+            with self.peer(name) as (peer, port):
+                self.rows.append(self.request_response(
+                    name, name.split("-")[0] + " pair", peer.workers, PLAIN_CLIENT, f"http://127.0.0.1:{port}/",
+                    ("127.0.0.1", peers.LOCAL[name][1]), _pids(peer)))
+        elif name in L7_PEERS:  # HTTP/1.1 request/response only: bulk transfer is an L4 matter
+            with self.peer(name) as (peer, port):
+                self.rows.append(self.request_response(
+                    name, l7peers.PROXY[name], peer.workers, PLAIN_CLIENT, f"http://127.0.0.1:{port}/", None,
+                    _pids(peer)))
+        elif name == "churn":
+            self.churn(zt)
+        elif name.startswith("idle-"):
+            self.idle(int(name.split("-")[1].replace("k", "000")), zt)
+        elif name.startswith("config-push-"):
+            self.config_push(int(name.rsplit("-", 1)[1].replace("k", "000")), zt)
+        else:
+            raise ValueError(f"unknown scenario {name!r} (known: {', '.join(ALL)})")
+
+    def churn(self, zt: list[int]) -> None:
         """A new connection per request: the handshake and tunnel setup cost."""
-        for name, pod, url, pids in (("direct", ("plain", "client"), f"http://{plain_web['address']}:8080/", []),
-                                     ("trellis-l4", ("mesh", "client"), "http://10.96.0.10/", zt)):
-            self.echo(f"  churn/{name}: wrk -H 'Connection: close'")
-            r, cpu, rss0, rss1 = self.wrk(pod, url, pids, "-H", "Connection: close")
-            self.rows.append(Row(f"churn/{name}", "new connection per request", "-", r.rps, r.p50_ms, r.p99_ms,
-                                 r.max_ms, r.errors, cpu_ms_per_req=(cpu * 1000 / r.requests if pids and r.requests else None)))
+        self._churn_row("direct", "-", PLAIN_CLIENT, f"http://{self.plain['web']['address']}:{WEB_PORT}/", [])
+        self._churn_row("trellis-l4", "1 process each", MESH_CLIENT, f"http://{VIP}/", zt)
+        for name in L4_PEERS:
+            with self.peer(name) as (peer, port):
+                self._churn_row(name, peer.workers, PLAIN_CLIENT, f"http://127.0.0.1:{port}/", _pids(peer))
+
+    def _churn_row(self, name: str, workers: str, pod, url: str, pids: list[int]) -> None:
+        self.echo(f"  churn/{name}: wrk -H 'Connection: close' -> {url}")
+        r, cpu, _, _ = self.wrk(pod, url, pids, "-H", "Connection: close")
+        self.rows.append(Row(f"churn/{name}", "new connection per request", workers, r.rps, r.p50_ms, r.p99_ms,
+                             r.max_ms, r.errors, cpu_ms_per_req=(cpu * 1000 / r.requests if pids and r.requests else None)))
 
     def idle(self, n: int, zt: list[int]) -> None:
-        """Hold n idle connections through the mesh; memory per connection at both ztunnels."""
-        script = ("import socket,sys,resource\n"
-                  "resource.setrlimit(resource.RLIMIT_NOFILE,(resource.getrlimit(resource.RLIMIT_NOFILE)[1],)*2)\n"
-                  f"socks=[]\n"
-                  f"for i in range({n}):\n"
-                  "    socks.append(socket.create_connection(('10.96.0.10',80),timeout=10))\n"
-                  "s=socks[-1]; s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); assert b'200' in s.recv(1000)\n"
-                  "print('ready',flush=True); sys.stdin.read()\n")
-        _, rss0 = self._usage(zt)
-        proc = subprocess.Popen([TRELLIS, "lab", "exec", "client", "-n", "mesh", "--", "python3", "-c", script],
-                                env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        """Hold n idle connections through the mesh and through each L4 peer pair; memory per
+        connection summed over both sides (two ztunnels, or a peer's client and server)."""
+        self._idle_row(f"idle-{n}", "ztunnel x2", "1 process each", MESH_CLIENT, (VIP, 80), ("mesh", "web"), zt, n)
+        for name in L4_PEERS:
+            with self.peer(name) as (peer, port):
+                self._idle_row(f"idle-{n}/{name}", name.split("-")[0] + " pair", peer.workers, PLAIN_CLIENT,
+                               ("127.0.0.1", port), ("plain", "web"), _pids(peer), n)
+
+    def _idle_row(self, scenario: str, proxy: str, workers: str, pod, dest: tuple[str, int], server_pod,
+                  pids: list[int], n: int) -> None:
+        _, rss0 = self._usage(pids)
+        deadline = time.monotonic() + 60 + n / 100
+        proc = subprocess.Popen([TRELLIS, "lab", "exec", pod[1], "-n", pod[0], "--", "python3", "-c", idle_client(n, *dest)],
+                                env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
         try:
-            line = proc.stdout.readline().strip()
+            line = _readline(proc, deadline)
             if line != "ready":
-                raise RuntimeError(f"idle-{n}: the client could not open {n} connections: {proc.stderr.read()[-500:]}")
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group, so that stderr reaches EOF
+                raise RuntimeError(f"{scenario}: the client could not open {n} connections to {dest[0]}:{dest[1]} "
+                                   f"in time: {line} {proc.stderr.read()[-500:]}")
+            # the proxies accept at once and tunnel behind: count them arrived at the app
+            while (seen := self._established(server_pod)) < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{scenario}: only {seen} of {n} connections reached the app "
+                                       f"in {server_pod[0]}/{server_pod[1]} in time")
+                time.sleep(0.5)
             time.sleep(1.0)
-            _, rss1 = self._usage(zt)
+            _, rss1 = self._usage(pids)
         finally:
-            proc.stdin.close()
-            proc.wait(timeout=60)
+            _end(proc)
         per_conn_kib = (rss1 - rss0) * 1024 / n
-        self.echo(f"  idle-{n}: ztunnels {rss0:.1f} MiB -> {rss1:.1f} MiB, {per_conn_kib:.1f} KiB per connection")
-        self.rows.append(Row(f"idle-{n}", "ztunnel x2", "1 process each", rss_idle_mib=rss0, rss_load_mib=rss1,
+        self.echo(f"  {scenario}: {proxy} {rss0:.1f} MiB -> {rss1:.1f} MiB, {per_conn_kib:.1f} KiB per connection")
+        self.rows.append(Row(scenario, proxy, workers, rss_idle_mib=rss0, rss_load_mib=rss1,
                              extra={"kib_per_connection": per_conn_kib, "connections": n}))
+
+    def _established(self, pod) -> int:
+        out = self.exec(pod, "ss", "-Htn", "state", "established", f"( sport = :{WEB_PORT} )", timeout=60)
+        return len([line for line in out.splitlines() if line.strip()])
 
     def config_push(self, n: int, zt: list[int]) -> None:
         """n WorkloadEntries written at once: seconds until every ztunnel has applied them."""
@@ -251,6 +305,50 @@ class Bench:
         self.rows.append(Row(f"config-push-{n}", "control plane -> ztunnel x2", "-", rss_load_mib=rss,
                              extra={"seconds_to_apply": seconds, "workloads": n}))
         (cfg / "bench-push.yaml").unlink()
+
+
+def idle_client(n: int, host: str, port: int) -> str:
+    """A client that opens n connections to host:port, proves the last one carries a request,
+    says `ready` and holds them all until its stdin closes."""
+    return ("import socket,sys,resource\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE,(resource.getrlimit(resource.RLIMIT_NOFILE)[1],)*2)\n"
+            "socks=[]\n"
+            f"for i in range({n}):\n"
+            f"    socks.append(socket.create_connection(({host!r},{port}),timeout=10))\n"
+            "s=socks[-1]; s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); assert b'200' in s.recv(1000)\n"
+            "print('ready',flush=True); sys.stdin.read()\n")
+
+
+def _readline(proc: subprocess.Popen, deadline: float) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+    return proc.stdout.readline().strip() if ready else ""
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """Close the idle client's stdin (it exits and drops its connections); kill its group if it hangs."""
+    try:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    except (subprocess.TimeoutExpired, OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _pids(peer: peers.Peer) -> list[int]:
+    return [p.pid for p in peer.procs]
+
+
+def _peer_failure(peer: peers.Peer, what: str) -> str:
+    logs = "\n".join(f"--- {p.name}: {p.log}\n{procs.tail(p.log)}" for p in peer.procs)
+    return f"{peer.name}: {what}\n{logs}"
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:  # root may raise the hard limit; peers and lab processes inherit it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, FD_LIMIT), max(hard, FD_LIMIT)))
+    except (ValueError, OSError):
+        pass
 
 
 def rows_to_json(rows: list[Row], meta: dict) -> str:
