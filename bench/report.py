@@ -1,7 +1,7 @@
 """The table, the ratios and the issue's targets (pure: rows in, text out)."""
 from __future__ import annotations
 
-from .run import Row
+from .run import L4_PEERS, L7_PEERS, Row
 
 COLUMNS = [("scenario", "SCENARIO"), ("workers", "WORKERS"), ("rps", "REQ/S"), ("p50_ms", "P50 MS"),
            ("p99_ms", "P99 MS"), ("max_ms", "MAX MS"), ("gbps_1", "GBIT/S x1"), ("gbps_4", "GBIT/S x4"),
@@ -31,23 +31,58 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
+def _idle_sizes(rows: list[Row]) -> list[str]:
+    return [r.scenario for r in rows if r.scenario.startswith("idle-") and "/" not in r.scenario]
+
+
 def ratios(rows: list[Row]) -> str:
     by = {r.scenario: r for r in rows}
     out = []
     direct = by.get("direct")
-    if direct:
+    l4_rows = [r for r in rows if r.scenario in ("trellis-l4", *L4_PEERS)]
+    if direct and l4_rows:
         out.append("vs direct (req/s, p99, Gbit/s x1):")
-        for r in rows:
-            if r.scenario != "direct" and r.rps is not None and "/" not in r.scenario:
-                out.append(f"  {r.scenario:<14} {_ratio(r.rps, direct.rps):>7} {_ratio(r.p99_ms, direct.p99_ms):>7} "
-                           f"{_ratio(r.gbps_1, direct.gbps_1):>7}")
+        for r in l4_rows:
+            out.append(f"  {r.scenario:<14} {_ratio(r.rps, direct.rps):>7} {_ratio(r.p99_ms, direct.p99_ms):>7} "
+                       f"{_ratio(r.gbps_1, direct.gbps_1):>7}")
     l4 = by.get("trellis-l4")
-    if l4:
-        out.append("trellis-l4 vs peers (req/s, p99, Gbit/s x1, Gbit/s x4):")
-        for r in rows:
-            if r.scenario in ("stunnel", "envoy-hbone"):
-                out.append(f"  vs {r.scenario:<11} {_ratio(l4.rps, r.rps):>7} {_ratio(l4.p99_ms, r.p99_ms):>7} "
-                           f"{_ratio(l4.gbps_1, r.gbps_1):>7} {_ratio(l4.gbps_4, r.gbps_4):>7}")
+    measured = [by[p] for p in (*L4_PEERS, *L7_PEERS) if p in by]
+    if l4 and measured:
+        out.append("trellis-l4 vs peers (req/s, p99, Gbit/s x1, Gbit/s x4; no bulk runs through the L7 ones):")
+        for r in measured:
+            out.append(f"  vs {r.scenario:<11} {_ratio(l4.rps, r.rps):>7} {_ratio(l4.p99_ms, r.p99_ms):>7} "
+                       f"{_ratio(l4.gbps_1, r.gbps_1):>7} {_ratio(l4.gbps_4, r.gbps_4):>7}")
+    churn = by.get("churn/trellis-l4")
+    others = [by[f"churn/{p}"] for p in ("direct", *L4_PEERS) if f"churn/{p}" in by]
+    if churn and others:
+        out.append("churn: trellis-l4 vs peers (req/s, p99, CPU ms/req):")
+        for r in others:
+            out.append(f"  vs {r.scenario.split('/', 1)[1]:<11} {_ratio(churn.rps, r.rps):>7} "
+                       f"{_ratio(churn.p99_ms, r.p99_ms):>7} {_ratio(churn.cpu_ms_per_req, r.cpu_ms_per_req):>7}")
+    for size in _idle_sizes(rows):
+        zt = by[size]
+        idle_peers = [by[f"{size}/{p}"] for p in L4_PEERS if f"{size}/{p}" in by]
+        if idle_peers:
+            mine = zt.extra["kib_per_connection"]
+            out.append(f"{size}: trellis-l4 vs peers (KiB per idle connection, both sides summed):")
+            for r in idle_peers:
+                theirs = r.extra["kib_per_connection"]
+                out.append(f"  vs {r.scenario.split('/', 1)[1]:<11} {_ratio(mine, theirs):>7}   "
+                           f"({mine:.1f} vs {theirs:.1f} KiB)")
+    return "\n".join(out)
+
+
+def l7(rows: list[Row]) -> str:
+    """The L7 peers against the direct path; Trellis has no L7 row until the waypoint exists."""
+    by = {r.scenario: r for r in rows}
+    direct, measured = by.get("direct"), [by[p] for p in L7_PEERS if p in by]
+    out = []
+    if measured:
+        out.append("L7: HTTP/1.1 proxies with retries, one worker each (req/s and p99 vs direct; CPU ms/req):")
+        for r in measured:
+            out.append(f"  {r.scenario:<14} {_ratio(r.rps, direct and direct.rps):>7} "
+                       f"{_ratio(r.p99_ms, direct and direct.p99_ms):>7} {_fmt(r.cpu_ms_per_req):>7}")
+    out.append(f"  {'trellis-l7':<14} waypoint not built yet (a later issue)")
     return "\n".join(out)
 
 
@@ -70,10 +105,9 @@ def targets(rows: list[Row]) -> list[tuple[str, str, str]]:
     if l4 and l4.rss_idle_mib:
         # two ztunnels are summed: the target is per ztunnel
         check("ztunnel RSS idle <= 40 MiB", l4.rss_idle_mib / 2 <= 40, f"{l4.rss_idle_mib / 2:.1f} MiB each")
-    for r in rows:
-        if r.scenario.startswith("idle-"):
-            kib = r.extra["kib_per_connection"]
-            check(f"{r.scenario}: <= 16 KiB per idle connection", kib <= 16, f"{kib:.1f} KiB (both ztunnels)")
+    for size in _idle_sizes(rows):  # the target is Trellis's; peer idle rows are for comparison
+        kib = by[size].extra["kib_per_connection"]
+        check(f"{size}: <= 16 KiB per idle connection", kib <= 16, f"{kib:.1f} KiB (both ztunnels)")
     return out
 
 
@@ -82,5 +116,5 @@ def render(rows: list[Row]) -> str:
     t = targets(rows)
     if t:
         parts += ["", "targets (issue 3):"] + [f"  {v:<4}  {name}  ({fig})" for name, v, fig in t]
-    parts += ["", "trellis-l7 (waypoint): not built yet (the waypoint is a later issue)"]
+    parts += ["", l7(rows)]
     return "\n".join(parts)

@@ -133,3 +133,16 @@ def test_a_502_is_retried_as_configured(name, tmp_path):
         log.close()
         app.shutdown()
         app.server_close()
+
+
+def test_a_peer_failure_names_the_proxy_and_shows_its_log(tmp_path):
+    from bench.peers import Peer
+    from bench.run import _peer_failure
+    from trellis.lab.state import Proc
+
+    log = tmp_path / "haproxy-l7.log"
+    log.write_text("[NOTICE] starting\n[ALERT] parsing [haproxy-l7.cfg:3]: unknown keyword 'nbthreads'\n")
+    peer = Peer("haproxy-l7", "nbthread 1", [Proc(name="haproxy-l7", pid=1, log=str(log), netns="x", cgroup=None)])
+    text = _peer_failure(peer, "haproxy-l7 exited before carrying a request")
+    assert text.startswith("haproxy-l7: haproxy-l7 exited before carrying a request")
+    assert str(log) in text and "unknown keyword 'nbthreads'" in text
