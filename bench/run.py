@@ -330,7 +330,10 @@ def _end(proc: subprocess.Popen) -> None:
         proc.stdin.close()
         proc.wait(timeout=60)
     except (subprocess.TimeoutExpired, OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.wait(timeout=10)
 
 
