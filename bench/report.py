@@ -55,7 +55,7 @@ def ratios(rows: list[Row]) -> str:
     churn = by.get("churn/trellis-l4")
     others = [by[f"churn/{p}"] for p in ("direct", *L4_PEERS) if f"churn/{p}" in by]
     if churn and others:
-        out.append("churn: trellis-l4 vs peers (req/s, p99, CPU ms/req):")
+        out.append("churn: trellis-l4 vs the direct path and the peers (req/s, p99, CPU ms/req):")
         for r in others:
             out.append(f"  vs {r.scenario.split('/', 1)[1]:<11} {_ratio(churn.rps, r.rps):>7} "
                        f"{_ratio(churn.p99_ms, r.p99_ms):>7} {_ratio(churn.cpu_ms_per_req, r.cpu_ms_per_req):>7}")

@@ -51,7 +51,7 @@ def test_l7_peers_have_their_own_block_against_direct():
 
 def test_churn_and_idle_rows_are_compared_to_the_peers():
     text = report.render(_rows())
-    churn = _block(text, "churn: trellis-l4 vs peers")
+    churn = _block(text, "churn: trellis-l4 vs")
     assert re.search(r"vs stunnel\s+0\.50x\s+2\.00x\s+2\.00x", churn)
     assert re.search(r"vs envoy-hbone\s+0\.25x\s+4\.00x\s+6\.00x", churn)
     idle = _block(text, "idle-1000: trellis-l4 vs peers")
