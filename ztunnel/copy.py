@@ -1,58 +1,91 @@
-"""Bidirectional byte copy between two trio streams, propagating half-close.
+"""Bidirectional relays for the data path, propagating half-close.
+
+Two shapes, both on non-blocking stdlib sockets (`meshcore.sockio`):
+- `relay_tunnel(sock, tunnel)`: a TCP socket <-> an HBONE tunnel (outbound: the app's
+  connection <-> the tunnel to the destination; inbound: the tunnel <-> the app).
+- `relay_sockets(a, b)`: TCP <-> TCP (outbound passthrough to unmeshed destinations).
 
 Each direction ends on EOF by half-closing the other side (so request/response
-protocols that rely on shutdown(SHUT_WR) keep working through the tunnel); a broken
-side ends both directions. Counts survive cancellation for metrics and access logs.
+protocols that rely on shutdown(SHUT_WR) keep working through the tunnel); a broken side
+ends both directions. Byte counts survive cancellation for metrics and access logs.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import trio
 
-CHUNK = 256 * 1024
+from meshcore import sockio
+from meshcore.hbone.stream import HboneStream
+
+CHUNK = sockio.READ_SIZE
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 @dataclass
 class Transfer:
-    sent: int = 0       # bytes from `a` delivered to `b`
-    received: int = 0   # bytes from `b` delivered to `a`
+    sent: int = 0       # bytes toward the destination
+    received: int = 0   # bytes back from it
     error: str | None = None
 
 
-async def _half_close(stream: trio.abc.Stream) -> None:
-    send_eof = getattr(stream, "send_eof", None)
+def _why(exc: BaseException, sock_role: str) -> str:
+    what = "tunnel broke" if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)) else f"{sock_role} reset"
+    return f"{what}: {exc or type(exc).__name__}"
+
+
+async def relay_tunnel(sock: socket.socket, tunnel: HboneStream, *, sock_role: str) -> Transfer:
+    """sock <-> tunnel until both directions ended or one broke. Returned `sent` counts
+    sock -> tunnel, `received` tunnel -> sock; the caller owns (and closes) both ends."""
+    transfer = Transfer()
+
+    async def one_way(pump) -> None:
+        try:
+            await pump(sock)
+        except _BROKEN as exc:
+            transfer.error = transfer.error or _why(exc, sock_role)
+            nursery.cancel_scope.cancel()
+
     try:
-        if send_eof is not None:
-            await send_eof()
-        else:
-            await stream.aclose()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one_way, tunnel.pump_from_socket)
+            nursery.start_soon(one_way, tunnel.pump_to_socket)
+    finally:
+        transfer.sent, transfer.received = tunnel.bytes_sent, tunnel.bytes_received
+    return transfer
 
 
-async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, transfer: Transfer, attr: str,
-                cancel: trio.CancelScope) -> None:
+async def _sock_to_sock(src: socket.socket, dst: socket.socket, transfer: Transfer, attr: str, role: str,
+                        cancel: trio.CancelScope) -> None:
+    fair = sockio.Fairness()
     try:
         while True:
-            data = await src.receive_some(CHUNK)
+            try:
+                data = src.recv(CHUNK)
+            except BlockingIOError:
+                await sockio.wait_readable(src)
+                fair.waited()
+                continue
             if not data:
                 break
-            await dst.send_all(data)
+            await sockio.send_all(dst, data)
             setattr(transfer, attr, getattr(transfer, attr) + len(data))
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        transfer.error = transfer.error or f"{'upstream' if attr == 'received' else 'downstream'} reset: {exc or type(exc).__name__}"
+            if len(data) < CHUNK:
+                await sockio.wait_readable(src)
+                fair.waited()
+            else:
+                await fair.tick()
+        sockio.shutdown_write(dst)
+    except _BROKEN as exc:
+        transfer.error = transfer.error or _why(exc, role)
         cancel.cancel()
-        return
-    await _half_close(dst)
 
 
-async def copy_bidirectional(a: trio.abc.Stream, b: trio.abc.Stream, transfer: Transfer | None = None) -> Transfer:
-    """Copy a->b and b->a until both directions reached EOF or one side broke.
-
-    The caller owns (and closes) both streams."""
-    transfer = transfer or Transfer()
+async def relay_sockets(a: socket.socket, b: socket.socket) -> Transfer:
+    """a <-> b: `sent` counts a -> b, `received` b -> a; the caller owns (and closes) both."""
+    transfer = Transfer()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_pump, a, b, transfer, "sent", nursery.cancel_scope)
-        nursery.start_soon(_pump, b, a, transfer, "received", nursery.cancel_scope)
+        nursery.start_soon(_sock_to_sock, a, b, transfer, "sent", "downstream", nursery.cancel_scope)
+        nursery.start_soon(_sock_to_sock, b, a, transfer, "received", "upstream", nursery.cancel_scope)
     return transfer

@@ -8,12 +8,11 @@ from __future__ import annotations
 import logging
 import time
 
-import trio
-
+from meshcore import sockio
 from meshcore.hbone.server import InboundTunnel
 
 from . import authz
-from .copy import Transfer, copy_bidirectional
+from .copy import Transfer, relay_tunnel
 from .inputs import ProxyInputs
 from .metrics import ConnLabels, log_connection
 from .outbound import open_tcp_in
@@ -95,15 +94,15 @@ class Inbound:
             stream = await tunnel.accept()
             self.inputs.metrics.connection_opened(labels)
             try:
-                # Inbound direction: "sent" is what reaches the app (toward the destination).
-                await copy_bidirectional(stream, app, transfer)
+                r = await relay_tunnel(app, stream, sock_role="app")
             finally:
+                # Inbound direction: "sent" is what reaches the app (toward the destination).
+                transfer.sent, transfer.received = stream.bytes_received, stream.bytes_sent
                 self.inputs.metrics.connection_closed(labels, transfer.sent, transfer.received)
-            if transfer.error:
-                outcome = "reset"
+            if r.error:
+                transfer.error, outcome = r.error, "reset"
         finally:
-            if app is not None:
-                await trio.aclose_forcefully(app)
+            sockio.close(app)
             log_connection(direction="inbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,
                            pod=self.pod.uid)

@@ -11,13 +11,13 @@ import time
 
 import trio
 
-from meshcore import netns
+from meshcore import netns, sockio
 from meshcore.hbone.client import HboneClientPool
 from meshcore.hbone.errors import HboneError
 
 from . import origdst, route
 from .certs import CertificateUnavailable
-from .copy import Transfer, copy_bidirectional
+from .copy import Transfer, relay_sockets, relay_tunnel
 from .inputs import ProxyInputs
 from .metrics import ConnLabels, log_connection
 from .podinfo import PodInfo
@@ -25,13 +25,12 @@ from .podinfo import PodInfo
 log = logging.getLogger("trellis.ztunnel.outbound")
 
 
-async def open_tcp_in(netns_fd: int, address: tuple[str, int], timeout: float) -> trio.SocketStream:
-    """A TCP connection made from inside `netns_fd`, with errors worded as advice."""
+async def open_tcp_in(netns_fd: int, address: tuple[str, int], timeout: float) -> socket.socket:
+    """A non-blocking TCP socket connected from inside `netns_fd`, with errors worded as advice."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = trio.socket.from_stdlib_socket(netns.socket_in(netns_fd, family))
+    sock = netns.socket_in(netns_fd, family)
     try:
-        with trio.fail_after(timeout):
-            await sock.connect(address)
+        await sockio.connect(sock, address, timeout)
     except trio.TooSlowError:
         sock.close()
         raise ConnectionError(f"connection to {address[0]}:{address[1]} timed out after {timeout:g}s; "
@@ -42,7 +41,8 @@ async def open_tcp_in(netns_fd: int, address: tuple[str, int], timeout: float) -
     except BaseException:
         sock.close()
         raise
-    return trio.SocketStream(sock)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _labels(pod: PodInfo, r: route.Route, secure: bool) -> ConnLabels:
@@ -69,7 +69,12 @@ class Outbound:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         started = time.monotonic()
-        peer = stream.socket.getpeername()
+        sock = sockio.detach(stream)
+        try:
+            peer = sock.getpeername()
+        except OSError:   # the app already gave up
+            sockio.close(sock)
+            return
         src = f"{self.pod.address}:{peer[1]}"
         try:
             dst = self.original_destination(peer[1])
@@ -80,26 +85,29 @@ class Outbound:
         if dst is None:
             log.warning("outbound %s from %s: %s", src, self.pod.uid, why or
                         "no original destination recorded: is the connection captured by the node agent's eBPF?")
-            await trio.aclose_forcefully(stream)
+            sockio.close(sock)
             return
         r = route.decide(self.inputs.state(), self.inputs.state().workload_by_uid(self.pod.uid),
                          dst, self.inputs.pick)
-        await self.proxy(stream, r, src, f"{dst[0]}:{dst[1]}", started)
+        await self.proxy(sock, r, src, f"{dst[0]}:{dst[1]}", started)
 
-    async def proxy(self, stream: trio.abc.Stream, r: route.Route, src: str, dst: str, started: float) -> None:
+    async def proxy(self, sock: socket.socket, r: route.Route, src: str, dst: str, started: float) -> None:
         labels = _labels(self.pod, r, isinstance(r, route.Hbone))
-        transfer, upstream, outcome = Transfer(), None, "ok"
+        transfer, tunnel, plain, outcome = Transfer(), None, None, "ok"
         try:
             if isinstance(r, route.Refuse):
                 raise ConnectionRefusedError(r.reason)
             if isinstance(r, route.Hbone):
-                upstream = await self.pool.connect(r.hbone_address, r.authority, r.expected_identity,
-                                                   self.pod.identity, socket_factory=self.pod.socket_factory)
+                tunnel = await self.pool.connect(r.hbone_address, r.authority, r.expected_identity,
+                                                 self.pod.identity, socket_factory=self.pod.socket_factory)
             else:
-                upstream = await open_tcp_in(self.pod.netns_fd, (r.ip, r.port), self.inputs.connect_timeout)
+                plain = await open_tcp_in(self.pod.netns_fd, (r.ip, r.port), self.inputs.connect_timeout)
             self.inputs.metrics.connection_opened(labels)
             try:
-                await copy_bidirectional(stream, upstream, transfer)
+                if tunnel is not None:
+                    transfer = await relay_tunnel(sock, tunnel, sock_role="downstream")
+                else:
+                    transfer = await relay_sockets(sock, plain)
             finally:
                 self.inputs.metrics.connection_closed(labels, transfer.sent, transfer.received)
             if transfer.error:
@@ -107,9 +115,10 @@ class Outbound:
         except (HboneError, CertificateUnavailable, ConnectionError, OSError) as exc:
             outcome, transfer.error = "error", str(exc)
         finally:
-            if upstream is not None:
-                await trio.aclose_forcefully(upstream)
-            await trio.aclose_forcefully(stream)
+            if tunnel is not None:
+                await trio.aclose_forcefully(tunnel)
+            sockio.close(plain)
+            sockio.close(sock)
             log_connection(direction="outbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,
                            route=type(r).__name__, endpoint=getattr(r, "authority", None) or

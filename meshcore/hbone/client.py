@@ -18,7 +18,9 @@ from typing import Callable, Sequence
 
 import trio
 
+from meshcore import sockio
 from meshcore.tls import IdentityMismatch, verify_peer_identity
+from meshcore.tlssock import TlsSocket
 
 from . import codec as c
 from .errors import (STATUS_ADVICE, HboneConnectionLost, HboneConnectRefused, HboneConnectTimeout,
@@ -37,14 +39,12 @@ def _peer(address: tuple[str, int]) -> str:
 
 
 async def _open_tcp(address: tuple[str, int], socket_factory: SocketFactory | None,
-                    timeout: float) -> trio.SocketStream:
+                    timeout: float) -> socket.socket:
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    raw = socket_factory(family) if socket_factory else socket.socket(family, socket.SOCK_STREAM)
-    sock = trio.socket.from_stdlib_socket(raw)
+    sock = socket_factory(family) if socket_factory else socket.socket(family, socket.SOCK_STREAM)
     peer = _peer(address)
     try:
-        with trio.fail_after(timeout):
-            await sock.connect(address)
+        await sockio.connect(sock, address, timeout)
     except trio.TooSlowError:
         sock.close()
         raise HboneConnectTimeout(f"connection to {peer} timed out, maybe a NetworkPolicy or "
@@ -60,7 +60,7 @@ async def _open_tcp(address: tuple[str, int], socket_factory: SocketFactory | No
         sock.close()
         raise
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return trio.SocketStream(sock)
+    return sock
 
 
 class _NoRoom(HboneConnectionLost):
@@ -84,7 +84,11 @@ class HboneConnection:
                         timeout: float) -> "HboneConnection":
         peer = _peer(address)
         tcp = await _open_tcp(address, socket_factory, timeout)
-        tls = trio.SSLStream(tcp, ssl_context, server_side=False)
+        try:
+            tls = TlsSocket(tcp, ssl_context, server_side=False)
+        except BaseException:
+            tcp.close()
+            raise
         try:
             with trio.fail_after(timeout):
                 await tls.do_handshake()

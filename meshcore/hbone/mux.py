@@ -1,21 +1,27 @@
-"""One multiplexed HBONE connection (`Mux`): the codec, the transport, and the tasks that drive them.
+"""One multiplexed HBONE connection (`Mux`): the codec, the TLS socket, and the tasks that drive them.
 
-A reader task feeds the sans-IO codec and routes events to per-stream state; writes go
-through one lock in a shielded scope, because a write cancelled half-way would leave a
-torn TLS record and break every other tunnel on the connection (hypercorn does the
-same). A writer task flushes what the reader or a closing stream queued (acks,
-settings acks, RST) so that those never block a caller.
+A reader task feeds the sans-IO codec and routes events to per-stream state. A tunnel
+whose bytes go to a plain socket registers a `sink`, and the reader writes DATA
+straight into it when the socket takes it (no task switch, the common case); whatever
+the socket does not take waits in the stream's buffer for the tunnel's own task.
+
+Output is one queue (`_out`) owned by the connection: the codec's bytes are appended and
+written at once by whoever produced them (`push`, `flush`) unless a write is already in
+progress. Bytes stay queued until written, so a task cancelled mid-write never tears a
+TLS record (OpenSSL needs the same bytes on retry); the writer task finishes them.
 """
 from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 from trio.lowlevel import ParkingLot
 
 from . import codec as c
+from meshcore.tlssock import TlsSocket
+
 from .errors import RemoteProtocolError, describe_tls_failure
 
 log = logging.getLogger("meshcore.hbone")
@@ -25,10 +31,14 @@ DEFAULT_RECEIVE = 64 * 1024
 
 
 class _StreamState:
-    __slots__ = ("buf", "recv_ended", "send_ended", "reset_code", "response", "recv_lot")
+    __slots__ = ("buf", "recv_ended", "send_ended", "reset_code", "response", "recv_lot", "sink", "sink_error",
+                 "taken")
 
     def __init__(self) -> None:
         self.buf: deque[bytes] = deque()
+        self.sink: Callable[[bytes], int] | None = None   # non-blocking write to a socket; returns bytes taken
+        self.sink_error: OSError | None = None
+        self.taken = 0          # bytes handed to the application (read or sunk)
         self.recv_ended = False
         self.send_ended = False
         self.reset_code: int | None = None
@@ -39,7 +49,7 @@ class _StreamState:
 class Mux:
     """One HBONE connection: codec + transport + the tasks that drive them."""
 
-    def __init__(self, transport: trio.abc.Stream, codec: c.ClientConnection | c.ServerConnection,
+    def __init__(self, transport: TlsSocket, codec: c.ClientConnection | c.ServerConnection,
                  peer: str, on_request: Callable[[c.TunnelRequested], None] | None = None) -> None:
         self.transport = transport
         self.codec = codec
@@ -48,7 +58,10 @@ class Mux:
         self.broken: str | None = None     # why the connection is unusable, once it is
         self.bytes_in = self.bytes_out = 0
         self._on_request = on_request
-        self._write_lock = trio.Lock()
+        self._out = bytearray()            # codec output not yet on the wire
+        self._writing = False              # a task is between send_nowait and wait_writable
+        self._queued = self._written = 0   # totals, so flush() knows when its bytes left
+        self._flushed_lot = ParkingLot()
         self._kick = trio.Event()
         self._window_lot = ParkingLot()
         self._cancel = trio.CancelScope()
@@ -62,15 +75,25 @@ class Mux:
             try:
                 await self.flush()   # our preface and settings
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    await self._reader()
+                    nursery.start_soon(self._guard, self._writer)
+                    await self._guard(self._reader)
                     nursery.cancel_scope.cancel()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                self._break(describe_tls_failure(e, self.peer, we_are_server=self._server_side)
-                            if e.__cause__ is not None else f"connection to {self.peer} broke: {e or type(e).__name__}")
+                self._transport_failed(e)
         self._break(self.broken or f"connection to {self.peer} closed")
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self.transport)
+
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        # Caught here, inside the nursery: outside it would arrive as an ExceptionGroup.
+        try:
+            await task()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self._transport_failed(e)
+
+    def _transport_failed(self, e: BaseException) -> None:
+        self._break(describe_tls_failure(e, self.peer, we_are_server=self._server_side)
+                    if e.__cause__ is not None else f"connection to {self.peer} broke: {e or type(e).__name__}")
 
     async def _reader(self) -> None:
         while self.broken is None:
@@ -89,7 +112,7 @@ class Mux:
                 return
             for ev in events:
                 self._dispatch(ev)
-            self.kick()
+            self.push()
 
     async def _writer(self) -> None:
         while True:
@@ -102,17 +125,60 @@ class Mux:
     def kick(self) -> None:
         self._kick.set()
 
+    def _take_output(self) -> None:
+        data = self.codec.data_to_send()
+        if data:
+            self._out += data
+            self._queued += len(data)
+
+    def _write_some(self) -> int:
+        try:
+            n = self.transport.send_nowait(self._out)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self._break(f"writing to {self.peer} failed: {e or type(e).__name__}")
+            raise trio.BrokenResourceError(self.broken) from None
+        if n:
+            del self._out[:n]
+            self._written += n
+            self.bytes_out += n
+            self._flushed_lot.unpark_all()
+        return n
+
+    def push(self) -> None:
+        """Write the codec's output now if the socket takes it; leave the rest to the writer task."""
+        self._take_output()
+        if self._out and not self._writing and self.broken is None:
+            try:
+                self._write_some()
+            except trio.BrokenResourceError:
+                return
+            if self._out:
+                self.kick()
+
     async def flush(self) -> None:
-        async with self._write_lock:
-            with trio.CancelScope(shield=True):
-                data = self.codec.data_to_send()
-                if data:
-                    try:
-                        await self.transport.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                        self._break(f"writing to {self.peer} failed: {e or type(e).__name__}")
-                        raise trio.BrokenResourceError(self.broken) from None
-                    self.bytes_out += len(data)
+        """Return once everything queued so far is on the wire (back-pressure for senders)."""
+        self._take_output()
+        target = self._queued
+        if self._writing:
+            while self._written < target:
+                if self.broken is not None:
+                    raise trio.BrokenResourceError(self.broken)
+                await self._flushed_lot.park()
+            return
+        if not self._out:
+            return
+        self._writing = True
+        try:
+            while self._out:
+                if self.broken is not None:
+                    raise trio.BrokenResourceError(self.broken)
+                if not self._write_some():
+                    await self.transport.wait_writable()
+                self._take_output()
+        finally:
+            self._writing = False
+            if self._out and self.broken is None:
+                self.kick()   # cancelled while waiting: the writer task finishes these bytes
 
     async def aclose(self, reason: str = "") -> None:
         """GOAWAY then close: for idle connections and shutdown."""
@@ -122,7 +188,7 @@ class Mux:
                 scope.shield = True
                 try:
                     await self.flush()
-                except trio.BrokenResourceError:
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             self._break(reason or f"connection to {self.peer} closed locally")
         self._cancel.cancel()
@@ -134,6 +200,7 @@ class Mux:
         for st in self.streams.values():
             st.recv_lot.unpark_all()
         self._window_lot.unpark_all()
+        self._flushed_lot.unpark_all()
         self._cancel.cancel()
 
     # ---- events ------------------------------------------------------------------
@@ -172,7 +239,7 @@ class Mux:
             if ev.flow_length > len(ev.data):
                 self.codec.ack(ev.stream_id, ev.flow_length - len(ev.data))   # padding
             if ev.data:
-                st.buf.append(ev.data)
+                self._deliver(ev.stream_id, st, ev.data)
         elif st is None:
             return
         elif isinstance(ev, c.HalfClosed):
@@ -183,6 +250,21 @@ class Mux:
         elif isinstance(ev, (c.TunnelOpened, c.TunnelRefused)):
             st.response = ev
         st.recv_lot.unpark_all()
+
+    def _deliver(self, stream_id: int, st: _StreamState, data: bytes) -> None:
+        """Into the stream's socket right away when nothing is queued before it, else queue."""
+        if st.sink is not None and not st.buf and st.sink_error is None:
+            try:
+                n = st.sink(data)
+            except OSError as e:
+                st.sink_error, n = e, 0
+            if n:
+                st.taken += n
+                self.codec.ack(stream_id, n)
+                if n == len(data):
+                    return
+                data = data[n:]
+        st.buf.append(data)
 
     # ---- used by streams and the client --------------------------------------------
     def new_stream(self, stream_id: int) -> _StreamState:

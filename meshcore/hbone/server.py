@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import trio
 
+from meshcore import sockio
 from meshcore.tls import IdentityMismatch, verify_peer_identity
+from meshcore.tlssock import TlsSocket
 
 from . import codec as c
 from .errors import LocalProtocolError, describe_tls_failure
@@ -175,9 +178,15 @@ async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl
     addr, peer = _peer_of(stream)
     stats.bump("connections_accepted", peer)
     stats.connections_active += 1
-    tls: trio.SSLStream | None = None
+    tls: TlsSocket | None = None
     try:
-        tls = trio.SSLStream(stream, ctx_for(), server_side=True)
+        raw = sockio.detach(stream)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = TlsSocket(raw, ctx_for(), server_side=True)
+        except BaseException:
+            raw.close()
+            raise
         identity = await _handshake(tls, peer, handshake_timeout)
         if identity is None:
             stats.bump("handshake_failures", peer)
@@ -208,7 +217,7 @@ async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl
             await trio.aclose_forcefully(tls if tls is not None else stream)
 
 
-async def _handshake(tls: trio.SSLStream, peer: str, timeout: float) -> str | None:
+async def _handshake(tls: TlsSocket, peer: str, timeout: float) -> str | None:
     """TLS with a required client certificate; return the client's SPIFFE ID, or None (logged)."""
     try:
         with trio.fail_after(timeout):

@@ -7,15 +7,19 @@ so a slow reader pushes back on the sender instead of growing our buffers.
 from __future__ import annotations
 
 import operator
+import socket
 from typing import Callable
 
 import trio
 from trio.lowlevel import checkpoint
 
+from meshcore import sockio
+
 from .errors import LocalProtocolError
 from .mux import DEFAULT_RECEIVE, Mux
 
 __all__ = ["HboneStream", "Mux"]
+PUMP_READ = sockio.READ_SIZE
 
 
 class HboneStream(trio.abc.HalfCloseableStream):
@@ -29,7 +33,12 @@ class HboneStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._sending = False
         self._receiving = False
-        self.bytes_sent = self.bytes_received = 0
+        self.bytes_sent = 0
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes handed to the application (by receive_some or into its socket)."""
+        return self._st.taken
 
     @property
     def peer(self) -> str:
@@ -47,14 +56,16 @@ class HboneStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("HBONE stream was closed")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await checkpoint()   # the Stream contract; the pumps call _send, which yields only to wait
+        await self._send(data)
+
+    async def _send(self, data: bytes | bytearray | memoryview) -> None:
         self._claim_send()
         self._sending = True
         try:
             if self._st.send_ended:
                 raise trio.ClosedResourceError("HBONE stream already half-closed (send_eof)")
             view = memoryview(data).cast("B")
-            if not view:
-                await checkpoint()
             while view:
                 if why := self._broken():
                     raise trio.BrokenResourceError(why)
@@ -105,6 +116,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
         except LocalProtocolError as e:
             raise trio.BrokenResourceError(f"tunnel {self.stream_id} to {self._mux.peer}: {e}") from None
         await self._mux.flush()
+        await checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
@@ -132,12 +144,85 @@ class HboneStream(trio.abc.HalfCloseableStream):
             if len(chunk) > limit:
                 st.buf.appendleft(chunk[limit:])
                 chunk = chunk[:limit]
-            self.bytes_received += len(chunk)
+            st.taken += len(chunk)
             # Acknowledge only what the application takes, so a slow reader pushes back.
             self._mux.codec.ack(self.stream_id, len(chunk))
-            self._mux.kick()
+            self._mux.push()
             return chunk
         finally:
+            self._receiving = False
+
+    # ---- socket pumps: the proxy's hot path -------------------------------------------
+    async def pump_from_socket(self, sock: socket.socket) -> None:
+        """Send what `sock` delivers into the tunnel until its EOF, then END_STREAM.
+
+        OSError from `sock` propagates (the caller treats it as the local side's reset)."""
+        fair = sockio.Fairness()
+        while True:
+            try:
+                data = sock.recv(PUMP_READ)
+            except BlockingIOError:
+                await sockio.wait_readable(sock)
+                fair.waited()
+                continue
+            if not data:
+                await self.send_eof()
+                return
+            await self._send(data)
+            if len(data) < PUMP_READ:
+                # Most likely drained: wait for more instead of a recv that says EAGAIN.
+                await sockio.wait_readable(sock)
+                fair.waited()
+            else:
+                await fair.tick()
+
+    async def pump_to_socket(self, sock: socket.socket) -> None:
+        """Deliver the tunnel's bytes into `sock` until END_STREAM, then shut its write side.
+
+        While this runs, the connection's reader writes arriving DATA straight into `sock`
+        when the socket takes it and nothing is queued; this task only finishes what the
+        socket did not take (waiting for it to drain) and handles the end."""
+        st, mux = self._st, self._mux
+
+        def sink(data: bytes) -> int:
+            try:
+                return sock.send(data)
+            except BlockingIOError:
+                return 0
+
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this HBONE stream")
+        self._receiving = True
+        st.sink = sink
+        try:
+            while True:
+                if st.sink_error is not None:
+                    raise st.sink_error
+                if st.buf:
+                    chunk = st.buf[0]
+                    n = sink(chunk)
+                    if n:
+                        st.taken += n
+                        mux.codec.ack(self.stream_id, n)
+                        mux.push()
+                        if n == len(chunk):
+                            st.buf.popleft()
+                        else:
+                            st.buf[0] = chunk[n:]
+                    else:
+                        await sockio.wait_writable(sock)
+                    continue
+                if st.recv_ended:
+                    sockio.shutdown_write(sock)
+                    await checkpoint()
+                    return
+                if why := self._broken():
+                    raise trio.BrokenResourceError(why)
+                if self._closed:
+                    raise trio.ClosedResourceError("HBONE stream was closed while receiving")
+                await st.recv_lot.park()
+        finally:
+            st.sink = None
             self._receiving = False
 
     async def aclose(self) -> None:
@@ -154,7 +239,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
                         codec.reset(self.stream_id)
                 except LocalProtocolError:
                     codec.reset(self.stream_id)
-                self._mux.kick()
+                self._mux.push()
             unread = sum(map(len, st.buf))
             st.buf.clear()
             codec.ack(self.stream_id, unread)   # give the connection window back

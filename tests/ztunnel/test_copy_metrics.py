@@ -1,67 +1,87 @@
-import trio
-import trio.testing
+import socket
+import struct
 
-from ztunnel.copy import copy_bidirectional
+import trio
+
+from meshcore import sockio
+from ztunnel.copy import relay_sockets
 from ztunnel.metrics import ConnLabels, Metrics, log_connection
 
 
-async def test_copy_both_ways_with_half_close():
-    # real TCP sockets on loopback: client <-> [a | copy | b] <-> server
-    async def pair():
-        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-        port = listener.socket.getsockname()[1]
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        server = await listener.accept()
-        await listener.aclose()
-        return client, server
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """A real loopback TCP connection: (connecting side, accepted side), both non-blocking."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    for s in (client, server):
+        s.setblocking(False)
+    return client, server
 
-    client, a = await pair()
-    b, server = await pair()
+
+async def _read_all(sock: socket.socket) -> bytes:
+    got = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            await sockio.wait_readable(sock)
+            continue
+        if not chunk:
+            return bytes(got)
+        got += chunk
+
+
+async def test_relay_both_ways_with_half_close():
+    # client <-> [a | relay | b] <-> server, all real TCP
+    client, a = _pair()
+    b, server = _pair()
     payload = bytes(range(256)) * 4096  # 1 MiB
+    result = {}
     with trio.fail_after(20):
         async with trio.open_nursery() as n:
-            result = {}
-
-            async def run_copy():
-                result["t"] = await copy_bidirectional(a, b)
+            async def run_relay():
+                result["t"] = await relay_sockets(a, b)
 
             async def send():
-                await client.send_all(payload)
-                await client.send_eof()
+                await sockio.send_all(client, payload)
+                client.shutdown(socket.SHUT_WR)
 
-            n.start_soon(run_copy)
+            n.start_soon(run_relay)
             n.start_soon(send)
-            got = bytearray()
-            while chunk := await server.receive_some(65536):
-                got += chunk
-            assert got == payload
-            await server.send_all(b"reply")
-            await server.send_eof()
-            back = bytearray()
-            while chunk := await client.receive_some(65536):
-                back += chunk
-            assert back == b"reply"
-    assert result["t"].sent == len(payload) and result["t"].received == 5 and result["t"].error is None
+            assert await _read_all(server) == payload      # EOF arrived after the bytes
+            await sockio.send_all(server, b"reply")
+            server.shutdown(socket.SHUT_WR)
+            assert await _read_all(client) == b"reply"
+    t = result["t"]
+    assert (t.sent, t.received, t.error) == (len(payload), 5, None)
     for s in (client, a, b, server):
-        await s.aclose()
+        s.close()
 
 
-async def test_copy_stops_when_one_side_breaks():
-    a_near, a_far = trio.testing.memory_stream_pair()
-    b_near, b_far = trio.testing.memory_stream_pair()
+async def test_relay_stops_when_one_side_resets():
+    client, a = _pair()
+    b, server = _pair()
+    out = {}
     with trio.fail_after(5):
         async with trio.open_nursery() as n:
-            out = {}
-
             async def run():
-                out["t"] = await copy_bidirectional(a_near, b_near)
+                out["t"] = await relay_sockets(a, b)
 
             n.start_soon(run)
-            await a_far.send_all(b"x")
-            assert await b_far.receive_some() == b"x"
-            await b_far.aclose()  # the upstream goes away
-            await a_far.send_all(b"more")
-    assert out["t"].error
+            await sockio.send_all(client, b"x")
+            while True:
+                try:
+                    assert server.recv(10) == b"x"
+                    break
+                except BlockingIOError:
+                    await sockio.wait_readable(server)
+            # the upstream goes away with a RST, while the client still has its side open
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            server.close()
+            await sockio.send_all(client, b"more")
+    assert out["t"].error and "reset" in out["t"].error
+    for s in (client, a, b):
+        s.close()
 
 
 def test_metrics_names_and_labels():
