@@ -18,6 +18,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from . import fastdata
 from .errors import LocalProtocolError, RemoteProtocolError
 # Re-exported: codec users see one namespace, as with h11.
 from .events import (REASON_HEADER, BadRequest, ConnectionClosed, Data, Event, GoingAway, HalfClosed,  # noqa: F401
@@ -34,9 +35,18 @@ STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_CONCURRENT_STREAMS = 100
-MAX_HEADER_LIST_SIZE = 16 * 1024   # CONNECT needs a few hundred bytes; refuse header bombs
+MAX_HEADER_LIST_SIZE = 16 * 1024
+CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4; h2 checks it   # CONNECT needs a few hundred bytes; refuse header bombs
 
 # ---- connections -----------------------------------------------------------------
+
+class _FastData:
+    """A DATA frame parsed by `fastdata`, in line with h2's events."""
+    __slots__ = ("stream_id", "data")
+
+    def __init__(self, stream_id: int, data: bytes) -> None:
+        self.stream_id, self.data = stream_id, data
+
 
 @dataclass
 class _Base:
@@ -45,6 +55,8 @@ class _Base:
     closed: bool = field(init=False, default=False)        # fatal: nothing more in or out
     going_away: bool = field(init=False, default=False)    # graceful GOAWAY either way: no new streams
     _pending: bytes = field(init=False, default=b"")
+    _inbuf: bytearray = field(init=False, default_factory=bytearray)
+    _preface_left: int = field(init=False, default=0)   # client preface bytes h2 has yet to see
 
     def __post_init__(self) -> None:
         config = h2.config.H2Configuration(client_side=self.client_side, header_encoding="utf-8",
@@ -62,6 +74,7 @@ class _Base:
         self._h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._preface_left = 0 if self.client_side else len(CLIENT_PREFACE)
 
     # -- bytes in / out
     def data_to_send(self) -> bytes:
@@ -75,16 +88,64 @@ class _Base:
             return []
         # h2 drops unsent output when a GOAWAY arrives; keep what tunnels already queued.
         self._pending += self._h2.data_to_send()
+        out: list[Event] = []
         try:
-            h2_events = self._h2.receive_data(data)
-            out: list[Event] = []
-            for ev in h2_events:
+            for ev in self._receive(data):
                 out.extend(self._translate(ev))
         except h2.exceptions.ProtocolError as e:
             raise self._fail(f"malformed HTTP/2 from peer: {e}") from None
         except Exception as e:   # hpack/hyperframe corner cases, a non-numeric :status, ...
             raise self._fail(f"malformed HTTP/2 from peer ({type(e).__name__}: {e})") from None
         return out
+
+    def _receive(self, data: bytes) -> list:
+        """Split the input at frame boundaries: plain DATA on open streams is handled here
+        (`fastdata`), every other frame goes to h2 in order; a partial frame waits."""
+        conn = self._h2
+        if self._preface_left:
+            head = bytes(data[:self._preface_left])
+            self._preface_left -= len(head)
+            data = data[len(head):]
+            events = conn.receive_data(head)
+            if not data:
+                return events
+        else:
+            events = []
+        buf = self._inbuf
+        buf += data
+        pos, size, slow_from = 0, len(buf), -1
+        while size - pos >= fastdata.HEADER_LEN:
+            hi, lo, ftype, flags, sid = fastdata.HEADER.unpack_from(buf, pos)
+            length = hi << 16 | lo
+            if length > MAX_FRAME_SIZE:
+                # Refused on its header, before buffering up to 16 MiB of it (h2 would wait).
+                if slow_from >= 0:
+                    conn.receive_data(bytes(buf[slow_from:pos]))
+                raise h2.exceptions.FrameTooLargeError(
+                    f"frame of {length} bytes exceeds our SETTINGS_MAX_FRAME_SIZE {MAX_FRAME_SIZE}")
+            end = pos + fastdata.HEADER_LEN + length
+            if end > size:
+                break
+            if ftype == fastdata.DATA and flags == 0 and length:
+                if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
+                    events.extend(conn.receive_data(bytes(buf[slow_from:pos])))
+                    slow_from = -1
+                sid &= 0x7FFFFFFF
+                if fastdata.receivable(conn, sid, length):
+                    fastdata.consume(conn, sid, length)
+                    events.append(_FastData(sid, bytes(buf[pos + fastdata.HEADER_LEN:end])))
+                    pos = end
+                    continue
+            if slow_from < 0:
+                slow_from = pos
+            pos = end
+        if slow_from >= 0:
+            chunk = bytes(buf[slow_from:pos])
+            del buf[:pos]
+            events.extend(conn.receive_data(chunk))
+        else:
+            del buf[:pos]
+        return events
 
     def _fail(self, message: str) -> RemoteProtocolError:
         self.closed = True
@@ -95,6 +156,8 @@ class _Base:
         return RemoteProtocolError(message)
 
     def _translate(self, ev: h2.events.Event) -> list[Event]:
+        if type(ev) is _FastData:
+            return [Data(ev.stream_id, ev.data, len(ev.data))]
         if isinstance(ev, h2.events.DataReceived):
             if not ev.data and not ev.flow_controlled_length:
                 return []   # the empty DATA frame that only carries END_STREAM
@@ -124,6 +187,9 @@ class _Base:
     def send(self, stream_id: int, data: bytes | memoryview) -> int:
         """Queue as much of `data` as flow control allows now; return how much."""
         view = memoryview(data)
+        fast = fastdata.send(self._h2, stream_id, view)
+        if fast is not None:
+            return fast
         try:
             room = min(len(view), self._h2.local_flow_control_window(stream_id))
             sent = 0

@@ -240,3 +240,68 @@ def test_non_numeric_status_from_server_is_a_remote_error():
     h.send_headers(sid, [(":status", "abc")])
     with pytest.raises(RemoteProtocolError):
         cl.receive_data(h.data_to_send())
+
+
+# ---- the DATA fast path (fastdata): same results as h2, whatever the byte boundaries ----
+
+def _open_pair():
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    sv.accept(sid)
+    cl.receive_data(sv.data_to_send())
+    return cl, sv, sid
+
+
+def test_fast_data_survives_any_split_and_keeps_order_with_end_stream():
+    cl, sv, sid = _open_pair()
+    chunks = [bytes([i]) * (i * 37 + 1) for i in range(40)]
+    for chunk in chunks:
+        assert cl.send(sid, chunk) == len(chunk)
+    cl.half_close(sid)
+    wire = cl.data_to_send()
+    events = []
+    for i in range(len(wire)):                 # one byte at a time: every frame arrives in pieces
+        events += sv.receive_data(wire[i:i + 1])
+    data = [e for e in events if isinstance(e, (c.Data, c.HalfClosed))]
+    assert b"".join(e.data for e in data if isinstance(e, c.Data)) == b"".join(chunks)
+    assert isinstance(data[-1], c.HalfClosed)   # END_STREAM after every byte, not before
+
+
+def test_fast_data_is_accounted_in_h2_windows():
+    cl, sv, sid = _open_pair()
+    before = sv._h2._inbound_flow_control_window_manager.current_window_size
+    cl.send(sid, b"x" * 1000)
+    sv.receive_data(cl.data_to_send())
+    assert sv._h2._inbound_flow_control_window_manager.current_window_size == before - 1000
+    assert cl.send_window(sid) == c.STREAM_WINDOW - 1000
+
+
+def test_data_beyond_the_window_is_a_flow_control_error():
+    cl, sv, sid = _open_pair()
+    # A peer that ignores our window: one frame more than the whole stream window allows.
+    n = c.STREAM_WINDOW // c.MAX_FRAME_SIZE
+    frame = bytes([(c.MAX_FRAME_SIZE >> 16) & 0xFF, (c.MAX_FRAME_SIZE >> 8) & 0xFF, c.MAX_FRAME_SIZE & 0xFF, 0, 0]) \
+        + sid.to_bytes(4, "big") + b"z" * c.MAX_FRAME_SIZE
+    with pytest.raises(RemoteProtocolError, match="malformed HTTP/2"):
+        for _ in range(n + 1):
+            sv.receive_data(frame)
+    assert sv.closed and b"\x07" in sv.data_to_send()   # GOAWAY queued
+
+
+def test_oversized_data_frame_after_good_ones_is_rejected():
+    cl, sv, sid = _open_pair()
+    cl.send(sid, b"ok")
+    good = cl.data_to_send()
+    big = (c.MAX_FRAME_SIZE + 1).to_bytes(3, "big") + b"\x00\x00" + sid.to_bytes(4, "big")
+    with pytest.raises(RemoteProtocolError):
+        sv.receive_data(good + big)
+
+
+def test_data_on_a_reset_stream_goes_to_h2_and_is_not_delivered():
+    cl, sv, sid = _open_pair()
+    cl.send(sid, b"early")
+    early = cl.data_to_send()
+    sv.reset(sid)
+    events = sv.receive_data(early)
+    assert not [e for e in events if isinstance(e, c.Data)]
