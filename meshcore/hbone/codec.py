@@ -100,52 +100,76 @@ class _Base:
 
     def _receive(self, data: bytes) -> list:
         """Split the input at frame boundaries: plain DATA on open streams is handled here
-        (`fastdata`), every other frame goes to h2 in order; a partial frame waits."""
+        (`fastdata`), every other frame goes to h2 in order. Only a frame cut by the end of
+        a read is buffered (`_inbuf`), completed from the next read with just the bytes it
+        lacks; everything else is parsed in place, so each payload byte is copied once."""
         conn = self._h2
+        events: list = []
+        data = bytes(data)
+        off = 0
         if self._preface_left:
-            head = bytes(data[:self._preface_left])
+            head = data[:self._preface_left]
             self._preface_left -= len(head)
-            data = data[len(head):]
-            events = conn.receive_data(head)
-            if not data:
-                return events
-        else:
-            events = []
+            off = len(head)
+            events.extend(conn.receive_data(head))
         buf = self._inbuf
-        buf += data
-        pos, size, slow_from = 0, len(buf), -1
+        if buf:
+            if len(buf) < fastdata.HEADER_LEN:
+                take = min(fastdata.HEADER_LEN - len(buf), len(data) - off)
+                buf += memoryview(data)[off:off + take]
+                off += take
+                if len(buf) < fastdata.HEADER_LEN:
+                    return events
+            hi, lo = fastdata.HEADER.unpack_from(buf)[:2]
+            self._check_size(hi << 16 | lo, events, b"")
+            take = min(fastdata.HEADER_LEN + (hi << 16 | lo) - len(buf), len(data) - off)
+            buf += memoryview(data)[off:off + take]
+            off += take
+            if len(buf) < fastdata.HEADER_LEN + (hi << 16 | lo):
+                return events
+            self._inbuf = bytearray()
+            self._frames(bytes(buf), 0, events)   # exactly one whole frame
+        rest = self._frames(data, off, events)
+        if rest < len(data):
+            self._inbuf = bytearray(memoryview(data)[rest:])
+        return events
+
+    def _check_size(self, length: int, events: list, pending: bytes) -> None:
+        if length > MAX_FRAME_SIZE:
+            # Refused on its header, before buffering up to 16 MiB of it (h2 would wait).
+            if pending:
+                events.extend(self._h2.receive_data(pending))
+            raise h2.exceptions.FrameTooLargeError(
+                f"frame of {length} bytes exceeds our SETTINGS_MAX_FRAME_SIZE {MAX_FRAME_SIZE}")
+
+    def _frames(self, buf: bytes, pos: int, events: list) -> int:
+        """Handle every whole frame in buf[pos:]; return where the first partial one starts."""
+        conn = self._h2
+        size, slow_from = len(buf), -1
         while size - pos >= fastdata.HEADER_LEN:
             hi, lo, ftype, flags, sid = fastdata.HEADER.unpack_from(buf, pos)
             length = hi << 16 | lo
             if length > MAX_FRAME_SIZE:
-                # Refused on its header, before buffering up to 16 MiB of it (h2 would wait).
-                if slow_from >= 0:
-                    conn.receive_data(bytes(buf[slow_from:pos]))
-                raise h2.exceptions.FrameTooLargeError(
-                    f"frame of {length} bytes exceeds our SETTINGS_MAX_FRAME_SIZE {MAX_FRAME_SIZE}")
+                self._check_size(length, events, buf[slow_from:pos] if slow_from >= 0 else b"")
             end = pos + fastdata.HEADER_LEN + length
             if end > size:
                 break
             if ftype == fastdata.DATA and flags == 0 and length:
                 if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
-                    events.extend(conn.receive_data(bytes(buf[slow_from:pos])))
+                    events.extend(conn.receive_data(buf[slow_from:pos]))
                     slow_from = -1
                 sid &= 0x7FFFFFFF
                 if fastdata.receivable(conn, sid, length):
                     fastdata.consume(conn, sid, length)
-                    events.append(_FastData(sid, bytes(buf[pos + fastdata.HEADER_LEN:end])))
+                    events.append(_FastData(sid, buf[pos + fastdata.HEADER_LEN:end]))
                     pos = end
                     continue
             if slow_from < 0:
                 slow_from = pos
             pos = end
         if slow_from >= 0:
-            chunk = bytes(buf[slow_from:pos])
-            del buf[:pos]
-            events.extend(conn.receive_data(chunk))
-        else:
-            del buf[:pos]
-        return events
+            events.extend(conn.receive_data(buf[slow_from:pos]))
+        return pos
 
     def _fail(self, message: str) -> RemoteProtocolError:
         self.closed = True
