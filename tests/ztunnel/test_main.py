@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
 
@@ -13,12 +14,13 @@ from ztunnel.app import Config, Ztunnel
 from test_app import StaticControlPlane, http
 
 PY = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_missing_credential_is_advice_and_exit_1(tmp_path):
     r = subprocess.run([PY, "-m", "ztunnel", "--node", "n1", "--control-plane", "127.0.0.1:15012",
                         "--credential-dir", str(tmp_path), "--run-dir", str(tmp_path / "run")],
-                       capture_output=True, text=True, timeout=30, cwd="/work/main")
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 1
     assert "bootstrap.key" in r.stderr and "trellis lab up" in r.stderr
 
@@ -26,7 +28,7 @@ def test_missing_credential_is_advice_and_exit_1(tmp_path):
 def test_bad_control_plane_address(tmp_path):
     r = subprocess.run([PY, "-m", "ztunnel", "--node", "n1", "--control-plane", "nope",
                         "--credential-dir", str(tmp_path), "--run-dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=30, cwd="/work/main")
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
 
 
