@@ -110,10 +110,10 @@ async def test_service_vip_over_hbone_with_authz_and_passthrough(lab):
                 assert metrics.value("istio_tcp_connections_opened_total", reporter="source",
                                      source_workload="client", destination_workload="web") == 1
                 # the destination side books its close after the client saw EOF
-                await eventually(lambda: metrics.value("istio_tcp_connections_closed_total",
-                                                       reporter="destination") == 1)
                 for reporter in ("source", "destination"):
-                    assert metrics.value("istio_tcp_received_bytes_total", reporter=reporter) == len(payload)
+                    await eventually(lambda: metrics.value("istio_tcp_connections_closed_total",
+                                                           reporter=reporter) == 1)
+                    assert metrics.value("istio_tcp_received_bytes_total", reporter=reporter) == len(payload), reporter
                     assert metrics.value("istio_tcp_sent_bytes_total", reporter=reporter) == len(payload) + len(b_ip) + 1
                     assert metrics.value("istio_tcp_connections_closed_total", reporter=reporter) == 1
 
