@@ -52,3 +52,6 @@ def bench(quick, duration, connections, scenarios, out, output):
     out.write_text(data)
     click.echo(data if output == "json" else report.render(rows))
     click.echo(f"\nwrote {out}", err=True)
+    failed = [r.scenario for r in rows if "failed" in r.extra]
+    if failed:
+        raise click.ClickException(f"{len(failed)} scenario(s) could not be measured: {', '.join(failed)}")

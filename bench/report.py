@@ -31,11 +31,17 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
+def _with_figures(rows: list[Row]) -> list[Row]:
+    """Rows with figures: a scenario that failed shows in the table, never in a ratio."""
+    return [r for r in rows if "failed" not in r.extra]
+
+
 def _idle_sizes(rows: list[Row]) -> list[str]:
     return [r.scenario for r in rows if r.scenario.startswith("idle-") and "/" not in r.scenario]
 
 
 def ratios(rows: list[Row]) -> str:
+    rows = _with_figures(rows)
     by = {r.scenario: r for r in rows}
     out = []
     direct = by.get("direct")
@@ -74,6 +80,7 @@ def ratios(rows: list[Row]) -> str:
 
 def l7(rows: list[Row]) -> str:
     """The L7 peers against the direct path; Trellis has no L7 row until the waypoint exists."""
+    rows = _with_figures(rows)
     by = {r.scenario: r for r in rows}
     direct, measured = by.get("direct"), [by[p] for p in L7_PEERS if p in by]
     out = []
@@ -88,6 +95,7 @@ def l7(rows: list[Row]) -> str:
 
 def targets(rows: list[Row]) -> list[tuple[str, str, str]]:
     """(target, PASS/MISS/n.a., figures) for each of the issue's targets that this run measured."""
+    rows = _with_figures(rows)
     by = {r.scenario: r for r in rows}
     l4, st, en = by.get("trellis-l4"), by.get("stunnel"), by.get("envoy-hbone")
     out = []

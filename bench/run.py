@@ -185,11 +185,20 @@ class Bench:
             zt = self.pids("ztunnel/")
             for i, name in enumerate(wanted, 1):
                 self.echo(f"[{i}/{steps}] {name}")
-                self.scenario(name, zt)
+                try:
+                    self.scenario(name, zt)
+                except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                    self.failed(name, e)   # one broken scenario must not cost the others' figures
         finally:
             self.echo("lab down")
             self.cli("lab", "down", timeout=120)
         return self.rows
+
+    def failed(self, scenario: str, e: BaseException) -> None:
+        """Record a scenario (or one peer's row of it) that could not be measured, and go on."""
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        self.echo(f"  {scenario}: FAILED: {why}")
+        self.rows.append(Row(scenario, "-", "-", extra={"failed": why[:300]}))
 
     def scenario(self, name: str, zt: list[int]) -> None:
         if name == "direct":
@@ -224,8 +233,11 @@ class Bench:
         self._churn_row("direct", "-", PLAIN_CLIENT, f"http://{self.plain['web']['address']}:{WEB_PORT}/", [])
         self._churn_row("trellis-l4", "1 process each", MESH_CLIENT, f"http://{VIP}/", zt)
         for name in L4_PEERS:
-            with self.peer(name) as (peer, port):
-                self._churn_row(name, peer.workers, PLAIN_CLIENT, f"http://127.0.0.1:{port}/", _pids(peer))
+            try:
+                with self.peer(name) as (peer, port):
+                    self._churn_row(name, peer.workers, PLAIN_CLIENT, f"http://127.0.0.1:{port}/", _pids(peer))
+            except RuntimeError as e:
+                self.failed(f"churn/{name}", e)
 
     def _churn_row(self, name: str, workers: str, pod, url: str, pids: list[int]) -> None:
         self.echo(f"  churn/{name}: wrk -H 'Connection: close' -> {url}")
@@ -238,9 +250,12 @@ class Bench:
         connection summed over both sides (two ztunnels, or a peer's client and server)."""
         self._idle_row(f"idle-{n}", "ztunnel x2", "1 process each", MESH_CLIENT, (VIP, 80), ("mesh", "web"), zt, n)
         for name in L4_PEERS:
-            with self.peer(name) as (peer, port):
-                self._idle_row(f"idle-{n}/{name}", name.split("-")[0] + " pair", peer.workers, PLAIN_CLIENT,
-                               ("127.0.0.1", port), ("plain", "web"), _pids(peer), n)
+            try:
+                with self.peer(name) as (peer, port):
+                    self._idle_row(f"idle-{n}/{name}", name.split("-")[0] + " pair", peer.workers, PLAIN_CLIENT,
+                                   ("127.0.0.1", port), ("plain", "web"), _pids(peer), n)
+            except RuntimeError as e:   # stunnel's thread per connection may not reach 10,000
+                self.failed(f"idle-{n}/{name}", e)
 
     def _idle_row(self, scenario: str, proxy: str, workers: str, pod, dest: tuple[str, int], server_pod,
                   pids: list[int], n: int) -> None:

@@ -86,3 +86,16 @@ def test_no_empty_blocks():
                           Row("nginx-l7", "nginx", "worker_processes 1", rps=10000, p99_ms=2.0)])
     assert "vs direct (req/s" not in text and "trellis-l4 vs peers" not in text
     assert re.search(r"nginx-l7\s+0\.25x\s+4\.00x", _block(text, "L7:"))
+
+
+def test_a_failed_row_is_shown_but_never_in_a_ratio_or_target():
+    from bench.report import render
+    from bench.run import Row
+    rows = [Row("trellis-l4", "ztunnel x2", "1", rps=5000, p99_ms=5.0),
+            Row("idle-10000", "ztunnel x2", "1", extra={"kib_per_connection": 14.0, "connections": 10000}),
+            Row("idle-10000/stunnel", "-", "-", extra={"failed": "stunnel: could not open 10000 connections"}),
+            Row("stunnel", "-", "-", extra={"failed": "stunnel exited"})]
+    text = render(rows)
+    assert "idle-10000/stunnel: failed=stunnel: could not open 10000 connections" in text
+    assert "vs stunnel" not in text and "L4 req/s >= 1.0x stunnel" not in text
+    assert "PASS  idle-10000: <= 16 KiB per idle connection" in text
