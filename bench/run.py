@@ -197,6 +197,7 @@ class Bench:
     def failed(self, scenario: str, e: BaseException) -> None:
         """Record a scenario (or one peer's row of it) that could not be measured, and go on."""
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = why.split(" Traceback (most recent call last)")[0].rstrip(": ")   # the reason, not the client's stack
         self.echo(f"  {scenario}: FAILED: {why}")
         self.rows.append(Row(scenario, "-", "-", extra={"failed": why[:300]}))
 
