@@ -5,7 +5,7 @@ call, which is the right default and costs a few microseconds each; a proxy make
 several such calls per request per hop. Here a call is tried first and trio is asked
 to wait only when the kernel says EAGAIN, so a busy connection moves bytes without a
 trip through the scheduler. Callers that loop must checkpoint now and then themselves
-(`Fairness`), so that one hot connection cannot starve the others.
+(`Reader` does), so that one hot connection cannot starve the others.
 """
 from __future__ import annotations
 
@@ -74,21 +74,36 @@ def shutdown_write(sock: socket.socket) -> None:
             raise
 
 
-class Fairness:
-    """Count calls that did not wait; yield to the scheduler every FAIR_ROUNDS of them."""
-    __slots__ = ("rounds",)
+class Reader:
+    """recv() for a relay loop: waits for readability only when needed (after EAGAIN, or
+    after a short read, which most likely drained the socket: no recv that says EAGAIN),
+    and yields to the scheduler every FAIR_ROUNDS full reads that did not wait."""
+    __slots__ = ("sock", "size", "_wait", "_rounds")
 
-    def __init__(self) -> None:
-        self.rounds = 0
+    def __init__(self, sock: socket.socket, size: int = READ_SIZE) -> None:
+        self.sock, self.size = sock, size
+        self._wait = False
+        self._rounds = 0
 
-    def waited(self) -> None:
-        self.rounds = 0
+    async def read(self) -> bytes:
+        """The next bytes, b"" at EOF; OSError (a reset) propagates."""
+        while True:
+            if self._wait:
+                await wait_readable(self.sock)
+                self._wait, self._rounds = False, 0
+            try:
+                data = self.sock.recv(self.size)
+            except BlockingIOError:
+                self._wait = True
+                continue
+            if len(data) < self.size:
+                self._wait = True
+            else:
+                self._rounds += 1
+                if self._rounds >= FAIR_ROUNDS:
+                    self._rounds = 0
+                    await checkpoint()
+            return data
 
-    async def tick(self) -> None:
-        self.rounds += 1
-        if self.rounds >= FAIR_ROUNDS:
-            self.rounds = 0
-            await checkpoint()
 
-
-__all__ = ["detach", "connect", "send_all", "close", "shutdown_write", "Fairness", "wait_readable", "wait_writable"]
+__all__ = ["detach", "connect", "send_all", "close", "shutdown_write", "Reader", "wait_readable", "wait_writable"]

@@ -58,24 +58,11 @@ async def relay_tunnel(sock: socket.socket, tunnel: HboneStream, *, sock_role: s
 
 async def _sock_to_sock(src: socket.socket, dst: socket.socket, transfer: Transfer, attr: str, role: str,
                         cancel: trio.CancelScope) -> None:
-    fair = sockio.Fairness()
+    reader = sockio.Reader(src, CHUNK)
     try:
-        while True:
-            try:
-                data = src.recv(CHUNK)
-            except BlockingIOError:
-                await sockio.wait_readable(src)
-                fair.waited()
-                continue
-            if not data:
-                break
+        while data := await reader.read():
             await sockio.send_all(dst, data)
             setattr(transfer, attr, getattr(transfer, attr) + len(data))
-            if len(data) < CHUNK:
-                await sockio.wait_readable(src)
-                fair.waited()
-            else:
-                await fair.tick()
         sockio.shutdown_write(dst)
     except _BROKEN as exc:
         transfer.error = transfer.error or _why(exc, role)

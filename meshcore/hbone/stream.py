@@ -157,24 +157,10 @@ class HboneStream(trio.abc.HalfCloseableStream):
         """Send what `sock` delivers into the tunnel until its EOF, then END_STREAM.
 
         OSError from `sock` propagates (the caller treats it as the local side's reset)."""
-        fair = sockio.Fairness()
-        while True:
-            try:
-                data = sock.recv(PUMP_READ)
-            except BlockingIOError:
-                await sockio.wait_readable(sock)
-                fair.waited()
-                continue
-            if not data:
-                await self.send_eof()
-                return
+        reader = sockio.Reader(sock, PUMP_READ)
+        while data := await reader.read():
             await self._send(data)
-            if len(data) < PUMP_READ:
-                # Most likely drained: wait for more instead of a recv that says EAGAIN.
-                await sockio.wait_readable(sock)
-                fair.waited()
-            else:
-                await fair.tick()
+        await self.send_eof()
 
     async def pump_to_socket(self, sock: socket.socket) -> None:
         """Deliver the tunnel's bytes into `sock` until END_STREAM, then shut its write side.
