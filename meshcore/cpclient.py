@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from . import tls
+from . import sockio, tls
 from .identity import CertBundle, controlplane_identity
 from .jsonlines import FramingError, LineReader, encode
 from .resources import Resource, ResourceInvalid, from_dict
@@ -78,7 +78,7 @@ class ControlPlaneClient:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 if self.socket_factory:
-                    sock = trio.socket.from_stdlib_socket(self.socket_factory(socket.AF_INET6 if ":" in host else socket.AF_INET))
+                    sock = trio.socket.from_stdlib_socket(self.socket_factory(sockio.family_of(host)))
                     try:
                         await sock.connect((host, port))
                     except BaseException:

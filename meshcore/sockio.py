@@ -25,25 +25,37 @@ READ_SIZE = 64 * 1024
 
 
 def detach(stream: trio.SocketStream) -> socket.socket:
-    """Take the stdlib socket out of a trio SocketStream (the stream is then closed)."""
+    """Take the stdlib socket out of a trio SocketStream (the stream is then closed).
+    trio.SocketStream already set TCP_NODELAY."""
     raw = socket.socket(fileno=stream.socket.detach())
     raw.setblocking(False)
     return raw
 
 
-async def connect(sock: socket.socket, address: tuple[str, int], timeout: float) -> None:
-    """Non-blocking connect; raises trio.TooSlowError after `timeout`, OSError on failure."""
-    sock.setblocking(False)
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+async def connect(sock: socket.socket, address: tuple[str, int], timeout: float) -> socket.socket:
+    """Non-blocking connect, then TCP_NODELAY (a proxy forwards what it has at once).
+
+    Takes ownership of `sock`: on any failure it is closed, and trio.TooSlowError (after
+    `timeout`) or OSError propagates for the caller to word as advice."""
     try:
-        sock.connect(address)
-        return
-    except BlockingIOError:
-        pass
-    with trio.fail_after(timeout):
-        await wait_writable(sock)
-    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
+        sock.setblocking(False)
+        try:
+            sock.connect(address)
+        except BlockingIOError:
+            with trio.fail_after(timeout):
+                await wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err)) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
@@ -106,4 +118,4 @@ class Reader:
             return data
 
 
-__all__ = ["detach", "connect", "send_all", "close", "shutdown_write", "Reader", "wait_readable", "wait_writable"]
+__all__ = ["detach", "family_of", "connect", "send_all", "close", "shutdown_write", "Reader", "wait_readable", "wait_writable"]

@@ -26,9 +26,14 @@ FULL_RECORD = 16 * 1024   # TLS's largest plaintext record: one SSL_read returns
 
 class TlsSocket(trio.abc.Stream):
     def __init__(self, raw: socket.socket, context: ssl.SSLContext, *, server_side: bool) -> None:
-        raw.setblocking(False)
-        self.ssl = context.wrap_socket(raw, server_side=server_side, do_handshake_on_connect=False,
-                                       suppress_ragged_eofs=True)
+        """Takes ownership of `raw`: it is closed if wrapping fails."""
+        try:
+            raw.setblocking(False)
+            self.ssl = context.wrap_socket(raw, server_side=server_side, do_handshake_on_connect=False,
+                                           suppress_ragged_eofs=True)
+        except BaseException:
+            raw.close()
+            raise
         self._eof = False
         self._closed = False
 

@@ -27,22 +27,14 @@ log = logging.getLogger("trellis.ztunnel.outbound")
 
 async def open_tcp_in(netns_fd: int, address: tuple[str, int], timeout: float) -> socket.socket:
     """A non-blocking TCP socket connected from inside `netns_fd`, with errors worded as advice."""
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = netns.socket_in(netns_fd, family)
+    sock = netns.socket_in(netns_fd, sockio.family_of(address[0]))
     try:
-        await sockio.connect(sock, address, timeout)
+        return await sockio.connect(sock, address, timeout)
     except trio.TooSlowError:
-        sock.close()
         raise ConnectionError(f"connection to {address[0]}:{address[1]} timed out after {timeout:g}s; "
                               f"maybe a NetworkPolicy or firewall drops it") from None
     except OSError as exc:
-        sock.close()
         raise ConnectionError(f"connection to {address[0]}:{address[1]} failed: {exc.strerror or exc}") from None
-    except BaseException:
-        sock.close()
-        raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 def _labels(pod: PodInfo, r: route.Route, secure: bool) -> ConnLabels:

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from meshcore import netns
+from meshcore import netns, sockio
 from meshcore.hbone.client import HboneClientPool
 from meshcore.hbone.server import serve_hbone
 
@@ -56,7 +56,7 @@ class DrainableListener(trio.abc.Listener[trio.SocketStream]):
 
 
 def bind_in(netns_fd: int, host: str, port: int, what: str) -> DrainableListener:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = sockio.family_of(host)
     raw = netns.socket_in(netns_fd, family)
     try:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -40,27 +40,20 @@ def _peer(address: tuple[str, int]) -> str:
 
 async def _open_tcp(address: tuple[str, int], socket_factory: SocketFactory | None,
                     timeout: float) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    family = sockio.family_of(address[0])
     sock = socket_factory(family) if socket_factory else socket.socket(family, socket.SOCK_STREAM)
     peer = _peer(address)
     try:
-        await sockio.connect(sock, address, timeout)
+        return await sockio.connect(sock, address, timeout)
     except trio.TooSlowError:
-        sock.close()
         raise HboneConnectTimeout(f"connection to {peer} timed out, maybe a NetworkPolicy or "
                                   f"firewall blocks HBONE port {address[1]}") from None
     except OSError as e:
-        sock.close()
         if e.errno == errno.ECONNREFUSED:
             raise HboneConnectRefused(f"connection to {peer} refused: is ztunnel running on the "
                                       f"destination's node and listening on HBONE port {address[1]}?") from None
         raise HboneConnectRefused(f"cannot connect to {peer}: {e.strerror or e}; check routes to the "
                                   f"destination node") from None
-    except BaseException:
-        sock.close()
-        raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 class _NoRoom(HboneConnectionLost):
@@ -83,12 +76,7 @@ class HboneConnection:
                         expected_identity: str | None, socket_factory: SocketFactory | None,
                         timeout: float) -> "HboneConnection":
         peer = _peer(address)
-        tcp = await _open_tcp(address, socket_factory, timeout)
-        try:
-            tls = TlsSocket(tcp, ssl_context, server_side=False)
-        except BaseException:
-            tcp.close()
-            raise
+        tls = TlsSocket(await _open_tcp(address, socket_factory, timeout), ssl_context, server_side=False)
         try:
             with trio.fail_after(timeout):
                 await tls.do_handshake()

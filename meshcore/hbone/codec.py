@@ -35,8 +35,8 @@ STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 MAX_CONCURRENT_STREAMS = 100
-MAX_HEADER_LIST_SIZE = 16 * 1024
-CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4; h2 checks it   # CONNECT needs a few hundred bytes; refuse header bombs
+MAX_HEADER_LIST_SIZE = 16 * 1024   # CONNECT needs a few hundred bytes; refuse header bombs
+CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4; h2 checks it
 
 # ---- connections -----------------------------------------------------------------
 
@@ -122,10 +122,11 @@ class _Base:
                     return events
             hi, lo = fastdata.HEADER.unpack_from(buf)[:2]
             self._check_size(hi << 16 | lo, events, b"")
-            take = min(fastdata.HEADER_LEN + (hi << 16 | lo) - len(buf), len(data) - off)
+            whole = fastdata.HEADER_LEN + (hi << 16 | lo)
+            take = min(whole - len(buf), len(data) - off)
             buf += memoryview(data)[off:off + take]
             off += take
-            if len(buf) < fastdata.HEADER_LEN + (hi << 16 | lo):
+            if len(buf) < whole:
                 return events
             self._inbuf = bytearray()
             self._frames(bytes(buf), 0, events)   # exactly one whole frame

@@ -19,9 +19,9 @@ from typing import Awaitable, Callable
 import trio
 from trio.lowlevel import ParkingLot
 
-from . import codec as c
 from meshcore.tlssock import TlsSocket
 
+from . import codec as c
 from .errors import RemoteProtocolError, describe_tls_failure
 
 log = logging.getLogger("meshcore.hbone")
@@ -255,16 +255,22 @@ class Mux:
         """Into the stream's socket right away when nothing is queued before it, else queue."""
         if st.sink is not None and not st.buf and st.sink_error is None:
             try:
-                n = st.sink(data)
+                n = self.sink_some(stream_id, st, data)
             except OSError as e:
                 st.sink_error, n = e, 0
-            if n:
-                st.taken += n
-                self.codec.ack(stream_id, n)
-                if n == len(data):
-                    return
-                data = data[n:]
+            if n == len(data):
+                return
+            data = data[n:]
         st.buf.append(data)
+
+    def sink_some(self, stream_id: int, st: _StreamState, data: bytes) -> int:
+        """Write what the stream's socket takes now, counted and acknowledged to flow control
+        (the window update goes out with the next push); OSError from the socket propagates."""
+        n = st.sink(data)
+        if n:
+            st.taken += n
+            self.codec.ack(stream_id, n)
+        return n
 
     # ---- used by streams and the client --------------------------------------------
     def new_stream(self, stream_id: int) -> _StreamState:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -180,13 +179,8 @@ async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl
     stats.connections_active += 1
     tls: TlsSocket | None = None
     try:
-        raw = sockio.detach(stream)
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = TlsSocket(raw, ctx_for(), server_side=True)
-        except BaseException:
-            raw.close()
-            raise
+        ctx = ctx_for()   # before detaching: if it fails, `finally` still closes the stream
+        tls = TlsSocket(sockio.detach(stream), ctx, server_side=True)
         identity = await _handshake(tls, peer, handshake_timeout)
         if identity is None:
             stats.bump("handshake_failures", peer)

@@ -186,10 +186,8 @@ class HboneStream(trio.abc.HalfCloseableStream):
                     raise st.sink_error
                 if st.buf:
                     chunk = st.buf[0]
-                    n = sink(chunk)
+                    n = mux.sink_some(self.stream_id, st, chunk)
                     if n:
-                        st.taken += n
-                        mux.codec.ack(self.stream_id, n)
                         mux.push()
                         if n == len(chunk):
                             st.buf.popleft()
