@@ -9,8 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controlplane.ca import CertificateAuthority
-from meshcore.identity import build_csr, generate_key, key_pem
+from controlplane.ca import CertificateAuthority, build_csr, generate_key, key_pem
 from trellis.lab import procs
 from trellis.lab.state import Proc
 

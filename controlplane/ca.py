@@ -20,8 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshcore.identity import (CertBundle, SpiffeId, controlplane_identity, generate_key, key_pem, node_identity,
-                               split_pem_chain)
+from meshcore.identity import CertBundle, SpiffeId, controlplane_identity, node_identity, split_pem_chain
 
 DEFAULT_TTL = dt.timedelta(hours=24)
 SKEW = dt.timedelta(minutes=1)
@@ -29,6 +28,26 @@ SKEW = dt.timedelta(minutes=1)
 
 class CsrRejected(ValueError):
     """The CSR is malformed or asks for something this caller may not have."""
+
+
+# Keys and CSRs with `cryptography`, for what the control plane issues itself (its root,
+# its server and node credentials) and for tests. Workloads make theirs with
+# meshcore.keygen (openssl) so that ztunnel never imports `cryptography`.
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def build_csr(key: ec.EllipticCurvePrivateKey, uri: str) -> bytes:
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([]))
+           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -141,7 +160,6 @@ class CertificateAuthority:
 
     # -- credentials issued directly (the key is made here, for bootstrap only) ------------
     def _issue(self, uri: str, ttl: dt.timedelta) -> CertBundle:
-        from meshcore.identity import build_csr
         key = generate_key()
         csr, _ = self.check_csr(build_csr(key, uri))
         return CertBundle(key_pem(key), tuple(self.sign(csr, uri, ttl)), self.roots_pem)

@@ -1,14 +1,15 @@
-"""SPIFFE identities and the X.509 material that carries them (sans-IO, no network)."""
+"""SPIFFE identities and the X.509 material that carries them (sans-IO, no network).
+
+No `cryptography` here: ztunnel imports this module, and certificates are read with the
+small DER reader in `meshcore.der` (keys and CSRs come from `meshcore.keygen`). The CA,
+which does need `cryptography`, is a separate process (controlplane/ca.py)."""
 from __future__ import annotations
 
 import datetime as dt
 import re
 from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtensionOID
+from . import der
 
 _LABEL = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
 _TD_RE = re.compile(r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
@@ -63,39 +64,34 @@ def node_from_identity(uri: str, trust_domain: str) -> str | None:
     return uri[len(prefix):] if uri.startswith(prefix) and "/" not in uri[len(prefix):] else None
 
 
-def generate_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def build_csr(key: ec.EllipticCurvePrivateKey, uri: str) -> bytes:
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([]))
-           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
-           .sign(key, hashes.SHA256()))
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-    except x509.ExtensionNotFound:
-        return []
-    return ext.value.get_values_for_type(x509.UniformResourceIdentifier)
+def uri_sans(der_cert: bytes) -> list[str]:
+    """Every URI SAN of a DER certificate, in order."""
+    return list(der.parse_certificate(der_cert).uri_sans)
 
 
 def peer_uri_san(der_cert: bytes) -> str | None:
-    """The single URI SAN of a DER certificate (None if absent or ambiguous)."""
-    sans = uri_sans(x509.load_der_x509_certificate(der_cert))
+    """The single URI SAN of a DER certificate (None if absent, ambiguous or unreadable).
+
+    Only called on a certificate the TLS handshake has already verified against the mesh
+    roots, so an unreadable one means a CA that issues odd certificates: no identity."""
+    try:
+        sans = der.parse_certificate(der_cert).uri_sans
+    except ValueError:
+        return None
     return sans[0] if len(sans) == 1 else None
 
 
 def split_pem_chain(pem: bytes) -> list[bytes]:
-    return [c.public_bytes(serialization.Encoding.PEM) for c in x509.load_pem_x509_certificates(pem)]
+    """Each certificate of a PEM bundle as its own normalised PEM block; raises ValueError
+    if there is none or one does not parse."""
+    out = []
+    for i, d in enumerate(der.pem_blocks(pem), 1):
+        try:
+            der.parse_certificate(d)
+        except ValueError as exc:
+            raise ValueError(f"certificate {i} of the PEM bundle: {exc}") from None
+        out.append(der.to_pem(d))
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,29 +100,34 @@ class CertBundle:
     key_pem: bytes
     chain_pem: tuple[bytes, ...]
     roots_pem: tuple[bytes, ...]
-    _leaf: x509.Certificate = field(init=False, repr=False, compare=False)
+    _leaf: der.CertInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.chain_pem:
             raise ValueError("certificate chain is empty")
-        object.__setattr__(self, "_leaf", x509.load_pem_x509_certificate(self.chain_pem[0]))
-
-    @property
-    def leaf(self) -> x509.Certificate:
-        return self._leaf
+        try:
+            leaf = der.parse_certificate(der.pem_blocks(self.chain_pem[0])[0])
+        except ValueError as exc:
+            raise ValueError(f"leaf certificate: {exc}") from None
+        object.__setattr__(self, "_leaf", leaf)
 
     @property
     def identity(self) -> str:
-        sans = uri_sans(self._leaf)
+        sans = self._leaf.uri_sans
         return sans[0] if sans else ""
 
     @property
+    def serial(self) -> int:
+        """The leaf's serial number: tells a renewed certificate from the one it replaced."""
+        return self._leaf.serial
+
+    @property
     def not_before(self) -> dt.datetime:
-        return self._leaf.not_valid_before_utc
+        return self._leaf.not_before
 
     @property
     def not_after(self) -> dt.datetime:
-        return self._leaf.not_valid_after_utc
+        return self._leaf.not_after
 
     def refresh_at(self) -> dt.datetime:
         """Half-life: when to ask for a new certificate."""

@@ -17,12 +17,16 @@ import trio
 
 from meshcore import identity as ident
 from meshcore import tls
+from meshcore.keygen import new_key_and_csr
 
 log = logging.getLogger("trellis.ztunnel.certs")
 
 
 class Signer(Protocol):
     async def sign(self, csr_pem: bytes) -> tuple[list, list]: ...
+
+
+KeyGen = Callable[[str], Awaitable[tuple[bytes, bytes]]]   # identity -> (key PEM, CSR PEM)
 
 
 class CertificateUnavailable(RuntimeError):
@@ -50,8 +54,9 @@ class _Entry:
 
 class CertificateManager:
     def __init__(self, signer: Signer, trust_domain: str, *, now: Callable[[], dt.datetime] = _utcnow,
-                 min_backoff: float = 0.5, max_backoff: float = 30.0, alpn: list[str] | None = None) -> None:
-        self.signer, self.trust_domain, self.now = signer, trust_domain, now
+                 min_backoff: float = 0.5, max_backoff: float = 30.0, alpn: list[str] | None = None,
+                 keygen: KeyGen = new_key_and_csr) -> None:
+        self.signer, self.trust_domain, self.now, self.keygen = signer, trust_domain, now, keygen
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self.alpn = alpn if alpn is not None else ["h2"]
         self._entries: dict[str, _Entry] = {}
@@ -98,9 +103,9 @@ class CertificateManager:
 
     # ---- renewal -------------------------------------------------------------------
     async def _sign(self, identity: str) -> ident.CertBundle:
-        key = ident.generate_key()
-        chain, roots = await self.signer.sign(ident.build_csr(key, identity))
-        bundle = ident.CertBundle(ident.key_pem(key), tuple(_pem(c) for c in chain), tuple(_pem(r) for r in roots))
+        key_pem, csr = await self.keygen(identity)
+        chain, roots = await self.signer.sign(csr)
+        bundle = ident.CertBundle(key_pem, tuple(_pem(c) for c in chain), tuple(_pem(r) for r in roots))
         if bundle.identity != identity:
             raise CertificateUnavailable(f"control plane signed {bundle.identity!r} when {identity} was asked")
         return bundle
@@ -119,7 +124,7 @@ class CertificateManager:
                     e.state, e.last_error, backoff = "valid", None, self.min_backoff
                     e.ready.set()
                     log.info("certificate for %s issued, serial %x, valid until %s", e.identity,
-                             e.bundle.leaf.serial_number, e.bundle.not_after.isoformat())
+                             e.bundle.serial, e.bundle.not_after.isoformat())
                     await trio.sleep(self._seconds_until(e.bundle.refresh_at()))
                 except (Exception, trio.TooSlowError) as exc:  # keep serving the current cert
                     e.last_error = f"{type(exc).__name__}: {exc}"
@@ -145,7 +150,7 @@ class CertificateManager:
 
     def ssl_context_for(self, identity: str, server: bool = False) -> ssl.SSLContext:
         bundle = self.bundle(identity)
-        key = (identity, bundle.leaf.serial_number, server)
+        key = (identity, bundle.serial, server)
         ctx = self._contexts.get(key)
         if ctx is None:
             for old in [k for k in self._contexts if k[0] == identity and k[2] == server]:
@@ -159,7 +164,7 @@ class CertificateManager:
         for e in sorted(self._entries.values(), key=lambda e: e.identity):
             b = e.bundle
             out.append({"identity": e.identity, "state": e.state, "pods": e.refs, "lastError": e.last_error,
-                        "serial": f"{b.leaf.serial_number:x}" if b else None,
+                        "serial": f"{b.serial:x}" if b else None,
                         "notBefore": b.not_before.isoformat() if b else None,
                         "notAfter": b.not_after.isoformat() if b else None,
                         "refreshAt": b.refresh_at().isoformat() if b else None})

@@ -6,11 +6,11 @@ import ssl
 import pytest
 import trio
 
-from controlplane.ca import CertificateAuthority
+from controlplane.ca import CertificateAuthority, build_csr, generate_key, key_pem
 from cp_helpers import client, running_api, workload
 from meshcore import tls
 from meshcore.cpclient import ControlPlaneClient, ControlPlaneError
-from meshcore.identity import CertBundle, build_csr, generate_key, key_pem
+from meshcore.identity import CertBundle
 from meshcore.jsonlines import encode
 
 WEB = "spiffe://cluster.local/ns/default/sa/web"

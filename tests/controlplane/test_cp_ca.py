@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controlplane.ca import CertificateAuthority, CsrRejected, parse_duration, write_credential
-from meshcore.identity import build_csr, generate_key, key_pem
+from controlplane.ca import build_csr, generate_key, key_pem
 
 WEB = "spiffe://cluster.local/ns/default/sa/web"
 

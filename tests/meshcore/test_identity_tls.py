@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from controlplane.ca import CertificateAuthority
+from controlplane.ca import CertificateAuthority, build_csr, generate_key, key_pem
 from meshcore import tls
-from meshcore.identity import CertBundle, SpiffeId, build_csr, generate_key, key_pem, node_from_identity, peer_uri_san
+from meshcore.identity import CertBundle, SpiffeId, node_from_identity, peer_uri_san
 
 
 @pytest.mark.parametrize("uri", ["spiffe://cluster.local/ns/default/sa/web", "spiffe://a.b-c/ns/x-1/sa/y.z"])

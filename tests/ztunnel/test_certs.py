@@ -3,9 +3,11 @@ import ssl
 
 import pytest
 import trio
+from cryptography import x509
 
+from controlplane.ca import CertificateAuthority
 from ztunnel.certs import CertificateManager, CertificateUnavailable
-from zt_ca import TestCA
+from zt_ca import TestCA, inprocess_keygen
 
 ID = "spiffe://cluster.local/ns/default/sa/web"
 BASE = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -17,7 +19,7 @@ def clock_now():
 
 async def test_issues_renews_at_half_life_and_caches_contexts(autojump_clock):
     ca = TestCA(ttl=dt.timedelta(hours=2), now=clock_now)
-    mgr = CertificateManager(ca, "cluster.local", now=clock_now)
+    mgr = CertificateManager(ca, "cluster.local", now=clock_now, keygen=inprocess_keygen)
     async with trio.open_nursery() as n:
         await n.start(mgr.run)
         mgr.want(ID)
@@ -28,17 +30,17 @@ async def test_issues_renews_at_half_life_and_caches_contexts(autojump_clock):
         assert mgr.ssl_context_for(ID, server=True) is not ctx
         await trio.sleep(3600 + 1)  # past half-life
         second = mgr.bundle(ID)
-        assert second.leaf.serial_number != first.leaf.serial_number
+        assert second.serial != first.serial
         assert mgr.ssl_context_for(ID) is not ctx
         assert ca.signed == [ID, ID]
         d = mgr.dump()
-        assert d[0]["identity"] == ID and d[0]["state"] == "valid" and d[0]["serial"] == f"{second.leaf.serial_number:x}"
+        assert d[0]["identity"] == ID and d[0]["state"] == "valid" and d[0]["serial"] == f"{second.serial:x}"
         n.cancel_scope.cancel()
 
 
 async def test_failed_renewal_keeps_current_cert_and_retries(autojump_clock):
     ca = TestCA(ttl=dt.timedelta(hours=2), now=clock_now)
-    mgr = CertificateManager(ca, "cluster.local", now=clock_now, max_backoff=60)
+    mgr = CertificateManager(ca, "cluster.local", now=clock_now, max_backoff=60, keygen=inprocess_keygen)
     async with trio.open_nursery() as n:
         await n.start(mgr.run)
         mgr.want(ID)
@@ -50,14 +52,14 @@ async def test_failed_renewal_keeps_current_cert_and_retries(autojump_clock):
         assert "control plane down" in mgr.dump()[0]["lastError"]
         ca.fail_with = None
         await trio.sleep(120)
-        assert mgr.bundle(ID).leaf.serial_number != first.leaf.serial_number
+        assert mgr.bundle(ID).serial != first.serial
         assert mgr.dump()[0]["state"] == "valid"
         n.cancel_scope.cancel()
 
 
 async def test_expired_cert_is_an_advising_error(autojump_clock):
     ca = TestCA(ttl=dt.timedelta(hours=2), now=clock_now)
-    mgr = CertificateManager(ca, "cluster.local", now=clock_now, max_backoff=60)
+    mgr = CertificateManager(ca, "cluster.local", now=clock_now, max_backoff=60, keygen=inprocess_keygen)
     async with trio.open_nursery() as n:
         await n.start(mgr.run)
         mgr.want(ID)
@@ -86,3 +88,35 @@ async def test_release_drops_identity_and_unknown_is_clear():
         mgr.release(ID)
         assert mgr.dump() == []
         n.cancel_scope.cancel()
+
+
+class _ControlPlaneSigner:
+    """The real CA behind CertificateManager's Signer interface (what ControlPlaneClient.sign does)."""
+
+    def __init__(self, ca):
+        self.ca = ca
+
+    async def sign(self, csr_pem: bytes):
+        return self.ca.sign_workload_csr(csr_pem), list(self.ca.roots_pem)
+
+
+async def test_openssl_keys_signed_by_the_control_plane_ca(tmp_path):
+    ca = CertificateAuthority.load_or_create(tmp_path, "cluster.local")
+    mgr = CertificateManager(_ControlPlaneSigner(ca), "cluster.local")   # the default keygen: openssl
+    async with trio.open_nursery() as n:
+        await n.start(mgr.run)
+        mgr.want(ID)
+        b = await mgr.wait_ready(ID)
+        leaf = x509.load_pem_x509_certificate(b.chain_pem[0])
+        assert (b.identity, b.serial, b.not_after) == (ID, leaf.serial_number, leaf.not_valid_after_utc)
+        assert mgr.dump()[0]["serial"] == f"{leaf.serial_number:x}"
+        assert isinstance(mgr.ssl_context_for(ID, server=True), ssl.SSLContext)   # key matches the leaf
+        n.cancel_scope.cancel()
+
+
+def test_the_test_ca_certificates_read_the_same_as_with_cryptography():
+    ca = TestCA()
+    b = ca.bundle(ID)
+    leaf = x509.load_pem_x509_certificate(b.chain_pem[0])
+    assert (b.identity, b.serial, b.not_before, b.not_after) == (
+        ID, leaf.serial_number, leaf.not_valid_before_utc, leaf.not_valid_after_utc)

@@ -8,11 +8,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from controlplane.ca import build_csr, generate_key, key_pem
 from meshcore import identity as ident
 
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def inprocess_keygen(uri: str) -> tuple[bytes, bytes]:
+    """CertificateManager's keygen without a subprocess: tests on trio's autojump clock
+    would let virtual hours pass while a real `openssl` runs."""
+    key = generate_key()
+    return key_pem(key), build_csr(key, uri)
 
 
 class TestCA:
@@ -21,7 +29,7 @@ class TestCA:
     def __init__(self, ttl: dt.timedelta = dt.timedelta(hours=24), now=None) -> None:
         self.ttl = ttl
         self.now = now or (lambda: dt.datetime.now(dt.timezone.utc))
-        self.key = ident.generate_key()
+        self.key = generate_key()
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tt-zt test CA")])
         start = self.now() - dt.timedelta(days=1)
         self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -57,6 +65,6 @@ class TestCA:
         return self.issue(csr_pem)
 
     def bundle(self, uri: str) -> ident.CertBundle:
-        key = ident.generate_key()
-        chain, roots = self.issue(ident.build_csr(key, uri))
-        return ident.CertBundle(ident.key_pem(key), tuple(chain), tuple(roots))
+        key = generate_key()
+        chain, roots = self.issue(build_csr(key, uri))
+        return ident.CertBundle(key_pem(key), tuple(chain), tuple(roots))

@@ -58,21 +58,21 @@ def _foreign_client_script(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
-    from meshcore import identity
+    from controlplane.ca import generate_key, key_pem
 
     now = dt.datetime.now(dt.timezone.utc)
-    ca_key = identity.generate_key()
+    ca_key = generate_key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "evil")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    key = identity.generate_key()
+    key = generate_key()
     leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
                 "spiffe://cluster.local/ns/default/sa/sleep")]), critical=True).sign(ca_key, hashes.SHA256()))
     (tmp_path / "cert.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(identity.key_pem(key))
+    (tmp_path / "key.pem").write_bytes(key_pem(key))
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
 

@@ -7,7 +7,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from meshcore.identity import CertBundle, build_csr, generate_key, key_pem
+from controlplane.ca import build_csr, generate_key, key_pem
+from meshcore.identity import CertBundle
 from meshcore.tls import client_context, server_context
 
 PEM = serialization.Encoding.PEM
