@@ -14,14 +14,58 @@ ssl error as `__cause__`, as trio.SSLStream does, so `describe_tls_failure` appl
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 import socket
 import ssl
 
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
+log = logging.getLogger("meshcore.tlssock")
 READ_SIZE = 256 * 1024
 FULL_RECORD = 16 * 1024   # TLS's largest plaintext record: one SSL_read returns at most this
+
+
+def _libssl():
+    """The libssl the interpreter's `_ssl` uses, for the one control Python does not expose."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("ssl") or "libssl.so.3")
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.OpenSSL_version_num.restype = ctypes.c_ulong
+        if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
+            return None   # not the library _ssl linked: leave contexts alone
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBSSL = _libssl()
+_CTRL_GET_READ_AHEAD, _CTRL_SET_READ_AHEAD = 40, 41
+
+
+def enable_read_ahead(context: ssl.SSLContext) -> bool:
+    """SSL_CTX_set_read_ahead(ctx, 1): OpenSSL then reads whatever the socket holds in one
+    read() instead of a 5-byte record header and then the body, one syscall per record
+    saved. Python's ssl has no switch for it; the SSL_CTX pointer follows the object
+    header in CPython's PySSLContext, and is used only once it proves to be the context
+    (its options match). Returns whether read-ahead is on."""
+    if _LIBSSL is None:
+        return False
+    if getattr(context, "_trellis_read_ahead", False):
+        return True
+    ptr = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not ptr or _LIBSSL.SSL_CTX_get_options(ptr) != int(context.options):
+        log.debug("tlssock: SSL_CTX not where expected; read-ahead stays off")
+        return False
+    _LIBSSL.SSL_CTX_ctrl(ptr, _CTRL_SET_READ_AHEAD, 1, None)
+    on = _LIBSSL.SSL_CTX_ctrl(ptr, _CTRL_GET_READ_AHEAD, 0, None) == 1
+    context._trellis_read_ahead = on
+    return on
 
 
 class TlsSocket(trio.abc.Stream):
@@ -29,6 +73,7 @@ class TlsSocket(trio.abc.Stream):
         """Takes ownership of `raw`: it is closed if wrapping fails."""
         try:
             raw.setblocking(False)
+            enable_read_ahead(context)
             self.ssl = context.wrap_socket(raw, server_side=server_side, do_handshake_on_connect=False,
                                            suppress_ragged_eofs=True)
         except BaseException:
