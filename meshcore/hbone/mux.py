@@ -5,10 +5,12 @@ whose bytes go to a plain socket registers a `sink`, and the reader writes DATA
 straight into it when the socket takes it (no task switch, the common case); whatever
 the socket does not take waits in the stream's buffer for the tunnel's own task.
 
-Output is one queue (`_out`) owned by the connection: the codec's bytes are appended and
-written at once by whoever produced them (`push`, `flush`) unless a write is already in
-progress. Bytes stay queued until written, so a task cancelled mid-write never tears a
-TLS record (OpenSSL needs the same bytes on retry); the writer task finishes them.
+Output is one queue (`_out`) owned by the connection. Tunnel DATA is queued (`defer`)
+and written by the writer task once per scheduler round, so the tunnels that had data
+in the same round share one TLS record and one write(); control output (window updates,
+resets, headers) is written at once by whoever produced it (`push`, `flush`) unless a
+write is already in progress. Bytes stay queued until written, so a task cancelled
+mid-write never tears a TLS record (OpenSSL needs the same bytes on retry).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ log = logging.getLogger("meshcore.hbone")
 READ_SIZE = 256 * 1024
 REFUSED_STREAM = 7   # RFC 9113 error code: the peer did not process the stream
 DEFAULT_RECEIVE = 64 * 1024
+HIGH_WATER = 256 * 1024   # queued output above which a sender waits for the socket
 
 
 class _StreamState:
@@ -154,6 +157,21 @@ class Mux:
                 return
             if self._out:
                 self.kick()
+
+    def defer(self) -> None:
+        """Queue the codec's output for the writer task. trio runs a woken task in the
+        next scheduler round, after every task woken in this one, so the tunnels that
+        had data in the same epoll batch leave together: one TLS record, one write(),
+        one read and one wakeup at the peer, instead of one each. A sender checks
+        `congested` and waits (flush) when the socket is not keeping up."""
+        self._take_output()
+        if not self._out or self._writing or self.broken is not None:
+            return
+        self.kick()
+
+    @property
+    def congested(self) -> bool:
+        return len(self._out) > HIGH_WATER
 
     async def flush(self) -> None:
         """Return once everything queued so far is on the wire (back-pressure for senders)."""

@@ -76,7 +76,9 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 if n:
                     view = view[n:]
                     self.bytes_sent += n
-                    await self._mux.flush()
+                    self._mux.defer()
+                    if self._mux.congested:
+                        await self._mux.flush()
                 else:
                     await self._mux.wait_window()   # peer's reader is slow: push back
                 if self._closed:

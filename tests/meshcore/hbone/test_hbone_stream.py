@@ -53,3 +53,33 @@ async def test_check_half_closeable_stream(nursery, client_bundle, server_bundle
         with trio.fail_after(120):
             await trio.testing.check_half_closeable_stream(maker, clogged_maker)
         assert pool.connections_opened == 1
+
+
+async def test_tunnels_sending_in_one_scheduler_round_share_one_tls_write(nursery, client_bundle, server_bundle):
+    """DATA from many tunnels woken together leaves in one write (multiplexing pays),
+    and every tunnel still gets its own bytes back."""
+    (port,), _ = await start_server(nursery, echo, server_bundle)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        streams = [await pool.connect(("127.0.0.1", port), "10.244.2.5:8080", SERVER_ID, CLIENT_ID)
+                   for _ in range(8)]
+        (conn,) = pool.connections()
+        tls = conn.mux.transport
+        writes = []
+        real_send = tls.send_nowait
+
+        def counting_send(data):      # observe the real TLS socket's writes
+            writes.append(len(data))
+            return real_send(data)
+
+        tls.send_nowait = counting_send
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                for i, s in enumerate(streams):
+                    n.start_soon(s.send_all, b"request %d" % i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(writes) == 1, writes   # eight tunnels' frames, one TLS write
+            for i, s in enumerate(streams):
+                assert await s.receive_some() == b"request %d" % i
+        for s in streams:
+            await s.aclose()
+
