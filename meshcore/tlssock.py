@@ -56,14 +56,16 @@ def enable_read_ahead(context: ssl.SSLContext) -> bool:
     (its options match). Returns whether read-ahead is on."""
     if _LIBSSL is None:
         return False
-    if getattr(context, "_trellis_read_ahead", False):
-        return True
+    done = getattr(context, "_trellis_read_ahead", None)
+    if done is not None:   # decided for this context already, either way
+        return done
     ptr = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
     if not ptr or _LIBSSL.SSL_CTX_get_options(ptr) != int(context.options):
         log.debug("tlssock: SSL_CTX not where expected; read-ahead stays off")
-        return False
-    _LIBSSL.SSL_CTX_ctrl(ptr, _CTRL_SET_READ_AHEAD, 1, None)
-    on = _LIBSSL.SSL_CTX_ctrl(ptr, _CTRL_GET_READ_AHEAD, 0, None) == 1
+        on = False
+    else:
+        _LIBSSL.SSL_CTX_ctrl(ptr, _CTRL_SET_READ_AHEAD, 1, None)
+        on = _LIBSSL.SSL_CTX_ctrl(ptr, _CTRL_GET_READ_AHEAD, 0, None) == 1
     context._trellis_read_ahead = on
     return on
 
