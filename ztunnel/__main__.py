@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from meshcore import malloc
 from meshcore.addr import parse_hostport
 from meshcore.cpclient import ControlPlaneClient, load_credential
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     raise_fd_limit()
+    malloc.tune()
     from .app import Config, Ztunnel
     cfg = Config(node=args.node, control_plane=hostport(args.control_plane, "--control-plane"),
                  credential_dir=args.credential_dir, run_dir=args.run_dir, trust_domain=args.trust_domain,
