@@ -37,20 +37,13 @@ def _why(exc: BaseException, sock_role: str) -> str:
 
 async def relay_tunnel(sock: socket.socket, tunnel: HboneStream, *, sock_role: str) -> Transfer:
     """sock <-> tunnel until both directions ended or one broke. Returned `sent` counts
-    sock -> tunnel, `received` tunnel -> sock; the caller owns (and closes) both ends."""
+    sock -> tunnel, `received` tunnel -> sock; the caller owns (and closes) both ends.
+    One task: the tunnel's connection delivers into `sock` (`HboneStream.relay`)."""
     transfer = Transfer()
-
-    async def one_way(pump) -> None:
-        try:
-            await pump(sock)
-        except _BROKEN as exc:
-            transfer.error = transfer.error or _why(exc, sock_role)
-            nursery.cancel_scope.cancel()
-
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(one_way, tunnel.pump_from_socket)
-            nursery.start_soon(one_way, tunnel.pump_to_socket)
+        await tunnel.relay(sock)
+    except _BROKEN as exc:
+        transfer.error = _why(exc, sock_role)
     finally:
         transfer.sent, transfer.received = tunnel.bytes_sent, tunnel.bytes_received
     return transfer

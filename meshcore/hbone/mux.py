@@ -1,9 +1,11 @@
 """One multiplexed HBONE connection (`Mux`): the codec, the TLS socket, and the tasks that drive them.
 
 A reader task feeds the sans-IO codec and routes events to per-stream state. A tunnel
-whose bytes go to a plain socket registers a `sink`, and the reader writes DATA
-straight into it when the socket takes it (no task switch, the common case); whatever
-the socket does not take waits in the stream's buffer for the tunnel's own task.
+relayed to a plain socket (`HboneStream.relay`) registers that socket, and the reader
+writes DATA straight into it when the socket takes it (no task switch, the common case)
+and half-closes it on END_STREAM. Only when the socket is full does a short-lived drain
+task start (in the connection's nursery) to wait for it and finish the buffer; so an
+idle relayed tunnel costs one task, the relay's own, which reads the socket.
 
 Output is one queue (`_out`) owned by the connection. Tunnel DATA is queued (`defer`)
 and written by the writer task once per scheduler round, so the tunnels that had data
@@ -15,11 +17,13 @@ mid-write never tears a TLS record (OpenSSL needs the same bytes on retry).
 from __future__ import annotations
 
 import logging
-from collections import deque
+import socket
 from typing import Awaitable, Callable
 
 import trio
-from trio.lowlevel import ParkingLot
+from trio.lowlevel import ParkingLot, notify_closing
+
+from meshcore import sockio
 
 from meshcore.tlssock import TlsSocket
 
@@ -34,13 +38,15 @@ HIGH_WATER = 256 * 1024   # queued output above which a sender waits for the soc
 
 
 class _StreamState:
-    __slots__ = ("buf", "recv_ended", "send_ended", "reset_code", "response", "recv_lot", "sink", "sink_error",
-                 "taken")
+    __slots__ = ("buf", "recv_ended", "send_ended", "reset_code", "response", "recv_lot", "sock", "sink_error",
+                 "draining", "out_done", "taken")
 
     def __init__(self) -> None:
-        self.buf: deque[bytes] = deque()
-        self.sink: Callable[[bytes], int] | None = None   # non-blocking write to a socket; returns bytes taken
-        self.sink_error: OSError | None = None
+        self.buf: list[bytes] = []   # received, not yet taken (a list: an idle deque costs 600 B)
+        self.sock: socket.socket | None = None   # the relay's socket: DATA is written into it
+        self.sink_error: OSError | None = None   # writing into `sock` failed (the app reset)
+        self.draining = False    # a drain task is finishing `buf` into `sock`
+        self.out_done = False    # END_STREAM reached `sock` as a half-close
         self.taken = 0          # bytes handed to the application (read or sunk)
         self.recv_ended = False
         self.send_ended = False
@@ -70,6 +76,8 @@ class Mux:
         self._cancel = trio.CancelScope()
         self._server_side = isinstance(codec, c.ServerConnection)
         self._drained = False
+        self._nursery: trio.Nursery | None = None   # the writer and the drain tasks
+        self.drains_started = 0   # relayed streams whose socket filled up (a drain task ran)
 
     # ---- driving -----------------------------------------------------------------
     async def run(self) -> None:
@@ -78,6 +86,7 @@ class Mux:
             try:
                 await self.flush()   # our preface and settings
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._guard, self._writer)
                     await self._guard(self._reader)
                     nursery.cancel_scope.cancel()
@@ -216,10 +225,18 @@ class Mux:
             self.broken = why
             log.debug("hbone: %s", why)
         for st in self.streams.values():
-            st.recv_lot.unpark_all()
+            self._wake(st)
         self._window_lot.unpark_all()
         self._flushed_lot.unpark_all()
         self._cancel.cancel()
+
+    @staticmethod
+    def _wake(st: _StreamState) -> None:
+        """Wake whoever waits on this stream, a relay waiting for its socket included
+        (notify_closing ends that wait; the relay then finds why and stops)."""
+        st.recv_lot.unpark_all()
+        if st.sock is not None:
+            notify_closing(st.sock)
 
     # ---- events ------------------------------------------------------------------
     def _dispatch(self, ev: c.Event) -> None:
@@ -239,7 +256,7 @@ class Mux:
             for sid, st in self.streams.items():
                 if sid > ev.last_stream_id and sid % 2 == int(not self._server_side):
                     st.reset_code = REFUSED_STREAM   # never processed: safe to retry elsewhere
-                    st.recv_lot.unpark_all()
+                    self._wake(st)
             self._window_lot.unpark_all()
             self._close_if_drained()
             return
@@ -262,33 +279,98 @@ class Mux:
             return
         elif isinstance(ev, c.HalfClosed):
             st.recv_ended = True
+            if st.sock is not None and not st.buf and not st.draining:
+                self.finish_output(st)
         elif isinstance(ev, c.Reset):
             st.reset_code = ev.code
             self._window_lot.unpark_all()
+            self._wake(st)
+            return
         elif isinstance(ev, (c.TunnelOpened, c.TunnelRefused)):
             st.response = ev
         st.recv_lot.unpark_all()
 
     def _deliver(self, stream_id: int, st: _StreamState, data: bytes) -> None:
-        """Into the stream's socket right away when nothing is queued before it, else queue."""
-        if st.sink is not None and not st.buf and st.sink_error is None:
+        """Into the stream's socket right away when nothing is queued before it, else queue
+        (and, for a relayed stream, start a drain task to wait for the socket)."""
+        if st.sock is None:
+            st.buf.append(data)
+            return
+        if st.sink_error is not None:
+            st.buf.append(data)   # the relay is ending with that error; closing acks the window
+            return
+        if not st.buf and not st.draining:
             try:
                 n = self.sink_some(stream_id, st, data)
             except OSError as e:
-                st.sink_error, n = e, 0
+                st.buf.append(data)
+                self._sink_failed(st, e)
+                return
             if n == len(data):
                 return
             data = data[n:]
         st.buf.append(data)
+        self.start_drain(stream_id, st)
 
     def sink_some(self, stream_id: int, st: _StreamState, data: bytes) -> int:
         """Write what the stream's socket takes now, counted and acknowledged to flow control
         (the window update goes out with the next push); OSError from the socket propagates."""
-        n = st.sink(data)
-        if n:
-            st.taken += n
-            self.codec.ack(stream_id, n)
+        try:
+            n = st.sock.send(data)
+        except BlockingIOError:
+            return 0
+        st.taken += n
+        self.codec.ack(stream_id, n)
         return n
+
+    def _sink_failed(self, st: _StreamState, e: OSError) -> None:
+        st.sink_error = e
+        self._wake(st)
+
+    def finish_output(self, st: _StreamState) -> None:
+        """END_STREAM, all data delivered: half-close the relay's socket."""
+        try:
+            sockio.shutdown_write(st.sock)
+        except OSError as e:
+            self._sink_failed(st, e)
+            return
+        st.out_done = True
+        st.recv_lot.unpark_all()
+
+    def start_drain(self, stream_id: int, st: _StreamState) -> None:
+        if not st.draining and self._nursery is not None:
+            st.draining = True
+            self.drains_started += 1
+            self._nursery.start_soon(self._drain, stream_id, st)
+
+    async def _drain(self, stream_id: int, st: _StreamState) -> None:
+        """Finish a relayed stream's buffer into its socket as the socket takes it; then the
+        half-close if END_STREAM came. Ends early, quietly, when the relay ends (the socket
+        is about to close) or the socket fails (the relay gets the error)."""
+        sock = st.sock
+        try:
+            while st.buf and st.sock is sock and st.sink_error is None:
+                await sockio.wait_writable(sock)
+                if st.sock is not sock:
+                    return
+                chunk = st.buf[0]
+                n = self.sink_some(stream_id, st, chunk)
+                if n:
+                    self.push()   # the window update
+                    if n == len(chunk):
+                        st.buf.pop(0)
+                    else:
+                        st.buf[0] = chunk[n:]
+            if st.recv_ended and not st.buf and st.sock is sock and st.sink_error is None:
+                self.finish_output(st)
+        except trio.ClosedResourceError:
+            pass   # notify_closing: the relay is ending and knows why
+        except OSError as e:
+            if st.sock is sock:
+                self._sink_failed(st, e)
+        finally:
+            st.draining = False
+            st.recv_lot.unpark_all()
 
     # ---- used by streams and the client --------------------------------------------
     def new_stream(self, stream_id: int) -> _StreamState:

@@ -11,7 +11,7 @@ import socket
 from typing import Callable
 
 import trio
-from trio.lowlevel import checkpoint
+from trio.lowlevel import checkpoint, notify_closing
 
 from meshcore import sockio
 
@@ -142,9 +142,9 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 if self._closed:
                     raise trio.ClosedResourceError("HBONE stream was closed while receiving")
             limit = max_bytes or DEFAULT_RECEIVE
-            chunk = st.buf.popleft()
+            chunk = st.buf.pop(0)
             if len(chunk) > limit:
-                st.buf.appendleft(chunk[limit:])
+                st.buf.insert(0, chunk[limit:])
                 chunk = chunk[:limit]
             st.taken += len(chunk)
             # Acknowledge only what the application takes, so a slow reader pushes back.
@@ -154,62 +154,51 @@ class HboneStream(trio.abc.HalfCloseableStream):
         finally:
             self._receiving = False
 
-    # ---- socket pumps: the proxy's hot path -------------------------------------------
-    async def pump_from_socket(self, sock: socket.socket) -> None:
-        """Send what `sock` delivers into the tunnel until its EOF, then END_STREAM.
+    # ---- relaying to a socket: the proxy's hot path --------------------------------------
+    async def relay(self, sock: socket.socket) -> None:
+        """Relay between this tunnel and `sock` until both directions ended, in one task.
 
-        OSError from `sock` propagates (the caller treats it as the local side's reset)."""
-        reader = sockio.Reader(sock, PUMP_READ)
-        while data := await reader.read():
-            await self._send(data)
-        await self.send_eof()
+        This task reads `sock` into the tunnel and ends that direction with END_STREAM at
+        its EOF. The other direction needs no task of its own: the connection's reader
+        writes arriving DATA straight into `sock` and half-closes it on END_STREAM, and
+        starts a drain task only while `sock` is full (see `Mux`). A reset, a broken
+        connection or a failed write into `sock` wakes this task wherever it waits.
 
-    async def pump_to_socket(self, sock: socket.socket) -> None:
-        """Deliver the tunnel's bytes into `sock` until END_STREAM, then shut its write side.
-
-        While this runs, the connection's reader writes arriving DATA straight into `sock`
-        when the socket takes it and nothing is queued; this task only finishes what the
-        socket did not take (waiting for it to drain) and handles the end."""
+        OSError from `sock` propagates (the caller treats it as the local side's reset);
+        so do trio.BrokenResourceError (the tunnel or its connection broke) and
+        trio.ClosedResourceError (this stream was closed)."""
         st, mux = self._st, self._mux
-
-        def sink(data: bytes) -> int:
-            try:
-                return sock.send(data)
-            except BlockingIOError:
-                return 0
-
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this HBONE stream")
+        if self._receiving or self._sending:
+            raise trio.BusyResourceError("another task is already using this HBONE stream")
         self._receiving = True
-        st.sink = sink
+        st.sock = sock
         try:
-            while True:
-                if st.sink_error is not None:
-                    raise st.sink_error
-                if st.buf:
-                    chunk = st.buf[0]
-                    n = mux.sink_some(self.stream_id, st, chunk)
-                    if n:
-                        mux.push()
-                        if n == len(chunk):
-                            st.buf.popleft()
-                        else:
-                            st.buf[0] = chunk[n:]
-                    else:
-                        await sockio.wait_writable(sock)
-                    continue
-                if st.recv_ended:
-                    sockio.shutdown_write(sock)
-                    await checkpoint()
-                    return
-                if why := self._broken():
-                    raise trio.BrokenResourceError(why)
-                if self._closed:
-                    raise trio.ClosedResourceError("HBONE stream was closed while receiving")
+            if st.buf:
+                mux.start_drain(self.stream_id, st)   # arrived before the relay started
+            elif st.recv_ended:
+                mux.finish_output(st)
+            reader = sockio.Reader(sock, PUMP_READ, check=self._check_relay)
+            while data := await reader.read():
+                await self._send(data)
+            self._check_relay()
+            await self.send_eof()
+            while not st.out_done:
+                self._check_relay()
                 await st.recv_lot.park()
         finally:
-            st.sink = None
+            st.sock = None
             self._receiving = False
+            if st.draining:
+                notify_closing(sock)   # the drain task stops: the caller closes `sock` next
+
+    def _check_relay(self) -> None:
+        st = self._st
+        if st.sink_error is not None:
+            raise st.sink_error
+        if why := self._broken():
+            raise trio.BrokenResourceError(why)
+        if self._closed:
+            raise trio.ClosedResourceError("HBONE stream was closed while relaying")
 
     async def aclose(self) -> None:
         """Graceful when both directions ended; otherwise END_STREAM + RST_STREAM (abort)."""

@@ -1,0 +1,224 @@
+"""HboneStream.relay: a tunnel <-> a real TCP socket in one task, over real TLS + h2."""
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+import trio
+
+from meshcore import sockio
+from meshcore.hbone.client import HboneClientPool
+
+from .certs import client_ctx
+from .conftest import CLIENT_ID, SERVER_ID, start_server
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A real loopback TCP connection (connecting side, accepted side), non-blocking,
+    with small buffers so that a few MiB fill them."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    for s in (a, b):
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    return a, b
+
+
+async def read_all(sock: socket.socket) -> bytes:
+    got = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            await sockio.wait_readable(sock)
+            continue
+        if not chunk:
+            return bytes(got)
+        got += chunk
+
+
+async def relay_outcome(tunnel, sock) -> BaseException | None:
+    """Run the relay to its end; what it raised (None when it ended cleanly)."""
+    try:
+        await tunnel.relay(sock)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        return e
+    return None
+
+
+def all_tasks() -> int:
+    def count(task) -> int:
+        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+    return count(trio.lowlevel.current_root_task())
+
+
+class Relayed:
+    """Server side: each accepted tunnel is relayed to a fresh TCP connection whose far
+    end (`backends`) the test drives, like an app behind the inbound ztunnel."""
+
+    def __init__(self) -> None:
+        self.backends: list[socket.socket] = []
+        self.results: list[BaseException | None] = []
+        self.arrived = trio.Event()
+
+    async def handler(self, req) -> None:
+        near, far = tcp_pair()
+        self.backends.append(far)
+        stream = await req.accept()
+        self.arrived.set()
+        try:
+            await stream.relay(near)
+            self.results.append(None)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self.results.append(e)
+        finally:
+            await trio.aclose_forcefully(stream)
+            sockio.close(near)
+
+
+async def test_relay_moves_megabytes_both_ways_through_full_sockets(nursery, client_bundle, server_bundle):
+    """Nobody reads until 4 MiB were sent each way, so both sides' sockets fill and the
+    drain path runs; every byte arrives in order and each EOF after its bytes."""
+    srv = Relayed()
+    (port,), _ = await start_server(nursery, srv.handler, server_bundle)
+    up = bytes(range(256)) * 16384          # 4 MiB toward the app
+    down = bytes(range(255, -1, -1)) * 16384
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
+        user, near = tcp_pair()
+        with trio.fail_after(30):
+            async with trio.open_nursery() as n:
+                n.start_soon(tunnel.relay, near)
+                await srv.arrived.wait()
+                app = srv.backends[0]
+
+                async def send(sock, data):
+                    await sockio.send_all(sock, data)
+                    sock.shutdown(socket.SHUT_WR)
+
+                n.start_soon(send, user, up)
+                n.start_soon(send, app, down)
+                await trio.sleep(0.5)   # both directions stall on full buffers
+                got = {}
+
+                async def collect(name, sock):
+                    got[name] = await read_all(sock)
+
+                n.start_soon(collect, "app", app)
+                n.start_soon(collect, "user", user)
+        assert got["app"] == up and got["user"] == down
+        assert tunnel.bytes_sent == len(up) and tunnel.bytes_received == len(down)
+        assert tunnel._mux.drains_started >= 1   # the client side's socket did fill
+        await tunnel.aclose()
+    with trio.fail_after(5):
+        while not srv.results:
+            await trio.sleep(0.01)
+    assert srv.results == [None]
+
+
+async def test_an_idle_relayed_tunnel_costs_one_task_per_side(nursery, client_bundle, server_bundle):
+    srv = Relayed()
+    (port,), _ = await start_server(nursery, srv.handler, server_bundle)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        warm = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
+        await trio.sleep(0.2)
+        before = all_tasks()
+        k = 20
+        socks = []
+        async with trio.open_nursery() as n:
+            for _ in range(k):
+                t = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
+                user, near = tcp_pair()
+                socks += [user, near]
+                n.start_soon(t.relay, near)
+            with trio.fail_after(10):
+                while len(srv.backends) < k + 1:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.2)
+            # one relay task here and one handler task in the server per tunnel
+            assert all_tasks() - before == 2 * k
+            n.cancel_scope.cancel()
+        await warm.aclose()
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.parametrize("how", ["reset", "connection_lost"])
+async def test_a_relay_waiting_on_its_socket_ends_when_the_tunnel_goes(nursery, client_bundle, server_bundle, how):
+    """The relay's one task waits for its socket; a reset or a dead connection must still
+    end it at once, with the reason."""
+    gone = trio.Event()
+    server_scope = trio.CancelScope()
+
+    async def handler(req):
+        stream = await req.accept()
+        await gone.wait()
+        if how == "reset":
+            await stream.aclose()            # neither side ended: END_STREAM + RST_STREAM
+        else:   # the TLS connection dies under the tunnel: RST, no HTTP/2 goodbye
+            req._mux.transport.ssl.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            req._mux.transport.close()
+            await trio.sleep_forever()
+
+    async def serve(task_status=trio.TASK_STATUS_IGNORED):
+        with server_scope:
+            async with trio.open_nursery() as n:
+                ports, _ = await start_server(n, handler, server_bundle)
+                task_status.started(ports[0])
+                await trio.sleep_forever()
+
+    port = await nursery.start(serve)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
+        user, near = tcp_pair()
+        out = []
+        with trio.fail_after(5):
+            async with trio.open_nursery() as n:
+                async def relay():
+                    out.append(await relay_outcome(tunnel, near))
+                n.start_soon(relay)
+                await trio.sleep(0.2)
+                gone.set()
+        info = out[0]
+        assert isinstance(info, trio.BrokenResourceError), repr(info)
+        assert ("reset by the peer" in str(info)) == (how == "reset")
+        user.close()
+        near.close()
+
+
+async def test_a_relay_ends_with_the_apps_reset_while_data_arrives(nursery, client_bundle, server_bundle):
+    srv = Relayed()
+    (port,), _ = await start_server(nursery, srv.handler, server_bundle)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
+        user, near = tcp_pair()
+        out = []
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                async def relay():
+                    out.append(await relay_outcome(tunnel, near))
+                    await tunnel.aclose()   # as ztunnel does: the server's relay ends too
+
+                async def keep_sending():
+                    try:
+                        for _ in range(200):
+                            await sockio.send_all(srv.backends[0], b"x" * 65536)
+                    except OSError:
+                        pass   # the server's relay ended and closed the app's connection
+
+                n.start_soon(relay)
+                await srv.arrived.wait()
+                n.start_soon(keep_sending)
+                await trio.sleep(0.1)
+                # the user resets its connection while the app keeps sending
+                user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                user.close()
+        near.close()
+    assert isinstance(out[0], OSError), repr(out[0])
+    with trio.fail_after(5):
+        while not srv.results:
+            await trio.sleep(0.01)
+    assert isinstance(srv.results[0], trio.BrokenResourceError)   # the tunnel's reset reached it
