@@ -47,14 +47,21 @@ class Inbound:
                              service_account=self.pod.service_account, in_mesh=True,
                              trust_domain=self.pod.trust_domain)
 
-    async def handle(self, tunnel: InboundTunnel) -> None:
-        self.active += 1
-        try:
-            await self._handle(tunnel)
-        finally:
-            self.active -= 1
+    def _refusal(self, tunnel: InboundTunnel, state, ip: str, port: int, dst: str) -> tuple[int, str, str] | None:
+        """(HTTP status, reason, outcome) when this tunnel must be refused before the app is dialled."""
+        if ip != self.pod.address:
+            return (400, f"tunnel authority {dst} is not this pod's address {self.pod.address} "
+                         f"({self.pod.uid}); the client's endpoint data is stale", "bad_authority")
+        decision = authz.evaluate(state.policies_for(self.workload()), tunnel.peer_identity, port)
+        if isinstance(decision, authz.Deny):
+            log.warning("inbound to %s port %d: RBAC denied %s: %s", self.pod.uid, port,
+                        tunnel.peer_identity, decision.reason)
+            return 403, decision.reason, "denied"
+        return None
 
-    async def _handle(self, tunnel: InboundTunnel) -> None:
+    async def handle(self, tunnel: InboundTunnel) -> None:
+        """One tunnel, from its CONNECT to the last byte (one task: its frame is most of what
+        an idle proxied connection costs here)."""
         started = time.monotonic()
         ip, port = tunnel.authority
         state = self.inputs.state()
@@ -67,29 +74,19 @@ class Inbound:
         src = f"{tunnel.peer_address[0]}:{tunnel.peer_address[1]}"
         dst = f"{ip}:{port}"
         transfer, outcome, app = Transfer(), "ok", None
-
-        async def refuse(status: int, reason: str, what: str) -> None:
-            nonlocal outcome
-            outcome, transfer.error = what, reason
-            await tunnel.refuse(status, reason)
-
+        self.active += 1
         try:
-            if ip != self.pod.address:
-                await refuse(400, f"tunnel authority {dst} is not this pod's address {self.pod.address} "
-                                  f"({self.pod.uid}); the client's endpoint data is stale", "bad_authority")
-                return
-            decision = authz.evaluate(state.policies_for(self.workload()), tunnel.peer_identity, port)
-            if isinstance(decision, authz.Deny):
-                log.warning("inbound to %s port %d: RBAC denied %s: %s", self.pod.uid, port,
-                            tunnel.peer_identity, decision.reason)
-                await refuse(403, decision.reason, "denied")
-                return
-            try:
-                app = await open_tcp_in(self.pod.netns_fd, (self.pod.address, port), self.inputs.connect_timeout)
-            except ConnectionError as exc:
-                await refuse(503, f"connection refused by the application on port {port} in {self.pod.uid} "
-                                  f"({exc}); is the app listening on {self.pod.address}:{port} or 0.0.0.0?",
-                             "app_unreachable")
+            refusal = self._refusal(tunnel, state, ip, port, dst)
+            if refusal is None:
+                try:
+                    app = await open_tcp_in(self.pod.netns_fd, (self.pod.address, port), self.inputs.connect_timeout)
+                except ConnectionError as exc:
+                    refusal = (503, f"connection refused by the application on port {port} in {self.pod.uid} "
+                                    f"({exc}); is the app listening on {self.pod.address}:{port} or 0.0.0.0?",
+                               "app_unreachable")
+            if refusal is not None:
+                status, transfer.error, outcome = refusal
+                await tunnel.refuse(status, transfer.error)
                 return
             stream = await tunnel.accept()
             self.inputs.metrics.connection_opened(labels)
@@ -102,6 +99,7 @@ class Inbound:
             if r.error:
                 transfer.error, outcome = r.error, "reset"
         finally:
+            self.active -= 1
             sockio.close(app)
             log_connection(direction="inbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,

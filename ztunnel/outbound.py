@@ -52,6 +52,7 @@ def _labels(pod: PodInfo, r: route.Route, secure: bool) -> ConnLabels:
 class Outbound:
     def __init__(self, pod: PodInfo, inputs: ProxyInputs, pool: HboneClientPool, netns_cookie: int) -> None:
         self.pod, self.inputs, self.pool, self.cookie = pod, inputs, pool, netns_cookie
+        self.active = 0   # connections being proxied
 
     def original_destination(self, peer_port: int) -> tuple[str, int] | None:
         fd = self.inputs.origdst_fd()
@@ -59,14 +60,13 @@ class Outbound:
             return None
         return origdst.take(fd, self.cookie, peer_port)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        started = time.monotonic()
-        sock = sockio.detach(stream)
+    def _route(self, sock: socket.socket) -> tuple[str, str, route.Route] | None:
+        """(source, original destination, route) for an accepted connection; None, after
+        logging why, when it has no destination to go to."""
         try:
             peer = sock.getpeername()
         except OSError:   # the app already gave up
-            sockio.close(sock)
-            return
+            return None
         src = f"{self.pod.address}:{peer[1]}"
         try:
             dst = self.original_destination(peer[1])
@@ -77,15 +77,24 @@ class Outbound:
         if dst is None:
             log.warning("outbound %s from %s: %s", src, self.pod.uid, why or
                         "no original destination recorded: is the connection captured by the node agent's eBPF?")
-            sockio.close(sock)
-            return
+            return None
         r = route.decide(self.inputs.state(), self.inputs.state().workload_by_uid(self.pod.uid),
                          dst, self.inputs.pick)
-        await self.proxy(sock, r, src, f"{dst[0]}:{dst[1]}", started)
+        return src, f"{dst[0]}:{dst[1]}", r
 
-    async def proxy(self, sock: socket.socket, r: route.Route, src: str, dst: str, started: float) -> None:
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """One accepted connection, from routing to the last byte (one task: its frame is
+        most of what an idle proxied connection costs here)."""
+        started = time.monotonic()
+        sock = sockio.detach(stream)
+        found = self._route(sock)
+        if found is None:
+            sockio.close(sock)
+            return
+        src, dst, r = found
         labels = _labels(self.pod, r, isinstance(r, route.Hbone))
         transfer, tunnel, plain, outcome = Transfer(), None, None, "ok"
+        self.active += 1
         try:
             if isinstance(r, route.Refuse):
                 raise ConnectionRefusedError(r.reason)
@@ -107,6 +116,7 @@ class Outbound:
         except (HboneError, CertificateUnavailable, ConnectionError, OSError) as exc:
             outcome, transfer.error = "error", str(exc)
         finally:
+            self.active -= 1
             if tunnel is not None:
                 await trio.aclose_forcefully(tunnel)
             sockio.close(plain)

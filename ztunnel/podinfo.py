@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshcore import netns
@@ -17,14 +17,17 @@ class PodInfo:
     service_account: str
     netns_fd: int
     trust_domain: str = "cluster.local"
+    # Built once: every connection's labels and logs name it, and a string per
+    # connection is memory an idle connection holds.
+    identity: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", workload_identity(self.trust_domain, self.namespace,
+                                                               self.service_account))
 
     @property
     def uid(self) -> str:
         return f"{self.namespace}/{self.name}"
-
-    @property
-    def identity(self) -> str:
-        return workload_identity(self.trust_domain, self.namespace, self.service_account)
 
     def socket_factory(self, family: int = socket.AF_INET) -> socket.socket:
         return netns.socket_in(self.netns_fd, family)

@@ -76,7 +76,7 @@ class Pod:
         self.info, self.inputs = info, inputs
         self.outbound_listeners: list[DrainableListener] = []
         self.inbound_listeners: list[DrainableListener] = []
-        self.outbound_active = 0
+        self.outbound: Outbound | None = None
         self.inbound: Inbound | None = None
         self._scope = trio.CancelScope()
         self.done = trio.Event()
@@ -106,7 +106,7 @@ class Pod:
             with self._scope:
                 async with HboneClientPool(self.inputs.certs.ssl_context_for,
                                            self.info.socket_factory) as pool, trio.open_nursery() as nursery:
-                    outbound = Outbound(self.info, self.inputs, pool, cookie)
+                    outbound = self.outbound = Outbound(self.info, self.inputs, pool, cookie)
                     self.inbound = Inbound(self.info, self.inputs)
                     for listener in self.outbound_listeners:
                         nursery.start_soon(self._accept_loop, listener, outbound)
@@ -131,18 +131,11 @@ class Pod:
                         log.error("pod %s: outbound accept failed (%s); backing off", self.info.uid, exc)
                         await trio.sleep(0.1)
                         continue
-                    conns.start_soon(self._outbound_conn, outbound, stream)
-
-    async def _outbound_conn(self, outbound: Outbound, stream: trio.SocketStream) -> None:
-        self.outbound_active += 1
-        try:
-            await outbound.handle(stream)
-        finally:
-            self.outbound_active -= 1
+                    conns.start_soon(outbound.handle, stream)
 
     @property
     def active(self) -> int:
-        return self.outbound_active + (self.inbound.active if self.inbound else 0)
+        return (self.outbound.active if self.outbound else 0) + (self.inbound.active if self.inbound else 0)
 
     async def drain(self, deadline: float) -> None:
         """Stop accepting, let open connections finish until `deadline` (trio time), then cut them."""

@@ -59,10 +59,15 @@ class InboundTunnel:
         self.headers = ev.headers
         self.peer_identity = peer_identity
         self.peer_address = peer_address
-        # DER leaf of the client, for logs and metrics (serial, expiry); may be None
-        self.peer_certificate = mux.transport.getpeercert(binary_form=True) if hasattr(mux.transport, "getpeercert") else None
         self.stream: HboneStream | None = None
         self.answered = False
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """DER leaf of the client, for logs and metrics (serial, expiry); may be None.
+        Read from the connection when asked: a copy per tunnel is 500 B an idle one holds."""
+        get = getattr(self._mux.transport, "getpeercert", None)
+        return get(binary_form=True) if get is not None else None
 
     async def accept(self) -> HboneStream:
         self._answer()
