@@ -54,7 +54,7 @@ class _Base:
     _h2: h2.connection.H2Connection = field(init=False)
     closed: bool = field(init=False, default=False)        # fatal: nothing more in or out
     going_away: bool = field(init=False, default=False)    # graceful GOAWAY either way: no new streams
-    _pending: bytes = field(init=False, default=b"")
+    _pending: bytearray = field(init=False, default_factory=bytearray)
     _inbuf: bytearray = field(init=False, default_factory=bytearray)
     _preface_left: int = field(init=False, default=0)   # client preface bytes h2 has yet to see
 
@@ -78,7 +78,20 @@ class _Base:
 
     # -- bytes in / out
     def data_to_send(self) -> bytes:
-        out, self._pending = self._pending + self._h2.data_to_send(), b""
+        return bytes(self.take_output())
+
+    def take_output(self) -> bytearray:
+        """What to send, handed over without a copy: h2's own output buffer (h2 starts a new
+        one). A bulk tunnel's bytes are then copied once on their way to OpenSSL (into the
+        frame), not three times."""
+        conn = self._h2
+        out = conn._data_to_send
+        if not out and not self._pending:
+            return out   # nothing (and no new buffer for h2)
+        conn._data_to_send = bytearray()
+        if self._pending:
+            self._pending += out
+            out, self._pending = self._pending, bytearray()
         return out
 
     def receive_data(self, data: bytes) -> list[Event]:
@@ -87,7 +100,13 @@ class _Base:
         if self.closed:
             return []
         # h2 drops unsent output when a GOAWAY arrives; keep what tunnels already queued.
-        self._pending += self._h2.data_to_send()
+        conn = self._h2
+        if conn._data_to_send:
+            if self._pending:
+                self._pending += conn._data_to_send
+                conn._data_to_send = bytearray()
+            else:
+                self._pending, conn._data_to_send = conn._data_to_send, bytearray()
         out: list[Event] = []
         try:
             for ev in self._receive(data):

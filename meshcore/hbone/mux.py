@@ -138,9 +138,12 @@ class Mux:
         self._kick.set()
 
     def _take_output(self) -> None:
-        data = self.codec.data_to_send()
+        data = self.codec.take_output()
         if data:
-            self._out += data
+            if self._out:
+                self._out += data
+            else:
+                self._out = data   # the common case: no copy
             self._queued += len(data)
 
     def _write_some(self) -> int:

@@ -305,3 +305,35 @@ def test_data_on_a_reset_stream_goes_to_h2_and_is_not_delivered():
     sv.reset(sid)
     events = sv.receive_data(early)
     assert not [e for e in events if isinstance(e, c.Data)]
+
+
+def test_take_output_hands_over_queued_frames_in_order_across_a_receive():
+    """take_output() is data_to_send() without the copy: h2's buffer itself, then a fresh
+    one. Output queued before a receive_data (kept aside there, as h2 would drop it on a
+    GOAWAY) still leaves first, and nothing is lost or repeated."""
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    sv.accept(sid)
+    cl.receive_data(sv.data_to_send())
+    assert cl.send(sid, b"a" * 70000) == 70000          # fast path: straight into h2's buffer
+    first = bytes(cl._h2._data_to_send)
+    sv.send(sid, b"pong")
+    cl.receive_data(sv.data_to_send())                  # cl's queued frames are set aside...
+    assert cl.send(sid, b"b" * 10) == 10                # ...and more queue behind them
+    out = cl.take_output()
+    assert out[:len(first)] == first and len(out) == len(first) + 9 + 10
+    assert not cl.take_output() and cl.data_to_send() == b""
+    evs = sv.receive_data(bytes(out))
+    assert b"".join(bytes(e.data) for e in evs if isinstance(e, c.Data)) == b"a" * 70000 + b"b" * 10
+
+
+def test_take_output_does_not_copy_a_lone_buffer():
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    sv.accept(sid)
+    cl.receive_data(sv.data_to_send())
+    cl.send(sid, b"x" * 50000)
+    queued = cl._h2._data_to_send
+    assert cl.take_output() is queued and cl._h2._data_to_send is not queued
