@@ -47,12 +47,12 @@ class Inbound:
                              service_account=self.pod.service_account, in_mesh=True,
                              trust_domain=self.pod.trust_domain)
 
-    def _refusal(self, tunnel: InboundTunnel, state, ip: str, port: int, dst: str) -> tuple[int, str, str] | None:
+    def _refusal(self, tunnel: InboundTunnel, policies, ip: str, port: int, dst: str) -> tuple[int, str, str] | None:
         """(HTTP status, reason, outcome) when this tunnel must be refused before the app is dialled."""
         if ip != self.pod.address:
             return (400, f"tunnel authority {dst} is not this pod's address {self.pod.address} "
                          f"({self.pod.uid}); the client's endpoint data is stale", "bad_authority")
-        decision = authz.evaluate(state.policies_for(self.workload()), tunnel.peer_identity, port)
+        decision = authz.evaluate(policies, tunnel.peer_identity, port)
         if isinstance(decision, authz.Deny):
             log.warning("inbound to %s port %d: RBAC denied %s: %s", self.pod.uid, port,
                         tunnel.peer_identity, decision.reason)
@@ -65,7 +65,8 @@ class Inbound:
         started = time.monotonic()
         ip, port = tunnel.authority
         state = self.inputs.state()
-        services = state.services_of(self.workload())
+        workload = self.workload()
+        services = state.services_of(workload)
         labels = ConnLabels(reporter="destination", **_source_labels(tunnel.peer_identity, str(tunnel.peer_address[0]), state),
                             destination_workload=self.pod.name, destination_workload_namespace=self.pod.namespace,
                             destination_principal=self.pod.identity,
@@ -76,7 +77,7 @@ class Inbound:
         transfer, outcome, app = Transfer(), "ok", None
         self.active += 1
         try:
-            refusal = self._refusal(tunnel, state, ip, port, dst)
+            refusal = self._refusal(tunnel, state.policies_for(workload), ip, port, dst)
             if refusal is None:
                 try:
                     app = await open_tcp_in(self.pod.netns_fd, (self.pod.address, port), self.inputs.connect_timeout)

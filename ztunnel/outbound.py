@@ -78,8 +78,8 @@ class Outbound:
             log.warning("outbound %s from %s: %s", src, self.pod.uid, why or
                         "no original destination recorded: is the connection captured by the node agent's eBPF?")
             return None
-        r = route.decide(self.inputs.state(), self.inputs.state().workload_by_uid(self.pod.uid),
-                         dst, self.inputs.pick)
+        state = self.inputs.state()
+        r = route.decide(state, state.workload_by_uid(self.pod.uid), dst, self.inputs.pick)
         return src, f"{dst[0]}:{dst[1]}", r
 
     async def handle(self, stream: trio.SocketStream) -> None:

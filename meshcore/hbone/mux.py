@@ -24,7 +24,6 @@ import trio
 from trio.lowlevel import ParkingLot, notify_closing
 
 from meshcore import sockio
-
 from meshcore.tlssock import TlsSocket
 
 from . import codec as c
@@ -296,24 +295,20 @@ class Mux:
     def _deliver(self, stream_id: int, st: _StreamState, data: bytes) -> None:
         """Into the stream's socket right away when nothing is queued before it, else queue
         (and, for a relayed stream, start a drain task to wait for the socket)."""
-        if st.sock is None:
-            st.buf.append(data)
-            return
-        if st.sink_error is not None:
-            st.buf.append(data)   # the relay is ending with that error; closing acks the window
-            return
-        if not st.buf and not st.draining:
+        # After a failed write the relay is ending with that error: queue, and closing acks.
+        relayed = st.sock is not None and st.sink_error is None
+        if relayed and not st.buf and not st.draining:
             try:
                 n = self.sink_some(stream_id, st, data)
             except OSError as e:
-                st.buf.append(data)
+                n, relayed = 0, False
                 self._sink_failed(st, e)
-                return
             if n == len(data):
                 return
             data = data[n:]
         st.buf.append(data)
-        self.start_drain(stream_id, st)
+        if relayed:
+            self.start_drain(stream_id, st)
 
     def sink_some(self, stream_id: int, st: _StreamState, data: bytes) -> int:
         """Write what the stream's socket takes now, counted and acknowledged to flow control

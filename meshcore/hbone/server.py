@@ -66,8 +66,7 @@ class InboundTunnel:
     def peer_certificate(self) -> bytes | None:
         """DER leaf of the client, for logs and metrics (serial, expiry); may be None.
         Read from the connection when asked: a copy per tunnel is 500 B an idle one holds."""
-        get = getattr(self._mux.transport, "getpeercert", None)
-        return get(binary_form=True) if get is not None else None
+        return self._mux.transport.getpeercert(binary_form=True)
 
     async def accept(self) -> HboneStream:
         self._answer()

@@ -19,7 +19,6 @@ from .errors import LocalProtocolError
 from .mux import DEFAULT_RECEIVE, Mux
 
 __all__ = ["HboneStream", "Mux"]
-PUMP_READ = sockio.READ_SIZE
 
 
 class HboneStream(trio.abc.HalfCloseableStream):
@@ -56,7 +55,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("HBONE stream was closed")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await checkpoint()   # the Stream contract; the pumps call _send, which yields only to wait
+        await checkpoint()   # the Stream contract; relay() calls _send, which yields only to wait
         await self._send(data)
 
     async def _send(self, data: bytes | bytearray | memoryview) -> None:
@@ -177,7 +176,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 mux.start_drain(self.stream_id, st)   # arrived before the relay started
             elif st.recv_ended:
                 mux.finish_output(st)
-            reader = sockio.Reader(sock, PUMP_READ, check=self._check_relay)
+            reader = sockio.Reader(sock, check=self._check_relay)
             while data := await reader.read():
                 await self._send(data)
             self._check_relay()
