@@ -4,37 +4,15 @@ import struct
 import trio
 
 from meshcore import sockio
+from tcp_helpers import read_all, tcp_pair
 from ztunnel.copy import relay_sockets
 from ztunnel.metrics import ConnLabels, Metrics, log_connection
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
-    """A real loopback TCP connection: (connecting side, accepted side), both non-blocking."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    for s in (client, server):
-        s.setblocking(False)
-    return client, server
-
-
-async def _read_all(sock: socket.socket) -> bytes:
-    got = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except BlockingIOError:
-            await sockio.wait_readable(sock)
-            continue
-        if not chunk:
-            return bytes(got)
-        got += chunk
-
-
 async def test_relay_both_ways_with_half_close():
     # client <-> [a | relay | b] <-> server, all real TCP
-    client, a = _pair()
-    b, server = _pair()
+    client, a = tcp_pair()
+    b, server = tcp_pair()
     payload = bytes(range(256)) * 4096  # 1 MiB
     result = {}
     with trio.fail_after(20):
@@ -48,10 +26,10 @@ async def test_relay_both_ways_with_half_close():
 
             n.start_soon(run_relay)
             n.start_soon(send)
-            assert await _read_all(server) == payload      # EOF arrived after the bytes
+            assert await read_all(server) == payload      # EOF arrived after the bytes
             await sockio.send_all(server, b"reply")
             server.shutdown(socket.SHUT_WR)
-            assert await _read_all(client) == b"reply"
+            assert await read_all(client) == b"reply"
     t = result["t"]
     assert (t.sent, t.received, t.error) == (len(payload), 5, None)
     for s in (client, a, b, server):
@@ -59,8 +37,8 @@ async def test_relay_both_ways_with_half_close():
 
 
 async def test_relay_stops_when_one_side_resets():
-    client, a = _pair()
-    b, server = _pair()
+    client, a = tcp_pair()
+    b, server = tcp_pair()
     out = {}
     with trio.fail_after(5):
         async with trio.open_nursery() as n:

@@ -9,44 +9,24 @@ import trio
 
 from meshcore import sockio
 from meshcore.hbone.client import HboneClientPool
+from tcp_helpers import read_all, tcp_pair
 
 from .certs import client_ctx
 from .conftest import CLIENT_ID, SERVER_ID, start_server
 
 
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """A real loopback TCP connection (connecting side, accepted side), non-blocking,
-    with small buffers so that a few MiB fill them."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        a = socket.create_connection(listener.getsockname())
-        b, _ = listener.accept()
-    for s in (a, b):
-        s.setblocking(False)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    return a, b
+SMALL_BUFFERS = 64 * 1024   # a few MiB fill these sockets
 
 
-async def read_all(sock: socket.socket) -> bytes:
-    got = bytearray()
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except BlockingIOError:
-            await sockio.wait_readable(sock)
-            continue
-        if not chunk:
-            return bytes(got)
-        got += chunk
-
-
-async def relay_outcome(tunnel, sock) -> BaseException | None:
-    """Run the relay to its end; what it raised (None when it ended cleanly)."""
+async def relay_then_close(out: list, tunnel, sock) -> None:
+    """Run the relay to its end, note what it raised (None when it ended cleanly), then
+    close the tunnel as ztunnel does (so the peer's relay ends too)."""
     try:
         await tunnel.relay(sock)
+        out.append(None)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-        return e
-    return None
+        out.append(e)
+    await tunnel.aclose()
 
 
 def all_tasks() -> int:
@@ -65,7 +45,7 @@ class Relayed:
         self.arrived = trio.Event()
 
     async def handler(self, req) -> None:
-        near, far = tcp_pair()
+        near, far = tcp_pair(SMALL_BUFFERS)
         self.backends.append(far)
         stream = await req.accept()
         self.arrived.set()
@@ -88,7 +68,7 @@ async def test_relay_moves_megabytes_both_ways_through_full_sockets(nursery, cli
     down = bytes(range(255, -1, -1)) * 16384
     async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
         tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
-        user, near = tcp_pair()
+        user, near = tcp_pair(SMALL_BUFFERS)
         with trio.fail_after(30):
             async with trio.open_nursery() as n:
                 n.start_soon(tunnel.relay, near)
@@ -131,7 +111,7 @@ async def test_an_idle_relayed_tunnel_costs_one_task_per_side(nursery, client_bu
         async with trio.open_nursery() as n:
             for _ in range(k):
                 t = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
-                user, near = tcp_pair()
+                user, near = tcp_pair(SMALL_BUFFERS)
                 socks += [user, near]
                 n.start_soon(t.relay, near)
             with trio.fail_after(10):
@@ -173,13 +153,11 @@ async def test_a_relay_waiting_on_its_socket_ends_when_the_tunnel_goes(nursery, 
     port = await nursery.start(serve)
     async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
         tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
-        user, near = tcp_pair()
+        user, near = tcp_pair(SMALL_BUFFERS)
         out = []
         with trio.fail_after(5):
             async with trio.open_nursery() as n:
-                async def relay():
-                    out.append(await relay_outcome(tunnel, near))
-                n.start_soon(relay)
+                n.start_soon(relay_then_close, out, tunnel, near)
                 await trio.sleep(0.2)
                 gone.set()
         info = out[0]
@@ -194,14 +172,10 @@ async def test_a_relay_ends_with_the_apps_reset_while_data_arrives(nursery, clie
     (port,), _ = await start_server(nursery, srv.handler, server_bundle)
     async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
         tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
-        user, near = tcp_pair()
+        user, near = tcp_pair(SMALL_BUFFERS)
         out = []
         with trio.fail_after(10):
             async with trio.open_nursery() as n:
-                async def relay():
-                    out.append(await relay_outcome(tunnel, near))
-                    await tunnel.aclose()   # as ztunnel does: the server's relay ends too
-
                 async def keep_sending():
                     try:
                         for _ in range(200):
@@ -209,7 +183,7 @@ async def test_a_relay_ends_with_the_apps_reset_while_data_arrives(nursery, clie
                     except OSError:
                         pass   # the server's relay ended and closed the app's connection
 
-                n.start_soon(relay)
+                n.start_soon(relay_then_close, out, tunnel, near)
                 await srv.arrived.wait()
                 n.start_soon(keep_sending)
                 await trio.sleep(0.1)
