@@ -5,7 +5,12 @@ relayed to a plain socket (`HboneStream.relay`) registers that socket, and the r
 writes DATA straight into it when the socket takes it (no task switch, the common case)
 and half-closes it on END_STREAM. Only when the socket is full does a short-lived drain
 task start (in the connection's nursery) to wait for it and finish the buffer; so an
-idle relayed tunnel costs one task, the relay's own, which reads the socket.
+idle relayed tunnel costs one task, the relay's own, parked.
+
+The other direction, socket to tunnel: a poller task reads every idle relay's socket
+from one edge-triggered epoll set per connection (`_poller`), frames what arrived and
+writes the batch, so a request costs no wakeup of its relay's task; the relay task reads
+only what needs waiting for (EOF, full windows, bulk transfers).
 
 Output is one queue (`_out`) owned by the connection. Tunnel DATA is queued (`defer`)
 and written by the writer task once per scheduler round, so the tunnels that had data
@@ -17,28 +22,31 @@ mid-write never tears a TLS record (OpenSSL needs the same bytes on retry).
 from __future__ import annotations
 
 import logging
+import select
 import socket
 from typing import Awaitable, Callable
 
 import trio
-from trio.lowlevel import ParkingLot, notify_closing
+from trio.lowlevel import ParkingLot, notify_closing, wait_readable
 
 from meshcore import sockio
 from meshcore.tlssock import TlsSocket
 
 from . import codec as c
-from .errors import RemoteProtocolError, describe_tls_failure
+from .errors import LocalProtocolError, RemoteProtocolError, describe_tls_failure
 
 log = logging.getLogger("meshcore.hbone")
 READ_SIZE = 256 * 1024
 REFUSED_STREAM = 7   # RFC 9113 error code: the peer did not process the stream
 DEFAULT_RECEIVE = 64 * 1024
 HIGH_WATER = 256 * 1024   # queued output above which a sender waits for the socket
+# A FIN or an error raises one edge, which a read of the bytes before it consumes.
+_HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 class _StreamState:
     __slots__ = ("buf", "recv_ended", "send_ended", "reset_code", "response", "recv_lot", "sock", "sink_error",
-                 "draining", "out_done", "taken")
+                 "draining", "out_done", "taken", "sent", "polled", "edge", "hup", "handoff")
 
     def __init__(self) -> None:
         self.buf: list[bytes] = []   # received, not yet taken (a list: an idle deque costs 600 B)
@@ -47,6 +55,11 @@ class _StreamState:
         self.draining = False    # a drain task is finishing `buf` into `sock`
         self.out_done = False    # END_STREAM reached `sock` as a half-close
         self.taken = 0          # bytes handed to the application (read or sunk)
+        self.sent = 0           # bytes framed into the tunnel
+        self.polled = False     # the relay is idle: the connection's poller reads `sock` for it
+        self.edge = False       # `sock` became readable while the relay task was reading it
+        self.hup = False        # the app's FIN (or an error) is queued behind the data: no more edges
+        self.handoff: bytes | OSError | None = None   # what the poller read but could not send
         self.recv_ended = False
         self.send_ended = False
         self.reset_code: int | None = None
@@ -77,6 +90,10 @@ class Mux:
         self._drained = False
         self._nursery: trio.Nursery | None = None   # the writer and the drain tasks
         self.drains_started = 0   # relayed streams whose socket filled up (a drain task ran)
+        self.polled_reads = 0     # reads the poller framed itself, without the relay's task
+        # Idle relays' sockets, edge-triggered: the poller reads them (see `watch`).
+        self._ep = select.epoll()
+        self._watched: dict[int, tuple[int, _StreamState]] = {}
 
     # ---- driving -----------------------------------------------------------------
     async def run(self) -> None:
@@ -87,11 +104,15 @@ class Mux:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._guard, self._writer)
+                    nursery.start_soon(self._guard, self._poller)
                     await self._guard(self._reader)
                     nursery.cancel_scope.cancel()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 self._transport_failed(e)
         self._break(self.broken or f"connection to {self.peer} closed")
+        self._watched.clear()
+        notify_closing(self._ep)
+        self._ep.close()
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self.transport)
 
@@ -132,6 +153,75 @@ class Mux:
             await self.flush()
             if self._drained:
                 self._break(f"connection to {self.peer} drained (GOAWAY) with no tunnels left")
+
+    async def _poller(self) -> None:
+        """Read idle relays' sockets as they become readable, in this one task.
+
+        Each relayed socket is in one edge-triggered epoll set per connection, registered
+        once. A request arriving on an idle relay is read, framed and written from here,
+        with every other socket that became ready in the same poll: one wakeup, one TLS
+        record and one write() for the batch, and no task switch, epoll_ctl() or
+        rescheduling per request. Anything but a short read that fits the windows (EOF, an
+        error, a full read, a tunnel out of window, a congested connection) is handed back
+        to the relay's own task (`_hand_off`), which waits as a sender must."""
+        ep, watched = self._ep, self._watched
+        while True:
+            await wait_readable(ep)
+            for fd, events in ep.poll(0):
+                entry = watched.get(fd)
+                if entry is not None:
+                    if events & _HANGUP:
+                        entry[1].hup = True
+                    self._readable(*entry)
+            self.push()
+
+    def _readable(self, stream_id: int, st: _StreamState) -> None:
+        if not st.polled:
+            st.edge = True   # the relay task is reading: it reads again before it idles
+            return
+        if self.congested or st.reset_code is not None or self.broken is not None:
+            self._hand_off(st, None)
+            return
+        try:
+            data = st.sock.recv(sockio.READ_SIZE)
+        except BlockingIOError:
+            return   # an edge for bytes the relay task already read
+        except OSError as e:
+            self._hand_off(st, e)
+            return
+        if data:
+            try:
+                n = self.codec.send(stream_id, data)
+            except LocalProtocolError:
+                n = 0   # the relay's own send reports it
+            st.sent += n
+            more = len(data) == sockio.READ_SIZE or st.hup
+            if n == len(data) and not more:
+                self.polled_reads += 1
+                return   # the common case: a request, framed
+            st.edge = more   # a full read may have left more, or EOF is queued: the relay reads on
+            data = data[n:] or None
+        self._hand_off(st, data)
+
+    @staticmethod
+    def _hand_off(st: _StreamState, what: bytes | OSError | None) -> None:
+        st.polled = False
+        st.handoff = what
+        st.recv_lot.unpark_all()
+
+    def watch(self, stream_id: int, st: _StreamState, sock: socket.socket) -> None:
+        """Add a relayed socket to the poller's set (for as long as the relay runs)."""
+        fd = sock.fileno()
+        self._ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+        self._watched[fd] = (stream_id, st)
+
+    def unwatch(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self._watched.pop(fd, None) is not None:
+            try:
+                self._ep.unregister(fd)
+            except (OSError, ValueError):
+                pass   # the connection ended and closed the set
 
     def kick(self) -> None:
         self._kick.set()
@@ -275,8 +365,8 @@ class Mux:
                 return
             if ev.flow_length > len(ev.data):
                 self.codec.ack(ev.stream_id, ev.flow_length - len(ev.data))   # padding
-            if ev.data:
-                self._deliver(ev.stream_id, st, ev.data)
+            if ev.data and self._deliver(ev.stream_id, st, ev.data):
+                return   # written into the relay's socket: nobody waits for it
         elif st is None:
             return
         elif isinstance(ev, c.HalfClosed):
@@ -292,9 +382,10 @@ class Mux:
             st.response = ev
         st.recv_lot.unpark_all()
 
-    def _deliver(self, stream_id: int, st: _StreamState, data: bytes) -> None:
+    def _deliver(self, stream_id: int, st: _StreamState, data: bytes) -> bool:
         """Into the stream's socket right away when nothing is queued before it, else queue
-        (and, for a relayed stream, start a drain task to wait for the socket)."""
+        (and, for a relayed stream, start a drain task to wait for the socket). True when
+        all of it went into the socket."""
         # After a failed write the relay is ending with that error: queue, and closing acks.
         relayed = st.sock is not None and st.sink_error is None
         if relayed and not st.buf and not st.draining:
@@ -304,11 +395,12 @@ class Mux:
                 n, relayed = 0, False
                 self._sink_failed(st, e)
             if n == len(data):
-                return
+                return True
             data = data[n:]
         st.buf.append(data)
         if relayed:
             self.start_drain(stream_id, st)
+        return False
 
     def sink_some(self, stream_id: int, st: _StreamState, data: bytes) -> int:
         """Write what the stream's socket takes now, counted and acknowledged to flow control

@@ -32,12 +32,16 @@ class HboneStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._sending = False
         self._receiving = False
-        self.bytes_sent = 0
 
     @property
     def bytes_received(self) -> int:
         """Bytes handed to the application (by receive_some or into its socket)."""
         return self._st.taken
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes framed into the tunnel (by send_all or from the relayed socket)."""
+        return self._st.sent
 
     @property
     def peer(self) -> str:
@@ -74,7 +78,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
                     raise trio.BrokenResourceError(f"tunnel {self.stream_id} to {self._mux.peer}: {e}") from None
                 if n:
                     view = view[n:]
-                    self.bytes_sent += n
+                    self._st.sent += n
                     self._mux.defer()
                     if self._mux.congested:
                         await self._mux.flush()
@@ -157,11 +161,15 @@ class HboneStream(trio.abc.HalfCloseableStream):
     async def relay(self, sock: socket.socket) -> None:
         """Relay between this tunnel and `sock` until both directions ended, in one task.
 
-        This task reads `sock` into the tunnel and ends that direction with END_STREAM at
-        its EOF. The other direction needs no task of its own: the connection's reader
-        writes arriving DATA straight into `sock` and half-closes it on END_STREAM, and
-        starts a drain task only while `sock` is full (see `Mux`). A reset, a broken
-        connection or a failed write into `sock` wakes this task wherever it waits.
+        Reading `sock` into the tunnel: this task reads while bytes keep coming and ends
+        the direction with END_STREAM at EOF; while `sock` is idle it parks, and the
+        connection's poller reads it instead (`Mux._poller`: no wakeup of this task per
+        request), handing back to this task whatever needs waiting (EOF, a full window,
+        a congested connection, a large transfer). The other direction needs no task of
+        its own: the connection's reader writes arriving DATA straight into `sock` and
+        half-closes it on END_STREAM, and starts a drain task only while `sock` is full
+        (see `Mux`). A reset, a broken connection or a failed write into `sock` wakes
+        this task wherever it waits.
 
         OSError from `sock` propagates (the caller treats it as the local side's reset);
         so do trio.BrokenResourceError (the tunnel or its connection broke) and
@@ -171,24 +179,66 @@ class HboneStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already using this HBONE stream")
         self._receiving = True
         st.sock = sock
+        watched = False
         try:
             if st.buf:
                 mux.start_drain(self.stream_id, st)   # arrived before the relay started
             elif st.recv_ended:
                 mux.finish_output(st)
-            reader = sockio.Reader(sock, check=self._check_relay)
-            while data := await reader.read():
+            self._check_relay()
+            mux.watch(self.stream_id, st, sock)
+            watched = True
+            rounds = 0
+            while True:
+                data, st.handoff = st.handoff, None
+                if data is None:
+                    st.edge = False   # what this recv leaves behind raises a new edge
+                    try:
+                        data = sock.recv(sockio.READ_SIZE)
+                    except BlockingIOError:
+                        await self._idle()
+                        continue
+                if isinstance(data, OSError):
+                    raise data
+                if not data:
+                    break
                 await self._send(data)
+                if len(data) < sockio.READ_SIZE and not (st.edge or st.hup):
+                    # Drained (a short read), and no edge while _send waited: from here
+                    # the next edge reaches the poller.
+                    await self._idle()
+                    rounds = 0
+                else:
+                    rounds += 1
+                    if rounds >= sockio.FAIR_ROUNDS:
+                        rounds = 0
+                        await checkpoint()
             self._check_relay()
             await self.send_eof()
             while not st.out_done:
                 self._check_relay()
                 await st.recv_lot.park()
         finally:
+            st.polled = False
+            st.handoff = None
+            if watched:
+                mux.unwatch(sock)
             st.sock = None
             self._receiving = False
             if st.draining:
                 notify_closing(sock)   # the drain task stops: the caller closes `sock` next
+
+    async def _idle(self) -> None:
+        """Park until the connection's poller hands `sock` back (or the relay must stop)."""
+        st = self._st
+        self._check_relay()
+        st.polled = True
+        try:
+            while st.polled:
+                await st.recv_lot.park()
+                self._check_relay()
+        finally:
+            st.polled = False
 
     def _check_relay(self) -> None:
         st = self._st
