@@ -1,73 +1,36 @@
-"""TLS on a non-blocking `ssl.SSLSocket`, driven by trio's I/O waits.
+"""TLS on a non-blocking socket over OpenSSL memory BIOs, driven by trio's I/O waits.
 
-`trio.SSLStream` runs OpenSSL over memory BIOs and moves every record through Python
-(a lock, a retry loop, a transport send) — several microseconds per call, which
-dominated HBONE's profile. Here OpenSSL reads and writes the socket itself: a send is
-one C call that encrypts and writes, a receive one C call per record, and trio is asked
-to wait only when OpenSSL reports WANT_READ/WANT_WRITE.
+OpenSSL writing the socket itself (`ssl.SSLSocket`) issues one write() per TLS record:
+a 64 KiB batch of tunnel DATA left as four 16 KiB writes, and each write() pays the
+whole trip through TCP, the veth pair and the peer's receive path, which was two thirds
+of the sending ztunnel's CPU in a bulk transfer. Here OpenSSL encrypts into a memory
+BIO and the batch leaves in one write(), which the kernel sends as one large segment;
+on the way in, one read() takes whatever the socket holds and every whole record in it
+is decrypted in the same call. `trio.SSLStream` works the same way but moves every
+record through a general-purpose retry loop with locks; this is the narrow version the
+HBONE connection needs (one reader task, one writer at a time).
 
-One task may receive while another sends (OpenSSL allows interleaving SSL_read and
-SSL_write on one thread). A send that would block must be retried with the same bytes
-(OpenSSL has part of a record in flight): `send_nowait` returns 0 and the caller keeps
-the bytes queued, which `Mux` does. Errors surface as trio.BrokenResourceError with the
+A send never blocks inside OpenSSL: `send_nowait` encrypts what it is given (up to
+`MAX_BATCH`) and keeps the ciphertext the socket did not take (`pending`); while any is
+left it takes nothing more and returns 0, so the caller waits (`wait_writable`) and
+calls again, which `Mux` does. Errors surface as trio.BrokenResourceError with the
 ssl error as `__cause__`, as trio.SSLStream does, so `describe_tls_failure` applies.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import logging
 import socket
 import ssl
 
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
-log = logging.getLogger("meshcore.tlssock")
 READ_SIZE = 256 * 1024
 FULL_RECORD = 16 * 1024   # TLS's largest plaintext record: one SSL_read returns at most this
-
-
-def _libssl():
-    """The libssl the interpreter's `_ssl` uses, for the one control Python does not expose."""
-    try:
-        lib = ctypes.CDLL(ctypes.util.find_library("ssl") or "libssl.so.3")
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-        lib.OpenSSL_version_num.restype = ctypes.c_ulong
-        if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
-            return None   # not the library _ssl linked: leave contexts alone
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBSSL = _libssl()
-_CTRL_GET_READ_AHEAD, _CTRL_SET_READ_AHEAD = 40, 41
-
-
-def enable_read_ahead(context: ssl.SSLContext) -> bool:
-    """SSL_CTX_set_read_ahead(ctx, 1): OpenSSL then reads whatever the socket holds in one
-    read() instead of a 5-byte record header and then the body, one syscall per record
-    saved. Python's ssl has no switch for it; the SSL_CTX pointer follows the object
-    header in CPython's PySSLContext, and is used only once it proves to be the context
-    (its options match). Returns whether read-ahead is on."""
-    if _LIBSSL is None:
-        return False
-    done = getattr(context, "_trellis_read_ahead", None)
-    if done is not None:   # decided for this context already, either way
-        return done
-    ptr = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not ptr or _LIBSSL.SSL_CTX_get_options(ptr) != int(context.options):
-        log.debug("tlssock: SSL_CTX not where expected; read-ahead stays off")
-        on = False
-    else:
-        _LIBSSL.SSL_CTX_ctrl(ptr, _CTRL_SET_READ_AHEAD, 1, None)
-        on = _LIBSSL.SSL_CTX_ctrl(ptr, _CTRL_GET_READ_AHEAD, 0, None) == 1
-    context._trellis_read_ahead = on
-    return on
+MAX_BATCH = 256 * 1024    # plaintext one send_nowait encrypts (Mux's queue stays near this)
+# One read buffer for every TlsSocket: a read is copied into OpenSSL's BIO before anything
+# else runs (trio runs one task at a time on the one thread that uses these sockets).
+_RBUF = bytearray(READ_SIZE)
+_RVIEW = memoryview(_RBUF)
 
 
 class TlsSocket(trio.abc.Stream):
@@ -75,12 +38,14 @@ class TlsSocket(trio.abc.Stream):
         """Takes ownership of `raw`: it is closed if wrapping fails."""
         try:
             raw.setblocking(False)
-            enable_read_ahead(context)
-            self.ssl = context.wrap_socket(raw, server_side=server_side, do_handshake_on_connect=False,
-                                           suppress_ragged_eofs=True)
+            self.sock = raw
+            self._rbio, self._wbio = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self._tls = context.wrap_bio(self._rbio, self._wbio, server_side=server_side)
         except BaseException:
             raw.close()
             raise
+        self._pending: bytes | memoryview = b""   # ciphertext the socket has not taken yet
+        self._read_error: trio.BrokenResourceError | None = None   # after the bytes before it
         self._eof = False
         self._closed = False
 
@@ -88,40 +53,102 @@ class TlsSocket(trio.abc.Stream):
     async def do_handshake(self) -> None:
         while True:
             try:
-                self.ssl.do_handshake()
-                return
+                self._tls.do_handshake()
+                break
             except ssl.SSLWantReadError:
-                await wait_readable(self.ssl)
-            except ssl.SSLWantWriteError:
-                await wait_writable(self.ssl)
+                await self._flush_all()
+                await self._fill("TLS handshake failed")
             except (ssl.SSLError, OSError) as e:
+                self._send_alert()
                 raise trio.BrokenResourceError(f"TLS handshake failed: {e}") from e
+        await self._flush_all()
+
+    def _send_alert(self) -> None:
+        """Best effort: the alert OpenSSL queued tells the peer why."""
+        try:
+            self._queue(self._wbio.read())
+            self._drain()
+        except OSError:
+            pass
+
+    async def _fill(self, what: str) -> None:
+        """One read() of whatever the socket holds into OpenSSL's input."""
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("TLS socket was closed")
+            try:
+                n = self.sock.recv_into(_RBUF)
+            except BlockingIOError:
+                await wait_readable(self.sock)
+                continue
+            except OSError as e:
+                raise trio.BrokenResourceError(f"{what}: {e}") from e
+            if n:
+                self._rbio.write(_RVIEW[:n])
+            else:
+                self._rbio.write_eof()
+            return
+
+    async def _flush_all(self) -> None:
+        self._queue(self._wbio.read())
+        while not self._drain():
+            await self.wait_writable()
 
     def selected_alpn_protocol(self) -> str | None:
-        return self.ssl.selected_alpn_protocol()
+        return self._tls.selected_alpn_protocol()
 
     def getpeercert(self, binary_form: bool = False):
-        return self.ssl.getpeercert(binary_form=binary_form)
+        return self._tls.getpeercert(binary_form=binary_form)
 
     def getpeername(self):
-        return self.ssl.getpeername()
+        return self.sock.getpeername()
 
     # -- sending
+    def _queue(self, data: bytes) -> None:
+        if data:
+            self._pending = bytes(self._pending) + data if self._pending else data
+
+    def _drain(self) -> bool:
+        """Write pending ciphertext; True once none is left. OSError propagates."""
+        view = self._pending
+        while view:
+            try:
+                n = self.sock.send(view)
+            except BlockingIOError:
+                break
+            view = memoryview(view)[n:] if n < len(view) else b""
+        self._pending = view
+        return not view
+
+    @property
+    def pending(self) -> bool:
+        """Ciphertext is waiting for the socket (`wait_writable`, then `send_nowait`)."""
+        return bool(self._pending)
+
     def send_nowait(self, data) -> int:
-        """Encrypt and write what the socket takes now; 0 means retry the same bytes later."""
+        """Encrypt and write; returns how much of `data` was taken (all of it, or 0 while
+        earlier ciphertext still waits for the socket). Every record of one call leaves
+        in one write(), so the kernel sends a batch as one large segment."""
         if self._closed:
             raise trio.ClosedResourceError("TLS socket was closed")
         try:
-            return self.ssl.send(data)
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            return 0
+            if self._pending and not self._drain():
+                return 0
+            if not data:
+                return 0
+            if len(data) > MAX_BATCH:
+                data = memoryview(data)[:MAX_BATCH]
+            n = self._tls.write(data)
+            self._pending = self._wbio.read()
+            self._drain()
+            return n
         except (ssl.SSLError, OSError, ValueError) as e:
             raise trio.BrokenResourceError(f"TLS write failed: {e}") from e
 
     async def wait_writable(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("TLS socket was closed")
-        await wait_writable(self.ssl)
+        await wait_writable(self.sock)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -133,54 +160,57 @@ class TlsSocket(trio.abc.Stream):
                 view = view[n:]
             else:
                 await self.wait_writable()
+        while self._pending:
+            await self.wait_writable()
+            self.send_nowait(b"")
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.wait_writable()
 
     # -- receiving
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Up to `max_bytes` of plaintext: every whole record already readable, at least one."""
+        """Up to `max_bytes` of plaintext: every whole record already read, at least one."""
         limit = max_bytes or READ_SIZE
+        tls, rbio = self._tls, self._rbio
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("TLS socket was closed")
+            if self._read_error is not None:
+                raise self._read_error
             if self._eof:
                 return b""
+            parts: list[bytes] = []
+            got = 0
             try:
-                # Ask for one record, not `limit`: recv(n) allocates n bytes first, and
-                # large allocations cost more than the read (see sockio.READ_SIZE).
-                data = self.ssl.recv(min(limit, FULL_RECORD))
-                break
+                while got < limit and (rbio.pending or tls.pending() or rbio.eof):
+                    chunk = tls.read(min(limit - got, FULL_RECORD))
+                    if not chunk:
+                        self._eof = True
+                        break
+                    parts.append(chunk)
+                    got += len(chunk)
             except ssl.SSLWantReadError:
-                await wait_readable(self.ssl)
-            except ssl.SSLWantWriteError:
-                await wait_writable(self.ssl)
-            except (ssl.SSLError, OSError, ValueError) as e:
-                raise trio.BrokenResourceError(f"TLS read failed: {e}") from e
-        if not data:
-            self._eof = True
-            return b""
-        # One SSL_read returns one record. After a full-size record (bulk) gather the rest
-        # that is already here, so the HTTP/2 parser runs once per batch rather than once
-        # per 16 KiB; after a short one (request/response) skip the likely-EAGAIN retry.
-        if FULL_RECORD <= len(data) < limit:
-            parts = [data]
-            got = len(data)
-            while got < limit:
+                pass   # part of a record: the rest is still on its way
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                # close_notify, or a bare TCP EOF: HTTP/2 framing shows a truncation
+                self._eof = True
+            except ssl.SSLError as e:
+                err = trio.BrokenResourceError(f"TLS read failed: {e}")
+                err.__cause__ = e
+                if not parts:
+                    raise err
+                self._read_error = err   # raised on the next call, after these bytes
+            if self._wbio.pending:   # a reply to a post-handshake message (key update)
                 try:
-                    more = self.ssl.recv(min(limit - got, FULL_RECORD))
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                    break
-                except (ssl.SSLError, OSError, ValueError):
-                    break   # reported on the next call, after these bytes are delivered
-                if not more:
-                    self._eof = True
-                    break
-                parts.append(more)
-                got += len(more)
-            if len(parts) > 1:
-                data = b"".join(parts)
-        return data
+                    self._queue(self._wbio.read())
+                    self._drain()
+                except OSError as e:
+                    raise trio.BrokenResourceError(f"TLS write failed: {e}") from e
+            if parts:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if self._eof:
+                return b""
+            await self._fill("TLS read failed")
 
     # -- closing
     async def aclose(self) -> None:
@@ -190,6 +220,6 @@ class TlsSocket(trio.abc.Stream):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self.ssl.fileno() >= 0:
-                notify_closing(self.ssl)
-            self.ssl.close()
+            if self.sock.fileno() >= 0:
+                notify_closing(self.sock)
+            self.sock.close()

@@ -16,8 +16,9 @@ Output is one queue (`_out`) owned by the connection. Tunnel DATA is queued (`de
 and written by the writer task once per scheduler round, so the tunnels that had data
 in the same round share one TLS record and one write(); control output (window updates,
 resets, headers) is written at once by whoever produced it (`push`, `flush`) unless a
-write is already in progress. Bytes stay queued until written, so a task cancelled
-mid-write never tears a TLS record (OpenSSL needs the same bytes on retry).
+write is already in progress. Bytes stay queued until the TLS socket takes them, and the
+ciphertext it could not write yet waits there (`pending`) until the writer finishes it,
+so a task cancelled mid-write never tears a TLS record.
 """
 from __future__ import annotations
 
@@ -256,7 +257,7 @@ class Mux:
                 self._write_some()
             except trio.BrokenResourceError:
                 return
-            if self._out:
+            if self._out or self.transport.pending:
                 self.kick()
 
     def defer(self) -> None:
@@ -275,7 +276,8 @@ class Mux:
         return len(self._out) > HIGH_WATER
 
     async def flush(self) -> None:
-        """Return once everything queued so far is on the wire (back-pressure for senders)."""
+        """Return once everything queued so far was taken by the TLS socket; the one that
+        writes also waits until no ciphertext is pending (back-pressure for senders)."""
         self._take_output()
         target = self._queued
         if self._writing:
@@ -284,19 +286,19 @@ class Mux:
                     raise trio.BrokenResourceError(self.broken)
                 await self._flushed_lot.park()
             return
-        if not self._out:
+        if not self._out and not self.transport.pending:
             return
         self._writing = True
         try:
-            while self._out:
+            while self._out or self.transport.pending:
                 if self.broken is not None:
                     raise trio.BrokenResourceError(self.broken)
-                if not self._write_some():
+                if not self._write_some() and self.transport.pending:
                     await self.transport.wait_writable()
                 self._take_output()
         finally:
             self._writing = False
-            if self._out and self.broken is None:
+            if (self._out or self.transport.pending) and self.broken is None:
                 self.kick()   # cancelled while waiting: the writer task finishes these bytes
 
     async def aclose(self, reason: str = "") -> None:

@@ -139,7 +139,7 @@ async def test_a_relay_waiting_on_its_socket_ends_when_the_tunnel_goes(nursery, 
         if how == "reset":
             await stream.aclose()            # neither side ended: END_STREAM + RST_STREAM
         else:   # the TLS connection dies under the tunnel: RST, no HTTP/2 goodbye
-            req._mux.transport.ssl.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            req._mux.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             req._mux.transport.close()
             await trio.sleep_forever()
 
