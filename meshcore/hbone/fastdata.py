@@ -50,17 +50,17 @@ def send(conn: H2Connection, stream_id: int, view: memoryview) -> int | None:
     return sent
 
 
-def receivable(conn: H2Connection, stream_id: int, length: int) -> bool:
-    """May this flagless DATA frame skip h2? Only when h2 would accept it without a word."""
+def take(conn: H2Connection, stream_id: int, length: int) -> bool:
+    """May this flagless DATA frame skip h2? Only when h2 would accept it without a word;
+    if so, account it in h2's inbound windows, as h2's own receive would."""
     if conn.state_machine.state not in _OPEN:
         return False
     stream = conn.streams.get(stream_id)
-    return (stream is not None and stream.state_machine.state in _CAN_RECEIVE
-            and length <= stream._inbound_window_manager.current_window_size
-            and length <= conn._inbound_flow_control_window_manager.current_window_size)
-
-
-def consume(conn: H2Connection, stream_id: int, length: int) -> None:
-    """Account a fast-path frame in h2's inbound windows, as h2's own receive would."""
-    conn._inbound_flow_control_window_manager.window_consumed(length)
-    conn.streams[stream_id]._inbound_window_manager.window_consumed(length)
+    if stream is None or stream.state_machine.state not in _CAN_RECEIVE:
+        return False
+    stream_window, conn_window = stream._inbound_window_manager, conn._inbound_flow_control_window_manager
+    if length > stream_window.current_window_size or length > conn_window.current_window_size:
+        return False
+    conn_window.window_consumed(length)
+    stream_window.window_consumed(length)
+    return True

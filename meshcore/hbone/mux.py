@@ -334,6 +334,17 @@ class Mux:
 
     # ---- events ------------------------------------------------------------------
     def _dispatch(self, ev: c.Event) -> None:
+        if type(ev) is c.Data:   # by far the most frequent event: tested first
+            st = self.streams.get(ev.stream_id)
+            if st is None or st.recv_ended:
+                self.codec.ack(ev.stream_id, ev.flow_length)   # nobody will read it
+                return
+            if ev.flow_length > len(ev.data):
+                self.codec.ack(ev.stream_id, ev.flow_length - len(ev.data))   # padding
+            if ev.data and self._deliver(ev.stream_id, st, ev.data):
+                return   # written into the relay's socket: nobody waits for it
+            st.recv_lot.unpark_all()
+            return
         if isinstance(ev, c.TunnelRequested):
             self.streams[ev.stream_id] = _StreamState()
             if self._on_request is not None:
@@ -361,15 +372,7 @@ class Mux:
             log.info("hbone: refused stream %d from %s with %d: %s", ev.stream_id, self.peer, ev.status, ev.reason)
             return
         st = self.streams.get(ev.stream_id)
-        if isinstance(ev, c.Data):
-            if st is None or st.recv_ended:
-                self.codec.ack(ev.stream_id, ev.flow_length)   # nobody will read it
-                return
-            if ev.flow_length > len(ev.data):
-                self.codec.ack(ev.stream_id, ev.flow_length - len(ev.data))   # padding
-            if ev.data and self._deliver(ev.stream_id, st, ev.data):
-                return   # written into the relay's socket: nobody waits for it
-        elif st is None:
+        if st is None:
             return
         elif isinstance(ev, c.HalfClosed):
             st.recv_ended = True

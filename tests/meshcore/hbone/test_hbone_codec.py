@@ -50,6 +50,23 @@ def test_accept_data_half_close_both_ways():
     assert [e for e in evs if not isinstance(e, c.WindowOpened)] == [c.Data(sid, b"pong", 4), c.HalfClosed(sid)]
 
 
+def test_fast_path_data_events_equal_checked_ones():
+    """Flagless DATA frames on open streams become `Data.parsed` events (no checks, no
+    per-field setattr); they must be the same events, and still frozen."""
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    sv.accept(sid)
+    cl.receive_data(sv.data_to_send())
+    cl.send(sid, b"one")
+    cl.send(sid, b"two")
+    evs = only(sv.receive_data(cl.data_to_send()), c.Data)
+    assert evs == [c.Data(sid, b"one", 3), c.Data(sid, b"two", 3)]
+    assert hash(evs[0]) == hash(c.Data(sid, b"one", 3))
+    with pytest.raises(AttributeError):
+        evs[0].data = b"changed"
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 503, 504])
 def test_refuse_statuses_reach_client(status):
     cl, sv = pair()
