@@ -260,7 +260,7 @@ class _Base:
 
     def ack(self, stream_id: int, n: int) -> None:
         """The application consumed `n` flow-controlled bytes: let the peer send more."""
-        if n <= 0 or self.closed:
+        if n <= 0 or self.closed or fastdata.ack(self._h2, stream_id, n):
             return
         try:
             self._h2.acknowledge_received_data(n, stream_id)

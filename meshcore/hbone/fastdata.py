@@ -19,6 +19,7 @@ import struct
 
 from h2.connection import ConnectionState, H2Connection
 from h2.stream import StreamState
+from h2.windows import WindowManager
 
 HEADER = struct.Struct(">BHBBI")   # 24-bit length as 8+16 bits, type, flags, stream id
 HEADER_LEN = 9
@@ -64,3 +65,31 @@ def take(conn: H2Connection, stream_id: int, length: int) -> bool:
     conn_window.window_consumed(length)
     stream_window.window_consumed(length)
     return True
+
+
+def ack(conn: H2Connection, stream_id: int, n: int) -> bool:
+    """Hand `n` processed bytes back to the inbound windows without h2, when neither the
+    connection's nor the stream's window would send a WINDOW_UPDATE for them yet (h2's
+    own rule); False, with nothing changed: let h2 do it and frame the update. Most
+    acknowledgements are of this kind: an update goes out once half a window was read."""
+    conn_window = conn._inbound_flow_control_window_manager
+    if not _quiet(conn_window, n):
+        return False
+    stream = conn.streams.get(stream_id)
+    if stream is not None and stream.state_machine.state is not StreamState.CLOSED:
+        stream_window = stream._inbound_window_manager
+        if not _quiet(stream_window, n):
+            return False
+        stream_window._bytes_processed += n
+    conn_window._bytes_processed += n   # h2 counts it on the connection whatever the stream
+    return True
+
+
+def _quiet(window: WindowManager, n: int) -> bool:
+    """Would `window.process_bytes(n)` leave its state alone but the count (no increment,
+    no reset)? Mirrors h2's WindowManager._maybe_update_window."""
+    processed = window._bytes_processed + n
+    half = window.max_window_size // 2
+    if processed >= half:
+        return False
+    return not (window.current_window_size == 0 and processed > min(1024, window.max_window_size // 4))

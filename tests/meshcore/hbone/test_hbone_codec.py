@@ -67,6 +67,35 @@ def test_fast_path_data_events_equal_checked_ones():
         evs[0].data = b"changed"
 
 
+def test_small_acknowledgements_open_the_windows_once_half_was_read():
+    """Acks below half a window are counted without h2 (no WINDOW_UPDATE); the one that
+    crosses half hands the whole count back in one update, as h2's rule says."""
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    sv.accept(sid)
+    cl.receive_data(sv.data_to_send())
+    full = cl.send_window(sid)
+    chunk = b"x" * 16384
+    sent = 0
+    while sent + len(chunk) < c.STREAM_WINDOW // 2:
+        assert cl.send(sid, chunk) == len(chunk)
+        sent += len(chunk)
+        for ev in only(sv.receive_data(cl.data_to_send()), c.Data):
+            sv.ack(ev.stream_id, len(ev.data))
+        assert sv.data_to_send() == b""   # nothing to say yet
+    assert cl.send_window(sid) == full - sent
+    assert cl.send(sid, chunk) == len(chunk)   # this one crosses half the stream window
+    sent += len(chunk)
+    for ev in only(sv.receive_data(cl.data_to_send()), c.Data):
+        sv.ack(ev.stream_id, len(ev.data))
+    update = sv.data_to_send()
+    assert update
+    opened = cl.receive_data(update)
+    assert c.WindowOpened(sid) in opened
+    assert cl.send_window(sid) == full   # everything read was handed back
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 503, 504])
 def test_refuse_statuses_reach_client(status):
     cl, sv = pair()
