@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -27,6 +28,19 @@ async def relay_then_close(out: list, tunnel, sock) -> None:
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
         out.append(e)
     await tunnel.aclose()
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST, as an app that aborts its connection."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def server_saw_the_reset(srv) -> None:
+    with trio.fail_after(5):
+        while not srv.results:
+            await trio.sleep(0.01)
+    assert isinstance(srv.results[0], trio.BrokenResourceError)   # the tunnel's reset reached it
 
 
 def all_tasks() -> int:
@@ -188,29 +202,44 @@ async def test_a_relay_ends_with_the_apps_reset_while_data_arrives(nursery, clie
                 n.start_soon(keep_sending)
                 await trio.sleep(0.1)
                 # the user resets its connection while the app keeps sending
-                user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                user.close()
+                reset(user)
         near.close()
     assert isinstance(out[0], OSError), repr(out[0])
-    with trio.fail_after(5):
-        while not srv.results:
-            await trio.sleep(0.01)
-    assert isinstance(srv.results[0], trio.BrokenResourceError)   # the tunnel's reset reached it
+    await server_saw_the_reset(srv)
+
+
+async def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        await sockio.wait_readable(sock)
+        got += sock.recv(65536)
+    return got
 
 
 async def round_trip(user: socket.socket, app: socket.socket, request: bytes, response: bytes) -> None:
-    await sockio.send_all(user, request)
-    got = b""
-    while len(got) < len(request):
-        await sockio.wait_readable(app)
-        got += app.recv(65536)
-    assert got == request
-    await sockio.send_all(app, response)
-    got = b""
-    while len(got) < len(response):
-        await sockio.wait_readable(user)
-        got += user.recv(65536)
-    assert got == response
+    for src, dst, data in ((user, app, request), (app, user, response)):
+        await sockio.send_all(src, data)
+        assert await recv_exactly(dst, len(data)) == data
+
+
+@asynccontextmanager
+async def relayed(pool, port: int, srv: Relayed, i: int = 0):
+    """Open tunnel number `i` to the Relayed server and relay it to a fresh TCP pair, under
+    a deadline; yields (tunnel, user: the client app's end, app: the server app's end,
+    out: what the relay raised once it ended)."""
+    tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
+    user, near = tcp_pair()
+    out: list = []
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                n.start_soon(relay_then_close, out, tunnel, near)
+                while len(srv.backends) <= i:
+                    await trio.sleep(0.005)
+                yield tunnel, user, srv.backends[i], out
+    finally:
+        user.close()
+        near.close()
 
 
 async def test_requests_on_an_idle_relay_are_read_by_the_connections_poller(nursery, client_bundle, server_bundle):
@@ -219,26 +248,17 @@ async def test_requests_on_an_idle_relay_are_read_by_the_connections_poller(nurs
     srv = Relayed()
     (port,), _ = await start_server(nursery, srv.handler, server_bundle)
     async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
-        tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
-        user, near = tcp_pair()
-        out = []
-        with trio.fail_after(10):
-            async with trio.open_nursery() as n:
-                n.start_soon(relay_then_close, out, tunnel, near)
-                await srv.arrived.wait()
-                app = srv.backends[0]
-                for i in range(100):
-                    await round_trip(user, app, b"GET /%d HTTP/1.1\r\n\r\n" % i, b"HTTP/1.1 200 OK\r\n\r\n%d" % i)
-                # the first request may be read by the relay task itself, as it starts
-                assert tunnel._mux.polled_reads >= 99
-                assert tunnel.bytes_sent == sum(len(b"GET /%d HTTP/1.1\r\n\r\n" % i) for i in range(100))
-                user.shutdown(socket.SHUT_WR)
-                assert await read_all(app) == b""   # EOF went through as END_STREAM
-                app.shutdown(socket.SHUT_WR)
-                assert await read_all(user) == b""
+        async with relayed(pool, port, srv) as (tunnel, user, app, out):
+            for i in range(100):
+                await round_trip(user, app, b"GET /%d HTTP/1.1\r\n\r\n" % i, b"HTTP/1.1 200 OK\r\n\r\n%d" % i)
+            # the first request may be read by the relay task itself, as it starts
+            assert tunnel._mux.polled_reads >= 99
+            assert tunnel.bytes_sent == sum(len(b"GET /%d HTTP/1.1\r\n\r\n" % i) for i in range(100))
+            user.shutdown(socket.SHUT_WR)
+            assert await read_all(app) == b""   # EOF went through as END_STREAM
+            app.shutdown(socket.SHUT_WR)
+            assert await read_all(user) == b""
         assert out == [None]
-        user.close()
-        near.close()
 
 
 async def test_bytes_and_fin_arriving_together_on_an_idle_relay_end_the_direction(
@@ -249,46 +269,25 @@ async def test_bytes_and_fin_arriving_together_on_an_idle_relay_end_the_directio
     (port,), _ = await start_server(nursery, srv.handler, server_bundle)
     async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
         for i in range(20):
-            tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
-            user, near = tcp_pair()
-            out = []
-            with trio.fail_after(10):
-                async with trio.open_nursery() as n:
-                    n.start_soon(relay_then_close, out, tunnel, near)
-                    while len(srv.backends) <= i:
-                        await trio.sleep(0.005)
-                    app = srv.backends[i]
-                    await round_trip(user, app, b"hello", b"world")   # both relays now idle
-                    await trio.sleep(0.01)
-                    user.send(b"last words" * (i + 1))   # no yield between: one edge for both
-                    user.shutdown(socket.SHUT_WR)
-                    assert await read_all(app) == b"last words" * (i + 1)
-                    app.send(b"bye")
-                    app.shutdown(socket.SHUT_WR)
-                    assert await read_all(user) == b"bye"
+            async with relayed(pool, port, srv, i) as (tunnel, user, app, out):
+                await round_trip(user, app, b"hello", b"world")   # both relays now idle
+                await trio.sleep(0.01)
+                user.send(b"last words" * (i + 1))   # no yield between: one edge for both
+                user.shutdown(socket.SHUT_WR)
+                assert await read_all(app) == b"last words" * (i + 1)
+                app.send(b"bye")
+                app.shutdown(socket.SHUT_WR)
+                assert await read_all(user) == b"bye"
             assert out == [None]
-            user.close()
-            near.close()
 
 
 async def test_an_app_reset_on_an_idle_relay_ends_it_with_the_error(nursery, client_bundle, server_bundle):
     srv = Relayed()
     (port,), _ = await start_server(nursery, srv.handler, server_bundle)
     async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
-        tunnel = await pool.connect(("127.0.0.1", port), "127.0.0.1:80", SERVER_ID, CLIENT_ID)
-        user, near = tcp_pair()
-        out = []
-        with trio.fail_after(10):
-            async with trio.open_nursery() as n:
-                n.start_soon(relay_then_close, out, tunnel, near)
-                await srv.arrived.wait()
-                await round_trip(user, srv.backends[0], b"ping", b"pong")
-                await trio.sleep(0.05)   # the relay task parked; only the poller watches `near`
-                user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                user.close()
-        near.close()
+        async with relayed(pool, port, srv) as (tunnel, user, app, out):
+            await round_trip(user, app, b"ping", b"pong")
+            await trio.sleep(0.05)   # the relay task parked; only the poller watches its socket
+            reset(user)
     assert isinstance(out[0], ConnectionResetError), repr(out[0])
-    with trio.fail_after(5):
-        while not srv.results:
-            await trio.sleep(0.01)
-    assert isinstance(srv.results[0], trio.BrokenResourceError)   # the tunnel's reset reached it
+    await server_saw_the_reset(srv)
