@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import Callable
 
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
@@ -90,16 +89,11 @@ def shutdown_write(sock: socket.socket) -> None:
 class Reader:
     """recv() for a relay loop: waits for readability only when needed (after EAGAIN, or
     after a short read, which most likely drained the socket: no recv that says EAGAIN),
-    and yields to the scheduler every FAIR_ROUNDS full reads that did not wait.
+    and yields to the scheduler every FAIR_ROUNDS full reads that did not wait."""
+    __slots__ = ("sock", "size", "_wait", "_rounds")
 
-    `check`, if given, runs before every wait and after a wait ended by `notify_closing`:
-    it raises when the relay should stop (so another task can end this one's wait by
-    setting the reason and calling notify_closing on the socket)."""
-    __slots__ = ("sock", "size", "check", "_wait", "_rounds")
-
-    def __init__(self, sock: socket.socket, size: int = READ_SIZE,
-                 check: Callable[[], None] | None = None) -> None:
-        self.sock, self.size, self.check = sock, size, check
+    def __init__(self, sock: socket.socket, size: int = READ_SIZE) -> None:
+        self.sock, self.size = sock, size
         self._wait = False
         self._rounds = 0
 
@@ -107,14 +101,7 @@ class Reader:
         """The next bytes, b"" at EOF; OSError (a reset) propagates."""
         while True:
             if self._wait:
-                if self.check is not None:
-                    self.check()
-                try:
-                    await wait_readable(self.sock)
-                except trio.ClosedResourceError:
-                    if self.check is not None:
-                        self.check()
-                    raise
+                await wait_readable(self.sock)
                 self._wait, self._rounds = False, 0
             try:
                 data = self.sock.recv(self.size)

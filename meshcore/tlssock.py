@@ -66,8 +66,7 @@ class TlsSocket(trio.abc.Stream):
     def _send_alert(self) -> None:
         """Best effort: the alert OpenSSL queued tells the peer why."""
         try:
-            self._queue(self._wbio.read())
-            self._drain()
+            self._write_output()
         except OSError:
             pass
 
@@ -90,9 +89,10 @@ class TlsSocket(trio.abc.Stream):
             return
 
     async def _flush_all(self) -> None:
-        self._queue(self._wbio.read())
-        while not self._drain():
+        done = self._write_output()
+        while not done:
             await self.wait_writable()
+            done = self._drain()
 
     def selected_alpn_protocol(self) -> str | None:
         return self._tls.selected_alpn_protocol()
@@ -104,9 +104,13 @@ class TlsSocket(trio.abc.Stream):
         return self.sock.getpeername()
 
     # -- sending
-    def _queue(self, data: bytes) -> None:
+    def _write_output(self) -> bool:
+        """Move what OpenSSL wrote into its BIO behind the pending ciphertext, and write
+        what the socket takes; True once nothing is pending. OSError propagates."""
+        data = self._wbio.read()
         if data:
             self._pending = bytes(self._pending) + data if self._pending else data
+        return self._drain()
 
     def _drain(self) -> bool:
         """Write pending ciphertext; True once none is left. OSError propagates."""
@@ -139,8 +143,7 @@ class TlsSocket(trio.abc.Stream):
             if len(data) > MAX_BATCH:
                 data = memoryview(data)[:MAX_BATCH]
             n = self._tls.write(data)
-            self._pending = self._wbio.read()
-            self._drain()
+            self._write_output()
             return n
         except (ssl.SSLError, OSError, ValueError) as e:
             raise trio.BrokenResourceError(f"TLS write failed: {e}") from e
@@ -202,8 +205,7 @@ class TlsSocket(trio.abc.Stream):
                 self._read_error = err   # raised on the next call, after these bytes
             if self._wbio.pending:   # a reply to a post-handshake message (key update)
                 try:
-                    self._queue(self._wbio.read())
-                    self._drain()
+                    self._write_output()
                 except OSError as e:
                     raise trio.BrokenResourceError(f"TLS write failed: {e}") from e
             if parts:

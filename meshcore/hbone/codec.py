@@ -163,21 +163,22 @@ class _Base:
         conn = self._h2
         size, slow_from = len(buf), -1
         unpack, take, data_event = fastdata.HEADER.unpack_from, fastdata.take, Data.parsed
-        while size - pos >= 9:   # fastdata.HEADER_LEN
+        header_len, data_type = fastdata.HEADER_LEN, fastdata.DATA
+        while size - pos >= header_len:
             hi, lo, ftype, flags, sid = unpack(buf, pos)
             length = hi << 16 | lo
             if length > MAX_FRAME_SIZE:
                 self._check_size(length, events, buf[slow_from:pos] if slow_from >= 0 else b"")
-            end = pos + 9 + length
+            end = pos + header_len + length
             if end > size:
                 break
-            if ftype == 0 and flags == 0 and length:   # fastdata.DATA without flags
+            if ftype == data_type and flags == 0 and length:
                 if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
                     events.extend(conn.receive_data(buf[slow_from:pos]))
                     slow_from = -1
                 sid &= 0x7FFFFFFF
                 if take(conn, sid, length):
-                    events.append(data_event(sid, buf[pos + 9:end]))
+                    events.append(data_event(sid, buf[pos + header_len:end]))
                     pos = end
                     continue
             if slow_from < 0:

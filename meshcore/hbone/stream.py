@@ -179,7 +179,6 @@ class HboneStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already using this HBONE stream")
         self._receiving = True
         st.sock = sock
-        watched = False
         try:
             if st.buf:
                 mux.start_drain(self.stream_id, st)   # arrived before the relay started
@@ -187,7 +186,6 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 mux.finish_output(st)
             self._check_relay()
             mux.watch(self.stream_id, st, sock)
-            watched = True
             rounds = 0
             while True:
                 data, st.handoff = st.handoff, None
@@ -219,10 +217,8 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 self._check_relay()
                 await st.recv_lot.park()
         finally:
-            st.polled = False
             st.handoff = None
-            if watched:
-                mux.unwatch(sock)
+            mux.unwatch(sock)   # a no-op if watch() never registered it
             st.sock = None
             self._receiving = False
             if st.draining:
