@@ -14,7 +14,8 @@ from meshcore.addr import parse_hostport
 
 from .api import ApiServer
 from .ca import CertificateAuthority, parse_duration, write_credential
-from .store import ConfigStore
+from .sources.directory import DirectorySource
+from .store import VersionedStore
 
 
 def _hostport(text: str, flag: str) -> tuple[str, int]:
@@ -25,11 +26,13 @@ def _hostport(text: str, flag: str) -> tuple[str, int]:
 
 
 async def run(ca: CertificateAuthority, config_dir: Path, listen: tuple[str, int], admin_addr: tuple[str, int]) -> None:
-    store = ConfigStore(config_dir)
+    store = VersionedStore()
+    source = DirectorySource(config_dir, store)
     api = ApiServer(ca, store)
 
     async def healthz(_req):
-        return admin.Response({"status": "ok", "version": store.version, "errors": len(store.errors), **api.stats})
+        snap = store.current()
+        return admin.Response({"status": "ok", "version": snap.version, "errors": len(snap.errors), **api.stats})
 
     async def config_dump(_req):
         return admin.Response(store.dump())
@@ -37,12 +40,13 @@ async def run(ca: CertificateAuthority, config_dir: Path, listen: tuple[str, int
     async with trio.open_nursery() as nursery:
         # bind everything first: a port in use fails start-up at once
         admin_listener = await admin.open_listener(*admin_addr)
-        await nursery.start(store.watch)
+        await nursery.start(source.run)
         await nursery.start(api.serve, *listen)
         await nursery.start(lambda task_status: admin.serve_http(*admin_addr, {"/healthz": healthz, "/config_dump": config_dump},
                                                                  listener=admin_listener, task_status=task_status))
         logging.getLogger("trellis.controlplane").info(
-            "event=started listen=%s:%d admin=%s:%d config_dir=%s version=%d", *listen, *admin_addr, config_dir, store.version)
+            "event=started listen=%s:%d admin=%s:%d source=%r version=%d", *listen, *admin_addr, source.describe(),
+            store.version)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 logging.getLogger("trellis.controlplane").info("event=stopping")
