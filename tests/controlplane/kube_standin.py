@@ -22,19 +22,9 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
-# collection path -> (apiVersion, kind); namespaced collections are cluster-wide lists
-COLLECTIONS = {
-    "/api/v1/namespaces": ("v1", "Namespace"),
-    "/api/v1/services": ("v1", "Service"),
-    "/api/v1/pods": ("v1", "Pod"),
-    "/api/v1/serviceaccounts": ("v1", "ServiceAccount"),
-    "/apis/discovery.k8s.io/v1/endpointslices": ("discovery.k8s.io/v1", "EndpointSlice"),
-    "/apis/gateway.networking.k8s.io/v1/gateways": ("gateway.networking.k8s.io/v1", "Gateway"),
-    "/apis/gateway.networking.k8s.io/v1/httproutes": ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-    "/apis/trellis.dev/v1alpha1/workloadentries": ("trellis.dev/v1alpha1", "WorkloadEntry"),
-    "/apis/trellis.dev/v1alpha1/authorizationpolicies": ("trellis.dev/v1alpha1", "AuthorizationPolicy"),
-    "/apis/trellis.dev/v1alpha1/peerauthentications": ("trellis.dev/v1alpha1", "PeerAuthentication"),
-}
+from controlplane.sources.kubernetes import COLLECTIONS
+
+# the collections are Kubernetes' own API paths, the same the source reads
 PATH_OF = {kind: path for path, (_, kind) in COLLECTIONS.items()}
 
 

@@ -13,7 +13,6 @@ from controlplane.sources.kubeclient import KubeApi, KubeConfigError, load_confi
 from controlplane.sources.kubernetes import COLLECTIONS, Backoff, KubernetesSource
 from controlplane.store import VersionedStore
 from kube_standin import ApiServerStandIn
-from kube_standin import COLLECTIONS as STANDIN_COLLECTIONS
 
 TOKEN = "s3cr3t-token"
 WORLD = """
@@ -120,10 +119,6 @@ def world(**kw) -> ApiServerStandIn:
     for d in DOCS:
         standin.put(copy.deepcopy(d))
     return standin
-
-
-def test_the_source_reads_every_collection_the_standin_serves():
-    assert COLLECTIONS == STANDIN_COLLECTIONS
 
 
 async def test_snapshot_equals_the_directory_sources_for_the_same_objects(tmp_path):
