@@ -129,16 +129,19 @@ class KubernetesSource:
         backoff = self.backoffs[path]
         rv: str | None = None
         while True:
+            listed = False
             try:
                 if rv is None:
                     items, rv = await self.api.list(path)
                     self.stats["lists"] += 1
                     self._replace(path, items)
-                    backoff.reset()
+                    listed = True
                 opened, delivered = trio.current_time(), 0
                 self.stats["watches"] += 1
                 async for event in self.api.watch(path, rv, int(self.watch_timeout * random.uniform(1, 2))):
                     delivered += 1
+                    if delivered == 1:
+                        backoff.reset()  # the watch works again
                     if event.type == "BOOKMARK":
                         self.stats["bookmarks"] += 1
                     else:
@@ -151,11 +154,16 @@ class KubernetesSource:
                 self.stats["relists"] += 1
                 log.info("event=kubernetes_relist path=%s reason=%r", path, str(exc))
                 rv = None
+                if listed:  # Gone from the version just listed: a confused server; do not spin
+                    await self._back_off(path, backoff, exc)
             except KubeApiError as exc:
                 if exc.code == 404 and rv is None:
                     self._replace(path, [])  # not installed (e.g. no Gateway API CRDs): empty until it is
                 await self._back_off(path, backoff, exc)
             except (httpx.HTTPError, OSError) as exc:
+                await self._back_off(path, backoff, exc)
+            except Exception as exc:  # a bug or a reply we never imagined: report, keep serving
+                log.exception("event=kubernetes_reflector_failed path=%s", path)
                 await self._back_off(path, backoff, exc)
 
     async def _back_off(self, path: str, backoff: Backoff, exc: BaseException) -> None:

@@ -47,6 +47,12 @@ class ApiServerStandIn:
     fail_next: list = field(default_factory=list)     # HTTP statuses to answer the next requests with
     drop_watches: trio.Event = field(default_factory=trio.Event)
     _changed: trio.Event = field(default_factory=trio.Event)
+    _requested: trio.Event = field(default_factory=trio.Event)
+
+    async def until(self, predicate) -> None:
+        """Wait, without polling, until predicate() holds; it is checked after each request."""
+        while not predicate():
+            await self._requested.wait()
 
     # -- the cluster's side: what kubectl or a controller would change ----------------
     def put(self, obj: dict) -> dict:
@@ -110,6 +116,8 @@ class ApiServerStandIn:
                 url = urllib.parse.urlsplit(event.target.decode())
                 params = dict(urllib.parse.parse_qsl(url.query))
                 self.requests.append(Request(url.path, params))
+                self._requested.set()
+                self._requested = trio.Event()
                 auth = dict(event.headers).get(b"authorization", b"").decode()
                 await self._route(conn, stream, url.path, params, auth)
                 if conn.our_state is h11.MUST_CLOSE:

@@ -147,8 +147,7 @@ async def test_watches_start_from_the_lists_version_with_bookmarks_and_a_timeout
     async with kube_source(tmp_path, standin) as (source, store):
         listed_at = str(standin.rv)
         with trio.fail_after(10):
-            while len(standin.watches()) < len(COLLECTIONS):
-                await trio.sleep(0.01)
+            await standin.until(lambda: len(standin.watches()) >= len(COLLECTIONS))
         for w in standin.watches():
             assert w.params["resourceVersion"] == listed_at, w
             assert w.params["allowWatchBookmarks"] == "true" and 30 <= int(w.params["timeoutSeconds"]) <= 60
@@ -159,8 +158,7 @@ async def test_an_update_made_while_the_watch_was_down_arrives_exactly_once(tmp_
     standin = world()
     async with kube_source(tmp_path, standin) as (source, store):
         with trio.fail_after(10):
-            while len(standin.watches()) < len(COLLECTIONS):
-                await trio.sleep(0.01)
+            await standin.until(lambda: len(standin.watches()) >= len(COLLECTIONS))
         version, before = store.version, standin.rv
         standin.fail_next = [500, 500, 500]     # the first re-watches fail too
         standin.drop_all_watches()             # every watch connection breaks mid-stream...
@@ -210,8 +208,7 @@ async def test_bookmarks_move_the_resume_point(tmp_path):
                 await trio.sleep(0.02)
         standin.drop_all_watches()
         with trio.fail_after(10):
-            while len(standin.watches("/api/v1/pods")) < 2:
-                await trio.sleep(0.01)
+            await standin.until(lambda: len(standin.watches("/api/v1/pods")) >= 2)
         # no Pod changed, yet the pods watch resumes past the list's version: from a bookmark
         assert int(standin.watches("/api/v1/pods")[-1].params["resourceVersion"]) > listed_at
 
@@ -238,8 +235,8 @@ async def test_unauthorized_is_an_error_with_advice_and_retried(tmp_path, caplog
         source = KubernetesSource(api, VersionedStore(first_version=1), **FAST)
         nursery.start_soon(source.run)
         with trio.fail_after(10):
-            while source.stats["errors"] < 3:
-                await trio.sleep(0.01)
+            await standin.until(lambda: len(standin.requests) >= len(COLLECTIONS) + 3)
+            await standin.until(lambda: source.stats["errors"] >= 3)
         assert source.store.version == 0, "nothing published before every collection was listed"
         assert any("401 Unauthorized" in r.getMessage() and "RBAC" in r.getMessage() for r in caplog.records)
         nursery.cancel_scope.cancel()
@@ -356,3 +353,15 @@ def test_the_kubernetes_client_stays_out_of_the_data_plane_and_meshcore():
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightkube', 'httpx2', 'httpcore2', 'anyio'}))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+async def test_an_api_that_is_not_installed_is_empty_and_retried(tmp_path):
+    """No Gateway API CRDs in the cluster (404): the rest is served, the 404 retried."""
+    standin = world()
+    collections = {**COLLECTIONS, "/apis/example.dev/v1/widgets": ("example.dev/v1", "Widget")}
+    async with kube_source(tmp_path, standin, collections=collections) as (source, store):
+        assert ("Service", "shop", "web") in store.current().resources
+        with trio.fail_after(10):
+            await standin.until(lambda: len(standin.lists("/apis/example.dev/v1/widgets")) >= 3)
+        delays = source.backoffs["/apis/example.dev/v1/widgets"].delays
+        assert len(delays) >= 2 and delays[1] >= delays[0]
