@@ -19,7 +19,7 @@ from meshcore.jsonlines import FramingError, LineReader, encode
 
 from .ca import CertificateAuthority, CsrRejected
 from .store import VersionedStore
-from .views import allowed_identities, delta, node_view
+from .views import SubscriptionRefused, allowed_identities, delta, subscriber_view
 
 log = logging.getLogger("trellis.controlplane.api")
 HANDSHAKE_TIMEOUT = 10
@@ -61,7 +61,7 @@ class ApiServer:
             if op == "sign":
                 await self._sign(stream, node, req)
             elif op == "watch":
-                await self._watch(stream, node, req, peer)
+                await self._watch(stream, caller, req, peer)
             else:
                 self.stats["bad_requests"] += 1
                 await self._error(stream, f"unknown op {op!r} (expected sign or watch)")
@@ -107,13 +107,14 @@ class ApiServer:
         await stream.send_all(encode({"ok": True, "chain": [c.decode() for c in chain],
                                       "roots": [r.decode() for r in self.ca.roots_pem]}))
 
-    async def _watch(self, stream: trio.SSLStream, node: str, req: dict[str, Any], peer: str) -> None:
-        if req.get("node") not in (None, node):
-            await self._error(stream, f"node {node} may only watch its own view, not {req.get('node')!r}")
+    async def _watch(self, stream: trio.SSLStream, caller: str, req: dict[str, Any], peer: str) -> None:
+        try:
+            view = subscriber_view(caller, self.ca.trust_domain, "node", req.get("node"))
+        except SubscriptionRefused as exc:
+            await self._error(stream, str(exc))
             return
-        since = req.get("since")
         self.stats["watches"] += 1
-        await self._serve_view(stream, lambda resources: node_view(resources, node), since, f"node={node}", peer)
+        await self._serve_view(stream, view, req.get("since"), f"subscriber={caller}", peer)
 
     async def _serve_view(self, stream: trio.SSLStream, view, since: Any, who: str, peer: str) -> None:
         """Stream one subscriber's view: a delta from `since` when the store still has it,

@@ -10,9 +10,9 @@ those routes send to (in any namespace), the workloads behind all of those Servi
 endpoints it picks from), and the policies of its namespace and of the root namespace."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from meshcore.identity import workload_identity
+from meshcore.identity import SpiffeId, node_from_identity, workload_identity
 from meshcore.resources import ROOT_NAMESPACE, Resource, matches
 
 POLICY_KINDS = {"AuthorizationPolicy", "PeerAuthentication"}
@@ -61,6 +61,36 @@ def _backend_services(route: Resource) -> set[tuple[str, str]]:
                     and isinstance(ref.get("name"), str):
                 out.add((ref.get("namespace") or route.namespace, ref["name"]))
     return out
+
+
+class SubscriptionRefused(ValueError):
+    pass
+
+
+def subscriber_view(caller: str, trust_domain: str, kind: str, name: str | None, namespace: str | None = None
+                    ) -> Callable[[Mapping[tuple, Resource]], View]:
+    """The view a caller (its certificate's URI SAN) may watch, or SubscriptionRefused
+    saying why. A node (node credential) watches its own node's view; a waypoint (the
+    workload certificate of its Deployment's ServiceAccount) watches the view of a Gateway
+    in its own namespace: a workload of one namespace never reads another's routes."""
+    if kind == "node":
+        node = node_from_identity(caller, trust_domain)
+        if node is None:
+            raise SubscriptionRefused(f"{caller} is not a node credential of trust domain {trust_domain}")
+        if name not in (None, node):
+            raise SubscriptionRefused(f"node {node} may only watch its own view, not {name!r}")
+        return lambda resources: node_view(resources, node)
+    if kind == "waypoint":
+        try:
+            who = SpiffeId.parse(caller)
+        except ValueError:
+            raise SubscriptionRefused(f"{caller} is not a workload identity: a waypoint presents its "
+                                      "ServiceAccount's certificate") from None
+        if who.trust_domain != trust_domain or not name or who.namespace != (namespace or who.namespace):
+            raise SubscriptionRefused(f"{caller} may only watch a waypoint (Gateway) of namespace {who.namespace} "
+                                      f"in trust domain {trust_domain}, not {namespace}/{name}")
+        return lambda resources: waypoint_view(resources, who.namespace, name)
+    raise SubscriptionRefused(f"unknown subscriber kind {kind!r} (expected node or waypoint)")
 
 
 def delta(old: Mapping[tuple, dict], new: Mapping[tuple, dict]) -> tuple[list[dict], list[list[str]]]:

@@ -184,3 +184,26 @@ def test_waypoint_view_is_its_namespace_routes_backends_endpoints_and_policies()
         ("AuthorizationPolicy", "shop", "shop-deny"), ("PeerAuthentication", "trellis-system", "mesh")}
     assert view[("Service", "shop", "cart")] == resources[("Service", "shop", "cart")].raw
     assert ("Gateway", "shop", "wp") not in waypoint_view(resources, "other", "wp"), "only its own Gateway"
+
+
+def test_who_may_watch_which_view():
+    import pytest
+    from controlplane.views import SubscriptionRefused, subscriber_view
+    resources = {r.key: r for r in parse_documents(WAYPOINT_WORLD, "world.yaml").resources}
+    node1 = "spiffe://cluster.local/trellis/node/node1"
+    assert subscriber_view(node1, "cluster.local", "node", "node1")(resources) == node_view(resources, "node1")
+    assert subscriber_view(node1, "cluster.local", "node", None)(resources) == node_view(resources, "node1")
+    waypoint = "spiffe://cluster.local/ns/shop/sa/wp"
+    assert subscriber_view(waypoint, "cluster.local", "waypoint", "wp", "shop")(resources) == \
+        waypoint_view(resources, "shop", "wp")
+    refused = [
+        (node1, "node", "node2", None, "node node1 may only watch its own view, not 'node2'"),
+        (waypoint, "node", "node1", None, "is not a node credential"),
+        (node1, "waypoint", "wp", "shop", "is not a workload identity"),
+        (waypoint, "waypoint", "wp", "other", "may only watch a waypoint (Gateway) of namespace shop"),
+        ("spiffe://elsewhere/ns/shop/sa/wp", "waypoint", "wp", "shop", "in trust domain cluster.local"),
+        (waypoint, "sidecar", "x", None, "unknown subscriber kind 'sidecar'"),
+    ]
+    for caller, kind, name, ns, message in refused:
+        with pytest.raises(SubscriptionRefused, match=message.replace("(", r"\(").replace(")", r"\)")):
+            subscriber_view(caller, "cluster.local", kind, name, ns)
