@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
@@ -120,6 +121,20 @@ class KubeApi:
                 if kind == "ERROR":
                     raise _status_error(obj, path)
                 yield WatchEvent(kind, obj)
+
+
+def describe(exc: BaseException) -> str:
+    """A failed request in words: httpx wraps trio's error, which wraps the SSL error,
+    and only the innermost one says anything."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = next((str(e) for e in chain if str(e)), type(exc).__name__)
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        text += ("; does the kubeconfig's certificate-authority (in a pod: the ServiceAccount's ca.crt) "
+                 "sign the API server's certificate?")
+    return text
 
 
 def _json(data: bytes, path: str) -> dict:

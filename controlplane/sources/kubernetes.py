@@ -29,7 +29,7 @@ from meshcore.resources import Resource, ResourceError, ResourceInvalid, from_di
 
 from ..store import VersionedStore
 from . import settle
-from .kubeclient import Gone, KubeApi, KubeApiError
+from .kubeclient import Gone, KubeApi, KubeApiError, describe
 
 log = logging.getLogger("trellis.controlplane.sources.kubernetes")
 
@@ -169,7 +169,7 @@ class KubernetesSource:
     async def _back_off(self, path: str, backoff: Backoff, exc: BaseException) -> None:
         self.stats["errors"] += 1
         delay = backoff.next()
-        log.warning("event=kubernetes_error path=%s error=%r retry_in=%.2fs", path, str(exc) or type(exc).__name__, delay)
+        log.warning("event=kubernetes_error path=%s error=%r retry_in=%.2fs", path, describe(exc), delay)
         await trio.sleep(delay)
 
     def _replace(self, path: str, items: list) -> None:

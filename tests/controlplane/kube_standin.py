@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class ApiServerStandIn:
     gone_as: str = "event"              # how a too-old resourceVersion is refused: "event" or "http"
     bookmark_every: float | None = None  # seconds between BOOKMARKs on each watch, if asked for
     token: str | None = None            # the bearer token every request must carry, if set
+    tls: ssl.SSLContext | None = None   # serve HTTPS (and accept client certificates) with this
     rv: int = 100
     objects: dict = field(default_factory=dict)       # path -> {(ns, name): obj}
     events: list = field(default_factory=list)        # (rv, path, type, obj)
@@ -106,7 +108,13 @@ class ApiServerStandIn:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        client_cert = False
         try:
+            if self.tls is not None:
+                stream = trio.SSLStream(stream, self.tls, server_side=True)
+                await stream.do_handshake()
+                # a client certificate that chains to the cluster CA authenticates, as kube-apiserver's x509 auth
+                client_cert = stream.getpeercert() is not None
             while True:
                 event = await self._next(conn, stream)
                 if not isinstance(event, h11.Request):
@@ -118,12 +126,12 @@ class ApiServerStandIn:
                 self.requests.append(Request(url.path, params))
                 self._requested.set()
                 self._requested = trio.Event()
-                auth = dict(event.headers).get(b"authorization", b"").decode()
+                auth = "x509" if client_cert else dict(event.headers).get(b"authorization", b"").decode()
                 await self._route(conn, stream, url.path, params, auth)
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, ssl.SSLError):
             pass
         finally:
             await trio.aclose_forcefully(stream)
@@ -143,7 +151,7 @@ class ApiServerStandIn:
         await stream.send_all(conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
 
     async def _route(self, conn, stream, path, params, authorization=""):
-        if self.token and authorization != f"Bearer {self.token}":
+        if self.token and authorization not in (f"Bearer {self.token}", "x509"):
             await self._send_json(conn, stream, 401, _status(401, "Unauthorized", "Unauthorized"))
             return
         if self.fail_next:
