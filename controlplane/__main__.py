@@ -14,7 +14,8 @@ from meshcore.addr import parse_hostport
 
 from .api import ApiServer
 from .ca import CertificateAuthority, parse_duration, write_credential
-from .store import ConfigStore
+from .sources.directory import DirectorySource
+from .store import VersionedStore
 
 
 def _hostport(text: str, flag: str) -> tuple[str, int]:
@@ -24,25 +25,40 @@ def _hostport(text: str, flag: str) -> tuple[str, int]:
         raise click.BadParameter(str(exc)) from None
 
 
-async def run(ca: CertificateAuthority, config_dir: Path, listen: tuple[str, int], admin_addr: tuple[str, int]) -> None:
-    store = ConfigStore(config_dir)
+def _source(kind: str, store: VersionedStore, config_dir: Path | None, kubeconfig: str | None, context: str | None):
+    if kind == "directory":
+        return DirectorySource(config_dir, store)
+    # lightkube and httpx only for a control plane that reads the API server
+    from .sources.kubeclient import KubeApi, load_config
+    from .sources.kubernetes import KubernetesSource
+    return KubernetesSource(KubeApi(load_config(kubeconfig, context)), store)
+
+
+async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admin_addr: tuple[str, int]) -> None:
+    store = VersionedStore()
+    source = source_of(store)
     api = ApiServer(ca, store)
 
     async def healthz(_req):
-        return admin.Response({"status": "ok", "version": store.version, "errors": len(store.errors), **api.stats})
+        snap = store.current()
+        return admin.Response({"status": "ok", "version": snap.version, "errors": len(snap.errors), **api.stats})
 
     async def config_dump(_req):
-        return admin.Response(store.dump())
+        dump = store.dump()
+        if hasattr(source, "dump"):
+            dump["sourceStatus"] = source.dump()
+        return admin.Response(dump)
 
     async with trio.open_nursery() as nursery:
         # bind everything first: a port in use fails start-up at once
         admin_listener = await admin.open_listener(*admin_addr)
-        await nursery.start(store.watch)
+        await nursery.start(source.run)
         await nursery.start(api.serve, *listen)
         await nursery.start(lambda task_status: admin.serve_http(*admin_addr, {"/healthz": healthz, "/config_dump": config_dump},
                                                                  listener=admin_listener, task_status=task_status))
         logging.getLogger("trellis.controlplane").info(
-            "event=started listen=%s:%d admin=%s:%d config_dir=%s version=%d", *listen, *admin_addr, config_dir, store.version)
+            "event=started listen=%s:%d admin=%s:%d source=%r version=%d", *listen, *admin_addr, source.describe(),
+            store.version)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 logging.getLogger("trellis.controlplane").info("event=stopping")
@@ -51,7 +67,11 @@ async def run(ca: CertificateAuthority, config_dir: Path, listen: tuple[str, int
 
 
 @click.command()
+@click.option("--source", "source_kind", type=click.Choice(["directory", "kubernetes"]), default="directory",
+              show_default=True, help="where resources come from: --config-dir, or the Kubernetes API (list+watch)")
 @click.option("--config-dir", type=click.Path(path_type=Path), help="directory of YAML resources to serve")
+@click.option("--kubeconfig", help="with --source kubernetes: kubeconfig file (default: in-cluster, else $KUBECONFIG)")
+@click.option("--context", "kube_context", help="with --source kubernetes: kubeconfig context (default: current)")
 @click.option("--ca-dir", type=click.Path(path_type=Path), required=True, help="where the CA keys live (created on first start)")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--listen", default="0.0.0.0:15012", show_default=True)
@@ -60,7 +80,8 @@ async def run(ca: CertificateAuthority, config_dir: Path, listen: tuple[str, int
 @click.option("--issue-node-credential", "issue_node", metavar="NODE", help="write NODE's bootstrap credential to --out and exit")
 @click.option("--out", type=click.Path(path_type=Path), help="with --issue-node-credential")
 @click.option("--log-level", default="INFO", show_default=True)
-def main(config_dir, ca_dir, trust_domain, listen, admin_addr, cert_ttl, issue_node, out, log_level):
+def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain, listen, admin_addr, cert_ttl, issue_node,
+         out, log_level):
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
     try:
@@ -78,10 +99,19 @@ def main(config_dir, ca_dir, trust_domain, listen, admin_addr, cert_ttl, issue_n
         write_credential(ca.issue_node_credential(issue_node), out)
         click.echo(f"wrote the credential of node {issue_node} to {out}")
         return
-    if not config_dir:
-        raise click.UsageError("--config-dir is required to serve")
+    if source_kind == "directory" and not config_dir:
+        raise click.UsageError("--config-dir is required to serve (or --source kubernetes)")
+    listen_at, admin_at = _hostport(listen, "--listen"), _hostport(admin_addr, "--admin")
+    if source_kind == "kubernetes":
+        from .sources.kubeclient import KubeConfigError, load_config
+        try:
+            load_config(kubeconfig, kube_context)  # a bad kubeconfig fails now, with its reason
+        except KubeConfigError as exc:
+            click.echo(f"controlplane: {exc}", err=True)
+            sys.exit(1)
     try:
-        trio.run(run, ca, config_dir, _hostport(listen, "--listen"), _hostport(admin_addr, "--admin"))
+        trio.run(run, ca, lambda store: _source(source_kind, store, config_dir, kubeconfig, kube_context),
+                 listen_at, admin_at)
     except OSError as exc:
         click.echo(f"controlplane: {exc}", err=True)
         sys.exit(1)

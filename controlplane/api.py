@@ -18,8 +18,8 @@ from meshcore.identity import node_from_identity
 from meshcore.jsonlines import FramingError, LineReader, encode
 
 from .ca import CertificateAuthority, CsrRejected
-from .store import ConfigStore
-from .views import allowed_identities, delta, node_view
+from .store import VersionedStore
+from .views import SubscriptionRefused, allowed_identities, delta, subscriber_view
 
 log = logging.getLogger("trellis.controlplane.api")
 HANDSHAKE_TIMEOUT = 10
@@ -28,7 +28,7 @@ PING_INTERVAL = 10.0
 
 
 class ApiServer:
-    def __init__(self, ca: CertificateAuthority, store: ConfigStore):
+    def __init__(self, ca: CertificateAuthority, store: VersionedStore):
         self.ca, self.store = ca, store
         self.ssl_context = tls.server_context(ca.issue_server_credential(), alpn=["trellis-cp"])
         self.stats = {"connections": 0, "tls_failures": 0, "bad_requests": 0, "signed": 0, "refused": 0, "watches": 0}
@@ -61,7 +61,7 @@ class ApiServer:
             if op == "sign":
                 await self._sign(stream, node, req)
             elif op == "watch":
-                await self._watch(stream, node, req, peer)
+                await self._watch(stream, caller, req, peer)
             else:
                 self.stats["bad_requests"] += 1
                 await self._error(stream, f"unknown op {op!r} (expected sign or watch)")
@@ -92,7 +92,7 @@ class ApiServer:
         try:
             if not isinstance(csr, str):
                 raise CsrRejected("request has no csr (a PEM string)")
-            allowed = allowed_identities(self.store.resources, node, self.ca.trust_domain)
+            allowed = allowed_identities(self.store.current().resources, node, self.ca.trust_domain)
             try:
                 chain = self.ca.sign_workload_csr(csr, allowed)
             except CsrRejected as exc:
@@ -107,33 +107,39 @@ class ApiServer:
         await stream.send_all(encode({"ok": True, "chain": [c.decode() for c in chain],
                                       "roots": [r.decode() for r in self.ca.roots_pem]}))
 
-    async def _watch(self, stream: trio.SSLStream, node: str, req: dict[str, Any], peer: str) -> None:
-        if req.get("node") not in (None, node):
-            await self._error(stream, f"node {node} may only watch its own view, not {req.get('node')!r}")
+    async def _watch(self, stream: trio.SSLStream, caller: str, req: dict[str, Any], peer: str) -> None:
+        try:
+            view = subscriber_view(caller, self.ca.trust_domain, "node", req.get("node"))
+        except SubscriptionRefused as exc:
+            await self._error(stream, str(exc))
             return
-        since = req.get("since")
         self.stats["watches"] += 1
-        store = self.store
-        version = store.version
-        current = node_view(store.resources, node)
-        if isinstance(since, int) and since in store.history and since <= version:
-            upserts, deletes = delta(node_view(store.history[since], node), current)
+        await self._serve_view(stream, view, req.get("since"), f"subscriber={caller}", peer)
+
+    async def _serve_view(self, stream: trio.SSLStream, view, since: Any, who: str, peer: str) -> None:
+        """Stream one subscriber's view: a delta from `since` when the store still has it,
+        else a snapshot; then a delta on each change and a ping when nothing changed."""
+        resumed = self.store.changes_since(since, view) if isinstance(since, int) else None
+        if resumed is not None:
+            snap, upserts, deletes = resumed
+            version, sent = snap.version, view(snap.resources)
             await stream.send_all(encode({"type": "delta", "version": version, "upserts": upserts, "deletes": deletes}))
-            log.info("event=watch_resumed node=%s peer=%s since=%s version=%s", node, peer, since, version)
+            log.info("event=watch_resumed %s peer=%s since=%s version=%s", who, peer, since, version)
         else:
-            await stream.send_all(encode({"type": "snapshot", "version": version, "resources": list(current.values())}))
-            log.info("event=watch_snapshot node=%s peer=%s version=%s resources=%d", node, peer, version, len(current))
-        sent = current
+            snap = self.store.current()
+            version, sent = snap.version, view(snap.resources)
+            await stream.send_all(encode({"type": "snapshot", "version": version, "resources": list(sent.values())}))
+            log.info("event=watch_snapshot %s peer=%s version=%s resources=%d", who, peer, version, len(sent))
         while True:
+            snap = None
             with trio.move_on_after(PING_INTERVAL):
-                await store.wait_changed(version)
-            if store.version == version:
+                snap = await self.store.wait_for_change(version)
+            if snap is None:
                 await stream.send_all(encode({"type": "ping", "version": version}))
                 continue
-            version = store.version
-            view = node_view(store.resources, node)
-            upserts, deletes = delta(sent, view)
-            sent = view
+            version, current = snap.version, view(snap.resources)
+            upserts, deletes = delta(sent, current)
+            sent = current
             await stream.send_all(encode({"type": "delta", "version": version, "upserts": upserts, "deletes": deletes}))
 
 

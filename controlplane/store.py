@@ -1,109 +1,112 @@
-"""The config store: a directory of YAML, watched; a global version bumps on every
-effective change, with a short history so that watches can resume with a delta.
+"""The versioned store: the current set of resources under a version number, a short
+history so that a watch can resume with a delta, and change notification.
 
-A file whose new content is invalid keeps its last good objects (and the error is
-reported): a typo in one file never takes down what is already running."""
+It knows nothing of where resources come from: a config source (controlplane/sources/)
+validates what it reads and `publish`es the whole effective set; the store bumps the
+version only when that set differs from the current one. Readers use the public API
+(`current`, `changes_since`, `wait_for_change`), never the internals."""
 from __future__ import annotations
 
 import collections
 import logging
 import time
-from pathlib import Path
+import types
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
 
 import trio
 
-from meshcore.resources import LoadResult, Resource, ResourceError, check_references, load_file
-from meshcore.resources.loader import dedupe, yaml_files
+from meshcore.resources import Resource, ResourceError
+
+from .views import View, delta
 
 log = logging.getLogger("trellis.controlplane.store")
 HISTORY = 100
 
 
-class ConfigStore:
-    def __init__(self, config_dir: str | Path, poll_interval: float = 0.5, first_version: int | None = None):
-        self.dir = Path(config_dir)
-        self.poll_interval = poll_interval
+@dataclass(frozen=True)
+class Snapshot:
+    """One published state: what a reader sees, never changed after publication."""
+    version: int
+    resources: Mapping[tuple, Resource]
+    errors: tuple[ResourceError, ...] = ()
+    source: str = field(default="", compare=False)
+
+
+class VersionedStore:
+    def __init__(self, first_version: int | None = None, history: int = HISTORY):
         # Versions must never repeat across restarts: a watch resumes "since" a version, and
         # a restarted store that counted from 1 again would answer with a delta against
         # different content. Starting from the clock (ms) keeps them increasing.
         self.first_version = first_version if first_version is not None else int(time.time() * 1000)
-        self.version = 0
-        self.resources: dict[tuple, Resource] = {}
-        self.errors: list[ResourceError] = []
-        self.history: collections.OrderedDict[int, dict[tuple, Resource]] = collections.OrderedDict()
-        self._good: dict[Path, list[Resource]] = {}
-        self._fingerprint: tuple = ()
+        self._history_len = history
+        self._current = Snapshot(0, types.MappingProxyType({}))
+        self._history: collections.OrderedDict[int, Mapping[tuple, Resource]] = collections.OrderedDict()
         self._changed = trio.Event()
 
-    def _scan(self) -> tuple:
-        out = []
-        for f in yaml_files(self.dir) if self.dir.is_dir() else []:
-            try:
-                st = f.stat()
-            except OSError:
-                continue
-            out.append((str(f), st.st_mtime_ns, st.st_size))
-        return tuple(out)
+    # -- readers -------------------------------------------------------------------------
+    def current(self) -> Snapshot:
+        return self._current
 
-    def reload(self) -> bool:
-        """Re-read the directory; return True if the effective config changed."""
-        self._fingerprint = self._scan()
-        merged, errors = LoadResult(), []
-        files = [Path(f) for f, _, _ in self._fingerprint]
-        if not self.dir.is_dir():
-            errors.append(ResourceError(str(self.dir), "directory", "", "config directory does not exist"))
-        for f in files:
-            res = load_file(f)
-            if res.errors:
-                errors += res.errors
-                kept = self._good.get(f)
-                if kept is not None:
-                    log.warning("event=config_invalid file=%s keeping=%d error=%r", f, len(kept), str(res.errors[0]))
-                    res = LoadResult(resources=list(kept))
-            else:
-                self._good[f] = res.resources
-            merged.resources += res.resources
-        for gone in set(self._good) - set(files):
-            del self._good[gone]
-        merged = dedupe(merged)
-        errors += merged.errors + check_references(merged.resources)
-        self.errors = errors
-        new = {r.key: r for r in merged.resources}
-        if _raw(new) == _raw(self.resources) and self.version:
+    @property
+    def version(self) -> int:
+        return self._current.version
+
+    def versions(self) -> list[int]:
+        """The versions a watch can still resume from, oldest first."""
+        return list(self._history)
+
+    def changes_since(self, since: int, view: Callable[[Mapping[tuple, Resource]], View]
+                      ) -> tuple[Snapshot, list[dict], list[list[str]]] | None:
+        """(current snapshot, upserts, deletes) that take a subscriber from `since` to now,
+        both seen through `view`; None when `since` is no longer (or never was) in history."""
+        old = self._history.get(since)
+        if old is None or since > self._current.version:
+            return None
+        snap = self._current
+        upserts, deletes = delta(view(old), view(snap.resources))
+        return snap, upserts, deletes
+
+    async def wait_for_change(self, since: int) -> Snapshot:
+        """Return the current snapshot as soon as its version is newer than `since`."""
+        while self._current.version <= since:
+            await self._changed.wait()
+        return self._current
+
+    # -- the writer: a config source -----------------------------------------------------
+    def publish(self, resources: Iterable[Resource], errors: Iterable[ResourceError] = (), source: str = "") -> bool:
+        """Make `resources` the current state; True if that changed anything (errors alone
+        are recorded but do not bump the version: subscribers see no difference)."""
+        new = {r.key: r for r in resources}
+        errors = tuple(errors)
+        if self._current.version and _raw(new) == _raw(self._current.resources):
+            if errors != self._current.errors:
+                self._current = Snapshot(self._current.version, self._current.resources, errors, source)
+                _log_errors(errors)
             return False
-        self.version = self.version + 1 if self.version else self.first_version
-        self.resources = new
-        self.history[self.version] = new
-        while len(self.history) > HISTORY:
-            self.history.popitem(last=False)
-        log.info("event=config_version version=%d resources=%d errors=%d", self.version, len(new), len(errors))
-        for e in errors:
-            log.warning("event=config_error %s", e)
+        version = self._current.version + 1 if self._current.version else self.first_version
+        frozen = types.MappingProxyType(new)
+        self._current = Snapshot(version, frozen, errors, source)
+        self._history[version] = frozen
+        while len(self._history) > self._history_len:
+            self._history.popitem(last=False)
+        log.info("event=config_version version=%d resources=%d errors=%d", version, len(new), len(errors))
+        _log_errors(errors)
         old, self._changed = self._changed, trio.Event()
         old.set()
         return True
 
-    async def wait_changed(self, since: int) -> None:
-        while self.version <= since:
-            await self._changed.wait()
-
-    async def watch(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if not self.version:
-            self.reload()
-        task_status.started()
-        while True:
-            await trio.sleep(self.poll_interval)
-            if self._scan() != self._fingerprint:
-                try:
-                    self.reload()
-                except Exception:  # never let one bad read stop the watch
-                    log.exception("event=config_reload_failed dir=%s", self.dir)
-
     def dump(self) -> dict:
-        return {"version": self.version, "configDir": str(self.dir),
-                "resources": [r.to_dict() for r in self.resources.values()],
-                "errors": [str(e) for e in self.errors]}
+        snap = self._current
+        return {"version": snap.version, "source": snap.source,
+                "resources": [r.to_dict() for r in snap.resources.values()],
+                "errors": [str(e) for e in snap.errors]}
 
 
-def _raw(resources: dict[tuple, Resource]) -> dict:
+def _log_errors(errors: tuple[ResourceError, ...]) -> None:
+    for e in errors:
+        log.warning("event=config_error %s", e)
+
+
+def _raw(resources: Mapping[tuple, Resource]) -> dict:
     return {k: r.raw for k, r in resources.items()}

@@ -3,6 +3,7 @@ watch. When the control plane is away, the last snapshot stays in force and the 
 says so (`connected`, `last_contact`, `last_error`) while it reconnects with backoff."""
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import random
@@ -109,6 +110,11 @@ class ControlPlaneClient:
             await stream.send_all(encode({"op": "sign", "csr": csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem}))
             with trio.fail_after(30):
                 reply = await LineReader(stream).read()
+        except (trio.BrokenResourceError, ssl.SSLError) as exc:
+            # TLS 1.3: the client's handshake ends before the server has checked the client's
+            # certificate, so a refused credential shows up here, on the first read or write
+            raise ControlPlaneError(f"{self._explain(exc)}; if this repeats, the control plane refuses this "
+                                    "node credential: do it and the control plane come from the same mesh CA?") from None
         finally:
             await trio.aclose_forcefully(stream)
         if not reply or not reply.get("ok"):
@@ -149,13 +155,26 @@ class ControlPlaneClient:
                     await trio.aclose_forcefully(stream)
             except (ControlPlaneError, tls.IdentityMismatch, FramingError, trio.TooSlowError,
                     trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-                error = str(exc) or type(exc).__name__
+                error = self._explain(exc)
                 if self.connected or error != self.last_error:
                     log.warning("event=control_plane_unreachable error=%r serving_version=%s retry_in=%.1fs",
                                 error, self.version, backoff)
                 self.connected, self.last_error = False, error
             await trio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _explain(self, exc: BaseException) -> str:
+        """Advice for a lost watch, whatever the way it was lost: a server that stops can
+        close cleanly (EOF), truncate TLS or reset the socket, depending on timing alone."""
+        where = f"control plane {self.address[0]}:{self.address[1]}"
+        if isinstance(exc, trio.TooSlowError):
+            return f"{where} sent nothing for {SILENCE_TIMEOUT:.0f}s (it pings every 10s); is it overloaded or partitioned?"
+        if isinstance(exc, (trio.BrokenResourceError, ssl.SSLError)) or (
+                isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)):
+            cause = exc.__cause__ or exc
+            detail = str(cause) or type(cause).__name__
+            return f"{where} closed the watch abruptly ({detail}); did it restart? reconnecting"
+        return str(exc) or f"{where}: {type(exc).__name__}"
 
     def _apply(self, msg: dict[str, Any]) -> bool:
         kind = msg.get("type")

@@ -2,6 +2,7 @@
 unreachable, 2 usage. Fetching and rendering live in inspect.py / output.py."""
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,28 @@ def _resources():
     return resources
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+PLUGIN_GROUP = "trellis.commands"
+
+
+class PluginGroup(click.Group):
+    """Commands of other packages, registered as entry points (group `trellis.commands`,
+    e.g. `bench = "bench.cli:bench"` in pyproject.toml) and imported only when run or
+    listed: the CLI does not know them, and `trellis lab` never loads the bench suite."""
+
+    def _plugins(self) -> dict:
+        return {ep.name: ep for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in (plugins := self._plugins()):
+            command = plugins[name].load()
+        return command
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Trellis: a sidecarless service mesh. Lab, validation and inspection."""
 
@@ -222,13 +244,7 @@ def lab_delete(file: Path) -> None:
         sys.exit(1)
 
 
-def _add_bench() -> None:
-    from bench.cli import bench  # the suite lives beside the components it measures
-    cli.add_command(bench)
-
-
 def main() -> None:
-    _add_bench()
     cli(prog_name="trellis")
 
 

@@ -84,7 +84,13 @@ def decide(state: State, source: Workload | None, orig_dst: tuple[str, int], pic
         if not endpoints:
             return Refuse(f"no healthy endpoints for service {svc.key}", service=svc.key)
         target = svc.port(port)
-        return _to_workload(pick(svc, endpoints), target.target_port, svc.key)
+        if isinstance(target.target_port, str):  # named: only endpoints that name that port serve it
+            endpoints = [w for w in endpoints if target.target_on(w.ports) is not None]
+            if not endpoints:
+                return Refuse(f"no endpoint of service {svc.key} has a port named {target.target_port!r} "
+                              f"(its targetPort for port {port})", service=svc.key)
+        chosen = pick(svc, endpoints)
+        return _to_workload(chosen, target.target_on(chosen.ports), svc.key)
     other = state.service_at_ip(ip)
     if other is not None:
         known = ", ".join(str(p.port) for p in other.ports) or "none"

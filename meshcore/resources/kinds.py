@@ -8,14 +8,16 @@
   action, rules[Rule(from_[Source...], to[Operation...])]) with Istio's semantics.
 - trellis.dev/v1alpha1 PeerAuthentication: PeerAuthenticationSpec(selector, mode).
 - gateway.networking.k8s.io/v1 Gateway, HTTPRoute: OpaqueSpec(fields) until waypoints type them.
+- v1 Pod, v1 ServiceAccount, discovery.k8s.io/v1 EndpointSlice: kube.py (every Kubernetes field accepted).
 """
 from __future__ import annotations
 
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
+from . import kube
 from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_of, obj, port, string, str_map
 
 TRELLIS = "trellis.dev/v1alpha1"
@@ -31,9 +33,17 @@ class NamespaceSpec:
 @dataclass(frozen=True)
 class ServicePort:
     port: int
-    target_port: int
+    target_port: int | str  # a number, or a port name each endpoint resolves (Kubernetes semantics)
     name: str = ""
     protocol: str = "TCP"
+
+    def target_on(self, endpoint_ports: Mapping[str, int]) -> int | None:
+        """The port to reach on one endpoint: a named targetPort is looked up in that
+        endpoint's named ports (a Pod's container ports, a WorkloadEntry's `ports`); an
+        endpoint without that name does not serve this Service port (None), as in Kubernetes."""
+        if isinstance(self.target_port, int):
+            return self.target_port
+        return endpoint_ports.get(self.target_port)
 
 
 @dataclass(frozen=True)
@@ -113,8 +123,9 @@ def _port_entry(v, path, problems):
 
 _port_obj = obj(ServicePort, {"name": F("name", string(DNS_LABEL, "port name"), default=""),
                               "port": F("port", port, required=True),
-                              "targetPort": F("target_port", port, required=True),
-                              "protocol": F("protocol", enum("TCP"), default="TCP")})
+                              "targetPort": F("target_port", kube.target_port, required=True),
+                              "protocol": F("protocol", enum(*kube.PROTOCOLS), default="TCP"),
+                              **kube.SERVICE_PORT_IGNORED})
 
 
 def _unique_ports(spec: ServiceSpec, path, problems):
@@ -203,14 +214,20 @@ class Kind:
     namespaced: bool
     spec: Any  # Check
     spec_required: bool = True
+    status: bool = False      # a `status` is accepted and ignored (Kubernetes' own kinds)
+    top_level: bool = False   # `spec` checks the whole object but apiVersion/kind/metadata
 
 
 KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
-    Kind("v1", "Namespace", False, obj(NamespaceSpec, {}), spec_required=False),
+    Kind("v1", "Namespace", False, obj(NamespaceSpec, kube.ignored("finalizers")), spec_required=False, status=True),
     Kind("v1", "Service", True, obj(ServiceSpec, {
         "clusterIP": F("cluster_ip", ip_address, required=True),
         "selector": F("selector", labels, default=dict),
-        "ports": F("ports", list_of(_port_entry), required=True)}, post=_unique_ports)),
+        "ports": F("ports", list_of(_port_entry), required=True), **kube.SERVICE_IGNORED},
+        post=_unique_ports), status=True),
+    Kind("v1", "Pod", True, kube.pod, top_level=True),
+    Kind("v1", "ServiceAccount", True, kube.service_account, top_level=True),
+    Kind("discovery.k8s.io/v1", "EndpointSlice", True, kube.endpoint_slice, top_level=True),
     Kind(TRELLIS, "WorkloadEntry", True, obj(WorkloadEntrySpec, {
         "address": F("address", ip_address, required=True),
         "node": F("node", string(DNS_SUBDOMAIN, "node name"), required=True),

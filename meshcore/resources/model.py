@@ -9,7 +9,9 @@ from .errors import ResourceError, ResourceInvalid
 from .kinds import KINDS
 from .schema import DNS_SUBDOMAIN, F, labels, obj, str_map, string
 
-IGNORED_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
+# Set by the API server or by controllers; accepted so that `kubectl get -o yaml` output loads.
+IGNORED_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "ownerReferences",
+                    "finalizers", "generateName", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink")
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,21 @@ def from_dict(d: Any, source: str = "<api>", index: int | None = None) -> Resour
     if k is None:
         known = ", ".join(f"{a} {n}" for a, n in KINDS)
         raise errs([("", f"unknown kind {api} {kind} (known: {known})")])
-    for top in d:
-        if top not in ("apiVersion", "kind", "metadata", "spec"):
-            problems.append((str(top), "unknown field (allowed: apiVersion, kind, metadata, spec)"))
     meta = _META[k.namespaced](d.get("metadata"), "metadata", problems)
     if "metadata" not in d:
         problems.append(("metadata", "is required"))
     spec = None
-    if d.get("spec") is None and k.spec_required:
-        problems.append(("spec", "is required"))
+    if k.top_level:  # no spec (EndpointSlice), or spec and status read together (Pod)
+        spec = k.spec({f: v for f, v in d.items() if f not in ("apiVersion", "kind", "metadata")}, "", problems)
     else:
-        spec = k.spec(d.get("spec") or {}, "spec", problems)
+        allowed = ("apiVersion", "kind", "metadata", "spec") + (("status",) if k.status else ())
+        for top in d:
+            if top not in allowed:
+                problems.append((str(top), f"unknown field (allowed: {', '.join(allowed)})"))
+        if d.get("spec") is None and k.spec_required:
+            problems.append(("spec", "is required"))
+        else:
+            spec = k.spec(d.get("spec") or {}, "spec", problems)
     if problems or meta is None:
         raise errs(problems or [("metadata", "is invalid")])
     raw = copy.deepcopy(d)

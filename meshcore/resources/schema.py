@@ -107,7 +107,8 @@ labels = str_map(_label_key, _label_value)
 
 @dataclass(frozen=True)
 class F:
-    """A field: YAML name -> dataclass attribute, its check, required or a default."""
+    """A field: YAML name -> dataclass attribute ("" for a field accepted and not kept),
+    its check, required or a default."""
     attr: str
     check: Check
     required: bool = False
@@ -135,6 +136,7 @@ def obj(cls: type, fields: dict[str, F], post: Callable[[Any, str, Problems], No
                 problems.append((sub, "is required"))
             else:
                 kw[f.attr] = f.default() if callable(f.default) else f.default
+        kw.pop("", None)
         if len(problems) > before:
             return None
         out = cls(**kw)

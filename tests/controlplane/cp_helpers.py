@@ -8,7 +8,8 @@ import trio
 
 from controlplane.api import ApiServer
 from controlplane.ca import CertificateAuthority
-from controlplane.store import ConfigStore
+from controlplane.sources.directory import DirectorySource
+from controlplane.store import VersionedStore
 from meshcore.cpclient import ControlPlaneClient
 
 NS = """apiVersion: v1
@@ -39,17 +40,23 @@ def write_config(d: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def running_api(tmp_path: Path, poll: float = 0.05, first_version: int = 1, port: int = 0):
-    """A CA, a watched store and the API on an OS-chosen loopback port."""
+    """A CA, a store fed by a watched directory and the API on an OS-chosen loopback port."""
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local")
     cfg = tmp_path / "config"
-    store = ConfigStore(cfg if cfg.is_dir() else write_config(cfg), poll_interval=poll, first_version=first_version)
+    store = VersionedStore(first_version=first_version)
+    source = DirectorySource(cfg if cfg.is_dir() else write_config(cfg), store, poll_interval=poll)
     api = ApiServer(ca, store)
     async with trio.open_nursery() as nursery:
-        await nursery.start(store.watch)
+        await nursery.start(source.run)
         listeners = await nursery.start(api.serve, "127.0.0.1", port)
         port = listeners[0].socket.getsockname()[1]
-        yield ca, store, api, port, nursery
+        yield ca, source, api, port, nursery
         nursery.cancel_scope.cancel()
+
+
+def directory_store(d: Path, poll: float = 0.5) -> tuple[VersionedStore, DirectorySource]:
+    store = VersionedStore(first_version=1)
+    return store, DirectorySource(d, store, poll_interval=poll)
 
 
 def client(ca: CertificateAuthority, port: int, node: str) -> ControlPlaneClient:

@@ -112,3 +112,17 @@ async def test_validate_lab_dir_reports_lab_errors_one_per_line(tmp_path):
     assert code == 1 and len(lines) == 2
     assert lines[0] == (f"{tmp_path / 'lab.yaml'}: Lab: spec.pods[1].node: 'node9' is not one of spec.nodes "
                         f"(node1, node2); add it there or fix the pod")
+
+
+def test_bench_is_a_plugin_loaded_only_when_asked_for():
+    """`trellis bench` comes from an entry point: listed in --help and runnable, but the
+    CLI module does not import the bench suite, nor does running another command."""
+    import subprocess
+    probe = ("import sys, trellis.cli as c; from click.testing import CliRunner; "
+             "assert not [m for m in sys.modules if m == 'bench' or m.startswith('bench.')], 'bench imported'; "
+             "r = CliRunner().invoke(c.cli, ['validate', '/nonexistent']); assert r.exit_code == 2, r.output; "
+             "assert 'bench' not in sys.modules, 'another command imported bench'; "
+             "r = CliRunner().invoke(c.cli, ['--help']); assert ' bench ' in r.output, r.output; "
+             "r = CliRunner().invoke(c.cli, ['bench', '--help']); assert '--scenarios' in r.output, r.output")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr

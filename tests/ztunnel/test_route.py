@@ -97,3 +97,23 @@ def test_ipv6_authority_is_bracketed():
 
 def test_no_source_workload_still_routes():
     assert isinstance(route.decide(STATE, None, ("10.96.0.10", 80)), Hbone)
+
+
+def test_a_named_target_port_resolves_per_endpoint_as_kubernetes_does():
+    """`targetPort: http` means each endpoint's own port named http (a Pod's container port,
+    a WorkloadEntry's `ports`); endpoints without that name do not serve the Service port."""
+    from dataclasses import replace
+    from ztunnel.state import ServicePort, State
+    from zt_helpers import svc, wl
+    workloads = [replace(wl("web-1", "10.244.1.3", sa="web", app="web"), ports={"http": 8081}),
+                 replace(wl("web-2", "10.244.2.3", sa="web", app="web"), ports={"http": 9091}),
+                 wl("web-3", "10.244.2.5", sa="web", app="web")]
+    web = replace(svc("web", "10.96.0.10"), ports=(ServicePort(80, "http", name="http"),))
+    nameless = replace(svc("old", "10.96.0.20", app="web"), ports=(ServicePort(80, "metrics"),))
+    state = State(workloads=workloads, services=[web, nameless], enrolled_namespaces=frozenset({"default"}))
+    first = route.decide(state, None, ("10.96.0.10", 80), route.first)
+    last = route.decide(state, None, ("10.96.0.10", 80), pick_last)
+    assert (first.endpoint_ip, first.target_port) == ("10.244.1.3", 8081)
+    assert (last.endpoint_ip, last.target_port) == ("10.244.2.3", 9091), "web-3 has no port named http"
+    refused = route.decide(state, None, ("10.96.0.20", 80), route.first)
+    assert isinstance(refused, Refuse) and "no endpoint of service default/old has a port named 'metrics'" in refused.reason

@@ -38,13 +38,22 @@ def test_typed_specs():
 
 BAD = [
     ("apiVersion: v1\nkind: Servise\nmetadata: {name: a}\nspec: {}\n", "", "unknown kind v1 Servise"),
-    (SVC.replace("selector:", "selektor:"), "spec.selektor", "unknown field (allowed: clusterIP, selector, ports)"),
+    (SVC.replace("selector:", "selektor:"), "spec.selektor", "unknown field (allowed: clusterIP, selector, ports, "),
     (SVC.replace("port: 80,", "port: 70000,"), "spec.ports[0].port", "must be an integer 1-65535, got 70000"),
     (SVC.replace("10.96.0.10", "10.96.0.300"), "spec.clusterIP", "must be an IPv4 or IPv6 address, got '10.96.0.300'"),
     (SVC.replace("name: web,", "name: Web_1,"), "metadata.name", "'Web_1' is not a valid name"),
     (SVC.replace("  clusterIP: 10.96.0.10\n", ""), "spec.clusterIP", "is required"),
     (SVC.replace("{app: web}", "{app: [web]}"), "spec.selector.app", "['web'] is not a valid label value"),
-    (SVC + "status: {}\n", "status", "unknown field (allowed: apiVersion, kind, metadata, spec)"),
+    (SVC + "statuss: {}\n", "statuss", "unknown field (allowed: apiVersion, kind, metadata, spec, status)"),
+    ("apiVersion: trellis.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec: {address: 10.0.0.1, node: n}\n"
+     "status: {}\n", "status", "unknown field (allowed: apiVersion, kind, metadata, spec)"),  # our kinds: strict
+    (SVC.replace("targetPort: 8080", "targetPort: Http"), "spec.ports[0].targetPort", "is neither a port number"),
+    (SVC.replace("targetPort: 8080", "targetPort: 8080, apProtocol: http"), "spec.ports[0].apProtocol",
+     "unknown field (allowed: name, port, targetPort, protocol, appProtocol, nodePort)"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, imagee: x}]}\n",
+     "spec.containers[0].imagee", "unknown field (allowed: name, ports, args, "),
+    ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e}\naddressType: IPv5\n",
+     "addressType", "must be one of IPv4, IPv6, FQDN"),
     ("apiVersion: trellis.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: strict}}\n",
      "spec.mtls.mode", "must be one of STRICT, PERMISSIVE, UNSET, got 'strict'"),
     ("apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: ALLOW\n"
@@ -150,3 +159,111 @@ def test_garbage_only_ever_yields_resource_errors(doc):
 def test_garbage_text_only_ever_yields_resource_errors(text):
     res = parse_documents(text, "fuzz.yaml")
     assert all(isinstance(e, ResourceError) for e in res.errors)
+
+
+# What `kubectl get -o yaml` returns for a Helm-installed app: every field the API server
+# and the usual charts set, most of which the mesh does not read.
+REAL_MANIFESTS = """
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  uid: 6f1c2a5e-0000-4000-8000-000000000001
+  resourceVersion: "412"
+  creationTimestamp: "2026-12-01T10:00:00Z"
+  labels: {kubernetes.io/metadata.name: shop, trellis.dev/dataplane-mode: ambient}
+spec: {finalizers: [kubernetes]}
+status: {phase: Active}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  annotations: {meta.helm.sh/release-name: shop, meta.helm.sh/release-namespace: shop}
+  labels: {app.kubernetes.io/managed-by: Helm}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ipFamilies: [IPv4]
+  ipFamilyPolicy: SingleStack
+  internalTrafficPolicy: Cluster
+  sessionAffinity: None
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http, protocol: TCP, appProtocol: http}
+  - {name: dns, port: 53, targetPort: 53, protocol: UDP}
+status: {loadBalancer: {}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-7d4b9c-x2x9z
+  namespace: shop
+  generateName: web-7d4b9c-
+  labels: {app: web, pod-template-hash: 7d4b9c}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4b9c, uid: u, controller: true}]
+spec:
+  serviceAccountName: web
+  serviceAccount: web
+  nodeName: node1
+  dnsPolicy: ClusterFirst
+  restartPolicy: Always
+  schedulerName: default-scheduler
+  terminationGracePeriodSeconds: 30
+  enableServiceLinks: true
+  priority: 0
+  preemptionPolicy: PreemptLowerPriority
+  securityContext: {}
+  tolerations: [{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 300}]
+  volumes: [{name: kube-api-access, projected: {sources: [{serviceAccountToken: {path: token}}]}}]
+  containers:
+  - name: app
+    image: nginx:1.27
+    imagePullPolicy: IfNotPresent
+    ports: [{name: http, containerPort: 8080, protocol: TCP}]
+    readinessProbe: {httpGet: {path: /, port: http}}
+    resources: {requests: {cpu: 10m}}
+    terminationMessagePath: /dev/termination-log
+    terminationMessagePolicy: File
+    volumeMounts: [{name: kube-api-access, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}]
+status:
+  phase: Running
+  podIP: 10.244.1.5
+  podIPs: [{ip: 10.244.1.5}]
+  hostIP: 10.0.0.11
+  qosClass: Burstable
+  conditions: [{type: Ready, status: "True"}]
+  containerStatuses: [{name: app, ready: true, restartCount: 0}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abcde, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.1.5]
+  conditions: {ready: true, serving: true, terminating: false}
+  nodeName: node1
+  targetRef: {kind: Pod, name: web-7d4b9c-x2x9z, namespace: shop}
+ports: [{name: http, port: 8080, protocol: TCP, appProtocol: http}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: shop}
+automountServiceAccountToken: false
+"""
+
+
+def test_real_kubernetes_manifests_load_and_keep_what_the_mesh_reads():
+    res = parse_documents(REAL_MANIFESTS, "cluster.yaml")
+    assert res.errors == [], [str(e) for e in res.errors]
+    by_kind = {r.kind: r for r in res.resources}
+    svc = by_kind["Service"].spec
+    assert [(p.port, p.target_port, p.protocol) for p in svc.ports] == [(80, "http", "TCP"), (53, 53, "UDP")]
+    assert svc.ports[0].target_on({"http": 8080}) == 8080 and svc.ports[0].target_on({}) is None
+    pod = by_kind["Pod"].spec
+    assert (pod.node_name, pod.service_account, pod.container_ports) == ("node1", "web", {"http": 8080})
+    assert (str(pod.status.pod_ip), pod.status.phase) == ("10.244.1.5", "Running")
+    assert by_kind["EndpointSlice"].spec.endpoints[0]["addresses"] == ("10.244.1.5",)
+    assert by_kind["Namespace"].labels["trellis.dev/dataplane-mode"] == "ambient"

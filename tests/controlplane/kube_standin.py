@@ -1,0 +1,222 @@
+"""An API-server stand-in that speaks the real list/watch protocol over HTTP/1.1 (h11 on
+trio), for the Kubernetes config source's tests. No kube-apiserver can be installed on
+these machines; this serves what a client sees of one:
+
+- LIST `GET /api/v1/pods` -> `{"kind":"PodList","metadata":{"resourceVersion":"N"},"items":[...]}`
+  (every item with metadata.resourceVersion, uid, creationTimestamp);
+- WATCH `?watch=true&resourceVersion=N&allowWatchBookmarks=true&timeoutSeconds=S`: a
+  chunked stream of JSON lines `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR","object":...}`
+  replaying every event after N, then new ones, closing after S seconds;
+- 410 Gone for a resourceVersion older than the compacted history: as an ERROR event
+  carrying a Status (code 410, reason Expired) or as an HTTP 410 with a Status body;
+- faults on demand: HTTP 500s, watches dropped mid-stream.
+One global resourceVersion counter orders every change, as etcd's revision does."""
+from __future__ import annotations
+
+import copy
+import json
+import ssl
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+
+import h11
+import trio
+
+from controlplane.sources.kubernetes import COLLECTIONS
+
+# the collections are Kubernetes' own API paths, the same the source reads
+PATH_OF = {kind: path for path, (_, kind) in COLLECTIONS.items()}
+
+
+@dataclass
+class Request:
+    path: str
+    params: dict
+
+
+@dataclass
+class ApiServerStandIn:
+    gone_as: str = "event"              # how a too-old resourceVersion is refused: "event" or "http"
+    bookmark_every: float | None = None  # seconds between BOOKMARKs on each watch, if asked for
+    token: str | None = None            # the bearer token every request must carry, if set
+    tls: ssl.SSLContext | None = None   # serve HTTPS (and accept client certificates) with this
+    rv: int = 100
+    objects: dict = field(default_factory=dict)       # path -> {(ns, name): obj}
+    events: list = field(default_factory=list)        # (rv, path, type, obj)
+    compacted: int = 0                                # events at or below this rv are gone
+    requests: list = field(default_factory=list)
+    fail_next: list = field(default_factory=list)     # HTTP statuses to answer the next requests with
+    drop_watches: trio.Event = field(default_factory=trio.Event)
+    _changed: trio.Event = field(default_factory=trio.Event)
+    _requested: trio.Event = field(default_factory=trio.Event)
+
+    async def until(self, predicate) -> None:
+        """Wait, without polling, until predicate() holds; it is checked after each request."""
+        while not predicate():
+            await self._requested.wait()
+
+    # -- the cluster's side: what kubectl or a controller would change ----------------
+    def put(self, obj: dict) -> dict:
+        path = PATH_OF[obj["kind"]]
+        meta = obj.setdefault("metadata", {})
+        key = (meta.get("namespace", ""), meta["name"])
+        coll = self.objects.setdefault(path, {})
+        kind = "MODIFIED" if key in coll else "ADDED"
+        self.rv += 1
+        stored = copy.deepcopy(obj)
+        prev = coll.get(key)
+        stored["metadata"].update(resourceVersion=str(self.rv), uid=prev["metadata"]["uid"] if prev else str(uuid.uuid4()),
+                                  creationTimestamp="2026-12-01T00:00:00Z")
+        coll[key] = stored
+        self._record(path, kind, stored)
+        return stored
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        path = PATH_OF[kind]
+        obj = self.objects[path].pop((namespace, name))
+        self.rv += 1
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = str(self.rv)
+        self._record(path, "DELETED", gone)
+
+    def compact(self) -> None:
+        """Forget every event so far: a watch from an older resourceVersion gets 410 Gone."""
+        self.compacted = self.rv
+        self.events.clear()
+
+    def _record(self, path, kind, obj):
+        self.events.append((self.rv, path, kind, copy.deepcopy(obj)))
+        old, self._changed = self._changed, trio.Event()
+        old.set()
+
+    def drop_all_watches(self) -> None:
+        old, self.drop_watches = self.drop_watches, trio.Event()
+        old.set()
+
+    def watches(self, path: str | None = None) -> list[Request]:
+        return [r for r in self.requests if r.params.get("watch") in ("true", "1") and (path is None or r.path == path)]
+
+    def lists(self, path: str | None = None) -> list[Request]:
+        return [r for r in self.requests if r.params.get("watch") not in ("true", "1") and (path is None or r.path == path)]
+
+    # -- HTTP ---------------------------------------------------------------------------
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        client_cert = False
+        try:
+            if self.tls is not None:
+                stream = trio.SSLStream(stream, self.tls, server_side=True)
+                await stream.do_handshake()
+                # a client certificate that chains to the cluster CA authenticates, as kube-apiserver's x509 auth
+                client_cert = stream.getpeercert() is not None
+            while True:
+                event = await self._next(conn, stream)
+                if not isinstance(event, h11.Request):
+                    return
+                while not isinstance(await self._next(conn, stream), h11.EndOfMessage):
+                    pass
+                url = urllib.parse.urlsplit(event.target.decode())
+                params = dict(urllib.parse.parse_qsl(url.query))
+                self.requests.append(Request(url.path, params))
+                self._requested.set()
+                self._requested = trio.Event()
+                auth = "x509" if client_cert else dict(event.headers).get(b"authorization", b"").decode()
+                await self._route(conn, stream, url.path, params, auth)
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, ssl.SSLError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _next(self, conn, stream):
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            return event
+
+    async def _send_json(self, conn, stream, status, body):
+        data = json.dumps(body).encode()
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=[
+            ("Content-Type", "application/json"), ("Content-Length", str(len(data)))])))
+        await stream.send_all(conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
+
+    async def _route(self, conn, stream, path, params, authorization=""):
+        if self.token and authorization not in (f"Bearer {self.token}", "x509"):
+            await self._send_json(conn, stream, 401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        if self.fail_next:
+            code = self.fail_next.pop(0)
+            await self._send_json(conn, stream, code, _status(code, "InternalError", "etcdserver: leader changed"))
+            return
+        if path not in COLLECTIONS:
+            await self._send_json(conn, stream, 404, _status(404, "NotFound", f"the server could not find {path}"))
+            return
+        if params.get("watch") in ("true", "1"):
+            await self._watch(conn, stream, path, params)
+            return
+        api, kind = COLLECTIONS[path]
+        # as a real server: list items carry no apiVersion/kind (the list says them once)
+        items = [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")}
+                 for _, o in sorted(self.objects.get(path, {}).items())]
+        await self._send_json(conn, stream, 200, {"kind": f"{kind}List", "apiVersion": api,
+                                                  "metadata": {"resourceVersion": str(self.rv)}, "items": items})
+
+    async def _watch(self, conn, stream, path, params):
+        since = int(params.get("resourceVersion") or self.rv)
+        gone = _status(410, "Expired", f"too old resource version: {since} ({self.compacted})")
+        if since < self.compacted:
+            if self.gone_as == "http":
+                await self._send_json(conn, stream, 410, gone)
+                return
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+            ("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")])))
+        if since < self.compacted:
+            await stream.send_all(conn.send(h11.Data(data=_line("ERROR", gone))) + conn.send(h11.EndOfMessage()))
+            return
+        bookmarks = params.get("allowWatchBookmarks") == "true" and self.bookmark_every
+        dropped = self.drop_watches
+        with trio.move_on_after(float(params.get("timeoutSeconds", 1800))):
+            sent = since
+            while True:
+                for rv, p, kind, obj in list(self.events):
+                    if p == path and rv > sent:
+                        await stream.send_all(conn.send(h11.Data(data=_line(kind, obj))))
+                sent = self.rv
+                changed = self._changed
+                with trio.move_on_after(bookmarks or float("inf")):
+                    async with trio.open_nursery() as n:
+                        n.start_soon(_set_when, changed, n.cancel_scope)
+                        n.start_soon(_set_when, dropped, n.cancel_scope)
+                if dropped.is_set():  # close with no terminating chunk: a broken watch
+                    await trio.aclose_forcefully(stream)
+                    raise trio.ClosedResourceError("watch dropped on purpose")
+                if not changed.is_set() and bookmarks:
+                    api, kind = COLLECTIONS[path]
+                    mark = {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": str(self.rv)}}
+                    await stream.send_all(conn.send(h11.Data(data=_line("BOOKMARK", mark))))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _line(kind: str, obj: dict) -> bytes:
+    return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+
+
+def _status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
