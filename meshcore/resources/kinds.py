@@ -7,7 +7,8 @@
 - trellis.dev/v1alpha1 AuthorizationPolicy: AuthorizationPolicySpec(selector, target_refs,
   action, rules[Rule(from_[Source...], to[Operation...])]) with Istio's semantics.
 - trellis.dev/v1alpha1 PeerAuthentication: PeerAuthenticationSpec(selector, mode).
-- gateway.networking.k8s.io/v1 Gateway, HTTPRoute: OpaqueSpec(fields) until waypoints type them.
+- gateway.networking.k8s.io/v1 Gateway, HTTPRoute, GRPCRoute and trellis.dev/v1alpha1 TrafficPolicy,
+  RateLimitPolicy: the waypoint's kinds, typed in gateway.py, routes.py and policies.py.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .gateway import check_replicas, gateway_spec
+from .policies import rate_limit_policy_spec, traffic_policy_spec
+from .routes import grpc_route_spec, http_route_spec
 from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_of, obj, port, string, str_map
 
 TRELLIS = "trellis.dev/v1alpha1"
@@ -203,6 +207,7 @@ class Kind:
     namespaced: bool
     spec: Any  # Check
     spec_required: bool = True
+    meta_check: Any = None  # Check on the validated metadata (a Gateway's replicas annotation)
 
 
 KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
@@ -224,6 +229,9 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
         "action": F("action", enum("ALLOW", "DENY"), default="ALLOW"),
         "rules": F("rules", list_of(_rule), default=tuple)}), spec_required=False),
     Kind(TRELLIS, "PeerAuthentication", True, _peer_auth, spec_required=False),
-    Kind(GATEWAY, "Gateway", True, _opaque),
-    Kind(GATEWAY, "HTTPRoute", True, _opaque),
+    Kind(GATEWAY, "Gateway", True, gateway_spec, meta_check=check_replicas),
+    Kind(GATEWAY, "HTTPRoute", True, http_route_spec),
+    Kind(GATEWAY, "GRPCRoute", True, grpc_route_spec),
+    Kind(TRELLIS, "TrafficPolicy", True, traffic_policy_spec),
+    Kind(TRELLIS, "RateLimitPolicy", True, rate_limit_policy_spec),
 ]}

@@ -84,6 +84,8 @@ def from_dict(d: Any, source: str = "<api>", index: int | None = None) -> Resour
         if top not in ("apiVersion", "kind", "metadata", "spec"):
             problems.append((str(top), "unknown field (allowed: apiVersion, kind, metadata, spec)"))
     meta = _META[k.namespaced](d.get("metadata"), "metadata", problems)
+    if meta is not None and k.meta_check is not None:
+        k.meta_check(meta, problems)
     if "metadata" not in d:
         problems.append(("metadata", "is required"))
     spec = None
