@@ -1,0 +1,103 @@
+"""Retries (HTTPRoute `retry`, GEP-1731) as a small per-request state machine, Envoy's
+semantics (router/retry_state_impl.cc): retry on a listed status code, and on a connect
+failure or a reset/close before any response byte (the spec: "SHOULD retry on connection
+errors"); never after the response has started. Backoff: at least `backoff` (default 25 ms,
+Envoy's), doubling per attempt, capped at 10x, full jitter above the minimum so that retries
+are never earlier than the spec allows. The request body is held for replay up to a limit;
+a longer body makes the request not retryable (it has already streamed away). Every retry
+asks the shared Budget first.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from meshcore.resources.routes import Retry
+
+from .budget import Budget
+
+DEFAULT_BACKOFF = 0.025
+MAX_BACKOFF_FACTOR = 10
+MAX_REPLAY_BYTES = 64 * 1024
+DEFAULT_ATTEMPTS = 1          # Envoy's and Istio's default when a retry stanza has no attempts
+CONNECT_FAILURE = "connect-failure"
+RESET_BEFORE_RESPONSE = "reset-before-response"
+
+
+@dataclass
+class ReplayBody:
+    """The request body as sent so far, kept so a retry can send it again."""
+    limit: int = MAX_REPLAY_BYTES
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    overflowed: bool = False
+
+    def add(self, data: bytes) -> None:
+        if self.overflowed:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.overflowed, self.chunks = True, []
+        else:
+            self.chunks.append(data)
+
+    def replay(self) -> bytes:
+        if self.overflowed:
+            raise ValueError(f"the request body is over {self.limit} bytes and was not kept")
+        return b"".join(self.chunks)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    retry: bool
+    delay: float = 0.0
+    why: str = ""
+
+
+class RetryState:
+    """One client request across its attempts. Call `outcome()` after each attempt."""
+
+    def __init__(self, policy: Retry | None, budget: Budget, rng: random.Random | None = None):
+        self.policy = policy
+        self.budget = budget
+        self.rng = rng or random.Random()
+        self.retries = 0
+        self.body = ReplayBody()
+        budget.record_request()
+
+    @property
+    def max_retries(self) -> int:
+        if self.policy is None:
+            return 0
+        return self.policy.attempts if self.policy.attempts is not None else DEFAULT_ATTEMPTS
+
+    def backoff(self) -> float:
+        """The delay before retry number self.retries+1: base*2^n with jitter, never below base."""
+        base = self.policy.backoff if self.policy and self.policy.backoff is not None else DEFAULT_BACKOFF
+        ceiling = min(base * (2 ** self.retries), base * MAX_BACKOFF_FACTOR)
+        return base + self.rng.random() * (ceiling - base)
+
+    def retryable(self, status: int | None, failure: str | None) -> bool:
+        if self.policy is None:
+            return False
+        if failure in (CONNECT_FAILURE, RESET_BEFORE_RESPONSE):
+            return True
+        return status is not None and status in self.policy.codes
+
+    def outcome(self, status: int | None = None, failure: str | None = None,
+                time_left: float | None = None) -> Verdict:
+        """status: the response's status; failure: CONNECT_FAILURE or RESET_BEFORE_RESPONSE;
+        time_left: what remains of timeouts.request (the spec: retries never outlast it)."""
+        if not self.retryable(status, failure):
+            return Verdict(False, why="not retryable")
+        if self.retries >= self.max_retries:
+            return Verdict(False, why=f"{self.retries} retries used of {self.max_retries}")
+        if self.body.overflowed:
+            return Verdict(False, why="request body too large to replay")
+        delay = self.backoff()
+        if time_left is not None and delay >= time_left:
+            return Verdict(False, why="the request timeout would pass before the retry")
+        if not self.budget.try_retry():
+            return Verdict(False, why="retry budget exhausted")
+        self.retries += 1
+        return Verdict(True, delay, why=failure or f"status {status}")
