@@ -132,3 +132,16 @@ def simple_response(status: int, body: str, extra: Headers = (), stream_id: int 
     payload = (body + "\n").encode()
     headers = (("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(payload)))) + extra
     return Response(status, headers, stream_id=stream_id), Data(payload, stream_id), EndOfMessage(stream_id=stream_id)
+
+
+# RFC 9110 7.6.1: meaningful for one hop only; a proxy drops them (and whatever Connection names).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
+                        "proxy-authenticate", "proxy-authorization", "trailer"})
+
+
+def end_to_end(headers: Headers) -> Headers:
+    """The headers a proxy forwards: hop-by-hop ones and those Connection lists removed, except
+    `te: trailers` (RFC 9113 8.2.2), which gRPC needs end to end."""
+    named = {t.strip().lower() for k, v in headers if k == "connection" for t in v.split(",")}
+    return tuple((k, v) for k, v in headers
+                 if (k not in HOP_BY_HOP and k not in named) or (k == "te" and v.strip().lower() == "trailers"))
