@@ -2,14 +2,16 @@
 with GAMMA semantics (a `Service` parentRef; GEP-1426 and GEP-1294).
 
 Attachment: a route attaches to Service ns/name when a parentRef has group "" kind Service,
-that name, that namespace (default: the route's) and no port or the port dialled. A route in
+that name, that namespace (default: the route's), no port or the port dialled, and no
+sectionName or the name of the port dialled (the spec: sectionName is a Service's port name). A route in
 the Service's namespace is a *producer* route and applies to every caller; a route in another
 namespace is a *consumer* route and applies only to callers in its own namespace, which then
 use their consumer routes instead of the producer routes. `hostnames` are ignored, as GAMMA
 asks. No route attached for that port: the request goes to the Service itself ("default").
 
 Precedence (HTTPRoute, across every rule of every attached route): Exact path, then the
-longest PathPrefix, then RegularExpression (implementation-specific; this is Istio's order),
+longest PathPrefix, then RegularExpression (implementation-specific; Istio's order, the
+longer expression first),
 then a method match, then the most header matches, then the most query matches; ties go to
 the oldest route (creationTimestamp), then "{namespace}/{name}" alphabetically, then rule
 order. GRPCRoute: the longest matching service, then method, then the most header matches,
@@ -166,7 +168,7 @@ def _grpc_ok(m, v: _View) -> bool:
 
 def _http_key(m) -> tuple:
     rank = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}[m.path.type]
-    length = len(m.path.value.rstrip("/")) if m.path.type == "PathPrefix" else len(m.path.value)
+    length = len(m.path.value)   # Istio's getURILength: the longer prefix (or regex) first
     return (rank, -length, m.method is None, -len(_first_by_name(m.headers, True)),
             -len(_first_by_name(m.query_params, False)))
 
@@ -181,10 +183,11 @@ def _grpc_key(m) -> tuple:
 class RouteTable:
     """Every HTTPRoute and GRPCRoute, indexed by the Service they attach to.
 
-    `services` maps (namespace, name) to the Service's ports; a backendRef outside it is invalid."""
+    `services` maps (namespace, name) to the Service's ports ({port: port name}, or just the
+    port numbers); a backendRef outside it is invalid."""
 
     def __init__(self, resources: Iterable[Resource], services: Mapping[tuple[str, str], Iterable[int]]):
-        self.services = {k: frozenset(v) for k, v in services.items()}
+        self.services = {k: dict(v) if isinstance(v, Mapping) else {p: "" for p in v} for k, v in services.items()}
         self.routes: list[_Route] = []
         for r in resources:
             if r.kind in ("HTTPRoute", "GRPCRoute"):
@@ -196,10 +199,11 @@ class RouteTable:
     def attached(self, namespace: str, name: str, port: int, client_namespace: str) -> list[_Route]:
         """The routes that apply to this caller of Service namespace/name:port (GAMMA)."""
         found = []
+        port_name = self.services.get((namespace, name), {}).get(port, "")
         for route in self.routes:
             for p in route.spec.parent_refs:
                 if (p.is_service and p.name == name and (p.namespace or route.ref.namespace) == namespace
-                        and p.port in (None, port)):
+                        and p.port in (None, port) and p.section_name in (None, port_name)):
                     found.append(route)
                     break
         consumer = [r for r in found if r.ref.namespace != namespace and r.ref.namespace == client_namespace]

@@ -21,7 +21,13 @@ def test_retries_listed_codes_and_connection_failures_up_to_attempts():
     assert v1.retry and v2.retry and s.retries == 2
     last = s.outcome(failure=RESET_BEFORE_RESPONSE)
     assert not last.retry and last.why == "2 retries used of 2"
-    assert not RetryState(None, budget).outcome(status=503).retry        # no retry stanza: no retries
+    # No retry stanza: Istio's default, connection failures and gRPC UNAVAILABLE twice, no status code.
+    default = RetryState(None, budget)
+    assert not default.outcome(status=503).retry
+    assert default.outcome(failure=CONNECT_FAILURE).retry and default.outcome(status=200, grpc_status=14).retry
+    assert default.outcome(failure=CONNECT_FAILURE).why == "2 retries used of 2"
+    # A stanza without attempts: Istio's 2.
+    assert RetryState(Retry(codes=(503,)), budget).max_retries == 2
 
 
 def test_backoff_never_below_the_minimum_grows_and_is_capped():

@@ -364,3 +364,14 @@ def test_grpc_route_weights():
                                             ("/abc", "/abcd", False), ("/abc/", "/abc", True), ("/", "/x", True)])
 def test_prefix_is_element_wise(prefix, path, ok):
     assert prefix_matches(prefix, path) is ok
+
+
+def test_section_name_is_the_service_port_name():
+    named = {(NS, "echo"): {80: "http", 8080: "admin"}, (NS, "echo-v1"): [80]}
+    t = table(route("by-name", "  - backendRefs: [{name: echo-v1, port: 80}]\n",
+                    parent="{group: \"\", kind: Service, name: echo, sectionName: http}"), named)
+    assert decide(t, req()).action == "forward"
+    assert decide(t, req(), port=8080).action == "default"
+    t = table(route("both", "  - backendRefs: [{name: echo-v1, port: 80}]\n",
+                    parent="{group: \"\", kind: Service, name: echo, sectionName: http, port: 8080}"), named)
+    assert decide(t, req()).action == "default" and decide(t, req(), port=8080).action == "default"

@@ -1,7 +1,11 @@
-"""Retries (HTTPRoute `retry`, GEP-1731) as a small per-request state machine, Envoy's
-semantics (router/retry_state_impl.cc): retry on a listed status code, and on a connect
-failure or a reset/close before any response byte (the spec: "SHOULD retry on connection
-errors"); never after the response has started. Backoff: at least `backoff` (default 25 ms,
+"""Retries (HTTPRoute `retry`, GEP-1731) as a small per-request state machine, with Istio's
+meaning of an HTTPRoute (pilot/pkg/config/kube/gateway/conversion.go) and Envoy's mechanics
+(router/retry_state_impl.cc):
+- a `retry` stanza retries its `codes`, plus connect failures, resets before any response
+  byte (refused-stream) and gRPC UNAVAILABLE/CANCELLED answers; `attempts` defaults to 2;
+- no stanza still retries connection failures and gRPC UNAVAILABLE/CANCELLED twice, never a
+  status code (Istio's default retry policy);
+- never after the response has started. Backoff: at least `backoff` (default 25 ms,
 Envoy's), doubling per attempt, capped at 10x, full jitter above the minimum so that retries
 are never earlier than the spec allows. The request body is held for replay up to a limit;
 a longer body makes the request not retryable (it has already streamed away). Every retry
@@ -19,7 +23,9 @@ from .budget import Budget
 DEFAULT_BACKOFF = 0.025
 MAX_BACKOFF_FACTOR = 10
 MAX_REPLAY_BYTES = 64 * 1024
-DEFAULT_ATTEMPTS = 1          # Envoy's and Istio's default when a retry stanza has no attempts
+DEFAULT_ATTEMPTS = 2          # Istio's, with or without a retry stanza
+ISTIO_DEFAULT = Retry(codes=(), attempts=DEFAULT_ATTEMPTS)
+GRPC_RETRYABLE = (1, 14)      # CANCELLED, UNAVAILABLE (Envoy retry-on cancelled,unavailable)
 CONNECT_FAILURE = "connect-failure"
 RESET_BEFORE_RESPONSE = "reset-before-response"
 
@@ -58,7 +64,7 @@ class RetryState:
     """One client request across its attempts. Call `outcome()` after each attempt."""
 
     def __init__(self, policy: Retry | None, budget: Budget, rng: random.Random | None = None):
-        self.policy = policy
+        self.policy = policy if policy is not None else ISTIO_DEFAULT
         self.budget = budget
         self.rng = rng or random.Random()
         self.retries = 0
@@ -67,28 +73,25 @@ class RetryState:
 
     @property
     def max_retries(self) -> int:
-        if self.policy is None:
-            return 0
         return self.policy.attempts if self.policy.attempts is not None else DEFAULT_ATTEMPTS
 
     def backoff(self) -> float:
         """The delay before retry number self.retries+1: base*2^n with jitter, never below base."""
-        base = self.policy.backoff if self.policy and self.policy.backoff is not None else DEFAULT_BACKOFF
+        base = self.policy.backoff if self.policy.backoff is not None else DEFAULT_BACKOFF
         ceiling = min(base * (2 ** self.retries), base * MAX_BACKOFF_FACTOR)
         return base + self.rng.random() * (ceiling - base)
 
-    def retryable(self, status: int | None, failure: str | None) -> bool:
-        if self.policy is None:
-            return False
-        if failure in (CONNECT_FAILURE, RESET_BEFORE_RESPONSE):
+    def retryable(self, status: int | None, failure: str | None, grpc_status: int | None = None) -> bool:
+        if failure in (CONNECT_FAILURE, RESET_BEFORE_RESPONSE) or grpc_status in GRPC_RETRYABLE:
             return True
         return status is not None and status in self.policy.codes
 
     def outcome(self, status: int | None = None, failure: str | None = None,
-                time_left: float | None = None) -> Verdict:
+                time_left: float | None = None, grpc_status: int | None = None) -> Verdict:
         """status: the response's status; failure: CONNECT_FAILURE or RESET_BEFORE_RESPONSE;
+        grpc_status: a grpc-status in the response headers (a trailers-only answer);
         time_left: what remains of timeouts.request (the spec: retries never outlast it)."""
-        if not self.retryable(status, failure):
+        if not self.retryable(status, failure, grpc_status):
             return Verdict(False, why="not retryable")
         if self.retries >= self.max_retries:
             return Verdict(False, why=f"{self.retries} retries used of {self.max_retries}")
@@ -100,4 +103,5 @@ class RetryState:
         if not self.budget.try_retry():
             return Verdict(False, why="retry budget exhausted")
         self.retries += 1
-        return Verdict(True, delay, why=failure or f"status {status}")
+        why = failure or (f"grpc-status {grpc_status}" if grpc_status in GRPC_RETRYABLE else f"status {status}")
+        return Verdict(True, delay, why=why)
