@@ -249,3 +249,13 @@ def test_round_trip_through_raw():
         r = one(text)
         again = from_dict(r.to_dict())
         assert again.spec == r.spec
+
+
+def test_readme_waypoint_example_loads():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("## Waypoints (in progress)", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    res = parse_documents(block, "README.md")
+    assert res.errors == [] and [r.kind for r in res.resources] == [
+        "Gateway", "HTTPRoute", "TrafficPolicy", "RateLimitPolicy"]
