@@ -53,17 +53,14 @@ def duration(v, path: str, problems: Problems):
 
 
 def bounded_string(pattern: re.Pattern | None, what: str, max_len: int, min_len: int = 1):
+    """schema.string with the Gateway API's MinLength/MaxLength."""
+    pattern_check = string(pattern, what)
+
     def check(v, path, problems):
-        s = string()(v, path, problems)
-        if s is None:
+        if isinstance(v, str) and not min_len <= len(v) <= max_len:
+            problems.append((path, f"must be {min_len}-{max_len} characters long, got {len(v)}"))
             return None
-        if not min_len <= len(s) <= max_len:
-            problems.append((path, f"must be {min_len}-{max_len} characters long, got {len(s)}"))
-            return None
-        if pattern is not None and not pattern.match(s):
-            problems.append((path, f"{s!r} is not a valid {what}"))
-            return None
-        return s
+        return pattern_check(v, path, problems)
     return check
 
 
