@@ -281,7 +281,8 @@ def test_replace_prefix_match_table_from_the_spec(path, prefix, replacement, out
     ("/path-and-status", 301, "http://echo/replacement-prefix"),
     ("/port", 302, "http://echo:8083/port"), ("/port-and-host", 302, "http://example.org:8083/port-and-host"),
     ("/scheme", 302, "https://echo/scheme"), ("/scheme-and-status", 301, "https://echo/scheme-and-status"),
-    ("/status303", 303, "http://echo/status303?q=1"),
+    ("/status303", 303, "http://echo/status303?q=1"), ("/status307", 307, "http://echo/status307"),
+    ("/status308", 308, "http://echo/status308"),
 ])
 def test_mesh_redirects(target, status, location):
     t = table(route("mesh-redirect", """\
@@ -303,6 +304,10 @@ def test_mesh_redirects(target, status, location):
     filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301}}]
   - matches: [{path: {type: PathPrefix, value: /status303}}]
     filters: [{type: RequestRedirect, requestRedirect: {statusCode: 303}}]
+  - matches: [{path: {type: PathPrefix, value: /status307}}]
+    filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]
+  - matches: [{path: {type: PathPrefix, value: /status308}}]
+    filters: [{type: RequestRedirect, requestRedirect: {statusCode: 308}}]
 """))
     d = decide(t, req(target + ("?q=1" if "303" in target else ""), authority="echo"))
     assert (d.action, d.status, d.location) == ("redirect", status, location)
@@ -375,3 +380,26 @@ def test_section_name_is_the_service_port_name():
     t = table(route("both", "  - backendRefs: [{name: echo-v1, port: 80}]\n",
                     parent="{group: \"\", kind: Service, name: echo, sectionName: http, port: 8080}"), named)
     assert decide(t, req()).action == "default" and decide(t, req(), port=8080).action == "default"
+
+
+def test_mesh_frontend_the_service_dialled_decides_not_the_host_header():
+    t = table(route("mesh-split-v1", """\
+  - filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: X-Header-Set, value: set}]}}]
+    backendRefs: [{name: echo-v2, port: 80}]
+""", parent="{group: \"\", kind: Service, name: echo-v2}"))
+    # MeshFrontendHostname: dialling echo-v2 with Host echo-v1 still gets echo-v2's routes, and the reverse not.
+    d = decide(t, req(authority="echo-v1", headers=[("host", "echo-v1")]), service="echo-v2")
+    assert d.action == "forward" and apply_response_headers((), d.response_headers) == (("x-header-set", "set"),)
+    assert decide(t, req(authority="echo-v2", headers=[("host", "echo-v2")]), service="echo-v1").action == "default"
+
+
+def test_mesh_named_rules():
+    t = table(route("mesh-http-named-rules", """\
+  - name: named-rule
+    matches: [{path: {type: PathPrefix, value: /named}}]
+    backendRefs: [{name: echo-v1, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /unnamed}}]
+    backendRefs: [{name: echo-v2, port: 8080}]
+"""))
+    assert decide(t, req("/named")).backend.name == "echo-v1" and decide(t, req("/unnamed")).backend.name == "echo-v2"
+    assert t.routes[0].spec.rules[0].name == "named-rule" and decide(t, req("/named")).rule == 0
