@@ -4,6 +4,7 @@ import itertools
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from meshcore.resources import parse_documents
 from waypoint.http.events import Request
@@ -403,3 +404,15 @@ def test_mesh_named_rules():
 """))
     assert decide(t, req("/named")).backend.name == "echo-v1" and decide(t, req("/unnamed")).backend.name == "echo-v2"
     assert t.routes[0].spec.rules[0].name == "named-rule" and decide(t, req("/named")).rule == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.text(alphabet="/abv2.%?=&x", max_size=20), version=st.sampled_from(["one", "two", "x", None]),
+       method=st.sampled_from(["GET", "POST", "DELETE"]))
+def test_any_request_gets_a_decision_and_matches_follow_the_rules(path, version, method):
+    t = table(MATCHING + QUERY.replace("mesh-query-param-matching", "q2").replace("port: 80}", "port: 8080}"))
+    headers = [("version", version)] if version else []
+    d = decide(t, req("/" + path, method=method, headers=headers))
+    assert d.action == "forward" and d.backend.name in ("echo-v1", "echo-v2")   # "/" catches everything
+    if version == "two" or prefix_matches("/v2", ("/" + path).split("?")[0]):
+        assert d.backend.name == "echo-v2"
