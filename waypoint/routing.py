@@ -174,6 +174,8 @@ def _http_key(m) -> tuple:
 
 
 def _grpc_key(m) -> tuple:
+    if m is None:                 # no matches: matches every request, ranked last
+        return (0, 0, True, 0)
     mm = m.method
     exact = mm is not None and mm.type == "Exact"
     return (-(len(mm.service or "") if exact else 0), -(len(mm.method or "") if exact else 0),
@@ -218,7 +220,7 @@ class RouteTable:
                 for i, rule in enumerate(route.spec.rules):
                     matches = rule.matches or (None,)
                     for m in matches:
-                        k = (() if m is None else (_grpc_key(m) if route.grpc else _http_key(m))) + tie + (i,)
+                        k = (_grpc_key(m) if route.grpc else _http_key(m)) + tie + (i,)
                         groups[route.grpc].append(_Entry(k, route, i, m))
             self._cache[key] = (sorted(groups[0]), sorted(groups[1]))
         return self._cache[key]

@@ -235,9 +235,15 @@ def _prefix_rule_check(rule: HTTPRouteRule, path: str, problems: Problems) -> No
         problems.append((path, "RequestRedirect filter must not be used together with backendRefs"))
 
 
+def _http_matches(v, path, problems):
+    """An empty list means what no list means: PathPrefix "/" (the CRD default)."""
+    out = max_items(list_of(_http_match), 64)(v, path, problems)
+    return out or (None if out is None else (HTTPRouteMatch(),))
+
+
 _http_rule = obj(HTTPRouteRule, {
     "name": F("name", section_name),
-    "matches": F("matches", max_items(list_of(_http_match), 64), default=lambda: (HTTPRouteMatch(),)),
+    "matches": F("matches", _http_matches, default=lambda: (HTTPRouteMatch(),)),
     "filters": F("filters", _http_filters, default=tuple),
     "backendRefs": F("backend_refs", max_items(list_of(_backend_ref(_backend_filters)), 16), default=tuple),
     "timeouts": F("timeouts", _timeouts),

@@ -366,6 +366,13 @@ def test_grpc_route_weights():
     assert got == {"echo-v1": 70, "echo-v2": 30}
 
 
+def test_grpc_rule_without_matches_catches_the_rest_after_specific_rules():
+    t = table(GRPC.replace("  rules:\n", "  rules:\n  - backendRefs: [{name: echo-v3, port: 80}]\n"))
+    assert decide(t, grpc("/grpc.Echo/Ping"), port=7070).backend.name == "echo-v2"
+    d = decide(t, grpc("/x.Y/Z"), port=7070)
+    assert (d.backend.name, d.backend.port, d.rule) == ("echo-v3", 80, 0)
+
+
 @pytest.mark.parametrize("prefix,path,ok", [("/abc", "/abc", True), ("/abc", "/abc/", True), ("/abc", "/abc/d", True),
                                             ("/abc", "/abcd", False), ("/abc/", "/abc", True), ("/", "/x", True)])
 def test_prefix_is_element_wise(prefix, path, ok):

@@ -98,6 +98,8 @@ def test_http_route_typed_with_spec_defaults():
     # No matches: PathPrefix "/"; weight defaults to 1.
     assert plain.matches[0].path.type == "PathPrefix" and plain.matches[0].path.value == "/"
     assert plain.backend_refs[0].weight == 1 and plain.timeouts is None and plain.retry is None
+    empty = one(ROUTE.replace("  - backendRefs: [{name: web-v1, port: 80}]", "  - {matches: [], backendRefs: []}"))
+    assert empty.spec.rules[1].matches[0].path.value == "/" and empty.spec.rules[1].backend_refs == ()
     # No rules at all: one rule matching everything (the CRD default), with no backends.
     bare = one(ROUTE.split("  rules:")[0])
     assert bare.spec.rules[0].matches[0].path.value == "/" and bare.spec.rules[0].backend_refs == ()
