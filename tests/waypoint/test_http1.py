@@ -105,3 +105,12 @@ def test_garbage_only_ever_gives_protocol_error_events(data):
             assert isinstance(ev, (Request, Data, EndOfMessage, ProtocolError, ConnectionClosed))
             if isinstance(ev, ProtocolError):
                 assert ev.status in (400, 431, 501) and s.error_response(ev).startswith(b"HTTP/1.1 ")
+
+
+def test_expect_100_continue():
+    s = HTTP1Server()
+    (req,) = feed(s, b"PUT /u HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n")
+    assert req.header("expect") == "100-continue"
+    assert s.send(Response(100)) == b"HTTP/1.1 100 \r\n\r\n"
+    body, end = feed(s, b"abc")
+    assert body.data == b"abc" and isinstance(end, EndOfMessage)

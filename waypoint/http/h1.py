@@ -133,6 +133,8 @@ class HTTP1Server(_Side):
         return self._data_or_end(ev)
 
     def send(self, ev) -> bytes:
+        if isinstance(ev, Response) and ev.status < 200:   # 100 Continue, 103 Early Hints
+            return self._send(h11.InformationalResponse(status_code=ev.status, headers=_encode(ev.headers)))
         if isinstance(ev, Response):
             self.responding = True
             return self._send(h11.Response(status_code=ev.status, headers=_encode(ev.headers),
