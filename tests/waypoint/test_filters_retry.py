@@ -93,3 +93,25 @@ def test_budget_window_forgets_old_requests():
     assert budget.allowance() == 5
     clock.advance(1.5)
     assert budget.allowance() == 0 and not budget.try_retry()
+
+
+def test_deadlines_from_route_timeouts():
+    from meshcore.resources.routes import Timeouts
+    from waypoint.filters.timeouts import Deadlines
+
+    d = Deadlines.of(Timeouts(request=10, backend_request=2), start=100)
+    assert d.attempt_deadline(100) == 102 and d.attempt_deadline(109) == 110     # never past the request's
+    assert d.time_left(104) == 6 and not d.expired(109.9) and d.expired(110)
+    assert "10s request timeout" in d.timeout_body() and "2s backendRequest" in d.attempt_timeout_body()
+    off = Deadlines.of(Timeouts(request=0, backend_request=0), start=100)        # "0s" disables
+    assert off.attempt_deadline(100) is None and off.time_left(1e9) is None and not off.expired(1e9)
+    assert Deadlines.of(None, 5).attempt_deadline(5) is None
+    only_backend = Deadlines.of(Timeouts(backend_request=1.5), start=0)
+    assert only_backend.attempt_deadline(3) == 4.5 and only_backend.time_left(3) is None
+
+
+def test_attempt_timeouts_are_retried_only_under_a_retry_stanza():
+    from waypoint.filters.retry import ATTEMPT_TIMEOUT
+    budget = Budget(clock=Clock())
+    assert RetryState(Retry(codes=(503,)), budget).outcome(failure=ATTEMPT_TIMEOUT).retry
+    assert not RetryState(None, budget).outcome(failure=ATTEMPT_TIMEOUT).retry

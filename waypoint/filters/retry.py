@@ -28,6 +28,7 @@ ISTIO_DEFAULT = Retry(codes=(), attempts=DEFAULT_ATTEMPTS)
 GRPC_RETRYABLE = (1, 14)      # CANCELLED, UNAVAILABLE (Envoy retry-on cancelled,unavailable)
 CONNECT_FAILURE = "connect-failure"
 RESET_BEFORE_RESPONSE = "reset-before-response"
+ATTEMPT_TIMEOUT = "attempt-timeout"   # timeouts.backendRequest ran out: retried only under a stanza
 
 
 @dataclass
@@ -64,6 +65,7 @@ class RetryState:
     """One client request across its attempts. Call `outcome()` after each attempt."""
 
     def __init__(self, policy: Retry | None, budget: Budget, rng: random.Random | None = None):
+        self.explicit = policy is not None
         self.policy = policy if policy is not None else ISTIO_DEFAULT
         self.budget = budget
         self.rng = rng or random.Random()
@@ -84,11 +86,13 @@ class RetryState:
     def retryable(self, status: int | None, failure: str | None, grpc_status: int | None = None) -> bool:
         if failure in (CONNECT_FAILURE, RESET_BEFORE_RESPONSE) or grpc_status in GRPC_RETRYABLE:
             return True
+        if failure == ATTEMPT_TIMEOUT:
+            return self.explicit
         return status is not None and status in self.policy.codes
 
     def outcome(self, status: int | None = None, failure: str | None = None,
                 time_left: float | None = None, grpc_status: int | None = None) -> Verdict:
-        """status: the response's status; failure: CONNECT_FAILURE or RESET_BEFORE_RESPONSE;
+        """status: the response's status; failure: CONNECT_FAILURE, RESET_BEFORE_RESPONSE or ATTEMPT_TIMEOUT;
         grpc_status: a grpc-status in the response headers (a trailers-only answer);
         time_left: what remains of timeouts.request (the spec: retries never outlast it)."""
         if not self.retryable(status, failure, grpc_status):
