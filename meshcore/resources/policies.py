@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..identity import SpiffeId
 from .gateway import GATEWAY_GROUP, Problems, duration, max_items, object_name, unique
 from .schema import F, enum, integer, list_of, obj, string
 
@@ -175,9 +176,14 @@ _limit = obj(RateLimit, _limit_fields, post=_limit_post)
 
 
 def _principal(v, path, problems):
+    """An exact workload identity: an override names one caller."""
     s = string()(v, path, problems)
-    if s is not None and not (s.startswith("spiffe://") and "/ns/" in s and "/sa/" in s):
-        problems.append((path, f"{s!r} is not a workload SPIFFE ID (spiffe://<td>/ns/<ns>/sa/<sa>)"))
+    if s is None:
+        return None
+    try:
+        SpiffeId.parse(s)
+    except ValueError as exc:
+        problems.append((path, f"{s!r} is not a workload SPIFFE ID: {exc}"))
         return None
     return s
 

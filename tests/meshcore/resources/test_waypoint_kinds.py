@@ -233,6 +233,8 @@ BAD = [
     (RATE.replace("unit: Minute", "unit: Day"), "spec.overrides[0].unit", "must be one of Second, Minute, Hour"),
     (RATE.replace("principal: spiffe://cluster.local/ns/default/sa/batch", "principal: batch"),
      "spec.overrides[0].principal", "is not a workload SPIFFE ID"),
+    (RATE.replace("ns/default/sa/batch", "ns/default/sa/batch*"), "spec.overrides[0].principal",
+     "is not a workload SPIFFE ID"),
     (RATE.replace("group: gateway.networking.k8s.io, ", ""), "spec.targetRefs[0].group",
      "a HTTPRoute is in group 'gateway.networking.k8s.io', got ''"),
 ]
