@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .schema import F, Problems, enum, integer, labels, list_of, obj, port, str_map, string
+from .schema import F, Problems, enum, integer, ip_address, labels, list_of, obj, port, str_map, string
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 WAYPOINT_CLASS = "trellis-waypoint"
@@ -158,8 +158,13 @@ _listener = obj(Listener, {
 _infrastructure = obj(Infrastructure, {
     "labels": F("labels", labels, default=dict),
     "annotations": F("annotations", str_map(), default=dict)})
+def _address_post(a: dict, path: str, problems: Problems) -> None:
+    check = ip_address if a["type"] == "IPAddress" else precise_hostname
+    check(a["value"], f"{path}.value", problems)
+
+
 _address = obj(dict, {"type": F("type", enum("IPAddress", "Hostname"), default="IPAddress"),
-                      "value": F("value", bounded_string(None, "address", 253), required=True)})
+                      "value": F("value", bounded_string(None, "address", 253), required=True)}, post=_address_post)
 
 
 def _gateway_post(spec: GatewaySpec, path: str, problems: Problems) -> None:

@@ -77,6 +77,7 @@ def test_waypoint_gateway():
     gw = one(WAYPOINT)
     assert gw.spec.is_waypoint and gw.spec.listeners[0].protocol == "HBONE" and gw.spec.listeners[0].port == 15008
     assert waypoint_replicas(gw.annotations) == 2 and gw.spec.infrastructure.labels == {"team": "a"}
+    assert one(WAYPOINT + "  addresses: [{value: 10.0.0.5}]\n").spec.addresses[0]["value"] == "10.0.0.5"
     bare = one(WAYPOINT.replace("  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n", ""))
     assert [(x.name, x.port, x.protocol) for x in bare.spec.listeners] == [("mesh", 15008, "HBONE")]
     other = one(WAYPOINT.replace("trellis-waypoint", "nginx").replace("15008, protocol: HBONE", "80, protocol: HTTP"))
@@ -169,6 +170,8 @@ BAD = [
     (WAYPOINT.replace("{labels: {team: a}}", "{parametersRef: {kind: ConfigMap, name: x}}"),
      "spec.infrastructure.parametersRef", "is not supported: set replicas with the trellis.dev/replicas annotation"),
     (WAYPOINT.replace("gatewayClassName", "gatewayClass"), "spec.gatewayClass", "unknown field"),
+    (WAYPOINT + "  addresses: [{value: 10.0.0.300}]\n", "spec.addresses[0].value", "must be an IPv4 or IPv6 address"),
+    (WAYPOINT + "  addresses: [{type: Hostname, value: Bad_Host}]\n", "spec.addresses[0].value", "not a valid hostname"),
     (ROUTE.replace("type: Exact, value: /v2", "type: Exact, value: v2"), "spec.rules[0].matches[0].path.value",
      "value must be an absolute path and start with '/' when type one of ['Exact', 'PathPrefix']"),
     (ROUTE.replace("value: /v2", "value: /a//b"), "spec.rules[0].matches[0].path.value", "must not contain '//'"),
