@@ -197,3 +197,35 @@ def test_answering_a_stream_the_client_reset_is_silent():
     assert isinstance(server.events()[-1], StreamReset)
     assert server.send(Response(200, (), stream_id=1)) == b"" and server.send(Data(b"x", 1)) == b""
     assert server.keep_alive
+
+
+def test_client_side_grpc_trailers_and_a_large_request_body():
+    backend, ours = peer(client_side=False), HTTP2Client()
+    backend.receive_data(ours.data_to_send())
+    sid = ours.next_stream_id()
+    wire = ours.send(Request("POST", "/grpc.Echo/Ping", "echo:7070",
+                             (("content-type", "application/grpc"), ("te", "trailers")), stream_id=sid))
+    wire += ours.send(Data(b"z" * 100_000, sid))          # more than the backend's initial 64 KiB window
+    wire += ours.send(EndOfMessage(stream_id=sid))
+    got, ended = 0, False
+    for _ in range(20):
+        for ev in backend.receive_data(wire):
+            if isinstance(ev, h2.events.RequestReceived):
+                assert (b"te", b"trailers") in ev.headers
+            if isinstance(ev, h2.events.DataReceived):
+                got += len(ev.data)
+                backend.acknowledge_received_data(ev.flow_controlled_length, sid)
+            ended |= isinstance(ev, h2.events.StreamEnded)
+        ours.receive_data(backend.data_to_send())
+        ours.events()
+        wire = ours.data_to_send()
+        if ended:
+            break
+    assert got == 100_000 and ended
+    backend.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    backend.send_data(sid, b"\x00\x00\x00\x00\x00")
+    backend.send_headers(sid, [(b"grpc-status", b"14"), (b"grpc-message", b"down")], end_stream=True)
+    ours.receive_data(backend.data_to_send())
+    resp, data, end = ours.events()
+    assert resp.status == 200 and data.data == b"\x00" * 5
+    assert end == EndOfMessage((("grpc-status", "14"), ("grpc-message", "down")), sid)   # one end, with trailers
