@@ -7,7 +7,8 @@
 - trellis.dev/v1alpha1 AuthorizationPolicy: AuthorizationPolicySpec(selector, target_refs,
   action, rules[Rule(from_[Source...], to[Operation...])]) with Istio's semantics.
 - trellis.dev/v1alpha1 PeerAuthentication: PeerAuthenticationSpec(selector, mode).
-- gateway.networking.k8s.io/v1 Gateway, HTTPRoute: OpaqueSpec(fields) until waypoints type them.
+- gateway.networking.k8s.io/v1 Gateway, HTTPRoute, GRPCRoute and trellis.dev/v1alpha1 TrafficPolicy,
+  RateLimitPolicy: the waypoint's kinds, typed in gateway.py, routes.py and policies.py.
 - v1 Pod, v1 ServiceAccount, discovery.k8s.io/v1 EndpointSlice: kube.py (every Kubernetes field accepted).
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import kube
+from .gateway import check_replicas, gateway_spec
+from .policies import rate_limit_policy_spec, traffic_policy_spec
+from .routes import grpc_route_spec, http_route_spec
 from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_of, obj, port, string, str_map
 
 TRELLIS = "trellis.dev/v1alpha1"
@@ -216,6 +220,7 @@ class Kind:
     spec_required: bool = True
     status: bool = False      # a `status` is accepted and ignored (Kubernetes' own kinds)
     top_level: bool = False   # `spec` checks the whole object but apiVersion/kind/metadata
+    meta_check: Any = None    # Check on the validated metadata (a Gateway's replicas annotation)
 
 
 KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
@@ -241,6 +246,9 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
         "action": F("action", enum("ALLOW", "DENY"), default="ALLOW"),
         "rules": F("rules", list_of(_rule), default=tuple)}), spec_required=False),
     Kind(TRELLIS, "PeerAuthentication", True, _peer_auth, spec_required=False),
-    Kind(GATEWAY, "Gateway", True, _opaque),
-    Kind(GATEWAY, "HTTPRoute", True, _opaque),
+    Kind(GATEWAY, "Gateway", True, gateway_spec, meta_check=check_replicas),
+    Kind(GATEWAY, "HTTPRoute", True, http_route_spec),
+    Kind(GATEWAY, "GRPCRoute", True, grpc_route_spec),
+    Kind(TRELLIS, "TrafficPolicy", True, traffic_policy_spec),
+    Kind(TRELLIS, "RateLimitPolicy", True, rate_limit_policy_spec),
 ]}

@@ -83,6 +83,8 @@ def from_dict(d: Any, source: str = "<api>", index: int | None = None) -> Resour
         known = ", ".join(f"{a} {n}" for a, n in KINDS)
         raise errs([("", f"unknown kind {api} {kind} (known: {known})")])
     meta = _META[k.namespaced](d.get("metadata"), "metadata", problems)
+    if meta is not None and k.meta_check is not None:
+        k.meta_check(meta, problems)
     if "metadata" not in d:
         problems.append(("metadata", "is required"))
     spec = None
