@@ -131,3 +131,30 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in body for k, v in labels.items()):
             total += float(value)
     return total
+
+
+class Capture:
+    """tcpdump on the fabric bridge, where traffic between nodes crosses: shows what is
+    encrypted and what is not."""
+
+    def __init__(self, lab, path):
+        self.path = path
+        self.out = open(path, "wb")
+        # --immediate-mode: libpcap's TPACKET_V3 ring otherwise hands packets over only when a
+        # block times out, and tcpdump drops what is still pending when it is terminated
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.fabric_netns(), "tcpdump", "--immediate-mode", "-i", "trellis0",
+             "-U", "-s", "0", "-w", "-", "tcp"], stdout=self.out, stderr=subprocess.PIPE)
+        # tcpdump says "listening on" once the socket is ready
+        line = self.proc.stderr.readline().decode()
+        assert "listening" in line, line
+
+    def stop(self) -> bytes:
+        time.sleep(1.0)
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.out.close()
+        return self.path.read_bytes()
+
+    def summary(self) -> str:
+        return subprocess.run(["tcpdump", "-nn", "-r", str(self.path)], capture_output=True, text=True).stdout
