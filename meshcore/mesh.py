@@ -36,6 +36,11 @@ class Enrollment:
     reason: str   # why, in words an operator can act on
 
 
+def namespace_in_mesh(labels: Labels | None) -> bool:
+    """A namespace labelled for the mesh enrolls its pods (those not opted out)."""
+    return (labels or {}).get(AMBIENT_LABEL) == AMBIENT
+
+
 def enrollment(namespace: str, namespace_labels: Labels | None, *pod_labels: Labels | None) -> Enrollment:
     """Whether a pod is in the mesh. `pod_labels`: every label set the pod carries (a
     WorkloadEntry has its metadata labels and its spec labels; an opt-out in either counts)."""
@@ -44,7 +49,7 @@ def enrollment(namespace: str, namespace_labels: Labels | None, *pod_labels: Lab
         return Enrollment(False, f"the pod is labelled {AMBIENT_LABEL}={NONE}")
     if AMBIENT in modes:
         return Enrollment(True, f"the pod is labelled {AMBIENT_LABEL}={AMBIENT}")
-    if (namespace_labels or {}).get(AMBIENT_LABEL) == AMBIENT:
+    if namespace_in_mesh(namespace_labels):
         return Enrollment(True, f"namespace {namespace} is labelled {AMBIENT_LABEL}={AMBIENT}")
     return Enrollment(False, f"namespace {namespace} is not labelled {AMBIENT_LABEL}={AMBIENT}")
 

@@ -55,7 +55,7 @@ def test_lab_reports_the_opted_out_pod_outside_the_mesh(lab):
     assert (rows["cart-2"]["mesh"], rows["cart-2"]["enrolled"]) == (False, False), rows["cart-2"]
     assert (rows["cart-1"]["mesh"], rows["cart-1"]["enrolled"]) == (True, True), rows["cart-1"]
     assert lab.serving("a2") == {"shop/cart-1"}
-    workloads = {w["uid"]: w for w in lab.ztunnel("a1", "/config_dump")["workloads"]}
+    workloads = {w["uid"]: w for w in lab.ztunnel("a1", "/config_dump")["state"]["workloads"]}
     assert workloads["shop/cart-2"]["protocol"] == "TCP" and workloads["shop/cart-1"]["protocol"] == "HBONE"
 
 

@@ -6,7 +6,7 @@ import trio
 from cryptography import x509
 
 from controlplane.ca import CertificateAuthority
-from ztunnel.certs import CertificateManager, CertificateUnavailable
+from meshcore.certs import CertificateManager, CertificateUnavailable
 from zt_ca import TestCA, inprocess_keygen
 
 ID = "spiffe://cluster.local/ns/default/sa/web"

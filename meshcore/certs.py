@@ -1,4 +1,5 @@
-"""Workload certificates for the identities of this node's pods.
+"""Workload certificates for the identities a data-plane process serves (ztunnel: its
+node's pods; a waypoint: its own).
 
 Keys are generated here and never leave; the control plane signs CSRs. Each identity
 gets a worker that renews at half-life and, when signing fails, retries with backoff
@@ -15,11 +16,11 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
-from meshcore import identity as ident
-from meshcore import tls
-from meshcore.keygen import new_key_and_csr
+from . import identity as ident
+from . import tls
+from .keygen import new_key_and_csr
 
-log = logging.getLogger("trellis.ztunnel.certs")
+log = logging.getLogger("trellis.certs")
 
 
 class Signer(Protocol):

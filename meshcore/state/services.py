@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcore.resources import Resource, ServicePort  # noqa: F401 (re-exported)
+from ..resources import Resource, ServicePort  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 import json
 
 from meshcore.resources import parse_documents
-from ztunnel.state import State
+from meshcore.state import State
 
 from zt_helpers import mesh, pol, rule, wl
 
@@ -170,7 +170,8 @@ spec:
 
 def test_state_from_the_real_resource_model():
     from meshcore.resources import parse_documents
-    from ztunnel import authz, route
+    from meshcore import authz
+    from ztunnel import route
 
     result = parse_documents(MESH_YAML, "mesh.yaml")
     assert not result.errors, [str(e) for e in result.errors]
