@@ -59,6 +59,13 @@ def node_identity(trust_domain: str, node: str) -> str:
     return f"spiffe://{trust_domain}/trellis/node/{node}"
 
 
+def trust_domain_of(uri: str) -> str:
+    """The trust domain of any SPIFFE ID (a workload's or a node's)."""
+    if not uri.startswith("spiffe://") or not uri[len("spiffe://"):].split("/", 1)[0]:
+        raise ValueError(f"not a SPIFFE ID (spiffe://<trust domain>/...): {uri!r}")
+    return uri[len("spiffe://"):].split("/", 1)[0]
+
+
 def node_from_identity(uri: str, trust_domain: str) -> str | None:
     prefix = f"spiffe://{trust_domain}/trellis/node/"
     return uri[len(prefix):] if uri.startswith(prefix) and "/" not in uri[len(prefix):] else None

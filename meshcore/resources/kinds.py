@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..identity import SpiffeId
 from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_of, obj, port, string, str_map
 
 TRELLIS = "trellis.dev/v1alpha1"
@@ -138,9 +139,12 @@ def _principal(v, path, problems):
     if s is None:
         return None
     if s.startswith("spiffe://") or s == "*" or PRINCIPAL.match(s):
-        if s.startswith("spiffe://") and "*" not in s and not re.match(r"^spiffe://[^/]+/ns/[^/]+/sa/[^/]+$", s):
-            problems.append((path, f"{s!r} is not a workload SPIFFE ID (spiffe://<td>/ns/<ns>/sa/<sa>)"))
-            return None
+        if s.startswith("spiffe://") and "*" not in s:
+            try:
+                SpiffeId.parse(s)
+            except ValueError as exc:
+                problems.append((path, f"{s!r} is not a workload SPIFFE ID: {exc}"))
+                return None
         return s
     problems.append((path, f"{s!r} is not a principal: use spiffe://<td>/ns/<ns>/sa/<sa>, "
                            "a prefix*, a *suffix or *"))

@@ -137,7 +137,7 @@ class State:
         return cls(trust_domain=trust_domain, version=version,
                    workloads=build("WorkloadEntry", lambda r: workloads.from_resource(
                        r, trust_domain=trust_domain, namespaces=namespaces)),
-                   services=build("Service", services.from_resource),
+                   services=build("Service", lambda r: services.from_resource(r, namespaces=namespaces)),
                    policies=build("AuthorizationPolicy", policies.from_resource),
                    enrolled_namespaces=frozenset(n for n, labels in namespaces.items() if namespace_in_mesh(labels)),
                    warnings=warnings)

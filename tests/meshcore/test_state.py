@@ -188,3 +188,32 @@ def test_state_from_the_real_resource_model():
     assert isinstance(authz.evaluate(policies, client.identity, 8080), authz.Deny)
     assert isinstance(authz.evaluate(policies, "spiffe://cluster.local/ns/default/sa/other", 8080), authz.Allow)
     assert isinstance(authz.evaluate(policies, client.identity, 9090), authz.Allow)
+
+
+def test_services_carry_the_waypoint_the_mesh_rules_give_them():
+    from meshcore.resources import parse_documents
+    docs = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {trellis.dev/dataplane-mode: ambient, trellis.dev/use-waypoint: shop-wp}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 10.96.0.30, selector: {app: cart}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pay, namespace: shop, labels: {trellis.dev/use-waypoint: pay-wp}}
+spec: {clusterIP: 10.96.0.31, selector: {app: pay}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: health, namespace: shop, labels: {trellis.dev/use-waypoint: none}}
+spec: {clusterIP: 10.96.0.32, selector: {app: health}, ports: [{port: 80}]}
+"""
+    loaded = parse_documents(docs, "shop.yaml")
+    assert not loaded.errors, loaded.errors
+    s = State.from_resources(loaded.resources)
+    got = {svc["name"]: svc["waypoint"] for svc in s.dump()["services"]}
+    assert got == {"shop/cart": "shop-wp", "shop/pay": "pay-wp", "shop/health": None}
