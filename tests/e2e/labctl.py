@@ -2,6 +2,7 @@
 admin endpoints read inside their network namespaces."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from meshcore import admin
 
@@ -33,6 +34,19 @@ def wait_until(pred: Callable[[], Any], what: str, timeout: float = 30.0, interv
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@contextlib.contextmanager
+def running(lab_dir: Path, state_dir: str, prefix: str) -> Iterator["Lab"]:
+    """A lab up for the duration (after removing what a run that died half way left), then down."""
+    lab = Lab(lab_dir, state_dir, prefix)
+    lab.down()
+    try:
+        lab.up()
+        yield lab
+    finally:
+        res = lab.down()
+        assert res.returncode == 0, res.stderr
 
 
 class Lab:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.labctl import Capture, Lab, metric_value
+from e2e.labctl import Capture, metric_value, running
 
 LAB_DIR = Path(__file__).resolve().parent / "optout"
 VIP = "10.96.0.30"
@@ -39,14 +39,8 @@ print(json.dumps({"seen": seen, "failures": failures}))
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(LAB_DIR, "/run/trellis/e2e-optout", "ttopt")
-    lab.down()
-    try:
-        lab.up()
+    with running(LAB_DIR, "/run/trellis/e2e-optout", "ttopt") as lab:
         yield lab
-    finally:
-        res = lab.down()
-        assert res.returncode == 0, res.stderr
 
 
 def test_lab_reports_the_opted_out_pod_outside_the_mesh(lab):
