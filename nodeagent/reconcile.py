@@ -8,7 +8,7 @@ put in the mesh; ztunnel and the lab decide with the same rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from meshcore.mesh import STRICT, namespace_labels, peer_auth_mode, workload_enrollment
 
