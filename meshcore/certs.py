@@ -104,8 +104,8 @@ class CertificateManager:
     async def wait_ready(self, identity: str) -> ident.CertBundle:
         e = self._entries.get(identity)
         if e is None:
-            raise CertificateUnavailable(f"no local pod uses {identity}; ztunnel only holds certificates "
-                                         f"for identities of pods on this node")
+            raise CertificateUnavailable(f"nothing here uses {identity}; a data-plane process holds certificates "
+                                         f"only for the identities it serves (ztunnel: its node's pods)")
         await e.ready.wait()
         return e.bundle
 
