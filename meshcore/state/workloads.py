@@ -7,7 +7,7 @@ from typing import Any
 from typing import Mapping
 
 from ..identity import workload_identity
-from ..mesh import Labels, workload_enrollment
+from ..mesh import Labels, waypoint_for, workload_enrollment
 from ..resources import Resource
 
 
@@ -24,6 +24,7 @@ class Workload:
     # In the mesh (meshcore.mesh.enrollment): reached over HBONE, not plaintext.
     in_mesh: bool = False
     mesh_reason: str = field(default="", compare=False)   # why in or out, for route explanations
+    waypoint: str | None = None   # for traffic addressed to the workload itself (not via a Service)
     trust_domain: str = "cluster.local"
 
     @property
@@ -38,7 +39,8 @@ class Workload:
         return {"uid": self.uid, "address": self.address, "serviceAccount": self.service_account,
                 "identity": self.identity, "node": self.node, "networkNamespace": self.network_namespace,
                 "labels": dict(self.labels), "ports": dict(self.ports),
-                "protocol": "HBONE" if self.in_mesh else "TCP", "mesh": self.mesh_reason}
+                "protocol": "HBONE" if self.in_mesh else "TCP", "mesh": self.mesh_reason,
+                "waypoint": self.waypoint}
 
 
 def from_resource(res: Resource, *, trust_domain: str, namespaces: Mapping[str, Labels]) -> Workload:
@@ -54,6 +56,7 @@ def from_resource(res: Resource, *, trust_domain: str, namespaces: Mapping[str, 
         labels=dict(spec.labels),
         ports=dict(spec.ports),
         in_mesh=mesh.in_mesh, mesh_reason=mesh.reason,
+        waypoint=waypoint_for(namespaces.get(res.namespace), res.labels),
         trust_domain=trust_domain,
     )
 

@@ -217,3 +217,26 @@ spec: {clusterIP: 10.96.0.32, selector: {app: health}, ports: [{port: 80}]}
     s = State.from_resources(loaded.resources)
     got = {svc["name"]: svc["waypoint"] for svc in s.dump()["services"]}
     assert got == {"shop/cart": "shop-wp", "shop/pay": "pay-wp", "shop/health": None}
+
+
+def test_workloads_carry_their_waypoint_for_traffic_to_their_own_address():
+    from meshcore.resources import parse_documents
+    docs = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {trellis.dev/dataplane-mode: ambient, trellis.dev/use-waypoint: shop-wp}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: cart-1, namespace: shop}
+spec: {address: 10.244.1.5, node: n1, labels: {app: cart}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: cart-2, namespace: shop, labels: {trellis.dev/use-waypoint: none}}
+spec: {address: 10.244.1.6, node: n1, labels: {app: cart}}
+"""
+    loaded = parse_documents(docs, "shop.yaml")
+    assert not loaded.errors, loaded.errors
+    s = State.from_resources(loaded.resources)
+    assert (s.workload_by_uid("shop/cart-1").waypoint, s.workload_by_uid("shop/cart-2").waypoint) == ("shop-wp", None)
