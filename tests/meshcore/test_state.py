@@ -190,8 +190,13 @@ def test_state_from_the_real_resource_model():
     assert isinstance(authz.evaluate(policies, client.identity, 9090), authz.Allow)
 
 
+def _state(docs: str) -> State:
+    loaded = parse_documents(docs, "shop.yaml")
+    assert not loaded.errors, [str(e) for e in loaded.errors]
+    return State.from_resources(loaded.resources)
+
+
 def test_services_carry_the_waypoint_the_mesh_rules_give_them():
-    from meshcore.resources import parse_documents
     docs = """
 apiVersion: v1
 kind: Namespace
@@ -212,15 +217,12 @@ kind: Service
 metadata: {name: health, namespace: shop, labels: {trellis.dev/use-waypoint: none}}
 spec: {clusterIP: 10.96.0.32, selector: {app: health}, ports: [{port: 80}]}
 """
-    loaded = parse_documents(docs, "shop.yaml")
-    assert not loaded.errors, loaded.errors
-    s = State.from_resources(loaded.resources)
+    s = _state(docs)
     got = {svc["name"]: svc["waypoint"] for svc in s.dump()["services"]}
     assert got == {"shop/cart": "shop-wp", "shop/pay": "pay-wp", "shop/health": None}
 
 
 def test_workloads_carry_their_waypoint_for_traffic_to_their_own_address():
-    from meshcore.resources import parse_documents
     docs = """
 apiVersion: v1
 kind: Namespace
@@ -236,7 +238,5 @@ kind: WorkloadEntry
 metadata: {name: cart-2, namespace: shop, labels: {trellis.dev/use-waypoint: none}}
 spec: {address: 10.244.1.6, node: n1, labels: {app: cart}}
 """
-    loaded = parse_documents(docs, "shop.yaml")
-    assert not loaded.errors, loaded.errors
-    s = State.from_resources(loaded.resources)
+    s = _state(docs)
     assert (s.workload_by_uid("shop/cart-1").waypoint, s.workload_by_uid("shop/cart-2").waypoint) == ("shop-wp", None)
