@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -23,6 +24,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshcore.identity import CertBundle, SpiffeId, controlplane_identity, node_identity, split_pem_chain
 
 DEFAULT_TTL = dt.timedelta(hours=24)
+# not-before is backdated by this, for clocks a little behind the CA's; renewal counts from
+# when a certificate arrives, not from not-before (meshcore.identity.renewal_time).
 SKEW = dt.timedelta(minutes=1)
 
 
@@ -73,6 +76,8 @@ class CertificateAuthority:
     chain_pem: tuple[bytes, ...]   # the signing cert and any intermediates above it
     roots_pem: tuple[bytes, ...]
     ttl: dt.timedelta = DEFAULT_TTL
+    # The clock leaves are dated by (tests run it on trio's virtual clock).
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.timezone.utc), repr=False)
 
     @classmethod
     def load_or_create(cls, ca_dir: str | Path, trust_domain: str, ttl: dt.timedelta = DEFAULT_TTL) -> "CertificateAuthority":
@@ -125,7 +130,7 @@ class CertificateAuthority:
         return csr, uris[0]
 
     def sign(self, csr: x509.CertificateSigningRequest, uri: str, ttl: dt.timedelta | None = None) -> list[bytes]:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = self.now()
         not_after = min(now + (ttl or self.ttl), self.cert.not_valid_after_utc)
         leaf = (x509.CertificateBuilder()
                 .subject_name(x509.Name([]))

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from . import sockio, tls
-from .identity import CertBundle, controlplane_identity
+from .identity import CertBundle, controlplane_identity, trust_domain_of
 from .jsonlines import FramingError, LineReader, encode
 from .resources import Resource, ResourceInvalid, from_dict
 
@@ -70,7 +70,7 @@ class ControlPlaneClient:
         return self._credential() if callable(self._credential) else self._credential
 
     def _expected_server(self, bundle: CertBundle) -> str:
-        return controlplane_identity(bundle.identity.removeprefix("spiffe://").split("/", 1)[0])
+        return controlplane_identity(trust_domain_of(bundle.identity))
 
     async def _connect(self) -> trio.SSLStream:
         host, port = self.address

@@ -59,6 +59,13 @@ def node_identity(trust_domain: str, node: str) -> str:
     return f"spiffe://{trust_domain}/trellis/node/{node}"
 
 
+def trust_domain_of(uri: str) -> str:
+    """The trust domain of any SPIFFE ID (a workload's or a node's)."""
+    if not uri.startswith("spiffe://") or not uri[len("spiffe://"):].split("/", 1)[0]:
+        raise ValueError(f"not a SPIFFE ID (spiffe://<trust domain>/...): {uri!r}")
+    return uri[len("spiffe://"):].split("/", 1)[0]
+
+
 def node_from_identity(uri: str, trust_domain: str) -> str | None:
     prefix = f"spiffe://{trust_domain}/trellis/node/"
     return uri[len(prefix):] if uri.startswith(prefix) and "/" not in uri[len(prefix):] else None
@@ -92,6 +99,28 @@ def split_pem_chain(pem: bytes) -> list[bytes]:
             raise ValueError(f"certificate {i} of the PEM bundle: {exc}") from None
         out.append(der.to_pem(d))
     return out
+
+
+# Renewal never comes sooner than this after a certificate arrived, unless its lifetime is
+# too short for that (then at RENEWAL_FLOOR_SHARE of what is left).
+RENEWAL_FLOOR = dt.timedelta(seconds=10)
+RENEWAL_FLOOR_SHARE = 0.8
+# A certificate with less than this left when it arrives is already due: renewing it at
+# once would loop, so the certificate manager treats it as a failure and backs off.
+MIN_USEFUL_LIFETIME = dt.timedelta(seconds=2)
+
+
+def renewal_time(not_before: dt.datetime, not_after: dt.datetime, received: dt.datetime) -> dt.datetime:
+    """Half of the lifetime left from when the certificate was issued to us, bounded below.
+
+    Counted from the later of not-before and the time we received it: CAs backdate
+    not-before (ours by a minute, for clock skew), and a half-life counted from there lies
+    before issuance when the lifetime is under twice the backdating, which made ztunnel
+    re-sign in a tight loop (issue 13)."""
+    issued = max(not_before, received)
+    left = not_after - issued
+    floor = min(RENEWAL_FLOOR, max(not_after - received, dt.timedelta(0)) * RENEWAL_FLOOR_SHARE)
+    return max(issued + left / 2, received + floor)
 
 
 @dataclass(frozen=True)
@@ -129,9 +158,10 @@ class CertBundle:
     def not_after(self) -> dt.datetime:
         return self._leaf.not_after
 
-    def refresh_at(self) -> dt.datetime:
-        """Half-life: when to ask for a new certificate."""
-        return self.not_before + (self.not_after - self.not_before) / 2
+    def refresh_at(self, received: dt.datetime | None = None) -> dt.datetime:
+        """When to ask for a new certificate: see `renewal_time`. Without `received`, the
+        certificate counts as received at its not-before."""
+        return renewal_time(self.not_before, self.not_after, received or self.not_before)
 
     def expired(self, now: dt.datetime | None = None) -> bool:
         return (now or dt.datetime.now(dt.timezone.utc)) >= self.not_after

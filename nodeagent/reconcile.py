@@ -1,21 +1,18 @@
 """Pure: which pods of this node must be enrolled, with which mTLS mode, and what to do.
 
 (resources, node, currently enrolled) -> actions. No I/O, so every rule is a table test.
-A pod is a WorkloadEntry whose spec.node is this node and that has a network namespace
-(a VM has none), in a Namespace labelled trellis.dev/dataplane-mode=ambient. Its mode
-comes from PeerAuthentication: workload selector > namespace-wide > root namespace
-(trellis-system) > PERMISSIVE, as in Istio.
+A pod is a WorkloadEntry whose spec.node is this node, that has a network namespace (a VM
+has none) and that the mesh rules (meshcore.mesh: enrollment, PeerAuthentication mode)
+put in the mesh; ztunnel and the lab decide with the same rules.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from meshcore.resources import AMBIENT_LABEL, ROOT_NAMESPACE, matches
+from meshcore.mesh import STRICT, namespace_labels, peer_auth_mode, workload_enrollment
 
-AMBIENT = "ambient"
-OPT_OUT = "none"  # on a workload: keep this one pod out of the mesh
-STRICT, PERMISSIVE = "STRICT", "PERMISSIVE"
+__all__ = ["Action", "Enroll", "Pod", "SetStrict", "Unenroll", "apply", "desired", "peer_auth_mode", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -48,40 +45,20 @@ class SetStrict:
 Action = Enroll | Unenroll | SetStrict
 
 
-def peer_auth_mode(policies: Iterable[Any], namespace: str, labels: Mapping[str, str]) -> str:
-    """Effective mode for a workload; the first policy by name wins within a level."""
-    workload = ns_wide = root = None
-    for r in sorted(policies, key=lambda r: (r.namespace or "", r.name)):
-        mode, sel = r.spec.mode, r.spec.selector
-        if mode not in (STRICT, PERMISSIVE):
-            continue  # UNSET inherits from the next level
-        if r.namespace == namespace and sel is not None:
-            if workload is None and matches(sel, labels):
-                workload = mode
-        elif r.namespace == namespace and sel is None:
-            ns_wide = ns_wide or mode
-        elif r.namespace == ROOT_NAMESPACE and sel is None:
-            root = root or mode
-    return workload or ns_wide or root or PERMISSIVE
-
-
 def desired(resources: Mapping[Any, Any], node: str) -> dict[str, Enroll]:
     """uid -> Enroll for every pod of `node` that belongs in the mesh."""
     by_kind: dict[str, list] = {}
     for r in (resources.values() if isinstance(resources, Mapping) else resources):
         by_kind.setdefault(r.kind, []).append(r)
-    ambient = {r.name for r in by_kind.get("Namespace", [])
-               if (r.labels or {}).get(AMBIENT_LABEL) == AMBIENT}
+    namespaces = namespace_labels(by_kind.get("Namespace", []))
     policies = by_kind.get("PeerAuthentication", [])
     out: dict[str, Enroll] = {}
     for r in by_kind.get("WorkloadEntry", []):
         spec = r.spec
         netns = spec.network_namespace
-        if spec.node != node or not netns or r.namespace not in ambient:
+        if spec.node != node or not netns or not workload_enrollment(r, namespaces).in_mesh:
             continue
         labels = dict(spec.labels)
-        if (r.labels or {}).get(AMBIENT_LABEL) == OPT_OUT or labels.get(AMBIENT_LABEL) == OPT_OUT:
-            continue
         pod = Pod(uid=f"{r.namespace}/{r.name}", namespace=r.namespace, name=r.name,
                   address=str(spec.address), service_account=spec.service_account,
                   netns=str(netns))

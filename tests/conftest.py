@@ -1,5 +1,12 @@
 """Suite-wide rules: CI installs every dependency, so a skipped test is a hidden failure."""
+import sys
+from pathlib import Path
+
 import pytest
+
+# The builders in tests/ztunnel (zt_helpers, zt_ca) also serve the tests of the modules
+# promoted from ztunnel to meshcore (state, certs, authz), whatever order pytest collects in.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "ztunnel"))
 
 
 def pytest_sessionfinish(session, exitstatus):

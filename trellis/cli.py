@@ -173,8 +173,8 @@ def lab_status(fmt: str) -> None:
     st = state.load()
     if st is None:
         _fail(f"no lab running (no {state.state_file()}); start one with `trellis lab up`")
-    from .lab.up import ambient_namespaces
-    report = status.probe(st, ambient_namespaces(state.state_dir() / "config"))
+    from .lab.up import mesh_pods
+    report = status.probe(st, mesh_pods(state.state_dir() / "config"))
     click.echo(render(report, fmt) if fmt != "table" else summary.status_tables(st, report))
     if report["missing"]:
         sys.exit(1)

@@ -85,7 +85,7 @@ def collect(ts: list[Target], path: str, key: str) -> tuple[list[dict[str, Any]]
     return rows, errors
 
 
-# ---- row shapes, after ztunnel/state/*.py dump() ----------------------------------
+# ---- row shapes, after meshcore/state/*.py dump() ----------------------------------
 
 WORKLOAD_COLUMNS = [("NAME", "uid"), ("ADDRESS", "address"), ("NODE", "node"), ("SERVICE ACCOUNT", "serviceAccount"),
                     ("PROTOCOL", "protocol"), ("ENROLLED", "enrolled"), ("FROM", "source")]

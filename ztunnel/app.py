@@ -18,13 +18,13 @@ from typing import Any, Protocol
 import trio
 
 from meshcore import admin
+from meshcore.certs import CertificateManager
+from meshcore.state import State
 
 from . import route
-from .certs import CertificateManager
 from .inputs import ProxyInputs
 from .metrics import Metrics
 from .pods import PodManager
-from .state import State
 from .zds import ZdsServer
 
 log = logging.getLogger("trellis.ztunnel")

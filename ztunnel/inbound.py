@@ -8,31 +8,18 @@ from __future__ import annotations
 import logging
 import time
 
-from meshcore import sockio
+from meshcore import authz, sockio
 from meshcore.hbone.server import InboundTunnel
+from meshcore.state import Workload
+from meshcore.telemetry import ConnLabels, log_connection
+from meshcore.telemetry import source_labels as _source_labels
 
-from . import authz
 from .copy import Transfer, relay_tunnel
 from .inputs import ProxyInputs
-from .metrics import ConnLabels, log_connection
 from .outbound import open_tcp_in
 from .podinfo import PodInfo
-from .state import Workload
 
 log = logging.getLogger("trellis.ztunnel.inbound")
-
-
-def _source_labels(identity: str | None, peer_ip: str, state) -> dict[str, str]:
-    """Name the source workload by its address when the certificate agrees; else only what the
-    certificate proves (namespace and service account)."""
-    ns = name = "unknown"
-    w = state.workload_by_address(peer_ip)
-    if w is not None and w.identity == identity:
-        ns, name = w.namespace, w.name
-    elif identity and "/ns/" in identity and "/sa/" in identity:
-        ns = identity.split("/ns/", 1)[1].split("/", 1)[0]
-        name = identity.rsplit("/sa/", 1)[1]
-    return {"source_workload": name, "source_workload_namespace": ns, "source_principal": identity or "unknown"}
 
 
 class Inbound:

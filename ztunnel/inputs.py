@@ -4,10 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from meshcore.certs import CertificateManager
+from meshcore.state import State
+
 from . import route
-from .certs import CertificateManager
 from .metrics import Metrics
-from .state import State
 
 
 @dataclass

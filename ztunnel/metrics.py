@@ -1,31 +1,11 @@
-"""Prometheus metrics with Istio's names and labels, and one access-log line per connection."""
+"""ztunnel's Prometheus metrics, with Istio's names and labels (meshcore.telemetry)."""
 from __future__ import annotations
 
-import json
-import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-access_log = logging.getLogger("trellis.ztunnel.access")
-
-LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_principal",
-          "destination_workload", "destination_workload_namespace", "destination_principal",
-          "destination_service", "connection_security_policy")
-
-
-@dataclass(frozen=True)
-class ConnLabels:
-    reporter: str  # "source" (outbound side) | "destination" (inbound side)
-    source_workload: str = "unknown"
-    source_workload_namespace: str = "unknown"
-    source_principal: str = "unknown"
-    destination_workload: str = "unknown"
-    destination_workload_namespace: str = "unknown"
-    destination_principal: str = "unknown"
-    destination_service: str = "unknown"
-    connection_security_policy: str = "unknown"  # "mutual_tls" over HBONE
+from meshcore.telemetry import LABELS, ConnLabels
 
 
 class Metrics:
@@ -64,16 +44,3 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-def log_connection(*, direction: str, src: str, dst: str, labels: ConnLabels, sent: int, received: int,
-                   started: float, outcome: str, error: str | None = None, **extra: object) -> dict:
-    """Emit one structured access-log line and return it."""
-    entry = {"direction": direction, "src": src, "dst": dst,
-             "src.identity": labels.source_principal, "dst.identity": labels.destination_principal,
-             "dst.service": labels.destination_service, "bytes_sent": sent, "bytes_received": received,
-             "duration_ms": round((time.monotonic() - started) * 1000, 1), "outcome": outcome}
-    if error:
-        entry["error"] = error
-    entry.update(extra)
-    access_log.info(json.dumps(entry, sort_keys=True))
-    return entry

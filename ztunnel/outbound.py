@@ -13,13 +13,13 @@ import trio
 
 from meshcore import netns, sockio
 from meshcore.hbone.client import HboneClientPool
+from meshcore.certs import CertificateUnavailable
 from meshcore.hbone.errors import HboneError
+from meshcore.telemetry import ConnLabels, log_connection
 
 from . import origdst, route
-from .certs import CertificateUnavailable
 from .copy import Transfer, relay_sockets, relay_tunnel
 from .inputs import ProxyInputs
-from .metrics import ConnLabels, log_connection
 from .podinfo import PodInfo
 
 log = logging.getLogger("trellis.ztunnel.outbound")

@@ -9,7 +9,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .state import Service, State, Workload
+from meshcore.state import Service, State, Workload
 
 HBONE_PORT = 15008
 
@@ -71,8 +71,7 @@ def _to_workload(w: Workload, port: int, service: str | None) -> Route:
     if w.in_mesh:
         return Hbone(endpoint_ip=w.address, target_port=port, expected_identity=w.identity,
                      destination=w, service=service)
-    return Plaintext(w.address, port, f"{w.uid} is not in the mesh (namespace {w.namespace} is not "
-                                      f"labelled trellis.dev/dataplane-mode=ambient): plaintext",
+    return Plaintext(w.address, port, f"{w.uid} is not in the mesh ({w.mesh_reason or 'not enrolled'}): plaintext",
                      destination=w, service=service)
 
 

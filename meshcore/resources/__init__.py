@@ -4,7 +4,7 @@ from .errors import ResourceError, ResourceInvalid
 from .kinds import (KINDS, AuthorizationPolicySpec, NamespaceSpec, OpaqueSpec, Operation, PeerAuthenticationSpec,
                     Rule, ServicePort, ServiceSpec, Source, TargetRef, WorkloadEntrySpec)
 from .model import Resource, from_dict
-from .selectors import matches, principal_matches
+from .selectors import matches
 
 AMBIENT_LABEL = "trellis.dev/dataplane-mode"
 WAYPOINT_LABEL = "trellis.dev/use-waypoint"
@@ -25,5 +25,5 @@ __all__ = [
     "AMBIENT_LABEL", "KINDS", "ROOT_NAMESPACE", "WAYPOINT_LABEL", "AuthorizationPolicySpec", "LoadResult",
     "NamespaceSpec", "OpaqueSpec", "Operation", "PeerAuthenticationSpec", "Resource", "ResourceError",
     "ResourceInvalid", "Rule", "ServicePort", "ServiceSpec", "Source", "TargetRef", "WorkloadEntrySpec",
-    "check_references", "from_dict", "load_dir", "load_file", "matches", "parse_documents", "principal_matches",
+    "check_references", "from_dict", "load_dir", "load_file", "matches", "parse_documents",
 ]

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..identity import SpiffeId
 from . import kube
 from .gateway import check_replicas, gateway_spec
 from .policies import rate_limit_policy_spec, traffic_policy_spec
@@ -153,9 +154,12 @@ def _principal(v, path, problems):
     if s is None:
         return None
     if s.startswith("spiffe://") or s == "*" or PRINCIPAL.match(s):
-        if s.startswith("spiffe://") and "*" not in s and not re.match(r"^spiffe://[^/]+/ns/[^/]+/sa/[^/]+$", s):
-            problems.append((path, f"{s!r} is not a workload SPIFFE ID (spiffe://<td>/ns/<ns>/sa/<sa>)"))
-            return None
+        if s.startswith("spiffe://") and "*" not in s:
+            try:
+                SpiffeId.parse(s)
+            except ValueError as exc:
+                problems.append((path, f"{s!r} is not a workload SPIFFE ID: {exc}"))
+                return None
         return s
     problems.append((path, f"{s!r} is not a principal: use spiffe://<td>/ns/<ns>/sa/<sa>, "
                            "a prefix*, a *suffix or *"))

@@ -2,6 +2,7 @@
 admin endpoints read inside their network namespaces."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from meshcore import admin
 
@@ -33,6 +34,19 @@ def wait_until(pred: Callable[[], Any], what: str, timeout: float = 30.0, interv
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@contextlib.contextmanager
+def running(lab_dir: Path, state_dir: str, prefix: str) -> Iterator["Lab"]:
+    """A lab up for the duration (after removing what a run that died half way left), then down."""
+    lab = Lab(lab_dir, state_dir, prefix)
+    lab.down()
+    try:
+        lab.up()
+        yield lab
+    finally:
+        res = lab.down()
+        assert res.returncode == 0, res.stderr
 
 
 class Lab:
@@ -131,3 +145,30 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in body for k, v in labels.items()):
             total += float(value)
     return total
+
+
+class Capture:
+    """tcpdump on the fabric bridge, where traffic between nodes crosses: shows what is
+    encrypted and what is not."""
+
+    def __init__(self, lab, path):
+        self.path = path
+        self.out = open(path, "wb")
+        # --immediate-mode: libpcap's TPACKET_V3 ring otherwise hands packets over only when a
+        # block times out, and tcpdump drops what is still pending when it is terminated
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.fabric_netns(), "tcpdump", "--immediate-mode", "-i", "trellis0",
+             "-U", "-s", "0", "-w", "-", "tcp"], stdout=self.out, stderr=subprocess.PIPE)
+        # tcpdump says "listening on" once the socket is ready
+        line = self.proc.stderr.readline().decode()
+        assert "listening" in line, line
+
+    def stop(self) -> bytes:
+        time.sleep(1.0)
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.out.close()
+        return self.path.read_bytes()
+
+    def summary(self) -> str:
+        return subprocess.run(["tcpdump", "-nn", "-r", str(self.path)], capture_output=True, text=True).stdout

@@ -87,3 +87,12 @@ def test_peer_uri_san_needs_exactly_one(tmp_path):
     from cryptography.hazmat.primitives import serialization
     der = ca.cert.public_bytes(serialization.Encoding.DER)  # the root has no URI SAN
     assert peer_uri_san(der) is None
+
+
+def test_trust_domain_of_any_spiffe_id():
+    from meshcore.identity import trust_domain_of
+    assert trust_domain_of("spiffe://example.org/trellis/node/n1") == "example.org"
+    assert trust_domain_of("spiffe://cluster.local/ns/a/sa/b") == "cluster.local"
+    for bad in ("https://cluster.local/ns/a", "spiffe:///ns/a/sa/b", ""):
+        with pytest.raises(ValueError, match="not a SPIFFE ID"):
+            trust_domain_of(bad)

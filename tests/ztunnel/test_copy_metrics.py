@@ -6,7 +6,8 @@ import trio
 from meshcore import sockio
 from tcp_helpers import read_all, tcp_pair
 from ztunnel.copy import relay_sockets
-from ztunnel.metrics import ConnLabels, Metrics, log_connection
+from meshcore.telemetry import ConnLabels, log_connection
+from ztunnel.metrics import Metrics
 
 
 async def test_relay_both_ways_with_half_close():
@@ -77,7 +78,7 @@ def test_metrics_names_and_labels():
 
 def test_access_log_line(caplog):
     import logging
-    with caplog.at_level(logging.INFO, "trellis.ztunnel.access"):
+    with caplog.at_level(logging.INFO, "trellis.access"):
         e = log_connection(direction="outbound", src="1.1.1.1:5", dst="2.2.2.2:80", labels=ConnLabels("source"),
                            sent=1, received=2, started=0.0, outcome="error", error="boom")
     assert e["error"] == "boom" and '"outcome": "error"' in caplog.text

@@ -26,7 +26,7 @@ bundle = load_credential(sys.argv[1])
 key, csr = trio.run(keygen.new_key_and_csr, "spiffe://cluster.local/ns/default/sa/web")
 leaf = der.pem_blocks(bundle.chain_pem[0])[0]
 print(json.dumps({"identity": bundle.identity, "peer": identity.peer_uri_san(leaf),
-                  "csr": csr.decode(), "ztunnel_modules": sorted(m for m in sys.modules if m.startswith("ztunnel.")),
+                  "csr": csr.decode(), "ztunnel_modules": sorted(m for m in sys.modules if m.startswith(("ztunnel.", "meshcore."))),
                   "cryptography": sorted(m for m in sys.modules if m.split(".")[0] == "cryptography")}))
 """
 
@@ -38,7 +38,7 @@ def test_ztunnel_runs_without_importing_cryptography(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
-    assert {"ztunnel.__main__", "ztunnel.app", "ztunnel.certs"} <= set(seen["ztunnel_modules"])
+    assert {"ztunnel.__main__", "ztunnel.app", "meshcore.certs"} <= set(seen["ztunnel_modules"])
     assert seen["identity"] == seen["peer"] == "spiffe://cluster.local/trellis/node/node1"
     assert ca.check_csr(seen["csr"])[1] == "spiffe://cluster.local/ns/default/sa/web"
     assert seen["cryptography"] == [], "ztunnel imported cryptography; find who with `python -X importtime -m ztunnel`"

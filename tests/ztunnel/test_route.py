@@ -88,7 +88,7 @@ def test_plaintext_reason_names_the_missing_label():
 
 
 def test_ipv6_authority_is_bracketed():
-    from ztunnel.state import State
+    from meshcore.state import State
     from zt_helpers import wl
     s = State(workloads=[wl("v6", "fd00::5")], enrolled_namespaces=frozenset({"default"}))
     r = route.decide(s, None, ("fd00::5", 80))

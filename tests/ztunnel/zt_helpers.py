@@ -1,10 +1,14 @@
 """Small builders for the state the pure tests route and authorize against."""
-from ztunnel.state import AuthzPolicy, Operation, Rule, Service, ServicePort, Source, State, Workload
+from meshcore.mesh import AMBIENT, enrollment
+from meshcore.resources import AMBIENT_LABEL
+from meshcore.state import AuthzPolicy, Operation, Rule, Service, ServicePort, Source, State, Workload
 
 
 def wl(name, ip, ns="default", sa=None, mesh=True, **labels):
+    """A workload in a namespace that is (mesh=True) or is not labelled for the mesh."""
+    e = enrollment(ns, {AMBIENT_LABEL: AMBIENT} if mesh else {}, labels)
     return Workload(namespace=ns, name=name, address=ip, service_account=sa or name, node="node1",
-                    labels=labels or {"app": name}, in_mesh=mesh)
+                    labels=labels or {"app": name}, in_mesh=e.in_mesh, mesh_reason=e.reason)
 
 
 def svc(name, vip, ns="default", ports=((80, 8080),), **selector):

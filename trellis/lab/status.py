@@ -33,8 +33,9 @@ def _get(host: str, port: int, path: str, netns: str) -> tuple[Any, str | None]:
         return body.decode(errors="replace"), None
 
 
-def probe(st: LabState, ambient: set[str]) -> dict[str, Any]:
-    """components: rows of name/pid/up/detail; pods: rows with enrolled; missing: what is not ready."""
+def probe(st: LabState, in_mesh: set[str]) -> dict[str, Any]:
+    """components: rows of name/pid/up/detail; pods: rows with enrolled; missing: what is not ready.
+    `in_mesh`: "ns/name" of the pods that belong in the mesh (`up.mesh_pods`)."""
     comps, missing = [], []
     for proc in st.procs:
         up = state.alive(proc)
@@ -57,7 +58,7 @@ def probe(st: LabState, ambient: set[str]) -> dict[str, Any]:
     pods = []
     for pod in st.pods:
         key = f"{pod['namespace']}/{pod['name']}"
-        want = st.mesh and pod["namespace"] in ambient
+        want = st.mesh and key in in_mesh
         pods.append(dict(pod, mesh=want, enrolled=key in enrolled))
         if want and key not in enrolled:
             missing.append(f"pod {key} enrolled at ztunnel/{pod['node']}")

@@ -23,8 +23,8 @@ def status_tables(st: LabState, report: dict[str, Any]) -> str:
 
 def after_up(st: LabState) -> str:
     from .status import probe
-    from .up import ambient_namespaces
-    report = probe(st, ambient_namespaces(state.state_dir() / "config"))
+    from .up import mesh_pods
+    report = probe(st, mesh_pods(state.state_dir() / "config"))
     first = st.pods[0]["name"] if st.pods else "POD"
     hint = [
         "", "try:",

@@ -53,16 +53,13 @@ def workload_entries(p: LabPlan) -> list[dict]:
                       "networkNamespace": pod.netns}} for pod in p.pods]
 
 
-def ambient_namespaces(config_dir: Path) -> set[str]:
-    """Namespaces labelled for the mesh: their pods should show up enrolled at ztunnel."""
-    found = set()
-    for f in sorted(config_dir.glob("*.y*ml")):
-        for doc in yaml.safe_load_all(f.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "Namespace":
-                meta = doc.get("metadata") or {}
-                if (meta.get("labels") or {}).get("trellis.dev/dataplane-mode") == "ambient":
-                    found.add(meta.get("name"))
-    return found
+def mesh_pods(config_dir: Path) -> set[str]:
+    """"ns/name" of the pods the mesh rules put in the mesh (meshcore.mesh, as the node
+    agent and ztunnel decide): they should show up enrolled at their node's ztunnel.
+    Objects that do not load are left out here; the control plane reports them."""
+    from meshcore.mesh import in_mesh
+    from meshcore.resources import load_dir
+    return {uid for uid, e in in_mesh(load_dir(config_dir).resources).items() if e.in_mesh}
 
 
 def _network(p: LabPlan, st: LabState, sdir: Path, echo: Echo) -> None:
@@ -161,7 +158,7 @@ def _check_alive(st: LabState) -> None:
 
 def _ready(p: LabPlan, st: LabState, sdir: Path, echo: Echo, timeout: float) -> None:
     from .status import probe  # the same probes `lab status` shows
-    want = ambient_namespaces(sdir / "config")
+    want = mesh_pods(sdir / "config")
     # a command that fails at once (bad flag, port taken) must fail `up`, not look ready
     settle_until = time.monotonic() + 1.0
     deadline, shown = time.monotonic() + timeout, ""

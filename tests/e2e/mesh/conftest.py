@@ -4,18 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e.labctl import Lab
+from e2e.labctl import running
 
 LAB_DIR = Path(__file__).resolve().parents[1] / "lab"
 
 
 @pytest.fixture(scope="package")
 def lab():
-    lab = Lab(LAB_DIR, "/run/trellis/e2e-mesh", "tte2e")
-    lab.down()  # a previous run that died half way
-    try:
-        lab.up()
+    with running(LAB_DIR, "/run/trellis/e2e-mesh", "tte2e") as lab:
         yield lab
-    finally:
-        res = lab.down()
-        assert res.returncode == 0, res.stderr

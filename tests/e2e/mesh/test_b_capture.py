@@ -1,11 +1,9 @@
 """What crosses the wire between nodes: TLS when enrolled, plaintext when not."""
-import subprocess
-import time
 import uuid
 
 import pytest
 
-from e2e.labctl import wait_until
+from e2e.labctl import Capture, wait_until
 
 NS_AMBIENT = """apiVersion: v1
 kind: Namespace
@@ -19,30 +17,6 @@ kind: Namespace
 metadata:
   name: default
 """
-
-
-class Capture:
-    def __init__(self, lab, path):
-        self.path = path
-        self.out = open(path, "wb")
-        # --immediate-mode: libpcap's TPACKET_V3 ring otherwise hands packets over only when a
-        # block times out, and tcpdump drops what is still pending when it is terminated
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.fabric_netns(), "tcpdump", "--immediate-mode", "-i", "trellis0",
-             "-U", "-s", "0", "-w", "-", "tcp"], stdout=self.out, stderr=subprocess.PIPE)
-        # tcpdump says "listening on" once the socket is ready
-        line = self.proc.stderr.readline().decode()
-        assert "listening" in line, line
-
-    def stop(self) -> bytes:
-        time.sleep(1.0)
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.out.close()
-        return self.path.read_bytes()
-
-    def summary(self) -> str:
-        return subprocess.run(["tcpdump", "-nn", "-r", str(self.path)], capture_output=True, text=True).stdout
 
 
 def test_traffic_between_nodes_is_tls_and_carries_no_plaintext(lab, tmp_path):

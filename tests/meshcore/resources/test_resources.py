@@ -6,7 +6,8 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 from meshcore.resources import (ResourceError, ResourceInvalid, check_references, from_dict, load_dir,
-                                matches, parse_documents, principal_matches)
+                                matches, parse_documents)
+from meshcore.mesh import principal_matches
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -131,9 +132,10 @@ def test_from_dict_raises_with_all_errors():
 def test_selectors_and_principals():
     assert matches({"app": "web"}, {"app": "web", "v": "1"}) and matches(None, {}) and not matches({"a": "b"}, {})
     p = "spiffe://cluster.local/ns/default/sa/sleep"
-    assert principal_matches(p, p) and principal_matches("*", p)
-    assert principal_matches("spiffe://cluster.local/ns/default/*", p) and principal_matches("*/sa/sleep", p)
-    assert not principal_matches("*/sa/web", p) and not principal_matches("*", None)
+    assert principal_matches([p], p) and principal_matches(["*"], p)
+    assert principal_matches(["spiffe://cluster.local/ns/default/*"], p) and principal_matches(["*/sa/sleep"], p)
+    assert principal_matches(["cluster.local/ns/default/sa/sleep"], p), "Istio writes principals without the scheme"
+    assert not principal_matches(["*/sa/web"], p) and not principal_matches(["*"], None)
 
 
 yamlish = st.recursive(

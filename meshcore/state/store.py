@@ -1,4 +1,4 @@
-"""The indexed store ztunnel routes and authorizes from, rebuilt on every control-plane update.
+"""The indexed store the data plane routes and authorizes from, rebuilt on every control-plane update.
 
 Rebuilding from the full resource map keeps it simple and consistent (no partial
 updates to reason about); a node's view is small enough that this costs little.
@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from meshcore.resources import matches
+from ..mesh import namespace_in_mesh, namespace_labels
+from ..resources import matches
 
 from . import policies, services, workloads
 from .policies import AuthzPolicy
@@ -121,7 +122,7 @@ class State:
         by_kind: dict[str, list[Any]] = {}
         for r in resources:
             by_kind.setdefault(r.kind, []).append(r)
-        enrolled = workloads.enrolled(by_kind.get("Namespace", []))
+        namespaces = namespace_labels(by_kind.get("Namespace", []))
         warnings: list[str] = []
 
         def build(kind: str, fn):
@@ -135,7 +136,8 @@ class State:
 
         return cls(trust_domain=trust_domain, version=version,
                    workloads=build("WorkloadEntry", lambda r: workloads.from_resource(
-                       r, trust_domain=trust_domain, enrolled_namespaces=enrolled)),
-                   services=build("Service", services.from_resource),
+                       r, trust_domain=trust_domain, namespaces=namespaces)),
+                   services=build("Service", lambda r: services.from_resource(r, namespaces=namespaces)),
                    policies=build("AuthorizationPolicy", policies.from_resource),
-                   enrolled_namespaces=frozenset(enrolled), warnings=warnings)
+                   enrolled_namespaces=frozenset(n for n, labels in namespaces.items() if namespace_in_mesh(labels)),
+                   warnings=warnings)

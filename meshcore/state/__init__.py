@@ -1,4 +1,5 @@
-"""ztunnel's view of the mesh: one module per resource kind, indexed by `store.State`."""
+"""The data plane's view of the mesh (ztunnel's and the waypoint's): one module per resource
+kind, indexed by `store.State` (service -> endpoints, address -> workload, policies)."""
 from .policies import AuthzPolicy, Operation, Rule, Source
 from .services import Service, ServicePort
 from .store import State

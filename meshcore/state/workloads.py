@@ -4,8 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcore.identity import workload_identity
-from meshcore.resources import AMBIENT_LABEL, Resource
+from typing import Mapping
+
+from ..identity import workload_identity
+from ..mesh import Labels, waypoint_for, workload_enrollment
+from ..resources import Resource
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -17,8 +21,10 @@ class Workload:
     network_namespace: str | None = None
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     ports: dict[str, int] = field(default_factory=dict, hash=False)
-    # True when the namespace is enrolled (ambient): reached over HBONE, not plaintext.
+    # In the mesh (meshcore.mesh.enrollment): reached over HBONE, not plaintext.
     in_mesh: bool = False
+    mesh_reason: str = field(default="", compare=False)   # why in or out, for route explanations
+    waypoint: str | None = None   # for traffic addressed to the workload itself (not via a Service)
     trust_domain: str = "cluster.local"
 
     @property
@@ -33,11 +39,14 @@ class Workload:
         return {"uid": self.uid, "address": self.address, "serviceAccount": self.service_account,
                 "identity": self.identity, "node": self.node, "networkNamespace": self.network_namespace,
                 "labels": dict(self.labels), "ports": dict(self.ports),
-                "protocol": "HBONE" if self.in_mesh else "TCP"}
+                "protocol": "HBONE" if self.in_mesh else "TCP", "mesh": self.mesh_reason,
+                "waypoint": self.waypoint}
 
 
-def from_resource(res: Resource, *, trust_domain: str, enrolled_namespaces: set[str]) -> Workload:
+def from_resource(res: Resource, *, trust_domain: str, namespaces: Mapping[str, Labels]) -> Workload:
+    """`namespaces`: every Namespace's labels by name (enrollment depends on them)."""
     spec = res.spec
+    mesh = workload_enrollment(res, namespaces)
     return Workload(
         namespace=res.namespace, name=res.name,
         address=str(spec.address),
@@ -46,10 +55,8 @@ def from_resource(res: Resource, *, trust_domain: str, enrolled_namespaces: set[
         network_namespace=spec.network_namespace,
         labels=dict(spec.labels),
         ports=dict(spec.ports),
-        in_mesh=res.namespace in enrolled_namespaces,
+        in_mesh=mesh.in_mesh, mesh_reason=mesh.reason,
+        waypoint=waypoint_for(namespaces.get(res.namespace), res.labels),
         trust_domain=trust_domain,
     )
 
-
-def enrolled(namespace_resources: list[Any]) -> set[str]:
-    return {r.name for r in namespace_resources if (r.labels or {}).get(AMBIENT_LABEL) == "ambient"}

@@ -4,7 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcore.resources import Resource, ServicePort  # noqa: F401 (re-exported)
+from typing import Mapping
+
+from ..mesh import Labels, waypoint_for
+from ..resources import Resource, ServicePort  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -14,6 +17,7 @@ class Service:
     cluster_ip: str | None
     selector: dict[str, str] = field(default_factory=dict, hash=False)
     ports: tuple[ServicePort, ...] = ()
+    waypoint: str | None = None   # the waypoint (same namespace) its traffic goes through
 
     @property
     def key(self) -> str:
@@ -25,10 +29,12 @@ class Service:
     def dump(self) -> dict[str, Any]:
         return {"name": self.key, "clusterIP": self.cluster_ip, "selector": dict(self.selector),
                 "ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port,
-                           "protocol": p.protocol} for p in self.ports]}
+                           "protocol": p.protocol} for p in self.ports], "waypoint": self.waypoint}
 
 
-def from_resource(res: Resource) -> Service:
+def from_resource(res: Resource, *, namespaces: Mapping[str, Labels]) -> Service:
+    """`namespaces`: every Namespace's labels by name (a Service may inherit its waypoint)."""
     spec = res.spec
     return Service(namespace=res.namespace, name=res.name, cluster_ip=str(spec.cluster_ip),
-                   selector=dict(spec.selector), ports=spec.ports)
+                   selector=dict(spec.selector), ports=spec.ports,
+                   waypoint=waypoint_for(namespaces.get(res.namespace), res.labels))

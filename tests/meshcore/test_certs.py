@@ -6,7 +6,7 @@ import trio
 from cryptography import x509
 
 from controlplane.ca import CertificateAuthority
-from ztunnel.certs import CertificateManager, CertificateUnavailable
+from meshcore.certs import CertificateManager, CertificateUnavailable
 from zt_ca import TestCA, inprocess_keygen
 
 ID = "spiffe://cluster.local/ns/default/sa/web"
@@ -120,3 +120,72 @@ def test_the_test_ca_certificates_read_the_same_as_with_cryptography():
     leaf = x509.load_pem_x509_certificate(b.chain_pem[0])
     assert (b.identity, b.serial, b.not_before, b.not_after) == (
         ID, leaf.serial_number, leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+
+
+class _CountingSigner:
+    """The real CA's signing code behind the control plane's `sign` interface, counting
+    CSRs and stopping a runaway loop at `limit` so a storm fails the test instead of hanging it."""
+
+    def __init__(self, ca: CertificateAuthority, limit: int = 100) -> None:
+        self.ca, self.limit, self.times = ca, limit, []
+        self.scope = trio.CancelScope()
+
+    async def sign(self, csr_pem: bytes):
+        self.times.append(trio.current_time())
+        if len(self.times) >= self.limit:
+            self.scope.cancel()
+        await trio.sleep(0.01)  # a round trip
+        return self.ca.sign_workload_csr(csr_pem), list(self.ca.roots_pem)
+
+
+async def _run_for(signer: _CountingSigner, seconds: float, **kw) -> CertificateManager:
+    mgr = CertificateManager(signer, "cluster.local", now=clock_now, keygen=inprocess_keygen, **kw)
+    with signer.scope:
+        async with trio.open_nursery() as n:
+            await n.start(mgr.run)
+            mgr.want(ID)
+            await trio.sleep(seconds)
+            n.cancel_scope.cancel()
+    return mgr
+
+
+async def test_short_lifetime_from_the_real_ca_renews_at_half_life_not_in_a_loop(autojump_clock, tmp_path):
+    """Issue 13 defect 3: the CA backdates not-before by a minute, so with 30 s certificates a
+    half-life counted from not-before lay before issuance and every renewal asked again at
+    once (5,000 CSRs in 51 s for 5 identities)."""
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local", ttl=dt.timedelta(seconds=30))
+    ca.now = clock_now
+    signer = _CountingSigner(ca)
+    mgr = await _run_for(signer, 61)
+    # issued at 0, then every 15 s (half of the 30 s each certificate has when it arrives)
+    assert len(signer.times) == 5, f"{len(signer.times)} CSRs in 61 s at {signer.times[:8]}"
+    gaps = [b - a for a, b in zip(signer.times, signer.times[1:])]
+    assert all(14.9 < g < 15.2 for g in gaps), gaps
+    assert mgr.dump()[0]["state"] == "valid"
+
+
+async def test_a_ca_handing_out_due_certificates_gets_an_error_and_backoff(autojump_clock, tmp_path, caplog):
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local", ttl=dt.timedelta(seconds=1))
+    ca.now = clock_now
+    signer = _CountingSigner(ca)
+    mgr = await _run_for(signer, 60, min_backoff=0.5, max_backoff=30)
+    # 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5: exponential, not a loop
+    assert len(signer.times) <= 8, f"{len(signer.times)} CSRs in 60 s: {signer.times[:10]}"
+    gaps = [b - a for a, b in zip(signer.times, signer.times[1:])]
+    assert all(b > a for a, b in zip(gaps, gaps[1:])), f"no backoff between CSRs: {gaps}"
+    err = mgr.dump()[0]["lastError"]
+    assert "CertificateDue" in err and ID in err and "already due" in err and "received at" in err
+    assert any("control plane's clock" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("lifetime,backdate,expected", [
+    (30, 60, 15),            # the e2e lab: half of what is left from arrival, not from not-before
+    (86400, 60, 43200),      # the default lifetime
+    (4, 0, 3.2),             # too short for the 10 s floor: 80% of what is left
+    (3600, -120, 1860),      # not-before after arrival (the CA's clock ahead): count from not-before
+])
+def test_renewal_time_counts_from_arrival(lifetime, backdate, expected):
+    from meshcore.identity import renewal_time
+    received = BASE
+    got = renewal_time(received - dt.timedelta(seconds=backdate), received + dt.timedelta(seconds=lifetime), received)
+    assert (got - received).total_seconds() == pytest.approx(expected)

@@ -1,7 +1,7 @@
 import pytest
 
-from ztunnel import authz
-from ztunnel.authz import Allow, Deny
+from meshcore import authz
+from meshcore.authz import Allow, Deny
 
 from zt_helpers import pol, rule
 
@@ -86,3 +86,42 @@ def test_decision_is_consistent_with_policy_matches(policies, principal, port):
     assert isinstance(d, Allow) == expect_allow
     if isinstance(d, Deny):
         assert d.reason and d.policy
+
+
+GET_API = authz.Request("GET", "/api/items?page=2", "cart.shop")
+POST_ADMIN = authz.Request("POST", "/admin/reset")
+
+L7_CASES = [
+    # (name, policies, request, expected): at a waypoint the L7 fields are evaluated for real
+    ("allow method match", [pol("p", rules=[rule(methods=["GET"])])], GET_API, Allow),
+    ("allow method miss", [pol("p", rules=[rule(methods=["GET"])])], POST_ADMIN, Deny),
+    ("allow path prefix ignores the query", [pol("p", rules=[rule(paths=["/api/*"])])], GET_API, Allow),
+    ("allow exact path with a query", [pol("p", rules=[rule(paths=["/api/items"])])], GET_API, Allow),
+    ("allow path miss", [pol("p", rules=[rule(paths=["/api/*"])])], POST_ADMIN, Deny),
+    ("allow method and path both", [pol("p", rules=[rule(methods=["POST"], paths=["/api/*"])])], POST_ADMIN, Deny),
+    ("allow principal and method", [pol("p", rules=[rule(principals=[A], methods=["GET"])])], GET_API, Allow),
+    ("deny path match", [pol("d", "DENY", rules=[rule(paths=["/admin/*"])])], POST_ADMIN, Deny),
+    ("deny path miss", [pol("d", "DENY", rules=[rule(paths=["/admin/*"])])], GET_API, Allow),
+    ("deny method suffix", [pol("d", "DENY", rules=[rule(methods=["*ST"])])], POST_ADMIN, Deny),
+    ("L4 rule at L7 still applies", [pol("p", rules=[rule(ports=[81])])], GET_API, Deny),
+]
+
+
+@pytest.mark.parametrize("name,policies,request_,expected", L7_CASES, ids=[c[0] for c in L7_CASES])
+def test_evaluate_l7_table(name, policies, request_, expected):
+    assert isinstance(authz.evaluate(policies, A, 80, request_), expected)
+
+
+def test_l7_rules_at_l4_fail_closed():
+    """Without a request (ztunnel), an L7 ALLOW rule never matches and an L7 DENY rule always does."""
+    allow = [pol("p", rules=[rule(methods=["GET"])])]
+    deny = [pol("d", "DENY", rules=[rule(paths=["/admin/*"])])]
+    assert isinstance(authz.evaluate(allow, A, 80), Deny)
+    assert isinstance(authz.evaluate(allow, A, 80, GET_API), Allow)
+    assert isinstance(authz.evaluate(deny, A, 80), Deny)
+    assert isinstance(authz.evaluate(deny, A, 80, GET_API), Allow)
+
+
+def test_l7_deny_reason_names_the_request():
+    d = authz.evaluate([pol("no-admin", "DENY", rules=[rule(paths=["/admin/*"])])], A, 80, POST_ADMIN)
+    assert "POST /admin/reset" in d.reason and "default/no-admin" in d.reason

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from meshcore.resources import ROOT_NAMESPACE, Operation, Resource, Rule, Source  # noqa: F401 (re-exported)
+from ..resources import ROOT_NAMESPACE, Operation, Resource, Rule, Source  # noqa: F401 (re-exported)
 
 @dataclass(frozen=True)
 class AuthzPolicy:

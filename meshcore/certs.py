@@ -1,8 +1,10 @@
-"""Workload certificates for the identities of this node's pods.
+"""Workload certificates for the identities a data-plane process serves (ztunnel: its
+node's pods; a waypoint: its own).
 
 Keys are generated here and never leave; the control plane signs CSRs. Each identity
-gets a worker that renews at half-life and, when signing fails, retries with backoff
-for as long as the current certificate is still valid. Open connections keep the
+gets a worker that renews at half-life, counted from when the certificate arrived
+(`identity.renewal_time`), and, when signing fails or the CA hands out a certificate that
+is already due, retries with backoff for as long as the current certificate is still valid. Open connections keep the
 SSLContext they were made with, so renewal never touches them.
 """
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
-from meshcore import identity as ident
-from meshcore import tls
-from meshcore.keygen import new_key_and_csr
+from . import identity as ident
+from . import tls
+from .keygen import new_key_and_csr
 
-log = logging.getLogger("trellis.ztunnel.certs")
+log = logging.getLogger("trellis.certs")
 
 
 class Signer(Protocol):
@@ -31,6 +33,11 @@ KeyGen = Callable[[str], Awaitable[tuple[bytes, bytes]]]   # identity -> (key PE
 
 class CertificateUnavailable(RuntimeError):
     pass
+
+
+class CertificateDue(CertificateUnavailable):
+    """The CA returned a certificate that is already (or nearly) expired when it arrived:
+    renewing at once would loop, so this counts as a failed renewal and backs off."""
 
 
 def _utcnow() -> dt.datetime:
@@ -46,6 +53,7 @@ class _Entry:
     identity: str
     refs: int = 0
     bundle: ident.CertBundle | None = None
+    received: dt.datetime | None = None   # when `bundle` arrived: renewal counts from there
     state: str = "pending"
     last_error: str | None = None
     ready: trio.Event = field(default_factory=trio.Event)
@@ -96,8 +104,8 @@ class CertificateManager:
     async def wait_ready(self, identity: str) -> ident.CertBundle:
         e = self._entries.get(identity)
         if e is None:
-            raise CertificateUnavailable(f"no local pod uses {identity}; ztunnel only holds certificates "
-                                         f"for identities of pods on this node")
+            raise CertificateUnavailable(f"nothing here uses {identity}; a data-plane process holds certificates "
+                                         f"only for the identities it serves (ztunnel: its node's pods)")
         await e.ready.wait()
         return e.bundle
 
@@ -110,6 +118,23 @@ class CertificateManager:
             raise CertificateUnavailable(f"control plane signed {bundle.identity!r} when {identity} was asked")
         return bundle
 
+    def _accept(self, e: _Entry, bundle: ident.CertBundle, received: dt.datetime) -> None:
+        """Take a new certificate, unless it is already due (then raise CertificateDue, after
+        keeping it if it is still better than nothing)."""
+        if bundle.not_after - received < ident.MIN_USEFUL_LIFETIME:
+            if not bundle.expired(received) and (e.bundle is None or bundle.not_after > e.bundle.not_after):
+                e.bundle, e.received = bundle, received
+                e.ready.set()
+            raise CertificateDue(
+                f"the control plane issued a certificate for {e.identity} that is already due: received at "
+                f"{received.isoformat()}, valid {bundle.not_before.isoformat()} to {bundle.not_after.isoformat()} "
+                f"(less than {ident.MIN_USEFUL_LIFETIME.total_seconds():g}s left)")
+        e.bundle, e.received = bundle, received
+
+    @staticmethod
+    def _refresh_at(e: _Entry) -> dt.datetime:
+        return e.bundle.refresh_at(e.received)
+
     def _seconds_until(self, when: dt.datetime) -> float:
         return max(0.0, (when - self.now()).total_seconds())
 
@@ -120,19 +145,22 @@ class CertificateManager:
                 try:
                     if e.bundle is not None:
                         e.state = "renewing"
-                    e.bundle = await self._sign(e.identity)
+                    bundle = await self._sign(e.identity)
+                    self._accept(e, bundle, self.now())
                     e.state, e.last_error, backoff = "valid", None, self.min_backoff
                     e.ready.set()
-                    log.info("certificate for %s issued, serial %x, valid until %s", e.identity,
-                             e.bundle.serial, e.bundle.not_after.isoformat())
-                    await trio.sleep(self._seconds_until(e.bundle.refresh_at()))
+                    log.info("certificate for %s issued, serial %x, valid until %s, renewal at %s", e.identity,
+                             e.bundle.serial, e.bundle.not_after.isoformat(), self._refresh_at(e).isoformat())
+                    await trio.sleep(self._seconds_until(self._refresh_at(e)))
                 except (Exception, trio.TooSlowError) as exc:  # keep serving the current cert
                     e.last_error = f"{type(exc).__name__}: {exc}"
                     valid = e.bundle is not None and not e.bundle.expired(self.now())
                     e.state = "renewal failing, current still valid" if valid else "unavailable"
-                    log.warning("signing a certificate for %s failed (%s); retrying in %.1fs; is the control "
-                                "plane reachable and does it know a workload with this identity on this node?",
-                                e.identity, e.last_error, backoff)
+                    advice = ("check the control plane's clock and --cert-ttl" if isinstance(exc, CertificateDue) else
+                              "is the control plane reachable and does it know a workload with this identity "
+                              "on this node?")
+                    log.warning("signing a certificate for %s failed (%s); retrying in %.1fs; %s",
+                                e.identity, e.last_error, backoff, advice)
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
 
@@ -167,5 +195,5 @@ class CertificateManager:
                         "serial": f"{b.serial:x}" if b else None,
                         "notBefore": b.not_before.isoformat() if b else None,
                         "notAfter": b.not_after.isoformat() if b else None,
-                        "refreshAt": b.refresh_at().isoformat() if b else None})
+                        "refreshAt": self._refresh_at(e).isoformat() if b else None})
         return out

@@ -1,7 +1,7 @@
 import json
 
 from meshcore.resources import parse_documents
-from ztunnel.state import State
+from meshcore.state import State
 
 from zt_helpers import mesh, pol, rule, wl
 
@@ -170,7 +170,8 @@ spec:
 
 def test_state_from_the_real_resource_model():
     from meshcore.resources import parse_documents
-    from ztunnel import authz, route
+    from meshcore import authz
+    from ztunnel import route
 
     result = parse_documents(MESH_YAML, "mesh.yaml")
     assert not result.errors, [str(e) for e in result.errors]
@@ -187,3 +188,55 @@ def test_state_from_the_real_resource_model():
     assert isinstance(authz.evaluate(policies, client.identity, 8080), authz.Deny)
     assert isinstance(authz.evaluate(policies, "spiffe://cluster.local/ns/default/sa/other", 8080), authz.Allow)
     assert isinstance(authz.evaluate(policies, client.identity, 9090), authz.Allow)
+
+
+def _state(docs: str) -> State:
+    loaded = parse_documents(docs, "shop.yaml")
+    assert not loaded.errors, [str(e) for e in loaded.errors]
+    return State.from_resources(loaded.resources)
+
+
+def test_services_carry_the_waypoint_the_mesh_rules_give_them():
+    docs = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {trellis.dev/dataplane-mode: ambient, trellis.dev/use-waypoint: shop-wp}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 10.96.0.30, selector: {app: cart}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pay, namespace: shop, labels: {trellis.dev/use-waypoint: pay-wp}}
+spec: {clusterIP: 10.96.0.31, selector: {app: pay}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: health, namespace: shop, labels: {trellis.dev/use-waypoint: none}}
+spec: {clusterIP: 10.96.0.32, selector: {app: health}, ports: [{port: 80}]}
+"""
+    s = _state(docs)
+    got = {svc["name"]: svc["waypoint"] for svc in s.dump()["services"]}
+    assert got == {"shop/cart": "shop-wp", "shop/pay": "pay-wp", "shop/health": None}
+
+
+def test_workloads_carry_their_waypoint_for_traffic_to_their_own_address():
+    docs = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {trellis.dev/dataplane-mode: ambient, trellis.dev/use-waypoint: shop-wp}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: cart-1, namespace: shop}
+spec: {address: 10.244.1.5, node: n1, labels: {app: cart}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: cart-2, namespace: shop, labels: {trellis.dev/use-waypoint: none}}
+spec: {address: 10.244.1.6, node: n1, labels: {app: cart}}
+"""
+    s = _state(docs)
+    assert (s.workload_by_uid("shop/cart-1").waypoint, s.workload_by_uid("shop/cart-2").waypoint) == ("shop-wp", None)

@@ -1,0 +1,62 @@
+"""Telemetry vocabulary shared by the data plane (ztunnel, the waypoint): Istio's standard
+metric labels for a connection, the source labels a peer's identity proves, and the
+structured access-log line."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .identity import SpiffeId
+
+access_log = logging.getLogger("trellis.access")
+
+LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_principal",
+          "destination_workload", "destination_workload_namespace", "destination_principal",
+          "destination_service", "connection_security_policy")
+
+
+@dataclass(frozen=True)
+class ConnLabels:
+    reporter: str  # "source" (outbound side) | "destination" (inbound side)
+    source_workload: str = "unknown"
+    source_workload_namespace: str = "unknown"
+    source_principal: str = "unknown"
+    destination_workload: str = "unknown"
+    destination_workload_namespace: str = "unknown"
+    destination_principal: str = "unknown"
+    destination_service: str = "unknown"
+    connection_security_policy: str = "unknown"  # "mutual_tls" over HBONE
+
+
+def source_labels(identity: str | None, peer_ip: str, state: Any) -> dict[str, str]:
+    """Name the source workload by its address when the certificate agrees; else only what the
+    certificate proves (namespace, and the service account as the workload's name)."""
+    ns = name = "unknown"
+    w = state.workload_by_address(peer_ip)
+    if w is not None and w.identity == identity:
+        ns, name = w.namespace, w.name
+    elif identity:
+        try:
+            sid = SpiffeId.parse(identity)
+        except ValueError:
+            pass   # not a workload identity (a node's credential): the principal says it all
+        else:
+            ns, name = sid.namespace, sid.service_account
+    return {"source_workload": name, "source_workload_namespace": ns, "source_principal": identity or "unknown"}
+
+
+def log_connection(*, direction: str, src: str, dst: str, labels: ConnLabels, sent: int, received: int,
+                   started: float, outcome: str, error: str | None = None, **extra: object) -> dict:
+    """Emit one structured access-log line and return it."""
+    entry = {"direction": direction, "src": src, "dst": dst,
+             "src.identity": labels.source_principal, "dst.identity": labels.destination_principal,
+             "dst.service": labels.destination_service, "bytes_sent": sent, "bytes_received": received,
+             "duration_ms": round((time.monotonic() - started) * 1000, 1), "outcome": outcome}
+    if error:
+        entry["error"] = error
+    entry.update(extra)
+    access_log.info(json.dumps(entry, sort_keys=True))
+    return entry
