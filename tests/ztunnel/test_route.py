@@ -103,7 +103,7 @@ def test_a_named_target_port_resolves_per_endpoint_as_kubernetes_does():
     """`targetPort: http` means each endpoint's own port named http (a Pod's container port,
     a WorkloadEntry's `ports`); endpoints without that name do not serve the Service port."""
     from dataclasses import replace
-    from ztunnel.state import ServicePort, State
+    from meshcore.state import ServicePort, State
     from zt_helpers import svc, wl
     workloads = [replace(wl("web-1", "10.244.1.3", sa="web", app="web"), ports={"http": 8081}),
                  replace(wl("web-2", "10.244.2.3", sa="web", app="web"), ports={"http": 9091}),
