@@ -227,8 +227,15 @@ def _add_bench() -> None:
     cli.add_command(bench)
 
 
+def _add_deploy() -> None:
+    from .deploy.commands import crds, install, uninstall  # Kubernetes packaging (deploy/)
+    for command in (crds, install, uninstall):
+        cli.add_command(command)
+
+
 def main() -> None:
     _add_bench()
+    _add_deploy()
     cli(prog_name="trellis")
 
 
