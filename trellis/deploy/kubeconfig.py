@@ -42,7 +42,8 @@ def _data_or_file(entry: dict, key: str, base: Path, what: str) -> bytes | None:
 
 
 def _context(ca: bytes | None, cert: bytes | None, key: bytes | None, insecure: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
+    # a cluster's CA is its only trust anchor, as with kubectl; the system roots only without one
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT) if ca and not insecure else ssl.create_default_context()
     if insecure:
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     elif ca:
@@ -65,8 +66,12 @@ def _named(items: list, name: str, what: str, path: Path) -> dict:
     raise KubeconfigError(f"{path}: no {what.rstrip('s')} named {name!r}")
 
 
+def _default_path() -> Path:
+    return Path(os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config")
+
+
 def from_kubeconfig(path: Path | None = None, context: str | None = None) -> Cluster:
-    path = Path(path or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config")
+    path = Path(path) if path else _default_path()
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
@@ -110,7 +115,6 @@ def in_cluster(sa_dir: Path = SA_DIR) -> Cluster:
 
 def load(path: Path | None = None, context: str | None = None) -> Cluster:
     """An explicit kubeconfig wins; else KUBECONFIG or ~/.kube/config; else in-cluster."""
-    default = Path(os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config")
-    if path is None and not default.exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if path is None and not _default_path().exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
         return in_cluster()
     return from_kubeconfig(path, context)
