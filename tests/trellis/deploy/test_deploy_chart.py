@@ -167,3 +167,19 @@ def test_namespace_follows_the_release(objs):
     assert {o["metadata"].get("namespace") for o in other if o["kind"] in ("Deployment", "DaemonSet", "Role")} == {"mesh-system"}
     node = _one(other, "DaemonSet")["spec"]["template"]["spec"]["containers"][1]
     assert "--control-plane=trellis-controlplane.mesh-system.svc:15012" in node["args"]
+
+
+def test_kubernetes_validate_command_line_on_install_dry_run(tmp_path):
+    """The same check as a user runs it: the `kubernetes-validate --strict` command on the
+    YAML that `trellis install --dry-run` prints."""
+    import subprocess
+    import sys
+    bindir = Path(sys.executable).parent
+    out = subprocess.run([str(bindir / "trellis"), "install", "--dry-run"], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    (tmp_path / "trellis.yaml").write_text(out)
+    for version in VERSIONS:
+        p = subprocess.run([str(bindir / "kubernetes-validate"), "--strict", "-k", version, str(tmp_path / "trellis.yaml")],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert p.stdout.count("INFO") == len([d for d in yaml.safe_load_all(out) if d]), p.stdout
