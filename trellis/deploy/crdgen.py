@@ -50,6 +50,9 @@ def _delegate(fn: Callable, probe: Any) -> Callable | None:
     problems: list = []
     g = fn.__globals__
     originals = {k: v for k, v in g.items() if isinstance(v, types.FunctionType) and v is not fn}
+    # a closure's own captured checks too (max_items(check, n), a wrapped string check, ...)
+    cells = [c for c in fn.__closure__ or () if isinstance(c.cell_contents, types.FunctionType)]
+    captured = [c.cell_contents for c in cells]
 
     def wrap(f):
         def wrapper(*a, **k):
@@ -62,6 +65,8 @@ def _delegate(fn: Callable, probe: Any) -> Callable | None:
 
     try:
         g.update({k: wrap(v) for k, v in originals.items()})
+        for c, f in zip(cells, captured):
+            c.cell_contents = wrap(f)
         fn(probe, "", problems)
     except _Handed as h:
         return h.check
@@ -69,6 +74,8 @@ def _delegate(fn: Callable, probe: Any) -> Callable | None:
         return None
     finally:
         g.update(originals)
+        for c, f in zip(cells, captured):
+            c.cell_contents = f
     return None
 
 
@@ -121,7 +128,8 @@ def schema_of(check: Callable, path: str = "spec") -> dict:
 
 
 def _by_accepted_types(check: Callable, path: str) -> dict:
-    accepted = {t for t, probe in (("object", {}), ("array", []), ("integer", 1)) if _accepts(check, probe)}
+    accepted = {t for t, probe in (("object", {}), ("array", []), ("integer", 1), ("number", 1.5), ("boolean", True))
+                if _accepts(check, probe)}
     # a string check may want a particular form (an IP address, a principal): try a few
     if any(_accepts(check, s) for s in ("a", "10.0.0.1", "spiffe://td/ns/a/sa/b", "*")):
         accepted.add("string")
@@ -133,6 +141,10 @@ def _by_accepted_types(check: Callable, path: str) -> dict:
         return {"type": "string"}
     if accepted == {"string", "integer"}:
         return {"x-kubernetes-int-or-string": True}
+    if accepted in ({"integer"}, {"number"}, {"boolean"}):
+        return {"type": accepted.pop()}
+    if accepted == {"integer", "number"}:
+        return {"type": "number"}
     if accepted == {"array"}:
         return {"type": "array", "items": {"x-kubernetes-preserve-unknown-fields": True}}
     raise SchemaExportError(f"{path}: cannot tell what {check.__module__}.{check.__qualname__} accepts "

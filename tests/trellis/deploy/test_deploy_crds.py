@@ -113,3 +113,30 @@ def test_a_check_the_generator_cannot_read_is_named():
         problems.append((path, "no"))
     with pytest.raises(crdgen.SchemaExportError, match=r"spec.x: cannot tell what .*mystery"):
         crdgen.schema_of(mystery, "spec.x")
+
+
+def test_checks_built_outside_schema_py_are_followed():
+    """Kinds in other modules wrap the factories (a length cap around list_of, a duration
+    that parses a string); the generator follows the check each hands its value to."""
+    from meshcore.resources.schema import F, integer, list_of, obj, string
+
+    def max_items(check, n):
+        def wrapped(v, path, problems):
+            if isinstance(v, list) and len(v) > n:
+                problems.append((path, f"at most {n}"))
+                return None
+            return check(v, path, problems)
+        return wrapped
+
+    def percent(v, path, problems):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+            problems.append((path, "a percentage"))
+            return None
+        return float(v)
+
+    spec = obj(dict, {"ports": F("ports", max_items(list_of(integer(1, 9)), 4), required=True),
+                      "share": F("share", percent), "name": F("name", max_items(string(), 1))})
+    assert crdgen.schema_of(spec) == {"type": "object", "required": ["ports"], "properties": {
+        "ports": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "share": {"type": "number"},
+        "name": {"type": "string"}}}
