@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the control-plane VM once every VM is up: installs the Gateway API CRDs (from
+# Runs on the control-plane VM once every VM is up and ca.sh has run: installs the Gateway API CRDs (from
 # upstream: they are not ours), Trellis with `trellis install`, and the demo app; then
 # says how to reach it.
 set -euo pipefail
@@ -14,9 +14,7 @@ kubectl get nodes -o wide
 
 kubectl apply --server-side -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/$gateway_api/standard-install.yaml"
 
-# the CLI from this checkout, with the chart renderer (helm-python-sdk)
-[ -x /opt/trellis-cli/bin/trellis ] || python3 -m venv /opt/trellis-cli
-/opt/trellis-cli/bin/pip install -q "/vagrant[deploy]"
+# the CLI installed by ca.sh, which also made the CA Secret and the node credentials
 /opt/trellis-cli/bin/trellis install --chart /vagrant/deploy/helm/trellis --kubeconfig "$KUBECONFIG" \
   --set image.pullPolicy=Never
 kubectl -n trellis-system rollout status deployment/trellis-controlplane --timeout=300s
