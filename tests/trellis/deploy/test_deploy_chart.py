@@ -163,7 +163,7 @@ def test_control_plane_pdb_selects_its_pods(objs):
     # every replica signs with the CA from the Secret, copied in before the control plane starts
     spec = dep["spec"]["template"]["spec"]
     assert spec["initContainers"][0]["volumeMounts"][1]["mountPath"] == "/etc/trellis/cacerts"
-    assert {"name": "cacerts", "secret": {"secretName": "trellis-ca", "optional": True, "defaultMode": 0o400}} \
+    assert {"name": "cacerts", "secret": {"secretName": "trellis-ca", "optional": True, "defaultMode": 0o440}} \
         in spec["volumes"]
     svc = _one(objs, "Service")
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
