@@ -4,10 +4,11 @@ The resource model is the one source of truth: its checks are small closures mad
 factories in meshcore/resources/schema.py (`obj`, `list_of`, `string`, ...), so the
 generator reads each closure's captured arguments (the field table of `obj`, the item of
 `list_of`, the pattern of `string`) and turns them into an OpenAPI v3 structural schema.
-A hand-written check (a module function such as `_selector`) is run once on a probe with
-the module's checks wrapped: the first check it hands the value to is the shape of its
-input. A check that hands the value to nobody is described by the types it accepts.
-tests/trellis/test_deploy_crds.py fails when the committed CRDs differ from this output.
+A hand-written check (a module function such as `_selector`, or a closure made elsewhere)
+is run once on a probe with its module's functions and its own captured functions wrapped:
+the first check it hands the value to is the shape of its input. A check that hands the
+value to nobody is described by the types it accepts.
+tests/trellis/deploy/test_deploy_crds.py fails when the committed CRDs differ from this output.
 """
 from __future__ import annotations
 
@@ -35,8 +36,15 @@ def _factory(check: Callable) -> str | None:
     return None
 
 
+def _contents(cell) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not filled yet (a closure that refers to itself)
+        return None
+
+
 def _cells(check: Callable) -> dict[str, Any]:
-    return {n: c.cell_contents for n, c in zip(check.__code__.co_freevars, check.__closure__ or ())}
+    return {n: _contents(c) for n, c in zip(check.__code__.co_freevars, check.__closure__ or ())}
 
 
 class _Handed(Exception):
@@ -51,7 +59,7 @@ def _delegate(fn: Callable, probe: Any) -> Callable | None:
     g = fn.__globals__
     originals = {k: v for k, v in g.items() if isinstance(v, types.FunctionType) and v is not fn}
     # a closure's own captured checks too (max_items(check, n), a wrapped string check, ...)
-    cells = [c for c in fn.__closure__ or () if isinstance(c.cell_contents, types.FunctionType)]
+    cells = [c for c in fn.__closure__ or () if isinstance(_contents(c), types.FunctionType)]
     captured = [c.cell_contents for c in cells]
 
     def wrap(f):
