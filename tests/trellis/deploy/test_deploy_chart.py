@@ -215,3 +215,14 @@ def test_every_flag_the_chart_passes_exists_in_the_component(objs):
             assert arg.split("=", 1)[0] in known, f"{c['name']}: {module} has no {arg.split('=', 1)[0]}"
             checked += 1
     assert checked == 19  # 6 control plane, 6 node agent (one --exclude-port), 7 ztunnel
+
+
+def test_values_schema_is_a_valid_json_schema_and_accepts_the_defaults():
+    import jsonschema
+    schema = json.loads((chart.CHART_DIR / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    defaults = yaml.safe_load((chart.CHART_DIR / "values.yaml").read_text())
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(defaults)) == []
+    wrong = dict(defaults, node=dict(defaults["node"], excludePorts=[70000]))
+    assert [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(wrong)] == \
+        ["70000 is greater than the maximum of 65535"]
