@@ -1,4 +1,4 @@
-"""The control-plane API on :15012: mutual TLS, one JSON-lines request per connection.
+"""The control-plane API (port `meshcore.ports.CONTROL_PLANE`): mutual TLS, one JSON-lines request per connection.
 
   {"op":"sign","csr":PEM}                 -> {"ok":true,"chain":[...],"roots":[...]}
   {"op":"watch","node":N,"since":V|null}  -> snapshot, then deltas, pings every 10 s

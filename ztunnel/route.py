@@ -9,9 +9,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .state import Service, State, Workload
+from meshcore import ports
 
-HBONE_PORT = 15008
+from .state import Service, State, Workload
 
 Pick = Callable[[Service, Sequence[Workload]], Workload]
 
@@ -26,7 +26,7 @@ class Hbone:
 
     @property
     def hbone_address(self) -> tuple[str, int]:
-        return (self.endpoint_ip, HBONE_PORT)
+        return (self.endpoint_ip, ports.HBONE)
 
     @property
     def authority(self) -> str:
