@@ -1,7 +1,8 @@
 """The control-plane API (port `meshcore.ports.CONTROL_PLANE`): mutual TLS, one JSON-lines request per connection.
 
-  {"op":"sign","csr":PEM}                 -> {"ok":true,"chain":[...],"roots":[...]}
-  {"op":"watch","node":N,"since":V|null}  -> snapshot, then deltas, pings every 10 s
+  sign (a CSR)                  -> the chain and roots
+  watch (a subscriber, since V) -> snapshot, then deltas, pings every 10 s
+(messages: meshcore.wire.watch)
 
 Callers are nodes (node credential `spiffe://<td>/trellis/node/<node>`): a node may only
 watch its own view and only get certificates for workloads that run on it."""
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any
 
 import trio
 
 from meshcore import tls
 from meshcore.identity import node_from_identity
-from meshcore.jsonlines import FramingError, LineReader, encode
+from meshcore.jsonlines import FramingError, LineReader
+from meshcore.wire import WireError, watch
 
 from .ca import CertificateAuthority, CsrRejected
 from .store import ConfigStore
@@ -57,14 +58,18 @@ class ApiServer:
             if node is None:
                 await self._error(stream, f"{caller} is not a node credential of trust domain {self.ca.trust_domain}")
                 return
-            op = req.get("op")
-            if op == "sign":
-                await self._sign(stream, node, req)
-            elif op == "watch":
-                await self._watch(stream, node, req, peer)
-            else:
+            try:
+                request = watch.parse_request(req)
+            except WireError as exc:
                 self.stats["bad_requests"] += 1
-                await self._error(stream, f"unknown op {op!r} (expected sign or watch)")
+                await self._error(stream, str(exc))
+                return
+            if isinstance(request, watch.SignRequest):
+                await self._sign(stream, node, request)
+            elif request.kind != watch.NODE:
+                await self._error(stream, f"this control plane serves only node subscriptions, not {request.kind!r}")
+            else:
+                await self._watch(stream, node, request, peer)
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
             self.stats["tls_failures"] += 1
             cause = exc.__cause__ or exc  # trio wraps the SSL error
@@ -83,15 +88,13 @@ class ApiServer:
 
     async def _error(self, stream: trio.SSLStream, message: str) -> None:
         try:
-            await stream.send_all(encode({"ok": False, "error": message}))
+            await stream.send_all(watch.encode(watch.ErrorReply(message)))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
 
-    async def _sign(self, stream: trio.SSLStream, node: str, req: dict[str, Any]) -> None:
-        csr = req.get("csr")
+    async def _sign(self, stream: trio.SSLStream, node: str, req: watch.SignRequest) -> None:
+        csr = req.csr
         try:
-            if not isinstance(csr, str):
-                raise CsrRejected("request has no csr (a PEM string)")
             allowed = allowed_identities(self.store.resources, node, self.ca.trust_domain)
             try:
                 chain = self.ca.sign_workload_csr(csr, allowed)
@@ -104,37 +107,37 @@ class ApiServer:
             return
         self.stats["signed"] += 1
         log.info("event=csr_signed node=%s", node)
-        await stream.send_all(encode({"ok": True, "chain": [c.decode() for c in chain],
-                                      "roots": [r.decode() for r in self.ca.roots_pem]}))
+        await stream.send_all(watch.encode(watch.SignReply(tuple(c.decode() for c in chain),
+                                                           tuple(r.decode() for r in self.ca.roots_pem))))
 
-    async def _watch(self, stream: trio.SSLStream, node: str, req: dict[str, Any], peer: str) -> None:
-        if req.get("node") not in (None, node):
-            await self._error(stream, f"node {node} may only watch its own view, not {req.get('node')!r}")
+    async def _watch(self, stream: trio.SSLStream, node: str, req: watch.WatchRequest, peer: str) -> None:
+        if req.name not in (None, node):
+            await self._error(stream, f"node {node} may only watch its own view, not {req.name!r}")
             return
-        since = req.get("since")
+        since = req.since
         self.stats["watches"] += 1
         store = self.store
         version = store.version
         current = node_view(store.resources, node)
         if isinstance(since, int) and since in store.history and since <= version:
             upserts, deletes = delta(node_view(store.history[since], node), current)
-            await stream.send_all(encode({"type": "delta", "version": version, "upserts": upserts, "deletes": deletes}))
+            await stream.send_all(watch.encode(watch.Delta(version, tuple(upserts), tuple(deletes))))
             log.info("event=watch_resumed node=%s peer=%s since=%s version=%s", node, peer, since, version)
         else:
-            await stream.send_all(encode({"type": "snapshot", "version": version, "resources": list(current.values())}))
+            await stream.send_all(watch.encode(watch.Snapshot(version, tuple(current.values()))))
             log.info("event=watch_snapshot node=%s peer=%s version=%s resources=%d", node, peer, version, len(current))
         sent = current
         while True:
             with trio.move_on_after(PING_INTERVAL):
                 await store.wait_changed(version)
             if store.version == version:
-                await stream.send_all(encode({"type": "ping", "version": version}))
+                await stream.send_all(watch.encode(watch.Ping(version)))
                 continue
             version = store.version
             view = node_view(store.resources, node)
             upserts, deletes = delta(sent, view)
             sent = view
-            await stream.send_all(encode({"type": "delta", "version": version, "upserts": upserts, "deletes": deletes}))
+            await stream.send_all(watch.encode(watch.Delta(version, tuple(upserts), tuple(deletes))))
 
 
 def _peer(stream: trio.SocketStream) -> str:

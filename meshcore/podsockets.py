@@ -45,7 +45,7 @@ BY_ADDRESS = {spec.address: spec for spec in POD_LISTENERS}
 
 
 def address_of(sock: socket.socket) -> str:
-    """"127.0.0.1:15001", "[::1]:15001": how ZDS names a listener."""
+    """"127.0.0.1:PORT" or "[::1]:PORT": how ZDS names a listener."""
     return _format(*sock.getsockname()[:2])
 
 

@@ -43,7 +43,7 @@ class Hello:
 @dataclass(frozen=True)
 class AddPod:
     """Serve a pod. fds: [netns, *listening sockets]; `listeners` names each socket's
-    address ("127.0.0.1:15001") in fd order. With no listeners ztunnel binds its own."""
+    address ("127.0.0.1:<outbound port>") in fd order. With no listeners ztunnel binds its own."""
     OP: ClassVar[str] = "add"
     namespace: str = _key("namespace")
     name: str = _key("name")
