@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from meshcore import admin
+from meshcore import admin, ports
 from trellis.lab import procs
 from trellis.lab.state import alive
 
@@ -293,7 +293,7 @@ class Bench:
     def config_push(self, n: int, zt: list[int]) -> None:
         """n WorkloadEntries written at once: seconds until every ztunnel has applied them."""
         cfg = self.opts.state_dir / "config"
-        cp_before = admin.get_json("127.0.0.1", 15010, "/healthz", netns=f"{self.opts.prefix}-fabric")["version"]
+        cp_before = admin.get_json("127.0.0.1", ports.CONTROL_PLANE_ADMIN, "/healthz", netns=f"{self.opts.prefix}-fabric")["version"]
         docs = [f"apiVersion: trellis.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: w{i}, namespace: push}}\n"
                 f"spec: {{address: 10.{200 + i // 65536}.{(i // 256) % 256}.{i % 256}, node: elsewhere, "
                 f"serviceAccount: push, labels: {{app: push}}}}\n" for i in range(n)]
@@ -307,7 +307,7 @@ class Bench:
             for node in nodes:
                 if node not in done:
                     try:
-                        v = admin.get_json("127.0.0.1", 15000, "/healthz", netns=f"{self.opts.prefix}-{node}", timeout=5)["version"]
+                        v = admin.get_json("127.0.0.1", ports.ZTUNNEL_ADMIN, "/healthz", netns=f"{self.opts.prefix}-{node}", timeout=5)["version"]
                     except (OSError, RuntimeError, ValueError):
                         continue
                     if v is not None and v > cp_before:

@@ -1,6 +1,6 @@
 /* sockops: re-key a captured connection's original destination for ztunnel.
  *
- * ztunnel accepts on 127.0.0.1:15001 and sees the client's (netns, local port), not
+ * ztunnel accepts on 127.0.0.1:CAPTURE_PORT and sees the client's (netns, local port), not
  * its socket cookie, so once the local port exists we move the entry from
  * cookie_origdst to origdst under {netns cookie, local port}.
  *
@@ -40,7 +40,7 @@ static __always_inline void handoff(struct bpf_sock_ops *skops)
 	cookie = bpf_get_socket_cookie(skops);
 	pending = cookie_origdst.lookup(&cookie);
 	if (!pending)
-		return; /* an app talking to 15001 itself, not a capture */
+		return; /* an app talking to CAPTURE_PORT itself, not a capture */
 	__builtin_memcpy(&dst, pending, sizeof(dst));
 	key.netns_cookie = bpf_get_netns_cookie(skops);
 	key.sport = (__u16)skops->local_port;

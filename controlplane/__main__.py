@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import trio
 
-from meshcore import admin
+from meshcore import admin, ports
 from meshcore.addr import parse_hostport
 
 from .api import ApiServer
@@ -74,8 +74,8 @@ async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admi
 @click.option("--context", "kube_context", help="with --source kubernetes: kubeconfig context (default: current)")
 @click.option("--ca-dir", type=click.Path(path_type=Path), required=True, help="where the CA keys live (created on first start)")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
-@click.option("--listen", default="0.0.0.0:15012", show_default=True)
-@click.option("--admin", "admin_addr", default="127.0.0.1:15010", show_default=True)
+@click.option("--listen", default=f"0.0.0.0:{ports.CONTROL_PLANE}", show_default=True)
+@click.option("--admin", "admin_addr", default=f"127.0.0.1:{ports.CONTROL_PLANE_ADMIN}", show_default=True)
 @click.option("--cert-ttl", default="24h", show_default=True, help="workload certificate lifetime (90s, 10m, 24h)")
 @click.option("--issue-node-credential", "issue_node", metavar="NODE", help="write NODE's bootstrap credential to --out and exit")
 @click.option("--out", type=click.Path(path_type=Path), help="with --issue-node-credential")

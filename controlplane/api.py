@@ -1,7 +1,8 @@
-"""The control-plane API on :15012: mutual TLS, one JSON-lines request per connection.
+"""The control-plane API (port `meshcore.ports.CONTROL_PLANE`): mutual TLS, one JSON-lines request per connection.
 
-  {"op":"sign","csr":PEM}                 -> {"ok":true,"chain":[...],"roots":[...]}
-  {"op":"watch","node":N,"since":V|null}  -> snapshot, then deltas, pings every 10 s
+  sign (a CSR)                  -> the chain and roots
+  watch (a subscriber, since V) -> snapshot, then deltas, pings every 10 s
+(messages: meshcore.wire.watch)
 
 Callers are nodes (node credential `spiffe://<td>/trellis/node/<node>`): a node may only
 watch its own view and only get certificates for workloads that run on it."""
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any
 
 import trio
 
 from meshcore import tls
 from meshcore.identity import node_from_identity
-from meshcore.jsonlines import FramingError, LineReader, encode
+from meshcore.jsonlines import FramingError, LineReader
+from meshcore.wire import WireError, watch
 
 from .ca import CertificateAuthority, CsrRejected
 from .store import VersionedStore
@@ -57,14 +58,16 @@ class ApiServer:
             if node is None:
                 await self._error(stream, f"{caller} is not a node credential of trust domain {self.ca.trust_domain}")
                 return
-            op = req.get("op")
-            if op == "sign":
-                await self._sign(stream, node, req)
-            elif op == "watch":
-                await self._watch(stream, caller, req, peer)
-            else:
+            try:
+                request = watch.parse_request(req)
+            except WireError as exc:
                 self.stats["bad_requests"] += 1
-                await self._error(stream, f"unknown op {op!r} (expected sign or watch)")
+                await self._error(stream, str(exc))
+                return
+            if isinstance(request, watch.SignRequest):
+                await self._sign(stream, node, request)
+            else:
+                await self._watch(stream, caller, request, peer)
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
             self.stats["tls_failures"] += 1
             cause = exc.__cause__ or exc  # trio wraps the SSL error
@@ -83,15 +86,13 @@ class ApiServer:
 
     async def _error(self, stream: trio.SSLStream, message: str) -> None:
         try:
-            await stream.send_all(encode({"ok": False, "error": message}))
+            await stream.send_all(watch.encode(watch.ErrorReply(message)))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
             pass
 
-    async def _sign(self, stream: trio.SSLStream, node: str, req: dict[str, Any]) -> None:
-        csr = req.get("csr")
+    async def _sign(self, stream: trio.SSLStream, node: str, req: watch.SignRequest) -> None:
+        csr = req.csr
         try:
-            if not isinstance(csr, str):
-                raise CsrRejected("request has no csr (a PEM string)")
             allowed = allowed_identities(self.store.current().resources, node, self.ca.trust_domain)
             try:
                 chain = self.ca.sign_workload_csr(csr, allowed)
@@ -104,43 +105,43 @@ class ApiServer:
             return
         self.stats["signed"] += 1
         log.info("event=csr_signed node=%s", node)
-        await stream.send_all(encode({"ok": True, "chain": [c.decode() for c in chain],
-                                      "roots": [r.decode() for r in self.ca.roots_pem]}))
+        await stream.send_all(watch.encode(watch.SignReply(tuple(c.decode() for c in chain),
+                                                           tuple(r.decode() for r in self.ca.roots_pem))))
 
-    async def _watch(self, stream: trio.SSLStream, caller: str, req: dict[str, Any], peer: str) -> None:
+    async def _watch(self, stream: trio.SSLStream, caller: str, req: watch.WatchRequest, peer: str) -> None:
         try:
-            view = subscriber_view(caller, self.ca.trust_domain, "node", req.get("node"))
+            view = subscriber_view(caller, self.ca.trust_domain, req.kind, req.name)
         except SubscriptionRefused as exc:
             await self._error(stream, str(exc))
             return
         self.stats["watches"] += 1
-        await self._serve_view(stream, view, req.get("since"), f"subscriber={caller}", peer)
+        await self._serve_view(stream, view, req.since, f"subscriber={caller}", peer)
 
-    async def _serve_view(self, stream: trio.SSLStream, view, since: Any, who: str, peer: str) -> None:
+    async def _serve_view(self, stream: trio.SSLStream, view, since: int | None, who: str, peer: str) -> None:
         """Stream one subscriber's view: a delta from `since` when the store still has it,
         else a snapshot; then a delta on each change and a ping when nothing changed."""
         resumed = self.store.changes_since(since, view) if isinstance(since, int) else None
         if resumed is not None:
             snap, upserts, deletes = resumed
             version, sent = snap.version, view(snap.resources)
-            await stream.send_all(encode({"type": "delta", "version": version, "upserts": upserts, "deletes": deletes}))
+            await stream.send_all(watch.encode(watch.Delta(version, tuple(upserts), tuple(tuple(k) for k in deletes))))
             log.info("event=watch_resumed %s peer=%s since=%s version=%s", who, peer, since, version)
         else:
             snap = self.store.current()
             version, sent = snap.version, view(snap.resources)
-            await stream.send_all(encode({"type": "snapshot", "version": version, "resources": list(sent.values())}))
+            await stream.send_all(watch.encode(watch.Snapshot(version, tuple(sent.values()))))
             log.info("event=watch_snapshot %s peer=%s version=%s resources=%d", who, peer, version, len(sent))
         while True:
             snap = None
             with trio.move_on_after(PING_INTERVAL):
                 snap = await self.store.wait_for_change(version)
             if snap is None:
-                await stream.send_all(encode({"type": "ping", "version": version}))
+                await stream.send_all(watch.encode(watch.Ping(version)))
                 continue
             version, current = snap.version, view(snap.resources)
             upserts, deletes = delta(sent, current)
             sent = current
-            await stream.send_all(encode({"type": "delta", "version": version, "upserts": upserts, "deletes": deletes}))
+            await stream.send_all(watch.encode(watch.Delta(version, tuple(upserts), tuple(tuple(k) for k in deletes))))
 
 
 def _peer(stream: trio.SocketStream) -> str:

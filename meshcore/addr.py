@@ -3,8 +3,8 @@ from __future__ import annotations
 
 
 def parse_hostport(text: str, flag: str = "address", *, default_host: str | None = None,
-                   example: str = "127.0.0.1:15000") -> tuple[str, int]:
-    """'10.0.0.1:15012', '[::1]:15000', ':15020' (with default_host) -> (host, port).
+                   example: str = "127.0.0.1:8080") -> tuple[str, int]:
+    """'10.0.0.1:8080', '[::1]:8080', ':8080' (with default_host) -> (host, port).
     ValueError names the flag and shows an example."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]") or (default_host or "")

@@ -16,8 +16,9 @@ import trio
 
 from . import sockio, tls
 from .identity import CertBundle, controlplane_identity, trust_domain_of
-from .jsonlines import FramingError, LineReader, encode
+from .jsonlines import FramingError, LineReader
 from .resources import Resource, ResourceInvalid, from_dict
+from .wire import WireError, watch
 
 log = logging.getLogger("trellis.cpclient")
 CONNECT_TIMEOUT = 5.0
@@ -56,8 +57,11 @@ def load_credential(directory) -> CertBundle:
 
 class ControlPlaneClient:
     def __init__(self, address: tuple[str, int], credential: CertBundle | Callable[[], CertBundle], node: str, *,
-                 socket_factory: Callable[[int], socket.socket] | None = None):
+                 socket_factory: Callable[[int], socket.socket] | None = None, subscriber: str = watch.NODE):
+        """`node`: the subscriber's name (a node, or a waypoint's "<ns>/<name>" with
+        `subscriber=watch.WAYPOINT`)."""
         self.address, self.node, self.socket_factory = address, node, socket_factory
+        self.subscriber = subscriber
         self._credential = credential
         self.connected = False
         self.last_contact: float | None = None   # time.time() of the last message
@@ -107,9 +111,10 @@ class ControlPlaneClient:
     async def sign(self, csr_pem: bytes | str) -> tuple[list[bytes], list[bytes]]:
         stream = await self._connect()
         try:
-            await stream.send_all(encode({"op": "sign", "csr": csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem}))
+            csr = csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem
+            await stream.send_all(watch.encode(watch.SignRequest(csr)))
             with trio.fail_after(30):
-                reply = await LineReader(stream).read()
+                obj = await LineReader(stream).read()
         except (trio.BrokenResourceError, ssl.SSLError) as exc:
             # TLS 1.3: the client's handshake ends before the server has checked the client's
             # certificate, so a refused credential shows up here, on the first read or write
@@ -117,9 +122,13 @@ class ControlPlaneClient:
                                     "node credential: do it and the control plane come from the same mesh CA?") from None
         finally:
             await trio.aclose_forcefully(stream)
-        if not reply or not reply.get("ok"):
-            raise ControlPlaneError(f"control plane refused to sign: {(reply or {}).get('error', 'no answer')}")
-        return [c.encode() for c in reply["chain"]], [r.encode() for r in reply["roots"]]
+        try:
+            reply = watch.parse_sign_reply(obj) if obj else watch.ErrorReply("no answer")
+        except WireError as exc:
+            raise ControlPlaneError(f"control plane sent a bad sign reply: {exc}") from None
+        if isinstance(reply, watch.ErrorReply):
+            raise ControlPlaneError(f"control plane refused to sign: {reply.error}")
+        return [c.encode() for c in reply.chain], [r.encode() for r in reply.roots]
 
     # -- watch ---------------------------------------------------------------------------
     async def watch(self, on_update: Callable[[dict, int], Awaitable[None] | None], *,
@@ -131,20 +140,24 @@ class ControlPlaneClient:
             try:
                 stream = await self._connect()
                 try:
-                    await stream.send_all(encode({"op": "watch", "node": self.node, "since": self.version}))
+                    await stream.send_all(watch.encode(watch.WatchRequest(self.subscriber, self.node, self.version)))
                     reader = LineReader(stream)
                     while True:
                         with trio.fail_after(SILENCE_TIMEOUT):
                             msg = await reader.read()
                         if msg is None:
                             raise ControlPlaneError("control plane closed the watch")
-                        if msg.get("ok") is False:
-                            raise ControlPlaneError(f"control plane refused the watch: {msg.get('error')}")
+                        try:
+                            event = watch.parse_event(msg)
+                        except WireError as exc:
+                            raise FramingError(str(exc)) from None
+                        if isinstance(event, watch.ErrorReply):
+                            raise ControlPlaneError(f"control plane refused the watch: {event.error}")
                         if not self.connected:
                             log.info("event=control_plane_connected address=%s:%d since=%s", *self.address, self.version)
                         self.connected, self.last_error, self.last_contact = True, None, time.time()
                         backoff = MIN_BACKOFF
-                        if self._apply(msg):
+                        if self._apply(event):
                             result = on_update(dict(self.resources), self.version)
                             if inspect.isawaitable(result):
                                 await result
@@ -176,22 +189,19 @@ class ControlPlaneClient:
             return f"{where} closed the watch abruptly ({detail}); did it restart? reconnecting"
         return str(exc) or f"{where}: {type(exc).__name__}"
 
-    def _apply(self, msg: dict[str, Any]) -> bool:
-        kind = msg.get("type")
-        if kind == "ping":
+    def _apply(self, event: watch.Event) -> bool:
+        if isinstance(event, watch.Ping):
             return False
-        if kind == "snapshot":
-            self.resources = self._parse(msg.get("resources", []))
-        elif kind == "delta":
-            for key in msg.get("deletes", []):
-                self.resources.pop(tuple(key), None)
-            self.resources.update(self._parse(msg.get("upserts", [])))
+        if isinstance(event, watch.Snapshot):
+            self.resources = self._parse(event.resources)
         else:
-            raise FramingError(f"unknown message type {kind!r}")
-        self.version = int(msg["version"])
+            for key in event.deletes:
+                self.resources.pop(key, None)
+            self.resources.update(self._parse(event.upserts))
+        self.version = event.version
         return True
 
-    def _parse(self, items: list[dict]) -> dict[tuple, Resource]:
+    def _parse(self, items) -> dict[tuple, Resource]:
         out = {}
         for d in items:
             try:

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import trio
 
+from meshcore import ports
 from meshcore.addr import parse_hostport
 from meshcore.cpclient import ControlPlaneClient, CredentialError, load_credential
 from meshcore import netns as mnetns
@@ -36,7 +37,7 @@ def enter_netns(name: str) -> None:
 
 def parse_address(text: str) -> tuple[str, int]:
     try:
-        return parse_hostport(text, "--control-plane", example="10.100.0.1:15012")
+        return parse_hostport(text, "--control-plane", example=f"10.100.0.1:{ports.CONTROL_PLANE}")
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -79,7 +80,7 @@ async def serve(node: str, cp, run_dir: Path, excluded: tuple[int, ...]) -> None
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--node", required=True, help="This node's name (WorkloadEntry spec.node).")
-@click.option("--control-plane", "control_plane", required=True, help="Control plane HOST:PORT (mTLS, 15012).")
+@click.option("--control-plane", "control_plane", required=True, help=f"Control plane HOST:PORT (mTLS, {ports.CONTROL_PLANE}).")
 @click.option("--credential-dir", type=click.Path(path_type=Path), required=True,
               help="Holds bootstrap.key, bootstrap.crt, roots.pem.")
 @click.option("--run-dir", type=click.Path(path_type=Path), required=True,

@@ -1,7 +1,8 @@
 """The node agent's loop: control-plane view -> reconcile -> attach/detach + handoff.
 
-Enroll = attach capture (+ STRICT) programs to the pod's cgroup, then hand its netns to
-ztunnel; unenroll = detach, then tell ztunnel. Reconciles on every update and every
+Enroll = attach capture (+ STRICT) programs to the pod's cgroup, then hand its netns and
+listening sockets to ztunnel; unenroll = detach, then tell ztunnel. After the first full
+view is handed over, ztunnel learns the snapshot is complete (and drops pods we lack). Reconciles on every update and every
 RECONCILE_INTERVAL, which is also how a pod without a process yet gets retried and how
 a restarted ztunnel gets its pods back. On shutdown every attachment is removed.
 """
@@ -23,6 +24,9 @@ from .reconcile import Enroll, SetStrict, Unenroll
 log = logging.getLogger("trellis.nodeagent")
 
 RECONCILE_INTERVAL = 2.0
+# How often a lost ztunnel is looked for: connections queue in the kernel meanwhile, so
+# this is the longest a restart makes them wait beyond ztunnel's own start-up.
+HANDOFF_POLL = 0.1
 
 
 class NodeAgent:
@@ -46,7 +50,19 @@ class NodeAgent:
         while True:
             self._changed = trio.Event()
             await self.reconcile_once()
+            if self.version is not None:
+                # Every pod of a full view is handed over: ztunnel may drop the rest.
+                await self.handoff.snapshot_sent()
             with trio.move_on_after(RECONCILE_INTERVAL):
+                await self._watch_ztunnel()
+
+    async def _watch_ztunnel(self) -> None:
+        """Return on a config change; meanwhile reconnect (and replay) as soon as a
+        ztunnel goes away and another one listens."""
+        while not self._changed.is_set():
+            if self.handoff.peer_gone() or not self.handoff.connected:
+                await self.handoff.ensure_connected()
+            with trio.move_on_after(HANDOFF_POLL):
                 await self._changed.wait()
 
     async def reconcile_once(self) -> None:

@@ -7,7 +7,6 @@ cgroup keep running. Nothing is pinned: when the agent exits the programs and ma
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import logging
@@ -16,6 +15,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshcore import ports
+from meshcore.wire import origdst as origdst_layout
+
 from . import headers
 
 log = logging.getLogger("trellis.nodeagent.loader")
@@ -23,7 +25,7 @@ log = logging.getLogger("trellis.nodeagent.loader")
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCES = ("connect.c", "sockops.c", "strict.c")
 BPF_F_ALLOW_MULTI = 2
-EXCLUDED_PORTS_MAX = 64  # bpf/include/config.h
+EXCLUDED_PORTS_MAX = 64  # handed to bpf/include/config.h as -DEXCLUDED_PORTS_MAX
 
 
 class LoaderError(RuntimeError):
@@ -73,7 +75,7 @@ class Programs:
             raise LoaderError(f"eBPF source {e.filename} missing; is the bpf/ directory installed?") from None
         # One compilation unit so that all programs share the maps of include/maps.h.
         try:
-            self.bpf = BPF(text=text.encode(), cflags=[f"-I{bpf_dir}", *cflags])
+            self.bpf = BPF(text=text.encode(), cflags=[f"-I{bpf_dir}", *compile_defines(), *cflags])
         except Exception as e:
             raise LoaderError(f"compiling {bpf_dir}/{{{','.join(SOURCES)}}} failed: {e}") from e
         self._fns = {}
@@ -92,11 +94,11 @@ class Programs:
     # maps -----------------------------------------------------------------
     @property
     def origdst(self):
-        return self.bpf[b"origdst"]
+        return self.bpf[origdst_layout.MAP_NAME]
 
     @property
     def origdst_fd(self) -> int:
-        return self.bpf[b"origdst"].map_fd
+        return self.origdst.map_fd
 
     def set_excluded_ports(self, ports) -> None:
         """Replace the set of destination ports that are never captured."""
@@ -106,7 +108,7 @@ class Programs:
             raise LoaderError(f"excluded port {bad[0]!r} is not a TCP port (1-65535)")
         if len(ports) > EXCLUDED_PORTS_MAX:
             raise LoaderError(f"{len(ports)} excluded ports given, at most {EXCLUDED_PORTS_MAX} fit "
-                              f"(raise EXCLUDED_PORTS_MAX in bpf/include/config.h)")
+                              f"(raise EXCLUDED_PORTS_MAX in nodeagent/loader.py)")
         table = self.bpf[b"excluded_ports"]
         table.clear()
         for p in ports:
@@ -241,11 +243,14 @@ def _bpftool_json(*args: str) -> list:
     return json.loads(text) if text else []
 
 
+def compile_defines() -> list[str]:
+    """Every number the C side shares with Python, as -D flags (config.h has no copies)."""
+    return [*ports.bpf_defines(), *origdst_layout.bpf_defines(), f"-DEXCLUDED_PORTS_MAX={EXCLUDED_PORTS_MAX}"]
+
+
 def origdst_entry(table, netns_cookie: int, sport: int):
     """Look up one origdst entry (tests and debugging; ztunnel uses bpf(2) itself)."""
-    key = table.Key()
-    key.netns_cookie = netns_cookie
-    key.sport = sport
+    key = table.Key.from_buffer_copy(origdst_layout.encode_key(netns_cookie, sport))
     try:
         return table[key]
     except KeyError:
@@ -253,11 +258,5 @@ def origdst_entry(table, netns_cookie: int, sport: int):
 
 
 def leaf_address(leaf) -> tuple[str, int]:
-    """(ip, port) from an origdst value."""
-    import ipaddress
-    import socket
-
-    if leaf.family == socket.AF_INET:
-        return str(ipaddress.IPv4Address(ctypes.c_uint32(leaf.ip4).value.to_bytes(4, "little"))), leaf.port
-    raw = b"".join(ctypes.c_uint32(w).value.to_bytes(4, "little") for w in leaf.ip6)
-    return str(ipaddress.IPv6Address(raw)), leaf.port
+    """(ip, port) from an origdst value, decoded by the one layout module."""
+    return origdst_layout.decode_value(bytes(leaf))

@@ -20,7 +20,7 @@ class InspectError(RuntimeError):
 
 @dataclass(frozen=True)
 class Target:
-    label: str            # "ztunnel/node1", "controlplane", "127.0.0.1:15000"
+    label: str            # "ztunnel/node1", "controlplane", "127.0.0.1:<port>"
     host: str
     port: int
     netns: str | None = None

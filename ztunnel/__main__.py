@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from meshcore import malloc
+from meshcore import malloc, ports
 from meshcore.addr import parse_hostport
 from meshcore.cpclient import ControlPlaneClient, load_credential
 
@@ -28,13 +28,13 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Trellis ztunnel: the per-node L4 proxy (HBONE, mTLS, L4 authorization).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--node", required=True, help="this node's name (as in WorkloadEntry spec.node)")
-    p.add_argument("--control-plane", required=True, help="control plane API HOST:PORT (:15012)")
+    p.add_argument("--control-plane", required=True, help=f"control plane API HOST:PORT (:{ports.CONTROL_PLANE})")
     p.add_argument("--credential-dir", required=True, type=Path, help="directory with bootstrap.key, bootstrap.crt, roots.pem")
     p.add_argument("--run-dir", required=True, type=Path, help="where ztunnel.sock lives")
     p.add_argument("--trust-domain", default="cluster.local")
-    p.add_argument("--admin", default="127.0.0.1:15000")
-    p.add_argument("--metrics", default="0.0.0.0:15020")
-    p.add_argument("--ready", default="0.0.0.0:15021")
+    p.add_argument("--admin", default=f"127.0.0.1:{ports.ZTUNNEL_ADMIN}")
+    p.add_argument("--metrics", default=f"0.0.0.0:{ports.METRICS}")
+    p.add_argument("--ready", default=f"0.0.0.0:{ports.READY}")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let connections finish on exit")
     p.add_argument("--log-level", default="INFO")
     return p

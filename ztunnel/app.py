@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import trio
 
-from meshcore import admin
+from meshcore import admin, ports
 from meshcore.certs import CertificateManager
 from meshcore.state import State
 
@@ -46,9 +46,9 @@ class Config:
     credential_dir: Path
     run_dir: Path
     trust_domain: str = "cluster.local"
-    admin: tuple[str, int] = ("127.0.0.1", 15000)
-    metrics: tuple[str, int] = ("0.0.0.0", 15020)
-    ready: tuple[str, int] = ("0.0.0.0", 15021)
+    admin: tuple[str, int] = ("127.0.0.1", ports.ZTUNNEL_ADMIN)
+    metrics: tuple[str, int] = ("0.0.0.0", ports.METRICS)
+    ready: tuple[str, int] = ("0.0.0.0", ports.READY)
     drain_timeout: float = 30.0
 
 

@@ -1,4 +1,4 @@
-"""Outbound: accept on the pod's 15001 -> original destination -> route -> HBONE or plain TCP.
+"""Outbound: accept on the pod's outbound capture port -> original destination -> route -> HBONE or plain TCP.
 
 Sockets to the destination are created inside the *source pod's* netns so packets leave
 with the pod's own IP, as Istio's in-pod ztunnel does.

@@ -1,19 +1,19 @@
 """Per-pod proxies: listeners inside the pod's netns, started on `add`, drained on `remove`.
 
-Every listener is bound before anything serves, so `add` answers the node agent with a
-bind error at once. Each pod gets its own HBONE client pool: pooled connections carry
+Listeners come from the node agent (it keeps a copy, so connections queue in the kernel
+while no ztunnel runs) or, when it sends none, are bound here before anything serves, so
+`add` answers the node agent with a bind error at once. Each pod gets its own HBONE client pool: pooled connections carry
 the source pod's IP, so they must never be shared between pods of one identity.
 """
 from __future__ import annotations
 
 import logging
 import os
-import socket
 from typing import Any
 
 import trio
 
-from meshcore import netns, sockio
+from meshcore import netns, podsockets
 from meshcore.hbone.client import HboneClientPool
 from meshcore.hbone.server import serve_hbone
 
@@ -23,7 +23,6 @@ from .outbound import Outbound
 from .podinfo import PodInfo
 
 log = logging.getLogger("trellis.ztunnel.pods")
-OUTBOUND_PORT, HBONE_PORT = 15001, 15008
 
 
 class DrainableListener(trio.abc.Listener[trio.SocketStream]):
@@ -52,23 +51,9 @@ class DrainableListener(trio.abc.Listener[trio.SocketStream]):
         self.draining = True
         if self._scope is not None:
             self._scope.cancel()
-        self.socket.close()  # new SYNs now get RST instead of queueing for nobody
-
-
-def bind_in(netns_fd: int, host: str, port: int, what: str) -> DrainableListener:
-    family = sockio.family_of(host)
-    raw = netns.socket_in(netns_fd, family)
-    try:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        raw.bind((host, port))
-        raw.listen(1024)
-    except OSError as exc:
-        raw.close()
-        raise OSError(exc.errno, f"cannot bind the {what} listener {host}:{port} in the pod netns: "
-                                 f"{exc.strerror} (another ztunnel already serving this pod?)") from None
-    return DrainableListener(trio.socket.from_stdlib_socket(raw))
+        # Our copy only: while the node agent holds its own, new connections queue for the
+        # next ztunnel; once it has let go too (pod removed) new SYNs get RST.
+        self.socket.close()
 
 
 class Pod:
@@ -84,18 +69,21 @@ class Pod:
         self.started = False
 
     def bind(self) -> None:
-        fd = self.info.netns_fd
-        try:
-            self.outbound_listeners.append(bind_in(fd, "127.0.0.1", OUTBOUND_PORT, "outbound"))
-            try:
-                self.outbound_listeners.append(bind_in(fd, "::1", OUTBOUND_PORT, "outbound"))
-            except OSError as exc:  # pods without IPv6 loopback are common; IPv4 capture still works
-                log.info("pod %s: no IPv6 outbound listener: %s", self.info.uid, exc)
-            self.inbound_listeners.append(bind_in(fd, "0.0.0.0", HBONE_PORT, "HBONE inbound"))
-        except BaseException:
+        socks = list(self.info.listeners) or podsockets.bind_all(self.info.netns_fd)
+        for sock in socks:
+            role = podsockets.BY_ADDRESS[podsockets.address_of(sock)].role
+            listeners = self.outbound_listeners if role == "outbound" else self.inbound_listeners
+            listeners.append(DrainableListener(trio.socket.from_stdlib_socket(sock)))
+        if not self.outbound_listeners or not self.inbound_listeners:
             for listener in self.outbound_listeners + self.inbound_listeners:
                 listener.socket.close()
-            raise
+            raise OSError(f"pod {self.info.uid}: the node agent handed over no "
+                          f"{'outbound' if not self.outbound_listeners else 'inbound'} listener")
+
+    def listener_fds(self) -> list[tuple[str, int]]:
+        """(address, fd) of each listener still accepting (fds stay ours)."""
+        return [(podsockets.address_of(l.socket), l.socket.fileno())
+                for l in self.outbound_listeners + self.inbound_listeners if not l.draining]
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report started, serve until cancelled or drained."""
@@ -167,14 +155,21 @@ class PodManager:
     async def add(self, info: PodInfo) -> Pod:
         old = self.pods.get(info.uid)
         if old is not None:
-            # Same pod handed over again (node agent restart): keep the running one.
-            os.close(info.netns_fd)
-            return old
+            if old.info.netns_id == info.netns_id:
+                # Same pod handed over again (node agent restart): keep the running one.
+                os.close(info.netns_fd)
+                info.close()
+                return old
+            # Same uid, new network namespace (the pod was recreated): the old one's
+            # listeners serve a netns that is gone or about to be.
+            log.info("pod %s: network namespace changed; replacing it", info.uid)
+            await self.remove(info.uid)
         pod = Pod(info, self.inputs)
         try:
             await self.nursery.start(self._run_pod, pod)
         except BaseException:
             os.close(info.netns_fd)
+            info.close()
             raise
         self.pods[info.uid] = pod
         return pod

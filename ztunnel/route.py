@@ -9,9 +9,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from meshcore import ports
 from meshcore.state import Service, State, Workload
-
-HBONE_PORT = 15008
 
 Pick = Callable[[Service, Sequence[Workload]], Workload]
 
@@ -26,7 +25,7 @@ class Hbone:
 
     @property
     def hbone_address(self) -> tuple[str, int]:
-        return (self.endpoint_ip, HBONE_PORT)
+        return (self.endpoint_ip, ports.HBONE)
 
     @property
     def authority(self) -> str:

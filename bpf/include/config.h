@@ -1,35 +1,17 @@
-/* Tunables. The loader may override any of them with -DNAME=value; these are the
- * defaults that match docs/internals.md. */
+/* Tunables of the eBPF programs. */
 #ifndef TRELLIS_CONFIG_H
 #define TRELLIS_CONFIG_H
 
-/* ztunnel's outbound listener inside each pod's netns (127.0.0.1 and [::1]). */
-#ifndef CAPTURE_PORT
-#define CAPTURE_PORT 15001
-#endif
-
-/* The mesh's own ports: never captured, or ztunnel would tunnel to itself. */
-#ifndef INBOUND_PLAIN_PORT
-#define INBOUND_PLAIN_PORT 15006
-#endif
-#ifndef HBONE_PORT
-#define HBONE_PORT 15008
-#endif
-#ifndef METRICS_PORT
-#define METRICS_PORT 15020
-#endif
-#ifndef READY_PORT
-#define READY_PORT 15021
-#endif
-
-/* Entries live from connect() until ztunnel accepts; LRU evicts what it never reads. */
-#ifndef ORIGDST_MAP_SIZE
-#define ORIGDST_MAP_SIZE 65536
-#endif
-
-/* Ports the operator wants left alone (filled by the loader; default none). */
-#ifndef EXCLUDED_PORTS_MAX
-#define EXCLUDED_PORTS_MAX 64
+/* Numbers shared with Python come only from the loader's -D flags
+ * (nodeagent/loader.py compile_defines(): meshcore/ports.py, meshcore/wire/origdst.py),
+ * so the C side cannot drift: CAPTURE_PORT (ztunnel's outbound listener in each pod's
+ * netns), INBOUND_PLAIN_PORT, HBONE_PORT, METRICS_PORT, READY_PORT (the mesh's own ports:
+ * never captured, or ztunnel would tunnel to itself), ORIGDST_MAP_SIZE (entries live from
+ * connect() until ztunnel accepts; LRU evicts what it never reads), EXCLUDED_PORTS_MAX. */
+#if !defined(CAPTURE_PORT) || !defined(INBOUND_PLAIN_PORT) || !defined(HBONE_PORT) || \
+    !defined(METRICS_PORT) || !defined(READY_PORT) || !defined(ORIGDST_MAP_SIZE) || \
+    !defined(EXCLUDED_PORTS_MAX)
+#error "compile bpf/ through nodeagent.loader: ports and map sizes come from its -D flags"
 #endif
 
 #ifndef ENABLE_IPV6

@@ -1,4 +1,4 @@
-"""HBONE: HTTP/2 CONNECT tunnels over mutual TLS 1.3 (ALPN h2, port 15008), as Istio's ztunnel speaks it.
+"""HBONE: HTTP/2 CONNECT tunnels over mutual TLS 1.3 (ALPN h2, port `meshcore.ports.HBONE`), as Istio's ztunnel speaks it.
 
 - `codec`: sans-IO ClientConnection / ServerConnection and their events
 - `stream`: HboneStream (trio HalfCloseableStream) over a multiplexed connection
@@ -11,8 +11,7 @@ from .errors import (HboneConnectionLost, HboneConnectRefused, HboneConnectTimeo
                      RemoteProtocolError)
 from .server import InboundTunnel, ServerStats, serve_hbone
 from .stream import HboneStream
-
-HBONE_PORT = 15008
+from ..ports import HBONE as HBONE_PORT
 
 __all__ = [
     "HBONE_PORT", "HboneClientPool", "HboneConnection", "HboneStream", "InboundTunnel", "ServerStats",

@@ -7,6 +7,8 @@ the client pool see, worded as advice for whoever reads the log.
 """
 from __future__ import annotations
 
+from .. import ports
+
 
 class LocalProtocolError(Exception):
     """The caller misused the codec (wrong stream, wrong state, bad argument)."""
@@ -80,7 +82,7 @@ def describe_tls_failure(exc: BaseException, peer: str, *, we_are_server: bool) 
                 f"(is it a mesh workload's ztunnel?) ({text})")
     if any(s in upper for s in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNEXPECTED_MESSAGE",
                                 "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "UNSUPPORTED_PROTOCOL")):
-        return f"{who} {peer} did not speak TLS 1.3 (plaintext or garbage on HBONE port 15008?) ({text})"
+        return f"{who} {peer} did not speak TLS 1.3 (plaintext or garbage on HBONE port {ports.HBONE}?) ({text})"
     if "EXPIRED" in upper:
         return f"{who} {peer} presented an expired certificate; is its certificate renewal working? ({text})"
     return f"TLS handshake with {who} {peer} failed: {text}"

@@ -2,7 +2,7 @@
 `Gateway` kind as a waypoint declares it.
 
 A waypoint is a Gateway of class `trellis-waypoint` with Istio's waypoint listener shape:
-one listener, protocol `HBONE`, port 15008 (Istio: class `istio-waypoint`, listener `mesh`).
+one listener, protocol `HBONE`, the HBONE port (Istio: class `istio-waypoint`, listener `mesh`).
 Replicas: Istio leaves them to `kubectl scale`/HPA on the generated Deployment (or a
 parametersRef ConfigMap); the lab has no Deployment to scale, so the Gateway carries the
 annotation `trellis.dev/replicas` (default 1). Gateways of other classes are accepted and
@@ -14,11 +14,12 @@ import re
 from dataclasses import dataclass, field
 
 from .schema import F, Problems, enum, integer, ip_address, labels, list_of, obj, port, str_map, string
+from ..ports import HBONE
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 WAYPOINT_CLASS = "trellis-waypoint"
 REPLICAS_ANNOTATION = "trellis.dev/replicas"
-HBONE_PORT = 15008
+HBONE_PORT = HBONE
 
 # Patterns from apis/v1/shared_types.go, verbatim.
 HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

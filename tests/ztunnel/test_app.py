@@ -1,19 +1,21 @@
 """ztunnel as a whole, in-process: ZDS handoff, config from a watch, admin, metrics, drain."""
 from __future__ import annotations
 
-import array
 import json
 import os
 import socket
 
 import trio
 
+
 from meshcore.resources import parse_documents
+from meshcore.wire import zds as wire
 from ztunnel import origdst
 from ztunnel.app import Config, Ztunnel
 
 from zt_ca import TestCA
 from test_proxy_netns import client, echo_server
+from test_zds import request as zds_request
 
 TD = "spiffe://cluster.local"
 
@@ -47,12 +49,6 @@ async def http(port, path):
             data += chunk
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     return int(head.split()[1]), body
-
-
-async def zds_request(sock, msg, fds=()):
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    await sock.sendmsg([json.dumps(msg).encode()], anc)
-    return json.loads(await sock.recv(65536))
 
 
 async def test_ztunnel_end_to_end_in_process(lab, tmp_path):
@@ -94,11 +90,13 @@ spec: {{clusterIP: 10.96.0.10, selector: {{app: web}}, ports: [{{port: 80, targe
                 port = {k: l.socket.getsockname()[1] for k, l in zt.listeners.items()}
                 zds = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 await zds.connect(str(tmp_path / "run" / "ztunnel.sock"))
-                assert (await zds_request(zds, {"op": "hello", "node": "n1"}, [map_fd]))["ok"]
+                assert (await zds_request(zds, wire.Hello(node="n1"), [map_fd]))[0]["ok"]
                 for name, ip_, fd in (("client", a_ip, a_fd), ("web", b_ip, b_fd)):
-                    r = await zds_request(zds, {"op": "add", "uid": f"default/{name}", "namespace": "default",
-                                                "name": name, "address": ip_, "serviceAccount": name}, [fd])
-                    assert r == {"ok": True}
+                    add = wire.AddPod(namespace="default", name=name, address=ip_, service_account=name)
+                    r, back = await zds_request(zds, add, [fd])
+                    assert r["ok"] and len(back) == len(r["listeners"]) == 3  # ztunnel bound them: copies back
+                    for b in back:
+                        os.close(b)
                 for name in ("client", "web"):
                     await zt.certs.wait_ready(f"{TD}/ns/default/sa/{name}")
 

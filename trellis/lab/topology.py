@@ -11,10 +11,12 @@ from typing import Any
 
 import yaml
 
+from meshcore import ports
+
 API_VERSION = "trellis.dev/v1alpha1"
 FABRIC_CIDR = ipaddress.ip_network("10.100.0.0/24")
 FABRIC_IP = "10.100.0.1"
-CP_PORT, CP_ADMIN_PORT, ZT_ADMIN_PORT = 15012, 15010, 15000
+CP_PORT, CP_ADMIN_PORT, ZT_ADMIN_PORT = ports.CONTROL_PLANE, ports.CONTROL_PLANE_ADMIN, ports.ZTUNNEL_ADMIN
 MAX_NODES = 200  # node N takes fabric address .(10+N) and pod subnet 10.244.N.0/24
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _POD_KEYS = {"name", "namespace", "node", "serviceAccount", "labels", "command", "address", "env"}

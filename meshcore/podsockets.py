@@ -1,0 +1,114 @@
+"""A pod's listening sockets, made and checked one way for the node agent and ztunnel.
+
+The node agent creates them inside the pod's netns and keeps a copy for the pod's life,
+handing them to whichever ztunnel runs (ZDS `add`, SCM_RIGHTS): while no ztunnel runs
+the kernel completes handshakes and queues them in the backlog, and the next ztunnel
+accepts them, so a restart refuses nothing (docs/internals.md "Restarts"). ztunnel binds
+the same set itself only when a node agent hands over no sockets (tests, old agents).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from . import netns, ports, sockio
+
+# Connections the kernel queues per listener while no ztunnel accepts (capped by
+# net.core.somaxconn, 4096 by default): what a restart gap can absorb.
+BACKLOG = 1024
+
+
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    host: str
+    port: int
+    role: str           # "outbound" or "inbound" (HBONE)
+    required: bool = True
+
+    @property
+    def address(self) -> str:
+        return _format(self.host, self.port)
+
+
+POD_LISTENERS = (
+    ListenerSpec("127.0.0.1", ports.OUTBOUND, "outbound"),
+    # Pods without IPv6 loopback are common; IPv4 capture still works without it.
+    ListenerSpec("::1", ports.OUTBOUND, "outbound", required=False),
+    ListenerSpec("0.0.0.0", ports.HBONE, "inbound"),
+)
+BY_ADDRESS = {spec.address: spec for spec in POD_LISTENERS}
+
+
+def address_of(sock: socket.socket) -> str:
+    """"127.0.0.1:PORT" or "[::1]:PORT": how ZDS names a listener."""
+    return _format(*sock.getsockname()[:2])
+
+
+def bind_one(netns_fd: int, spec: ListenerSpec) -> socket.socket:
+    family = sockio.family_of(spec.host)
+    raw = netns.socket_in(netns_fd, family)
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        raw.bind((spec.host, spec.port))
+        raw.listen(BACKLOG)
+    except OSError as exc:
+        raw.close()
+        raise OSError(exc.errno, f"cannot bind the {spec.role} listener {spec.address} in the pod netns: "
+                                 f"{exc.strerror} (another ztunnel or node agent already holds it?)") from None
+    return raw
+
+
+def bind_all(netns_fd: int) -> list[socket.socket]:
+    """Every listener of POD_LISTENERS that can be bound (all required ones, or OSError)."""
+    out: list[socket.socket] = []
+    try:
+        for spec in POD_LISTENERS:
+            try:
+                out.append(bind_one(netns_fd, spec))
+            except OSError:
+                if spec.required:
+                    raise
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+def adopt(fds: list[int], addresses: tuple[str, ...], netns_fd: int) -> list[socket.socket]:
+    """Sockets from received fds, each checked: a listening TCP socket, at the address the
+    message names, inside the pod's netns. Takes ownership of `fds` (closed on error)."""
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    try:
+        probe = netns.socket_in(netns_fd)
+        try:
+            want_cookie = netns.netns_cookie(probe)
+        finally:
+            probe.close()
+        for sock, address in zip(socks, addresses, strict=True):
+            if address not in BY_ADDRESS:
+                raise ValueError(f"listener {address} is not one of {', '.join(BY_ADDRESS)}")
+            if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise ValueError(f"listener {address}: the fd is not a listening TCP socket")
+            if address_of(sock) != address:
+                raise ValueError(f"listener {address}: the fd is bound to {address_of(sock)}")
+            if netns.netns_cookie(sock) != want_cookie:
+                raise ValueError(f"listener {address}: the socket is not in the pod's netns")
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def netns_identity(netns_fd: int) -> tuple[int, int]:
+    """(st_dev, st_ino): equal for two fds of the same network namespace."""
+    st = os.fstat(netns_fd)
+    return st.st_dev, st.st_ino
