@@ -9,8 +9,8 @@ agent's in-pod rules bring the app's replies back to that socket.
 Two guards keep this honest. The address must belong, in the control plane's view, to a
 workload with the identity the peer proved in its certificate (a peer cannot make the app
 believe it is another pod). And the route back must exist in the pod's netns: it is
-checked per connection with one rtnetlink route query (`ip route get CALLER mark 0x111`
-must say `local`), because a transparent SYN whose SYN-ACK leaves through eth0 would
+checked with one rtnetlink route query (`ip route get CALLER mark 0x111` must say
+`local`; the answer is kept for ROUTE_CHECK_TTL per pod and family), because a transparent SYN whose SYN-ACK leaves through eth0 would
 hang until the connect timeout. Whenever either fails, or the kernel refuses IP_TRANSPARENT,
 ztunnel connects from the pod's own address as before, and says why once per pod.
 """
@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from typing import Any
 
 from meshcore import inpod, netns
@@ -30,6 +31,7 @@ IP_TRANSPARENT = 19            # linux/in.h
 IPV6_TRANSPARENT = 75          # linux/in6.h
 IP_BIND_ADDRESS_NO_PORT = 24   # the port is chosen at connect(), by 4-tuple, not at bind()
 MAX_NOTICES = 256              # distinct fallback reasons remembered per pod (bounds the log)
+ROUTE_CHECK_TTL = 2.0          # seconds a route check holds per pod and family (it costs ~25 us)
 # rtnetlink (linux/rtnetlink.h, linux/netlink.h)
 RTM_NEWROUTE, RTM_GETROUTE, NLM_F_REQUEST, RTA_DST, RTA_MARK, RTN_LOCAL = 24, 26, 1, 1, 16, 2
 
@@ -91,9 +93,9 @@ def _rta(kind: int, data: bytes) -> bytes:
     return struct.pack("=HH", length, kind) + data + b"\0" * (-length % 4)
 
 
-def _bind_transparent(source: str, family: int) -> tuple[socket.socket | None, str]:
+def _bind_transparent(source: str, family: int, route_ok: bool) -> tuple[socket.socket | None, str]:
     """In the current netns: a socket bound to `source`, or None and why not."""
-    if not _route_back(source, family):
+    if not route_ok:
         return None, (f"no route back for replies to {source} in the pod's netns (fwmark "
                       f"{inpod.TPROXY_MARK:#x} -> table {inpod.ROUTE_TABLE}, set by the node agent at enrollment)")
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -115,6 +117,7 @@ class Delivery:
     def __init__(self, uid: str) -> None:
         self.uid = uid
         self._said: set[str] = set()
+        self._routes: dict[int, tuple[float, bool]] = {}   # family -> (checked at, route back exists)
 
     def notice(self, key: str, message: str, level: int = logging.WARNING) -> None:
         if key in self._said or len(self._said) >= MAX_NOTICES:
@@ -129,7 +132,12 @@ class Delivery:
         family = socket.AF_INET6 if ":" in pod_address else socket.AF_INET
         with netns.entered(netns_fd):
             if source is not None:
-                sock, why = _bind_transparent(source, family)
+                now = time.monotonic()
+                checked, ok = self._routes.get(family, (-ROUTE_CHECK_TTL, False))
+                if now - checked >= ROUTE_CHECK_TTL:
+                    ok = _route_back(source, family)
+                    self._routes[family] = (now, ok)
+                sock, why = _bind_transparent(source, family, ok)
                 if sock is not None:
                     return sock, source
                 self.notice("kernel" if why.startswith("the kernel") else "route", why)
