@@ -15,10 +15,14 @@ class ControlError(RuntimeError):
     pass
 
 
-def _find(st: state.LabState, name: str) -> Proc:
+def _load(sdir: Path, name: str) -> tuple[state.LabState, Proc]:
+    """lab.json and the component `name` in it (call with the lock held)."""
+    st = state.load(sdir)
+    if st is None:
+        raise ControlError(f"no lab running (no {state.state_file(sdir)})")
     for p in st.procs:
         if p.name == name:
-            return p
+            return st, p
     raise ControlError(f"no lab component {name!r}; components: {', '.join(p.name for p in st.procs)}")
 
 
@@ -26,10 +30,7 @@ def stop(name: str, sig: signal.Signals = signal.SIGTERM, sdir: Path | None = No
     """Hold `name` (recorded before the signal, so the supervisor never races us), then signal it."""
     sdir = sdir or state.state_dir()
     with state.locked(sdir):
-        st = state.load(sdir)
-        if st is None:
-            raise ControlError(f"no lab running (no {state.state_file(sdir)})")
-        p = _find(st, name)
+        st, p = _load(sdir, name)
         p.held = True
         state.save(st, sdir)
     if state.alive(p):
@@ -44,10 +45,7 @@ def start(name: str, sdir: Path | None = None) -> Proc:
     """Release `name`; start it now if it is not running (not counted as a restart)."""
     sdir = sdir or state.state_dir()
     with state.locked(sdir):
-        st = state.load(sdir)
-        if st is None:
-            raise ControlError(f"no lab running (no {state.state_file(sdir)})")
-        p = _find(st, name)
+        st, p = _load(sdir, name)
         if not state.alive(p):
             if not p.argv:
                 raise ControlError(f"{name} was started by an older `lab up` that did not record its command")
