@@ -219,7 +219,15 @@ def test_a_stopped_component_stays_down_until_started(lab):
 
 def test_second_up_is_idempotent_and_other_dir_is_refused(lab, tmp_path):
     again = run("lab", "up", str(lab["dir"]), "--no-mesh", env=lab["env"])
-    assert again.returncode == 0 and "already up" in again.stdout
+    assert again.returncode == 0 and "already up" in again.stdout and "supervisor" not in again.stdout
+    # a lab whose supervisor died gets a new one from `lab up`, and nothing else changes
+    _, report = component(lab, "pod/default/web")
+    os.kill(report["supervisor"]["pid"], 9)
+    wait_for(lambda: not component(lab, "pod/default/web")[1]["supervisor"]["up"], "the supervisor to die")
+    again = run("lab", "up", str(lab["dir"]), "--no-mesh", env=lab["env"])
+    assert again.returncode == 0 and "processes: supervisor" in again.stdout, again.stdout + again.stderr
+    _, after = component(lab, "pod/default/web")
+    assert after["supervisor"]["up"] and after["missing"] == []
     (tmp_path / "lab.yaml").write_text(LAB)
     other = run("lab", "up", str(tmp_path), "--no-mesh", env=lab["env"])
     assert other.returncode == 1 and "a lab is already running" in other.stderr and "`trellis lab down` first" in other.stderr

@@ -118,6 +118,10 @@ class Supervisor:
             if p is None or p.held or self.stopping:
                 self._close(name)
                 return
+            if not p.argv:
+                log.error("cannot restart %s: lab.json has no command for it (a lab from an older `lab up`)", name)
+                self._close(name)
+                return
             try:
                 new = procs.spawn(p.name, p.argv, netns=p.netns or None, cgroup=p.cgroup, log=Path(p.log),
                                   env=p.env)
@@ -132,6 +136,8 @@ class Supervisor:
         w = self.watches[name]
         w.pid, w.fd, w.started, w.due = new.pid, self._open(p), time.monotonic(), None
         log.info("%s restarted as pid %d (restart %d)", name, new.pid, p.restarts)
+        if w.fd is None:   # gone again before we could watch it
+            self._exited(name, p, w.started)
 
     def step(self, wake_fd: int) -> None:
         st = state.load(self.sdir)

@@ -199,6 +199,10 @@ def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: f
     if existing is not None:
         if Path(existing.lab_dir) == lab_dir and existing.phase == "up":
             echo(f"lab from {lab_dir} is already up (state {sdir})")
+            if existing.supervisor is None or not state.alive(existing.supervisor):
+                with state.locked(sdir):   # supervision died (or predates it): bring it back
+                    existing = state.load(sdir) or existing
+                    _supervise(existing, sdir, echo)
             return existing, p
         raise LabError(f"a lab is already running (from {existing.lab_dir}, state {sdir}, phase {existing.phase}); "
                        f"`trellis lab down` first")
