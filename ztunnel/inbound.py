@@ -18,8 +18,8 @@ from .inputs import ProxyInputs
 from .metrics import ConnLabels, log_connection
 from .outbound import open_tcp_in
 from .podinfo import PodInfo
-from .transparent import Delivery
 from .state import Workload
+from .transparent import Delivery
 
 log = logging.getLogger("trellis.ztunnel.inbound")
 
