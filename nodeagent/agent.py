@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import trio
 
 from meshcore.netns import netns_path
-from . import cgroups, reconcile
+from . import cgroups, inpod, reconcile
 from .cgroups import CgroupError
 from .handoff import HandoffClient, HandoffError
 from .loader import LoaderError, Programs
@@ -91,6 +91,9 @@ class NodeAgent:
             log.info("pod %s: no process in netns %s yet; will retry", pod.uid, pod.netns)
             return
         progs = self.programs.attach(cgroup, strict=action.strict)
+        # Before the handoff, so the route back for callers' addresses exists when ztunnel
+        # first serves the pod (it checks, and falls back to the pod's address without it).
+        await inpod.try_install(pod.uid, pod.netns)
         try:
             await self.handoff.add(pod)
         except HandoffError:
@@ -104,10 +107,13 @@ class NodeAgent:
         cgroup = self.cgroup_of.get(uid)
         progs = self.programs.detach(cgroup) if cgroup else []
         self.cgroup_of.pop(uid, None)
+        was = self.enrolled.get(uid)
         self.enrolled = reconcile.apply(self.enrolled, Unenroll(uid))
         try:
             await self.handoff.remove(uid)
         finally:
+            if was is not None:   # after ztunnel stopped taking new connections for the pod
+                await inpod.try_remove(uid, was.pod.netns)
             log.info("unenrolled pod %s (cgroup %s): detached %s", uid, cgroup, ", ".join(progs) or "nothing")
 
     def shutdown(self) -> None:

@@ -180,6 +180,34 @@ def lab_status(fmt: str) -> None:
         sys.exit(1)
 
 
+@lab.command("stop")
+@click.argument("component")
+@click.option("--signal", "sig", type=click.Choice(["TERM", "KILL", "INT"]), default="TERM", show_default=True,
+              help="KILL to try a crash")
+def lab_stop(component: str, sig: str) -> None:
+    """Stop COMPONENT (as `lab status` names it) and keep it down: the supervisor does not
+    restart it until `trellis lab start COMPONENT`."""
+    import signal
+    from .lab import control
+    try:
+        p = control.stop(component, signal.Signals[f"SIG{sig}"])
+    except control.ControlError as exc:
+        _fail(str(exc))
+    click.echo(f"{p.name} (pid {p.pid}) stopped with SIG{sig}; `trellis lab start {p.name}` brings it back")
+
+
+@lab.command("start")
+@click.argument("component")
+def lab_start(component: str) -> None:
+    """Start COMPONENT again after `trellis lab stop`, and supervise it again."""
+    from .lab import control
+    try:
+        p = control.start(component)
+    except (control.ControlError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"{p.name} running as pid {p.pid}")
+
+
 @lab.command("exec", context_settings={"ignore_unknown_options": True})
 @click.argument("pod")
 @click.option("-n", "--namespace", help="the pod's namespace when its name is ambiguous")

@@ -1,7 +1,8 @@
 """Inbound: an HBONE tunnel for this pod -> authority check -> L4 authz -> the app in the pod.
 
-The app is dialled from inside the pod's netns at the pod's own IP, so it sees a local
-connection from the pod address, as with Istio's in-pod ztunnel.
+The app is dialled from inside the pod's netns at the pod's own IP, from the caller's
+pod address when that is verified and the pod's netns routes replies back
+(`transparent.py`), else from the pod's own address, as with Istio's in-pod ztunnel.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .copy import Transfer, relay_tunnel
 from .inputs import ProxyInputs
 from .outbound import open_tcp_in
 from .podinfo import PodInfo
+from .transparent import Delivery
 
 log = logging.getLogger("trellis.ztunnel.inbound")
 
@@ -26,6 +28,7 @@ class Inbound:
     def __init__(self, pod: PodInfo, inputs: ProxyInputs) -> None:
         self.pod, self.inputs = pod, inputs
         self.active = 0
+        self.delivery = Delivery(pod.uid)
 
     def workload(self) -> Workload:
         """The pod as the control plane describes it (labels for policy), else from the add message."""
@@ -61,13 +64,16 @@ class Inbound:
                             connection_security_policy="mutual_tls")
         src = f"{tunnel.peer_address[0]}:{tunnel.peer_address[1]}"
         dst = f"{ip}:{port}"
-        transfer, outcome, app = Transfer(), "ok", None
+        transfer, outcome, app, app_src = Transfer(), "ok", None, None
         self.active += 1
         try:
             refusal = self._refusal(tunnel, state.policies_for(workload), ip, port, dst)
             if refusal is None:
+                sock, app_src = self.delivery.socket_for(self.pod.netns_fd, state, tunnel.peer_identity,
+                                                         str(tunnel.peer_address[0]), self.pod.address)
                 try:
-                    app = await open_tcp_in(self.pod.netns_fd, (self.pod.address, port), self.inputs.connect_timeout)
+                    app = await open_tcp_in(self.pod.netns_fd, (self.pod.address, port), self.inputs.connect_timeout,
+                                            sock)
                 except ConnectionError as exc:
                     refusal = (503, f"connection refused by the application on port {port} in {self.pod.uid} "
                                     f"({exc}); is the app listening on {self.pod.address}:{port} or 0.0.0.0?",
@@ -91,4 +97,4 @@ class Inbound:
             sockio.close(app)
             log_connection(direction="inbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,
-                           pod=self.pod.uid)
+                           pod=self.pod.uid, app_src=app_src)

@@ -25,9 +25,11 @@ from .podinfo import PodInfo
 log = logging.getLogger("trellis.ztunnel.outbound")
 
 
-async def open_tcp_in(netns_fd: int, address: tuple[str, int], timeout: float) -> socket.socket:
-    """A non-blocking TCP socket connected from inside `netns_fd`, with errors worded as advice."""
-    sock = netns.socket_in(netns_fd, sockio.family_of(address[0]))
+async def open_tcp_in(netns_fd: int, address: tuple[str, int], timeout: float,
+                      sock: socket.socket | None = None) -> socket.socket:
+    """A non-blocking TCP socket connected from inside `netns_fd` (or `sock`, made there
+    already), with errors worded as advice."""
+    sock = sock or netns.socket_in(netns_fd, sockio.family_of(address[0]))
     try:
         return await sockio.connect(sock, address, timeout)
     except trio.TooSlowError:

@@ -2,6 +2,7 @@
 and `python -m nodeagent` detaching everything on SIGTERM."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,12 @@ CAPTURE = ["trellis_connect4", "trellis_connect6", "trellis_sockops"]
 
 def names(cgroup) -> list[str]:
     return sorted(a["name"] for a in bpftool_show(cgroup))
+
+
+def inpod_rules(pod) -> int:
+    out = subprocess.run(["ip", "-n", pod.netns, "-j", "rule", "list", "pref", "32764"], capture_output=True,
+                         text=True, check=True).stdout
+    return len(json.loads(out or "[]"))
 
 
 def workload(pod) -> R:
@@ -43,6 +50,7 @@ async def test_enroll_strict_unenroll(programs, pod, tmp_path):
             assert list(agent.enrolled) == [uid] and agent.cgroup_of[uid] == pod.cgroup
             assert names(pod.cgroup) == CAPTURE
             assert peer.ops() == ["hello", "add"]
+            assert inpod_rules(pod) == 1   # the route back for callers' addresses (meshcore.inpod)
 
             strict = pa("default", "strict", "STRICT")
             agent.on_update(res(ns("default"), workload(pod), strict), 2)
@@ -53,6 +61,7 @@ async def test_enroll_strict_unenroll(programs, pod, tmp_path):
             await agent.reconcile_once()
             assert names(pod.cgroup) == [] and agent.enrolled == {}
             assert peer.ops() == ["hello", "add", "remove"]
+            assert inpod_rules(pod) == 0
 
             agent.on_update(res(ns("default"), workload(pod)), 4)
             await agent.reconcile_once()

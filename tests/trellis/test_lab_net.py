@@ -169,9 +169,65 @@ def test_status_and_config(lab):
         "networkNamespace": "tt-lab-node2-default-web"}
 
 
+def component(lab, name):
+    report = json.loads(run("lab", "status", "-o", "json", env=lab["env"]).stdout)
+    return next(c for c in report["components"] if c["name"] == name), report
+
+
+def wait_for(pred, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := pred():
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_process_is_restarted_by_the_supervisor_and_counted(lab):
+    web, report = component(lab, "pod/default/web")
+    assert web["restarts"] == 0 and report["supervisor"]["up"]
+    os.kill(web["pid"], 9)
+    again = wait_for(lambda: (c := component(lab, "pod/default/web")[0])["up"] and c["pid"] != web["pid"] and c,
+                     "the supervisor to restart the killed app")
+    assert again["restarts"] == 1 and again["lastExit"] == "exited"   # not its parent: no exit status
+    curl_until_up(lab, "http://10.244.2.20:8080/after-restart")
+    table = run("lab", "status", env=lab["env"]).stdout
+    assert "RESTARTS" in table and "supervisor pid" in table
+    # a second crash of the supervisor's own child: restarted after a backoff, with its signal
+    os.kill(again["pid"], 9)
+    third = wait_for(lambda: (c := component(lab, "pod/default/web")[0])["up"] and c["restarts"] == 2 and c,
+                     "the second restart")
+    assert third["lastExit"] == "signal 9 (SIGKILL)"
+    curl_until_up(lab, "http://10.244.2.20:8080/after-second-restart")
+
+
+def test_a_stopped_component_stays_down_until_started(lab):
+    res = run("lab", "stop", "pod/other/raw", env=lab["env"])
+    assert res.returncode == 0 and "lab start pod/other/raw" in res.stdout, res.stderr
+    raw = wait_for(lambda: not (c := component(lab, "pod/other/raw")[0])["up"] and c, "raw to stop")
+    time.sleep(3)   # longer than any first-restart backoff: the supervisor must leave it alone
+    raw, report = component(lab, "pod/other/raw")
+    assert not raw["up"] and raw["stopped"] and raw["restarts"] == 0
+    assert any("trellis lab start pod/other/raw" in m for m in report["missing"])
+    assert run("lab", "status", env=lab["env"]).returncode == 1
+    assert run("lab", "start", "pod/other/raw", env=lab["env"]).returncode == 0
+    raw, report = component(lab, "pod/other/raw")
+    assert raw["up"] and not raw["stopped"] and raw["restarts"] == 0 and report["missing"] == []
+    bad = run("lab", "stop", "nope", env=lab["env"])
+    assert bad.returncode == 1 and "no lab component 'nope'" in bad.stderr
+
+
 def test_second_up_is_idempotent_and_other_dir_is_refused(lab, tmp_path):
     again = run("lab", "up", str(lab["dir"]), "--no-mesh", env=lab["env"])
-    assert again.returncode == 0 and "already up" in again.stdout
+    assert again.returncode == 0 and "already up" in again.stdout and "supervisor" not in again.stdout
+    # a lab whose supervisor died gets a new one from `lab up`, and nothing else changes
+    _, report = component(lab, "pod/default/web")
+    os.kill(report["supervisor"]["pid"], 9)
+    wait_for(lambda: not component(lab, "pod/default/web")[1]["supervisor"]["up"], "the supervisor to die")
+    again = run("lab", "up", str(lab["dir"]), "--no-mesh", env=lab["env"])
+    assert again.returncode == 0 and "processes: supervisor" in again.stdout, again.stdout + again.stderr
+    _, after = component(lab, "pod/default/web")
+    assert after["supervisor"]["up"] and after["missing"] == []
     (tmp_path / "lab.yaml").write_text(LAB)
     other = run("lab", "up", str(tmp_path), "--no-mesh", env=lab["env"])
     assert other.returncode == 1 and "a lab is already running" in other.stderr and "`trellis lab down` first" in other.stderr

@@ -43,6 +43,12 @@ def down(echo: Echo = print, sdir: Path | None = None) -> list[str]:
         echo(f"no lab running (no {state.state_file(sdir)})")
         return []
     problems: list[str] = []
+    if st.supervisor is not None:
+        # first, or it would restart what we stop; then re-read: it may have restarted something
+        echo("stopping the supervisor")
+        procs.stop([st.supervisor])
+        with state.locked(sdir):
+            st = state.load(sdir) or st
     agents = [p for p in st.procs if p.name.startswith("nodeagent/")]
     others = [p for p in st.procs if p not in agents]
     for group in (agents, others):

@@ -22,12 +22,13 @@ _children: dict[int, subprocess.Popen] = {}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _enter(netns: str, cgroup: str | None) -> None:
+def _enter(netns: str | None, cgroup: str | None) -> None:
     # runs in the forked child: keep it to syscalls, no locks, no logging
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), f"setns into {netns} failed")
-    os.close(fd)
+    if netns:
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns} failed")
+        os.close(fd)
     if cgroup:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
@@ -56,17 +57,18 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def spawn(name: str, argv: list[str], *, netns: str, cgroup: str | None, log: Path,
+def spawn(name: str, argv: list[str], *, netns: str | None, cgroup: str | None, log: Path,
           env: dict[str, str] | None = None, cwd: str | None = None) -> Proc:
-    """Start detached (own session, so the CLI exiting or ^C does not touch it)."""
+    """Start detached (own session, so the CLI exiting or ^C does not touch it); netns
+    None stays in the caller's."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         child = subprocess.Popen(resolve(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True, preexec_fn=lambda: _enter(netns, cgroup),
                                  env=child_env(env), cwd=cwd, close_fds=True)
     _children[child.pid] = child
-    return Proc(name=name, pid=child.pid, log=str(log), netns=netns, cgroup=cgroup,
-                start_time=proc_start_time(child.pid) or 0)
+    return Proc(name=name, pid=child.pid, log=str(log), netns=netns or "", cgroup=cgroup,
+                start_time=proc_start_time(child.pid) or 0, argv=list(argv), env=dict(env or {}))
 
 
 def run_in(argv: list[str], *, netns: str, cgroup: str | None, env: dict[str, str] | None = None) -> int:

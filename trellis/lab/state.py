@@ -2,11 +2,13 @@
 can undo exactly what `lab up` did, even when `up` stopped half way."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 DEFAULT_STATE_DIR = "/run/trellis/lab"
 DEFAULT_PREFIX = "trellis"
@@ -28,6 +30,12 @@ class Proc:
     netns: str
     cgroup: str | None   # absolute cgroup directory, None when left where the CLI runs
     start_time: int = 0  # /proc/PID/stat field 22: tells our pid from a recycled one
+    # what the supervisor needs to start it again (trellis/lab/supervisor.py)
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
+    last_exit: str | None = None   # "signal 9 (SIGKILL)", "code 1", "exited" (status unknown)
+    held: bool = False             # `trellis lab stop`: left down until `trellis lab start`
 
 
 @dataclass
@@ -46,6 +54,7 @@ class LabState:
     pods: list[dict[str, Any]] = field(default_factory=list)
     mesh: bool = True
     phase: str = "creating"              # creating -> up
+    supervisor: Proc | None = None       # restarts components that exit (started once up)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +63,8 @@ class LabState:
     def from_dict(cls, d: dict[str, Any]) -> "LabState":
         d = dict(d)
         d["procs"] = [Proc(**p) for p in d.get("procs", [])]
+        if d.get("supervisor"):
+            d["supervisor"] = Proc(**d["supervisor"])
         return cls(**d)
 
 
@@ -77,6 +88,20 @@ def save(st: LabState, sdir: Path | None = None) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(st.to_dict(), indent=2) + "\n")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(sdir: Path | None = None) -> Iterator[None]:
+    """Serialise read-modify-write of lab.json between the supervisor and the CLI (reads
+    need no lock: `save` replaces the file atomically)."""
+    path = (sdir or state_dir()) / "lab.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def proc_start_time(pid: int) -> int | None:

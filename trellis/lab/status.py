@@ -39,9 +39,15 @@ def probe(st: LabState, in_mesh: set[str]) -> dict[str, Any]:
     comps, missing = [], []
     for proc in st.procs:
         up = state.alive(proc)
-        comps.append({"name": proc.name, "pid": proc.pid, "up": up, "netns": proc.netns, "log": proc.log})
+        comps.append({"name": proc.name, "pid": proc.pid, "up": up, "restarts": proc.restarts,
+                      "lastExit": proc.last_exit, "stopped": proc.held, "netns": proc.netns, "log": proc.log})
         if not up:
-            missing.append(f"{proc.name} (exited)")
+            missing.append(f"{proc.name} ({'stopped: `trellis lab start ' + proc.name + '`' if proc.held else 'exited'})")
+    supervisor = None
+    if st.supervisor is not None:
+        supervisor = {"pid": st.supervisor.pid, "up": state.alive(st.supervisor), "log": st.supervisor.log}
+        if not supervisor["up"]:
+            missing.append(f"supervisor (exited: nothing restarts components; see {st.supervisor.log})")
     enrolled: set[str] = set()
     if st.mesh:
         _, err = _get("127.0.0.1", CP_ADMIN_PORT, "/healthz", f"{st.prefix}-fabric")
@@ -62,4 +68,4 @@ def probe(st: LabState, in_mesh: set[str]) -> dict[str, Any]:
         pods.append(dict(pod, mesh=want, enrolled=key in enrolled))
         if want and key not in enrolled:
             missing.append(f"pod {key} enrolled at ztunnel/{pod['node']}")
-    return {"components": comps, "pods": pods, "missing": missing}
+    return {"components": comps, "supervisor": supervisor, "pods": pods, "missing": missing}

@@ -10,12 +10,16 @@ from .state import LabState
 NODE_COLUMNS = [("NODE", "name"), ("NETNS", "netns"), ("FABRIC IP", "fabricIP"), ("POD CIDR", "podCIDR")]
 POD_COLUMNS = [("POD", "name"), ("NAMESPACE", "namespace"), ("NODE", "node"), ("ADDRESS", "address"),
                ("MESH", "mesh"), ("ENROLLED", "enrolled")]
-COMPONENT_COLUMNS = [("COMPONENT", "name"), ("PID", "pid"), ("UP", "up"), ("NETNS", "netns"), ("LOG", "log")]
+COMPONENT_COLUMNS = [("COMPONENT", "name"), ("PID", "pid"), ("UP", "up"), ("RESTARTS", "restarts"),
+                     ("LAST EXIT", "lastExit"), ("NETNS", "netns"), ("LOG", "log")]
 
 
 def status_tables(st: LabState, report: dict[str, Any]) -> str:
     parts = [f"lab from {st.lab_dir} ({'mesh' if st.mesh else 'no mesh'}, phase {st.phase})", "",
              table(report["components"], COMPONENT_COLUMNS), "", table(report["pods"], POD_COLUMNS)]
+    sup = report.get("supervisor")
+    if sup:
+        parts[1:1] = [f"supervisor pid {sup['pid']} ({'up' if sup['up'] else 'NOT RUNNING'}), log {sup['log']}"]
     if report["missing"]:
         parts += ["", "not ready: " + "; ".join(report["missing"])]
     return "\n".join(parts)

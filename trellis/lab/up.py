@@ -86,7 +86,7 @@ def _network(p: LabPlan, st: LabState, sdir: Path, echo: Echo) -> None:
 def _cgroups(p: LabPlan, st: LabState, sdir: Path, echo: Echo) -> None:
     root = Path(st.cgroup_root)
     echo(f"cgroups: {root}")
-    dirs = [root / "controlplane"] + [root / n.name / "system" for n in p.nodes] + [root / pod.cgroup for pod in p.pods]
+    dirs = [root / "controlplane", root / "supervisor"] + [root / n.name / "system" for n in p.nodes] + [root / pod.cgroup for pod in p.pods]
     st.cgroups = [str(d) for d in dirs]; state.save(st, sdir)
     for d in dirs:
         cgroups.create(d)
@@ -148,6 +148,15 @@ def _processes(p: LabPlan, st: LabState, sdir: Path, mesh: bool, echo: Echo) -> 
                sdir / "pods" / f"{pod.spec.namespace}_{pod.spec.name}.log", env)
 
 
+def _supervise(st: LabState, sdir: Path, echo: Echo) -> None:
+    """One supervisor per lab restarts whatever exits from now on (trellis/lab/supervisor.py)."""
+    cgroup = str(Path(st.cgroup_root) / "supervisor")
+    echo(f"processes: supervisor (restarts components that exit; log {sdir / 'supervisor.log'})")
+    st.supervisor = procs.spawn("supervisor", [sys.executable, "-m", "trellis.lab.supervisor", "--state-dir", str(sdir)],
+                                netns=None, cgroup=cgroup, log=sdir / "supervisor.log")
+    state.save(st, sdir)
+
+
 def _check_alive(st: LabState) -> None:
     for proc in st.procs:
         if not state.alive(proc):
@@ -187,6 +196,10 @@ def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: f
     if existing is not None:
         if Path(existing.lab_dir) == lab_dir and existing.phase == "up":
             echo(f"lab from {lab_dir} is already up (state {sdir})")
+            if existing.supervisor is None or not state.alive(existing.supervisor):
+                with state.locked(sdir):   # supervision died (or predates it): bring it back
+                    existing = state.load(sdir) or existing
+                    _supervise(existing, sdir, echo)
             return existing, p
         raise LabError(f"a lab is already running (from {existing.lab_dir}, state {sdir}, phase {existing.phase}); "
                        f"`trellis lab down` first")
@@ -208,6 +221,7 @@ def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: f
         _config(lab_dir, p, sdir, echo)
         _processes(p, st, sdir, mesh, echo)
         _ready(p, st, sdir, echo, ready_timeout)
+        _supervise(st, sdir, echo)
     except (LabError, OSError, RuntimeError) as exc:  # NetError, CgroupError are RuntimeErrors
         raise LabError(f"{exc}\nthe lab is half up: look with `trellis lab status`, "
                        f"remove it with `trellis lab down`") from exc

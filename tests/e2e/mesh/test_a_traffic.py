@@ -14,9 +14,19 @@ def test_curl_to_service_vip_reaches_endpoints_on_the_other_node(lab):
         assert res.returncode == 0, res.stderr
         body = json.loads(res.stdout)
         assert body["path"] == "/hello"
-        # the app sees the connection from inside its own pod (ztunnel inbound delivers it)
         seen.add(body["pod"])
     assert seen == {"web-1", "web-2"}, f"load balancing across both endpoints, saw {seen}"
+
+
+def test_the_app_sees_the_calling_pod_address_through_the_mesh(lab):
+    """ztunnel inbound dials the app from the caller's pod IP (transparent socket in the
+    destination pod's netns), as Istio ambient does, not from the destination's own IP."""
+    for caller in ("sleep", "client2"):
+        for url in ("http://10.96.0.10/who", f"http://{lab.ip('web-1')}:8080/who"):
+            res = lab.curl(caller, url)
+            assert res.returncode == 0, res.stderr
+            body = json.loads(res.stdout)
+            assert body["client"].split(":")[0] == lab.ip(caller), (caller, url, body)
 
 
 def test_server_side_sees_the_client_spiffe_identity(lab):
