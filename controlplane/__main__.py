@@ -29,7 +29,7 @@ def _source(kind: str, store: VersionedStore, config_dir: Path | None, kubeconfi
     if kind == "directory":
         return DirectorySource(config_dir, store)
     # lightkube and httpx only for a control plane that reads the API server
-    from .sources.kubeclient import KubeApi, load_config
+    from kubewatch.client import KubeApi, load_config
     from .sources.kubernetes import KubernetesSource
     return KubernetesSource(KubeApi(load_config(kubeconfig, context)), store)
 
@@ -103,7 +103,7 @@ def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain
         raise click.UsageError("--config-dir is required to serve (or --source kubernetes)")
     listen_at, admin_at = _hostport(listen, "--listen"), _hostport(admin_addr, "--admin")
     if source_kind == "kubernetes":
-        from .sources.kubeclient import KubeConfigError, load_config
+        from kubewatch.client import KubeConfigError, load_config
         try:
             load_config(kubeconfig, kube_context)  # a bad kubeconfig fails now, with its reason
         except KubeConfigError as exc:

@@ -10,7 +10,7 @@ import pytest
 import trio
 import yaml
 
-from controlplane.sources.kubeclient import KubeApi, KubeConfigError, describe, load_config
+from kubewatch.client import KubeApi, KubeConfigError, describe, load_config
 from controlplane.sources.kubernetes import COLLECTIONS
 from kube_fixtures import TOKEN, cluster_pki, kubeconfig, world
 
