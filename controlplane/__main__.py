@@ -34,14 +34,19 @@ def _source(kind: str, store: VersionedStore, config_dir: Path | None, kubeconfi
     return KubernetesSource(KubeApi(load_config(kubeconfig, context)), store)
 
 
-async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admin_addr: tuple[str, int]) -> None:
+async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admin_addr: tuple[str, int],
+              tokens=None) -> None:
     store = VersionedStore()
     source = source_of(store)
-    api = ApiServer(ca, store)
+    api = ApiServer(ca, store, tokens(source) if tokens else None)
 
     async def healthz(_req):
         snap = store.current()
         return admin.Response({"status": "ok", "version": snap.version, "errors": len(snap.errors), **api.stats})
+
+    async def metrics(_req):
+        from prometheus_client import generate_latest
+        return admin.Response(generate_latest(api.registry), content_type="text/plain; version=0.0.4")
 
     async def config_dump(_req):
         dump = store.dump()
@@ -54,7 +59,8 @@ async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admi
         admin_listener = await admin.open_listener(*admin_addr)
         await nursery.start(source.run)
         await nursery.start(api.serve, *listen)
-        await nursery.start(lambda task_status: admin.serve_http(*admin_addr, {"/healthz": healthz, "/config_dump": config_dump},
+        await nursery.start(lambda task_status: admin.serve_http(*admin_addr, {"/healthz": healthz, "/config_dump": config_dump,
+                                                                               "/metrics": metrics},
                                                                  listener=admin_listener, task_status=task_status))
         logging.getLogger("trellis.controlplane").info(
             "event=started listen=%s:%d admin=%s:%d source=%r version=%d", *listen, *admin_addr, source.describe(),
@@ -79,9 +85,13 @@ async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admi
 @click.option("--cert-ttl", default="24h", show_default=True, help="workload certificate lifetime (90s, 10m, 24h)")
 @click.option("--issue-node-credential", "issue_node", metavar="NODE", help="write NODE's bootstrap credential to --out and exit")
 @click.option("--out", type=click.Path(path_type=Path), help="with --issue-node-credential")
+@click.option("--token-audience", default="trellis-ca", show_default=True,
+              help="with --source kubernetes: the audience nodes' ServiceAccount tokens are projected for")
+@click.option("--node-account", "node_accounts", multiple=True, default=["trellis-system/ztunnel"], show_default=True,
+              help="with --source kubernetes: NAMESPACE/SERVICEACCOUNT whose pod-bound tokens speak for a node")
 @click.option("--log-level", default="INFO", show_default=True)
 def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain, listen, admin_addr, cert_ttl, issue_node,
-         out, log_level):
+         out, token_audience, node_accounts, log_level):
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
     try:
@@ -109,9 +119,13 @@ def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain
         except KubeConfigError as exc:
             click.echo(f"controlplane: {exc}", err=True)
             sys.exit(1)
+    tokens = None
+    if source_kind == "kubernetes":  # nodes may authenticate with their ServiceAccount token
+        from .tokenreview import TokenReviewer
+        tokens = lambda source: TokenReviewer(source.api, token_audience, tuple(node_accounts))  # noqa: E731
     try:
         trio.run(run, ca, lambda store: _source(source_kind, store, config_dir, kubeconfig, kube_context),
-                 listen_at, admin_at)
+                 listen_at, admin_at, tokens)
     except OSError as exc:
         click.echo(f"controlplane: {exc}", err=True)
         sys.exit(1)

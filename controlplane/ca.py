@@ -30,6 +30,10 @@ class CsrRejected(ValueError):
     """The CSR is malformed or asks for something this caller may not have."""
 
 
+class NotOnNode(CsrRejected):
+    """The identity asked for has no workload on the asking node."""
+
+
 # Keys and CSRs with `cryptography`, for what the control plane issues itself (its root,
 # its server and node credentials) and for tests. Workloads make theirs with
 # meshcore.keygen (openssl) so that ztunnel never imports `cryptography`.
@@ -155,7 +159,7 @@ class CertificateAuthority:
         if sid.trust_domain != self.trust_domain:
             raise CsrRejected(f"{uri} is not in this mesh's trust domain {self.trust_domain}")
         if allowed is not None and uri not in allowed:
-            raise CsrRejected(f"{uri} does not belong to any workload on the asking node")
+            raise NotOnNode(f"{uri} does not belong to any workload on the asking node")
         return self.sign(csr, uri)
 
     # -- credentials issued directly (the key is made here, for bootstrap only) ------------

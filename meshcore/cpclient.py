@@ -55,10 +55,16 @@ def load_credential(directory) -> CertBundle:
 
 
 class ControlPlaneClient:
-    def __init__(self, address: tuple[str, int], credential: CertBundle | Callable[[], CertBundle], node: str, *,
-                 socket_factory: Callable[[int], socket.socket] | None = None):
+    """`credential`: the node's certificate; or None in a cluster, where the node sends
+    the ServiceAccount token in `token_file` (re-read at each request: the kubelet
+    rotates it) and verifies the control plane with `roots` of `trust_domain`."""
+
+    def __init__(self, address: tuple[str, int], credential: CertBundle | Callable[[], CertBundle] | None, node: str, *,
+                 socket_factory: Callable[[int], socket.socket] | None = None, token_file=None,
+                 roots: bytes = b"", trust_domain: str = "cluster.local"):
         self.address, self.node, self.socket_factory = address, node, socket_factory
         self._credential = credential
+        self.token_file, self.roots, self.trust_domain = token_file, roots, trust_domain
         self.connected = False
         self.last_contact: float | None = None   # time.time() of the last message
         self.last_error: str | None = None
@@ -66,10 +72,22 @@ class ControlPlaneClient:
         self.resources: dict[tuple, Resource] = {}
 
     # -- plumbing ------------------------------------------------------------------------
-    def credential(self) -> CertBundle:
+    def credential(self) -> CertBundle | None:
         return self._credential() if callable(self._credential) else self._credential
 
-    def _expected_server(self, bundle: CertBundle) -> str:
+    def _request(self, msg: dict) -> bytes:
+        if self.token_file is not None:
+            from pathlib import Path
+            try:
+                msg = {**msg, "token": Path(self.token_file).read_text().strip()}
+            except OSError as exc:
+                raise ControlPlaneError(f"cannot read the ServiceAccount token {self.token_file}: {exc.strerror}; "
+                                        "is the projected token volume mounted?") from None
+        return encode(msg)
+
+    def _expected_server(self, bundle: CertBundle | None) -> str:
+        if bundle is None:
+            return controlplane_identity(self.trust_domain)
         return controlplane_identity(bundle.identity.removeprefix("spiffe://").split("/", 1)[0])
 
     async def _connect(self) -> trio.SSLStream:
@@ -88,7 +106,9 @@ class ControlPlaneClient:
                     tcp = trio.SocketStream(sock)
                 else:
                     tcp = await trio.open_tcp_stream(host, port)
-                stream = trio.SSLStream(tcp, tls.client_context(bundle, alpn=["trellis-cp"]), server_hostname=None)
+                ctx = tls.client_context(bundle, alpn=["trellis-cp"]) if bundle is not None else \
+                    tls.roots_client_context(self.roots, alpn=["trellis-cp"])
+                stream = trio.SSLStream(tcp, ctx, server_hostname=None)
                 await stream.do_handshake()
         except trio.TooSlowError:
             raise ControlPlaneError(f"connection to {where} timed out; is it running and reachable from this node?") from None
@@ -107,7 +127,7 @@ class ControlPlaneClient:
     async def sign(self, csr_pem: bytes | str) -> tuple[list[bytes], list[bytes]]:
         stream = await self._connect()
         try:
-            await stream.send_all(encode({"op": "sign", "csr": csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem}))
+            await stream.send_all(self._request({"op": "sign", "csr": csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem}))
             with trio.fail_after(30):
                 reply = await LineReader(stream).read()
         except (trio.BrokenResourceError, ssl.SSLError) as exc:
@@ -131,7 +151,7 @@ class ControlPlaneClient:
             try:
                 stream = await self._connect()
                 try:
-                    await stream.send_all(encode({"op": "watch", "node": self.node, "since": self.version}))
+                    await stream.send_all(self._request({"op": "watch", "node": self.node, "since": self.version}))
                     reader = LineReader(stream)
                     while True:
                         with trio.fail_after(SILENCE_TIMEOUT):
