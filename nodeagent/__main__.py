@@ -54,8 +54,8 @@ async def watch_forever(cp, agent: NodeAgent) -> None:
         backoff = min(backoff * 2, 30.0)
 
 
-async def serve(node: str, cp, run_dir: Path, excluded: tuple[int, ...]) -> None:
-    programs = Programs(excluded_ports=excluded)
+async def serve(node: str, cp, run_dir: Path, excluded: tuple[int, ...], node_addresses: tuple[str, ...] = ()) -> None:
+    programs = Programs(excluded_ports=excluded, node_addresses=node_addresses)
     handoff = HandoffClient(run_dir / "ztunnel.sock", node, programs.origdst_fd)
     agent = NodeAgent(node, programs, handoff)
     try:
@@ -87,8 +87,11 @@ async def serve(node: str, cp, run_dir: Path, excluded: tuple[int, ...]) -> None
 @click.option("--netns", default=None, help="Network namespace to reach the control plane from (lab: trellis-<node>).")
 @click.option("--exclude-port", "exclude_ports", type=click.IntRange(1, 65535), multiple=True,
               help="Destination port never captured (repeatable).")
+@click.option("--node-address", "node_addresses", multiple=True,
+              help="This node's own address (repeatable; the chart passes status.hostIP): under STRICT, plaintext "
+                   "from it (the kubelet's health probes) still reaches enrolled pods.")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def main(node, control_plane, credential_dir, run_dir, netns, exclude_ports, log_level):
+def main(node, control_plane, credential_dir, run_dir, netns, exclude_ports, node_addresses, log_level):
     """Trellis node agent: attaches the capture eBPF programs to enrolled pods' cgroups
     and hands each pod's network namespace to ztunnel."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,7 +104,7 @@ def main(node, control_plane, credential_dir, run_dir, netns, exclude_ports, log
             # not tied to a network namespace.
             enter_netns(netns)
         cp = ControlPlaneClient(address, bundle, node)
-        trio.run(serve, node, cp, run_dir, tuple(exclude_ports))
+        trio.run(serve, node, cp, run_dir, tuple(exclude_ports), tuple(node_addresses))
     except (CredentialError, HeadersNotFound, LoaderError, NetnsError) as e:
         log.error("%s", e)
         sys.exit(1)

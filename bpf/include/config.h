@@ -32,6 +32,11 @@
 #define EXCLUDED_PORTS_MAX 64
 #endif
 
+/* Addresses of the node itself, whose plaintext probes STRICT lets through. */
+#ifndef NODE_ADDRS_MAX
+#define NODE_ADDRS_MAX 16
+#endif
+
 #ifndef ENABLE_IPV6
 #define ENABLE_IPV6 1
 #endif
