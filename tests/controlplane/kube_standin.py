@@ -206,7 +206,7 @@ class ApiServerStandIn:
         api, kind = COLLECTIONS[path]
         # as a real server: list items carry no apiVersion/kind (the list says them once)
         items = [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")}
-                 for _, o in sorted(self.objects.get(path, {}).items())]
+                 for _, o in sorted(self.objects.get(path, {}).items()) if _selected(o, params)]
         await self._send_json(conn, stream, 200, {"kind": f"{kind}List", "apiVersion": api,
                                                   "metadata": {"resourceVersion": str(self.rv)}, "items": items})
 
@@ -267,7 +267,7 @@ class ApiServerStandIn:
             sent = since
             while True:
                 for rv, p, kind, obj in list(self.events):
-                    if p == path and rv > sent:
+                    if p == path and rv > sent and _selected(obj, params):
                         await stream.send_all(conn.send(h11.Data(data=_line(kind, obj))))
                 sent = self.rv
                 changed = self._changed
@@ -283,6 +283,16 @@ class ApiServerStandIn:
                     mark = {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": str(self.rv)}}
                     await stream.send_all(conn.send(h11.Data(data=_line("BOOKMARK", mark))))
         await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def _selected(obj: dict, params: dict) -> bool:
+    """fieldSelector, as far as the node agent uses it: `spec.nodeName=<node>`."""
+    selector = params.get("fieldSelector")
+    if not selector:
+        return True
+    field_path, _, value = selector.partition("=")
+    assert field_path == "spec.nodeName", f"the stand-in knows no field selector {selector!r}"
+    return (obj.get("spec") or {}).get("nodeName") == value
 
 
 async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -1,0 +1,173 @@
+"""The node agent in a cluster: its node's pods from the API-server stand-in (field
+selector on spec.nodeName), each pod's cgroup found from its UID under the kubelet's
+layouts (real cgroup v2 directories, systemd and cgroupfs drivers), its network namespace
+from a real process in it; SIGKILL and restart leave one attachment per program."""
+from __future__ import annotations
+
+import collections
+import copy
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "controlplane"))
+from kube_fixtures import kubeconfig  # noqa: E402
+from kube_standin import ApiServerStandIn  # noqa: E402
+from na_helpers import bpftool_show  # noqa: E402
+from nodeagent import cgroups, podcgroups  # noqa: E402
+
+CAPTURE = ["trellis_connect4", "trellis_connect6", "trellis_sockops"]
+STRICT = sorted(CAPTURE + ["trellis_strict_ingress"])
+
+
+def pod(name: str, node: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+            "spec": {"nodeName": node, "serviceAccountName": name, "containers": [{"name": "app", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.%d" % (10 + len(name))}}
+
+
+def test_kubelet_layouts_are_found_by_uid(tmp_path):
+    uid = "0d9c4f5e-1b2a-4c3d-9e8f-7a6b5c4d3e2f"
+    u = uid.replace("-", "_")
+    for rel in (f"kubepods.slice/kubepods-pod{u}.slice",
+                f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice",
+                f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice",
+                f"kubepods/pod{uid}", f"kubepods/burstable/pod{uid}", f"kubepods/besteffort/pod{uid}"):
+        root = tmp_path / rel.replace("/", "_")
+        (root / rel / "cri-containerd-1.scope").mkdir(parents=True)
+        assert podcgroups.pod_cgroup(root, uid) == root / rel
+        assert podcgroups.pod_cgroup(root, uid.replace("7", "8")) is None
+        assert podcgroups.pod_netns(root / rel) is None  # no process yet: nothing to hand over
+
+
+@pytest.fixture
+def kubelet(request):
+    """A node's kubepods tree under a test cgroup; each pod: its own netns, a process."""
+    tag = f"tt-kp-{secrets.token_hex(3)}"
+    root = cgroups.cgroup2_mount() / tag
+    made, procs = [], []
+
+    def add(uid: str, rel: str, container: str) -> Path:
+        cg = root / rel
+        (cg / container).mkdir(parents=True)
+        made.append(cg / container)
+        ns = f"{tag}-{len(procs)}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        target = str(cg / container)
+        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
+                              "import sys; print('up', flush=True); sys.stdin.read()"],
+                             preexec_fn=lambda: Path(target, "cgroup.procs").write_text(str(os.getpid())),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append((p, ns))
+        assert p.stdout.readline().strip() == "up"
+        return cg
+
+    yield root, add
+    for p, ns in procs:
+        p.kill()
+        p.wait(timeout=10)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for d in sorted({p for m in made for p in [m, *m.parents] if root in [p, *p.parents]}, key=lambda p: -len(p.parts)):
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+AGENT = """
+import logging, sys, trio
+from pathlib import Path
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {testdir!r})
+from test_na_reconcile import ns, pa, res, we
+from kubewatch.client import KubeApi, load_config
+from nodeagent.__main__ import serve
+from nodeagent.kube import NodePods
+
+class ControlPlaneView:  # what the control plane derives from the Pods: no network namespace
+    async def watch(self, on_update, task_status=trio.TASK_STATUS_IGNORED):
+        on_update(res(ns("shop"), pa("shop", "strict-b", "STRICT", selector={{"matchLabels": {{"app": "b"}}}}),
+                      *[we("shop", n, node="node1", netns=None, labels={{"app": n}}, sa=n, address=a)
+                        for n, a in (("a", "10.244.1.11"), ("b", "10.244.1.12"), ("c", "10.244.1.13"))]), 1)
+        await trio.sleep_forever()
+
+pods = NodePods(KubeApi(load_config({kubeconfig!r})), "node1", Path({root!r}))
+trio.run(serve, "node1", ControlPlaneView(), Path({run_dir!r}), (), (), pods)
+"""
+
+
+def start_agent(tmp_path, kcfg, root, n) -> subprocess.Popen:
+    script = AGENT.format(testdir=os.path.dirname(__file__), kubeconfig=kcfg, root=str(root), run_dir=str(tmp_path))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=os.getcwd(),
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"agent{n}.log", "w"))
+
+
+async def until(check, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await trio.sleep(0.2)
+
+
+def names(cgroup: Path) -> list[str]:
+    return sorted(a["name"] for a in bpftool_show(cgroup))
+
+
+async def test_sigkill_and_restart_leave_one_attachment_per_program_per_pod(kubelet, tmp_path):
+    root, add = kubelet
+    standin = ApiServerStandIn()
+    uid = {n: standin.put(pod(n, node))["metadata"]["uid"] for n, node in (("a", "node1"), ("b", "node1"),
+                                                                            ("c", "node1"), ("x", "node2"))}
+    ua, ub = uid["a"], uid["b"]
+    # a: guaranteed QoS, systemd driver; b: burstable, cgroupfs driver; c: no process yet
+    cg_a = add(ua, f"kubepods.slice/kubepods-pod{ua.replace('-', '_')}.slice", "cri-containerd-0a.scope")
+    cg_b = add(ub, f"kubepods/burstable/pod{ub}", "0b0b0b")
+    (root / f"kubepods/besteffort/pod{uid['c']}").mkdir(parents=True)
+    agents = []
+    try:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(standin.serve)
+            kcfg = kubeconfig(tmp_path, port)
+            agents.append(start_agent(tmp_path, kcfg, root, 1))
+            await until(lambda: names(cg_a) == CAPTURE and names(cg_b) == STRICT, "the first agent to enroll a and b")
+            # the agent asked for its node's pods only
+            assert {r.params.get("fieldSelector") for r in standin.requests} == {"spec.nodeName=node1"}
+            first = {a["id"] for cg in (cg_a, cg_b) for a in bpftool_show(cg)}
+            agents[0].send_signal(signal.SIGKILL)  # no chance to detach
+            agents[0].wait(timeout=10)
+            assert {a["id"] for cg in (cg_a, cg_b) for a in bpftool_show(cg)} == first  # attachments outlive it
+
+            agents.append(start_agent(tmp_path, kcfg, root, 2))
+            await until(lambda: not first & {a["id"] for cg in (cg_a, cg_b) for a in bpftool_show(cg)}
+                        and names(cg_a) == CAPTURE and names(cg_b) == STRICT, "the restarted agent to take over")
+            for cg in (cg_a, cg_b):  # exactly one attachment per program per pod cgroup
+                assert set(collections.Counter(a["name"] for a in bpftool_show(cg)).values()) == {1}
+            log = (tmp_path / "agent2.log").read_text()
+            assert "left by an earlier node agent" in log
+
+            # a pod that goes away in the API is detached; one whose process appears is enrolled
+            standin.delete("Pod", "shop", "a")
+            await until(lambda: names(cg_a) == [], "pod a to be detached after its deletion")
+            cg_c = add(uid["c"], f"kubepods/besteffort/pod{uid['c']}", "0c0c0c")
+            await until(lambda: names(cg_c) == CAPTURE, "pod c to be enrolled once it has a process")
+            agents[1].send_signal(signal.SIGTERM)
+            agents[1].wait(timeout=30)
+            assert names(cg_b) == [] and names(cg_c) == []
+            nursery.cancel_scope.cancel()
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+                a.wait(timeout=10)
