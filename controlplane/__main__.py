@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -72,13 +73,31 @@ async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admi
                 break
 
 
+async def _ca_from_secret(kubeconfig, context, namespace, trust_domain, ttl) -> CertificateAuthority:
+    from kubewatch.client import KubeApi, describe, load_config
+    from .casecret import load_or_create
+    api = KubeApi(load_config(kubeconfig, context))
+    try:
+        ca, where = await load_or_create(api, namespace, trust_domain, ttl)
+    except Exception as exc:
+        raise RuntimeError(describe(exc)) from None
+    finally:
+        await api.aclose()
+    logging.getLogger("trellis.controlplane").info("event=ca_loaded from=%r", where)
+    return ca
+
+
 @click.command()
 @click.option("--source", "source_kind", type=click.Choice(["directory", "kubernetes"]), default="directory",
               show_default=True, help="where resources come from: --config-dir, or the Kubernetes API (list+watch)")
 @click.option("--config-dir", type=click.Path(path_type=Path), help="directory of YAML resources to serve")
 @click.option("--kubeconfig", help="with --source kubernetes: kubeconfig file (default: in-cluster, else $KUBECONFIG)")
 @click.option("--context", "kube_context", help="with --source kubernetes: kubeconfig context (default: current)")
-@click.option("--ca-dir", type=click.Path(path_type=Path), required=True, help="where the CA keys live (created on first start)")
+@click.option("--ca-dir", type=click.Path(path_type=Path),
+              help="where the CA keys live (created on first start); with --source kubernetes and no --ca-dir, "
+                   "in Secrets of --namespace (cacerts, else trellis-ca, created on first start)")
+@click.option("--namespace", default=lambda: os.environ.get("POD_NAMESPACE", "trellis-system"),
+              show_default="$POD_NAMESPACE or trellis-system", help="with --source kubernetes: the control plane's namespace")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--listen", default="0.0.0.0:15012", show_default=True)
 @click.option("--admin", "admin_addr", default="127.0.0.1:15010", show_default=True)
@@ -91,17 +110,22 @@ async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admi
               help="with --source kubernetes: NAMESPACE/SERVICEACCOUNT whose pod-bound tokens speak for a node")
 @click.option("--log-level", default="INFO", show_default=True)
 def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain, listen, admin_addr, cert_ttl, issue_node,
-         out, token_audience, node_accounts, log_level):
+         out, token_audience, node_accounts, log_level, namespace):
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
     try:
         ttl = parse_duration(cert_ttl)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--cert-ttl")
+    if ca_dir is None and source_kind != "kubernetes":
+        raise click.UsageError("--ca-dir is required (or --source kubernetes, which keeps the CA in a Secret)")
     try:
-        ca = CertificateAuthority.load_or_create(ca_dir, trust_domain, ttl)
-    except (OSError, ValueError) as exc:
-        click.echo(f"controlplane: cannot load the CA from {ca_dir}: {exc}", err=True)
+        if ca_dir is None:
+            ca = trio.run(_ca_from_secret, kubeconfig, kube_context, namespace, trust_domain, ttl)
+        else:
+            ca = CertificateAuthority.load_or_create(ca_dir, trust_domain, ttl)
+    except Exception as exc:  # noqa: BLE001 - any reason, said once, and exit
+        click.echo(f"controlplane: cannot load the CA from {ca_dir or f'namespace {namespace}'}: {exc}", err=True)
         sys.exit(1)
     if issue_node:
         if not out:

@@ -82,6 +82,9 @@ class ApiServerStandIn:
     tokens: dict = field(default_factory=dict)        # token -> Token
     secrets: dict = field(default_factory=dict)       # (ns, name) -> Secret object
     secret_reads: int = 0
+    race_create: str | None = None   # a Secret name: its first two missed reads answer together (a create race)
+    _missing_waiting: int = 0
+    _missing_release: trio.Event = field(default_factory=trio.Event)
     drop_watches: trio.Event = field(default_factory=trio.Event)
     _changed: trio.Event = field(default_factory=trio.Event)
     _requested: trio.Event = field(default_factory=trio.Event)
@@ -234,6 +237,11 @@ class ApiServerStandIn:
         elif method == "GET" and len(parts) == 6 and parts[4] == "secrets":
             self.secret_reads += 1
             secret = self.secrets.get((parts[3], parts[5]))
+            if secret is None and parts[5] == self.race_create and self._missing_waiting < 2:
+                self._missing_waiting += 1
+                if self._missing_waiting == 2:
+                    self._missing_release.set()
+                await self._missing_release.wait()
             await self._send_json(conn, stream, *((200, secret) if secret else
                                                   (404, _status(404, "NotFound", f'secrets "{parts[5]}" not found'))))
         elif method == "POST" and len(parts) == 5 and parts[4] == "secrets":
