@@ -142,3 +142,57 @@ def test_review_answers_are_read_strictly():
         with pytest.raises(NodeAuthRefused) as exc:
             caller_from_review(bad, audience, accounts)
         assert exc.value.reason == reason
+
+
+async def test_control_plane_process_in_a_cluster_ca_from_a_secret_tokens_and_metrics(tmp_path):
+    """`python -m controlplane --source kubernetes` with no --ca-dir: the CA is created
+    in a Secret, nodes authenticate with tokens, refusals show on /metrics."""
+    import base64
+    import socket
+    import subprocess
+    import sys
+    from meshcore.admin import http_get
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    standin = world()
+    standin.put(copy.deepcopy(ORDERS_POD))
+    standin.tokens.update(TOKENS)
+    admin_port, cp_port = free_port(), free_port()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(standin.serve)
+        cmd = [sys.executable, "-m", "controlplane", "--source", "kubernetes", "--kubeconfig", kubeconfig(tmp_path, port),
+               "--namespace", "trellis-system", "--listen", f"127.0.0.1:{cp_port}", "--admin", f"127.0.0.1:{admin_port}"]
+        proc = await trio.lowlevel.open_process(cmd, stderr=subprocess.DEVNULL)
+        try:
+            with trio.fail_after(60):
+                while ("trellis-system", "trellis-ca") not in standin.secrets:
+                    assert proc.poll() is None, "the control plane exited"
+                    await trio.sleep(0.1)
+                roots = base64.b64decode(standin.secrets[("trellis-system", "trellis-ca")]["data"]["root-cert.pem"])
+                (tmp_path / "t1").write_text("node1")
+                (tmp_path / "t2").write_text("node2")
+                c1 = ControlPlaneClient(("127.0.0.1", cp_port), None, "node1", token_file=tmp_path / "t1", roots=roots)
+                c2 = ControlPlaneClient(("127.0.0.1", cp_port), None, "node2", token_file=tmp_path / "t2", roots=roots)
+                while True:
+                    try:
+                        chain, _ = await c1.sign(build_csr(generate_key(), WEB))
+                        break
+                    except ControlPlaneError as exc:
+                        assert "cannot reach" in str(exc), str(exc)  # not listening yet
+                        await trio.sleep(0.2)
+                assert CertBundle(b"", tuple(chain), ()).identity == WEB
+                with pytest.raises(ControlPlaneError, match="does not belong to any workload on the asking node"):
+                    await c2.sign(build_csr(generate_key(), WEB))
+                status, body = await trio.to_thread.run_sync(
+                    lambda: http_get("127.0.0.1", admin_port, "/metrics", timeout=5))
+                text = body.decode()
+                assert status == 200 and 'trellis_controlplane_requests_refused_total{op="sign",reason="not_on_node"} 1.0' in text
+        finally:
+            proc.terminate()
+            with trio.fail_after(20):
+                assert await proc.wait() == 0
+        nursery.cancel_scope.cancel()
