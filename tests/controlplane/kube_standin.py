@@ -192,13 +192,19 @@ class ApiServerStandIn:
             ("Content-Type", "application/json"), ("Content-Length", str(len(data)))])))
         await stream.send_all(conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
 
-    async def _route(self, conn, stream, path, params, authorization=""):
+    async def _refused(self, conn, stream, authorization) -> bool:
+        """Answer 401 for a wrong credential, or the next fault asked for; True if it did."""
         if self.token and authorization not in (f"Bearer {self.token}", "x509"):
             await self._send_json(conn, stream, 401, _status(401, "Unauthorized", "Unauthorized"))
-            return
+            return True
         if self.fail_next:
             code = self.fail_next.pop(0)
             await self._send_json(conn, stream, code, _status(code, "InternalError", "etcdserver: leader changed"))
+            return True
+        return False
+
+    async def _route(self, conn, stream, path, params, authorization=""):
+        if await self._refused(conn, stream, authorization):
             return
         if path not in COLLECTIONS:
             await self._send_json(conn, stream, 404, _status(404, "NotFound", f"the server could not find {path}"))
@@ -215,12 +221,7 @@ class ApiServerStandIn:
 
     async def _object(self, conn, stream, method, path, body, authorization):
         """One object: TokenReview, a pod by name, a Secret (get and create)."""
-        if self.token and authorization not in (f"Bearer {self.token}", "x509"):
-            await self._send_json(conn, stream, 401, _status(401, "Unauthorized", "Unauthorized"))
-            return
-        if self.fail_next:
-            code = self.fail_next.pop(0)
-            await self._send_json(conn, stream, code, _status(code, "InternalError", "etcdserver: leader changed"))
+        if await self._refused(conn, stream, authorization):
             return
         parts = path.strip("/").split("/")
         req = json.loads(body) if body else {}

@@ -171,3 +171,26 @@ async def test_sigkill_and_restart_leave_one_attachment_per_program_per_pod(kube
             if a.poll() is None:
                 a.kill()
                 a.wait(timeout=10)
+
+
+def test_overlay_fills_in_the_netns_of_this_nodes_listed_pods_only(tmp_path):
+    from nodeagent.kube import NodePods
+    from test_na_reconcile import ns, res, we
+
+    pods = NodePods(None, "node1", tmp_path)
+    objs = [{"metadata": {"namespace": "shop", "name": n, "uid": f"uid-{n}"}, "spec": {"nodeName": "node1", **extra}}
+            for n, extra in (("a", {}), ("b", {}), ("h", {"hostNetwork": True}))]
+    pods._replace(objs)
+    assert sorted(pods.pods) == [("shop", "a"), ("shop", "b")]  # a host-network pod is never enrolled
+    procs = tmp_path / "kubepods" / "besteffort" / "poduid-a" / "c1" / "cgroup.procs"
+    procs.parent.mkdir(parents=True)
+    procs.write_text(f"{os.getpid()}\n")  # a live process stands for the pod's
+    (tmp_path / "kubepods" / "poduid-b").mkdir()  # b: its cgroup exists, no process yet
+    view = res(ns("shop"), *[we("shop", n, node=node, netns=None) for n, node in
+                             (("a", "node1"), ("b", "node1"), ("c", "node1"), ("x", "node2"))])
+    out = pods.overlay(view)
+    got = {k[2]: r.spec.network_namespace for k, r in out.items() if r.kind == "WorkloadEntry"}
+    assert got == {"a": f"/proc/{os.getpid()}/ns/net", "b": None, "c": None, "x": None}
+    assert pods.cgroup_of("shop", "a") == procs.parent.parent and pods.cgroup_of("shop", "c") is None
+    pods._apply("DELETED", objs[0])
+    assert pods.overlay(view)[("WorkloadEntry", "shop", "a")].spec.network_namespace is None
