@@ -43,8 +43,9 @@ class ApiServer:
         self.refusals = Counter("trellis_controlplane_requests_refused", "Requests refused, by operation and reason",
                                 ["op", "reason"], registry=self.registry)
 
-    def _refused(self, op: str, reason: str) -> None:
-        self.refusals.labels(op=str(op)[:16], reason=reason).inc()
+    def _refused(self, op: Any, reason: str) -> None:
+        # the op comes from the caller: only known values become labels (bounded series)
+        self.refusals.labels(op=op if op in ("sign", "watch") else "other", reason=reason).inc()
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
