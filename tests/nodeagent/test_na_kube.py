@@ -194,3 +194,61 @@ def test_overlay_fills_in_the_netns_of_this_nodes_listed_pods_only(tmp_path):
     assert pods.cgroup_of("shop", "a") == procs.parent.parent and pods.cgroup_of("shop", "c") is None
     pods._apply("DELETED", objs[0])
     assert pods.overlay(view)[("WorkloadEntry", "shop", "a")].spec.network_namespace is None
+
+
+async def test_driven_by_the_api_through_a_cluster_control_plane(kubelet, tmp_path):
+    """The cluster path end to end, minus traffic: the stand-in serves the namespace and
+    the pods; `python -m controlplane --source kubernetes` (CA in a Secret, TokenReview)
+    and `python -m nodeagent --source kubernetes --token-file` (no node certificate)
+    enroll a pod found in the kubelet's cgroups, and unenroll it when its labels opt out."""
+    import base64
+    import socket
+
+    from kube_standin import Token
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    root, add = kubelet
+    standin = ApiServerStandIn()
+    standin.put({"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": "shop", "labels": {"trellis.dev/dataplane-mode": "ambient"}}})
+    ua = standin.put(pod("a", "node1"))["metadata"]["uid"]
+    cg_a = add(ua, f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{ua.replace('-', '_')}.slice",
+               "cri-containerd-0a.scope")
+    standin.tokens["tok-node1"] = Token("trellis-system", "ztunnel", pod="ztunnel-1", node="node1")
+    (tmp_path / "token").write_text("tok-node1")
+    cp_port = free_port()
+    procs = []
+    try:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(standin.serve)
+            kcfg = kubeconfig(tmp_path, port)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "controlplane", "--source", "kubernetes", "--kubeconfig", kcfg,
+                 "--listen", f"127.0.0.1:{cp_port}", "--admin", f"127.0.0.1:{free_port()}"],
+                stderr=open(tmp_path / "cp.log", "w")))
+            await until(lambda: ("trellis-system", "trellis-ca") in standin.secrets, "the CA Secret")
+            roots = base64.b64decode(standin.secrets[("trellis-system", "trellis-ca")]["data"]["root-cert.pem"])
+            (tmp_path / "roots.pem").write_bytes(roots)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "nodeagent", "--node", "node1", "--control-plane", f"127.0.0.1:{cp_port}",
+                 "--token-file", str(tmp_path / "token"), "--ca-root-file", str(tmp_path / "roots.pem"),
+                 "--source", "kubernetes", "--kubeconfig", kcfg, "--kubelet-cgroup-root", str(root),
+                 "--run-dir", str(tmp_path)], stderr=open(tmp_path / "agent.log", "w")))
+            await until(lambda: names(cg_a) == CAPTURE, "the agent to enroll pod a")
+            assert any(r.path.endswith("/tokenreviews") for r in standin.requests)  # it came in with its token
+            opted_out = pod("a", "node1")
+            opted_out["metadata"]["labels"]["trellis.dev/dataplane-mode"] = "none"
+            standin.put(opted_out)
+            await until(lambda: names(cg_a) == [], "pod a to be detached when it opts out")
+            procs[1].send_signal(signal.SIGTERM)
+            assert procs[1].wait(timeout=30) == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
