@@ -121,6 +121,13 @@ async def until(check, what: str, timeout: float = 60) -> None:
         await trio.sleep(0.2)
 
 
+def kill_all(procs: list) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+
 def names(cgroup: Path) -> list[str]:
     return sorted(a["name"] for a in bpftool_show(cgroup))
 
@@ -167,10 +174,7 @@ async def test_sigkill_and_restart_leave_one_attachment_per_program_per_pod(kube
             assert names(cg_b) == [] and names(cg_c) == []
             nursery.cancel_scope.cancel()
     finally:
-        for a in agents:
-            if a.poll() is None:
-                a.kill()
-                a.wait(timeout=10)
+        kill_all(agents)
 
 
 def test_overlay_fills_in_the_netns_of_this_nodes_listed_pods_only(tmp_path):
@@ -248,7 +252,4 @@ async def test_driven_by_the_api_through_a_cluster_control_plane(kubelet, tmp_pa
             assert procs[1].wait(timeout=30) == 0
             nursery.cancel_scope.cancel()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
+        kill_all(procs)
