@@ -6,6 +6,8 @@
  * loopback device. A new connection (SYN without ACK) to one of the pod's listening
  * sockets from any other device is plaintext from outside the mesh: drop it. Everything
  * else passes, notably SYN-ACKs and data for the app's own outbound connections.
+ * One exception: a SYN from one of the node's own addresses (map node_addrs), which is
+ * how the kubelet's health probes reach a pod; as in Istio ambient, they stay plaintext.
  *
  * Fields read from __sk_buff (ifindex, protocol, sk) are readable by cgroup_skb on
  * 5.x/6.x kernels; the verifier rejects the program at load time if that changes.
@@ -54,6 +56,28 @@ static __always_inline int is_listener(struct __sk_buff *skb)
 	return sk && sk->state == BPF_TCP_LISTEN;
 }
 
+/* Is the packet's source one of the node's own addresses? */
+static __always_inline int from_node(struct __sk_buff *skb)
+{
+	struct node_addr key = {};
+
+	if (skb->protocol == tr_htons(TR_ETH_P_IP)) {
+		if (bpf_skb_load_bytes(skb, 12, &key.addr[0], 4) < 0)
+			return 0;
+		key.family = 4;
+	}
+#if ENABLE_IPV6
+	else if (skb->protocol == tr_htons(TR_ETH_P_IPV6)) {
+		if (bpf_skb_load_bytes(skb, 8, key.addr, 16) < 0)
+			return 0;
+		key.family = 6;
+	}
+#endif /* ENABLE_IPV6 */
+	else
+		return 0;
+	return node_addrs.lookup(&key) != NULL;
+}
+
 static __always_inline int plaintext_syn_from_outside(struct __sk_buff *skb)
 {
 	__u8 flags;
@@ -68,7 +92,7 @@ static __always_inline int plaintext_syn_from_outside(struct __sk_buff *skb)
 		return 0;
 	if (!(flags & TCP_FLAG_SYN) || (flags & TCP_FLAG_ACK))
 		return 0;
-	return is_listener(skb);
+	return is_listener(skb) && !from_node(skb);
 }
 
 int trellis_strict_ingress(struct __sk_buff *skb)

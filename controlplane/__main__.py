@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -29,19 +30,24 @@ def _source(kind: str, store: VersionedStore, config_dir: Path | None, kubeconfi
     if kind == "directory":
         return DirectorySource(config_dir, store)
     # lightkube and httpx only for a control plane that reads the API server
-    from .sources.kubeclient import KubeApi, load_config
+    from kubewatch.client import KubeApi, load_config
     from .sources.kubernetes import KubernetesSource
     return KubernetesSource(KubeApi(load_config(kubeconfig, context)), store)
 
 
-async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admin_addr: tuple[str, int]) -> None:
+async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admin_addr: tuple[str, int],
+              tokens=None) -> None:
     store = VersionedStore()
     source = source_of(store)
-    api = ApiServer(ca, store)
+    api = ApiServer(ca, store, tokens(source) if tokens else None)
 
     async def healthz(_req):
         snap = store.current()
         return admin.Response({"status": "ok", "version": snap.version, "errors": len(snap.errors), **api.stats})
+
+    async def metrics(_req):
+        from prometheus_client import generate_latest
+        return admin.Response(generate_latest(api.registry), content_type="text/plain; version=0.0.4")
 
     async def config_dump(_req):
         dump = store.dump()
@@ -54,7 +60,8 @@ async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admi
         admin_listener = await admin.open_listener(*admin_addr)
         await nursery.start(source.run)
         await nursery.start(api.serve, *listen)
-        await nursery.start(lambda task_status: admin.serve_http(*admin_addr, {"/healthz": healthz, "/config_dump": config_dump},
+        await nursery.start(lambda task_status: admin.serve_http(*admin_addr, {"/healthz": healthz, "/config_dump": config_dump,
+                                                                               "/metrics": metrics},
                                                                  listener=admin_listener, task_status=task_status))
         logging.getLogger("trellis.controlplane").info(
             "event=started listen=%s:%d admin=%s:%d source=%r version=%d", *listen, *admin_addr, source.describe(),
@@ -66,32 +73,59 @@ async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admi
                 break
 
 
+async def _ca_from_secret(kubeconfig, context, namespace, trust_domain, ttl) -> CertificateAuthority:
+    from kubewatch.client import KubeApi, describe, load_config
+    from .casecret import load_or_create
+    api = KubeApi(load_config(kubeconfig, context))
+    try:
+        ca, where = await load_or_create(api, namespace, trust_domain, ttl)
+    except Exception as exc:
+        raise RuntimeError(describe(exc)) from None
+    finally:
+        await api.aclose()
+    logging.getLogger("trellis.controlplane").info("event=ca_loaded from=%r", where)
+    return ca
+
+
 @click.command()
 @click.option("--source", "source_kind", type=click.Choice(["directory", "kubernetes"]), default="directory",
               show_default=True, help="where resources come from: --config-dir, or the Kubernetes API (list+watch)")
 @click.option("--config-dir", type=click.Path(path_type=Path), help="directory of YAML resources to serve")
 @click.option("--kubeconfig", help="with --source kubernetes: kubeconfig file (default: in-cluster, else $KUBECONFIG)")
 @click.option("--context", "kube_context", help="with --source kubernetes: kubeconfig context (default: current)")
-@click.option("--ca-dir", type=click.Path(path_type=Path), required=True, help="where the CA keys live (created on first start)")
+@click.option("--ca-dir", type=click.Path(path_type=Path),
+              help="where the CA keys live (created on first start); with --source kubernetes and no --ca-dir, "
+                   "in Secrets of --namespace (cacerts, else trellis-ca, created on first start)")
+@click.option("--namespace", default=lambda: os.environ.get("POD_NAMESPACE", "trellis-system"),
+              show_default="$POD_NAMESPACE or trellis-system", help="with --source kubernetes: the control plane's namespace")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--listen", default=f"0.0.0.0:{ports.CONTROL_PLANE}", show_default=True)
 @click.option("--admin", "admin_addr", default=f"127.0.0.1:{ports.CONTROL_PLANE_ADMIN}", show_default=True)
 @click.option("--cert-ttl", default="24h", show_default=True, help="workload certificate lifetime (90s, 10m, 24h)")
 @click.option("--issue-node-credential", "issue_node", metavar="NODE", help="write NODE's bootstrap credential to --out and exit")
 @click.option("--out", type=click.Path(path_type=Path), help="with --issue-node-credential")
+@click.option("--token-audience", default="trellis-ca", show_default=True,
+              help="with --source kubernetes: the audience nodes' ServiceAccount tokens are projected for")
+@click.option("--node-account", "node_accounts", multiple=True, default=["trellis-system/ztunnel"], show_default=True,
+              help="with --source kubernetes: NAMESPACE/SERVICEACCOUNT whose pod-bound tokens speak for a node")
 @click.option("--log-level", default="INFO", show_default=True)
 def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain, listen, admin_addr, cert_ttl, issue_node,
-         out, log_level):
+         out, token_audience, node_accounts, log_level, namespace):
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
     try:
         ttl = parse_duration(cert_ttl)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--cert-ttl")
+    if ca_dir is None and source_kind != "kubernetes":
+        raise click.UsageError("--ca-dir is required (or --source kubernetes, which keeps the CA in a Secret)")
     try:
-        ca = CertificateAuthority.load_or_create(ca_dir, trust_domain, ttl)
-    except (OSError, ValueError) as exc:
-        click.echo(f"controlplane: cannot load the CA from {ca_dir}: {exc}", err=True)
+        if ca_dir is None:
+            ca = trio.run(_ca_from_secret, kubeconfig, kube_context, namespace, trust_domain, ttl)
+        else:
+            ca = CertificateAuthority.load_or_create(ca_dir, trust_domain, ttl)
+    except Exception as exc:  # noqa: BLE001 - any reason, said once, and exit
+        click.echo(f"controlplane: cannot load the CA from {ca_dir or f'namespace {namespace}'}: {exc}", err=True)
         sys.exit(1)
     if issue_node:
         if not out:
@@ -103,15 +137,19 @@ def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain
         raise click.UsageError("--config-dir is required to serve (or --source kubernetes)")
     listen_at, admin_at = _hostport(listen, "--listen"), _hostport(admin_addr, "--admin")
     if source_kind == "kubernetes":
-        from .sources.kubeclient import KubeConfigError, load_config
+        from kubewatch.client import KubeConfigError, load_config
         try:
             load_config(kubeconfig, kube_context)  # a bad kubeconfig fails now, with its reason
         except KubeConfigError as exc:
             click.echo(f"controlplane: {exc}", err=True)
             sys.exit(1)
+    tokens = None
+    if source_kind == "kubernetes":  # nodes may authenticate with their ServiceAccount token
+        from .tokenreview import TokenReviewer
+        tokens = lambda source: TokenReviewer(source.api, token_audience, tuple(node_accounts))  # noqa: E731
     try:
         trio.run(run, ca, lambda store: _source(source_kind, store, config_dir, kubeconfig, kube_context),
-                 listen_at, admin_at)
+                 listen_at, admin_at, tokens)
     except OSError as exc:
         click.echo(f"controlplane: {exc}", err=True)
         sys.exit(1)

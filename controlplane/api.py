@@ -5,21 +5,27 @@
 (messages: meshcore.wire.watch)
 
 Callers are nodes (node credential `spiffe://<td>/trellis/node/<node>`): a node may only
-watch its own view and only get certificates for workloads that run on it."""
+watch its own view and only get certificates for workloads that run on it. In a cluster
+a node may instead prove who it is with its ServiceAccount token, a `"token"` field in
+the request (controlplane/tokenreview.py); the TLS client certificate is then optional.
+Every refusal is counted by reason (`trellis_controlplane_requests_refused_total`)."""
 from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry, Counter
 
 from meshcore import tls
-from meshcore.identity import node_from_identity
+from meshcore.identity import node_from_identity, node_identity
 from meshcore.jsonlines import FramingError, LineReader
 from meshcore.wire import WireError, watch
 
-from .ca import CertificateAuthority, CsrRejected
+from .ca import CertificateAuthority, CsrRejected, NotOnNode
 from .store import VersionedStore
+from .tokenreview import NodeAuthRefused, TokenReviewer
 from .views import SubscriptionRefused, allowed_identities, delta, subscriber_view
 
 log = logging.getLogger("trellis.controlplane.api")
@@ -29,10 +35,19 @@ PING_INTERVAL = 10.0
 
 
 class ApiServer:
-    def __init__(self, ca: CertificateAuthority, store: VersionedStore):
-        self.ca, self.store = ca, store
+    def __init__(self, ca: CertificateAuthority, store: VersionedStore, tokens: TokenReviewer | None = None):
+        self.ca, self.store, self.tokens = ca, store, tokens
         self.ssl_context = tls.server_context(ca.issue_server_credential(), alpn=["trellis-cp"])
+        if tokens is not None:  # a node without a certificate authenticates with its token
+            self.ssl_context.verify_mode = ssl.CERT_OPTIONAL
         self.stats = {"connections": 0, "tls_failures": 0, "bad_requests": 0, "signed": 0, "refused": 0, "watches": 0}
+        self.registry = CollectorRegistry()
+        self.refusals = Counter("trellis_controlplane_requests_refused", "Requests refused, by operation and reason",
+                                ["op", "reason"], registry=self.registry)
+
+    def _refused(self, op: Any, reason: str) -> None:
+        # the op comes from the caller: only known values become labels (bounded series)
+        self.refusals.labels(op=op if op in ("sign", "watch") else "other", reason=reason).inc()
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -46,7 +61,6 @@ class ApiServer:
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.do_handshake()
-            caller = tls.verify_peer_identity(stream, None, peer)
             # read the request before any refusal: closing with unread bytes makes the
             # kernel send RST, which can destroy our error reply before the peer reads it
             reader = LineReader(stream)
@@ -54,8 +68,12 @@ class ApiServer:
                 req = await reader.read()
             if req is None:
                 return
+            caller = await self._caller(stream, req, peer)
+            if caller is None:
+                return
             node = node_from_identity(caller, self.ca.trust_domain)
             if node is None:
+                self._refused(req.get("op"), "not_a_node")
                 await self._error(stream, f"{caller} is not a node credential of trust domain {self.ca.trust_domain}")
                 return
             try:
@@ -84,6 +102,22 @@ class ApiServer:
         finally:
             await trio.aclose_forcefully(stream)
 
+    async def _caller(self, stream: trio.SSLStream, req: dict[str, Any], peer: str) -> str | None:
+        """The caller's identity: its node certificate or, in a cluster, the node its
+        ServiceAccount token is bound to. None: refused (and answered)."""
+        has_cert = bool(stream.getpeercert(binary_form=True))
+        if self.tokens is None or (has_cert and "token" not in req):
+            return tls.verify_peer_identity(stream, None, peer)
+        try:
+            node = await self.tokens.node_of(req.get("token"))
+        except NodeAuthRefused as exc:
+            self._refused(req.get("op"), exc.reason)
+            log.warning("event=node_auth_refused peer=%s op=%s reason=%s error=%r", peer, req.get("op"), exc.reason,
+                        str(exc))
+            await self._error(stream, str(exc))
+            return None
+        return node_identity(self.ca.trust_domain, node)
+
     async def _error(self, stream: trio.SSLStream, message: str) -> None:
         try:
             await stream.send_all(watch.encode(watch.ErrorReply(message)))
@@ -97,9 +131,10 @@ class ApiServer:
             try:
                 chain = self.ca.sign_workload_csr(csr, allowed)
             except CsrRejected as exc:
-                raise CsrRejected(f"node {node}: {exc}") from None
+                raise type(exc)(f"node {node}: {exc}") from None
         except CsrRejected as exc:
             self.stats["refused"] += 1
+            self._refused("sign", "not_on_node" if isinstance(exc, NotOnNode) else "bad_csr")
             log.warning("event=csr_refused node=%s reason=%r", node, str(exc))
             await self._error(stream, str(exc))
             return
@@ -112,6 +147,7 @@ class ApiServer:
         try:
             view = subscriber_view(caller, self.ca.trust_domain, req.kind, req.name)
         except SubscriptionRefused as exc:
+            self._refused("watch", "other_view")
             await self._error(stream, str(exc))
             return
         self.stats["watches"] += 1

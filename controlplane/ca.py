@@ -33,6 +33,10 @@ class CsrRejected(ValueError):
     """The CSR is malformed or asks for something this caller may not have."""
 
 
+class NotOnNode(CsrRejected):
+    """The identity asked for has no workload on the asking node."""
+
+
 # Keys and CSRs with `cryptography`, for what the control plane issues itself (its root,
 # its server and node credentials) and for tests. Workloads make theirs with
 # meshcore.keygen (openssl) so that ztunnel never imports `cryptography`.
@@ -83,25 +87,35 @@ class CertificateAuthority:
     def load_or_create(cls, ca_dir: str | Path, trust_domain: str, ttl: dt.timedelta = DEFAULT_TTL) -> "CertificateAuthority":
         d = Path(ca_dir)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if (d / "ca-cert.pem").exists():  # user-supplied intermediate (Istio cacerts layout)
-            missing = [f for f in ("ca-key.pem", "root-cert.pem") if not (d / f).exists()]
+        if not (d / "ca-cert.pem").exists() and not (d / "root-cert.pem").exists():
+            for name, data in new_root_files(trust_domain).items():
+                _write(d / name, data, private=name.endswith("key.pem"))
+        files = {f: (d / f).read_bytes() for f in CA_FILES if (d / f).exists()}
+        return cls.from_pem(files, trust_domain, ttl, str(d))
+
+    @classmethod
+    def from_pem(cls, files: dict[str, bytes], trust_domain: str, ttl: dt.timedelta = DEFAULT_TTL,
+                 where: str = "the CA") -> "CertificateAuthority":
+        """The CA from its files, wherever they were kept (a directory, a Secret)."""
+        if "ca-cert.pem" in files:  # user-supplied intermediate (Istio cacerts layout)
+            missing = [f for f in ("ca-key.pem", "root-cert.pem") if f not in files]
             if missing:
-                raise FileNotFoundError(f"{d}: ca-cert.pem is present but {', '.join(missing)} is missing "
+                raise FileNotFoundError(f"{where}: ca-cert.pem is present but {', '.join(missing)} is missing "
                                         "(an intermediate CA needs ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem)")
-            cert = x509.load_pem_x509_certificate((d / "ca-cert.pem").read_bytes())
-            key = serialization.load_pem_private_key((d / "ca-key.pem").read_bytes(), None)
-            chain = split_pem_chain((d / "cert-chain.pem").read_bytes()) if (d / "cert-chain.pem").exists() \
+            cert = x509.load_pem_x509_certificate(files["ca-cert.pem"])
+            key = serialization.load_pem_private_key(files["ca-key.pem"], None)
+            chain = split_pem_chain(files["cert-chain.pem"]) if "cert-chain.pem" in files \
                 else [cert.public_bytes(serialization.Encoding.PEM)]
-            roots = split_pem_chain((d / "root-cert.pem").read_bytes())
+            roots = split_pem_chain(files["root-cert.pem"])
             # the chain we hand out ends below the root: clients hold the root already
             chain = [c for c in chain if c not in roots]
             return cls(trust_domain, key, cert, tuple(chain), tuple(roots), ttl)
-        if not (d / "root-cert.pem").exists():
-            key, cert = _self_signed_root(trust_domain)
-            _write(d / "root-key.pem", key_pem(key), private=True)
-            _write(d / "root-cert.pem", cert.public_bytes(serialization.Encoding.PEM))
-        cert = x509.load_pem_x509_certificate((d / "root-cert.pem").read_bytes())
-        key = serialization.load_pem_private_key((d / "root-key.pem").read_bytes(), None)
+        missing = [f for f in ("root-cert.pem", "root-key.pem") if f not in files]
+        if missing:
+            raise FileNotFoundError(f"{where}: {', '.join(missing)} missing (a self-signed root CA needs "
+                                    "root-cert.pem and root-key.pem)")
+        cert = x509.load_pem_x509_certificate(files["root-cert.pem"])
+        key = serialization.load_pem_private_key(files["root-key.pem"], None)
         return cls(trust_domain, key, cert, (), (cert.public_bytes(serialization.Encoding.PEM),), ttl)
 
     # -- signing -------------------------------------------------------------------------
@@ -160,7 +174,7 @@ class CertificateAuthority:
         if sid.trust_domain != self.trust_domain:
             raise CsrRejected(f"{uri} is not in this mesh's trust domain {self.trust_domain}")
         if allowed is not None and uri not in allowed:
-            raise CsrRejected(f"{uri} does not belong to any workload on the asking node")
+            raise NotOnNode(f"{uri} does not belong to any workload on the asking node")
         return self.sign(csr, uri)
 
     # -- credentials issued directly (the key is made here, for bootstrap only) ------------
@@ -174,6 +188,15 @@ class CertificateAuthority:
 
     def issue_server_credential(self, ttl: dt.timedelta = dt.timedelta(days=365)) -> CertBundle:
         return self._issue(controlplane_identity(self.trust_domain), ttl)
+
+
+CA_FILES = ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem", "root-key.pem")
+
+
+def new_root_files(trust_domain: str) -> dict[str, bytes]:
+    """A new self-signed root: root-cert.pem and root-key.pem."""
+    key, cert = _self_signed_root(trust_domain)
+    return {"root-key.pem": key_pem(key), "root-cert.pem": cert.public_bytes(serialization.Encoding.PEM)}
 
 
 def _self_signed_root(trust_domain: str):

@@ -3,6 +3,7 @@ watch. When the control plane is away, the last snapshot stays in force and the 
 says so (`connected`, `last_contact`, `last_error`) while it reconnects with backoff."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import inspect
 import logging
@@ -10,6 +11,7 @@ import random
 import socket
 import ssl
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -56,13 +58,19 @@ def load_credential(directory) -> CertBundle:
 
 
 class ControlPlaneClient:
-    def __init__(self, address: tuple[str, int], credential: CertBundle | Callable[[], CertBundle], node: str, *,
-                 socket_factory: Callable[[int], socket.socket] | None = None, subscriber: str = watch.NODE):
-        """`node`: the subscriber's name (a node, or a waypoint's "<ns>/<name>" with
-        `subscriber=watch.WAYPOINT`)."""
+    """`credential`: the caller's certificate (a node's, or a waypoint's workload
+    certificate); or None in a cluster, where a node sends its ServiceAccount token from
+    `token_file` (re-read at each request: the kubelet rotates it) and verifies the control
+    plane with `roots` of `trust_domain`. `node`: the subscriber's name (a node, or a
+    waypoint's "<ns>/<name>" with `subscriber=watch.WAYPOINT`)."""
+
+    def __init__(self, address: tuple[str, int], credential: CertBundle | Callable[[], CertBundle] | None, node: str, *,
+                 socket_factory: Callable[[int], socket.socket] | None = None, subscriber: str = watch.NODE,
+                 token_file=None, roots: bytes = b"", trust_domain: str = "cluster.local"):
         self.address, self.node, self.socket_factory = address, node, socket_factory
         self.subscriber = subscriber
         self._credential = credential
+        self.token_file, self.roots, self.trust_domain = token_file, roots, trust_domain
         self.connected = False
         self.last_contact: float | None = None   # time.time() of the last message
         self.last_error: str | None = None
@@ -70,10 +78,22 @@ class ControlPlaneClient:
         self.resources: dict[tuple, Resource] = {}
 
     # -- plumbing ------------------------------------------------------------------------
-    def credential(self) -> CertBundle:
+    def credential(self) -> CertBundle | None:
         return self._credential() if callable(self._credential) else self._credential
 
-    def _expected_server(self, bundle: CertBundle) -> str:
+    def _request(self, msg: watch.Request) -> bytes:
+        if self.token_file is not None:
+            try:
+                token = Path(self.token_file).read_text().strip()
+            except OSError as exc:
+                raise ControlPlaneError(f"cannot read the ServiceAccount token {self.token_file}: {exc.strerror}; "
+                                        "is the projected token volume mounted?") from None
+            msg = dataclasses.replace(msg, token=token)
+        return watch.encode(msg)
+
+    def _expected_server(self, bundle: CertBundle | None) -> str:
+        if bundle is None:
+            return controlplane_identity(self.trust_domain)
         return controlplane_identity(trust_domain_of(bundle.identity))
 
     async def _connect(self) -> trio.SSLStream:
@@ -92,7 +112,9 @@ class ControlPlaneClient:
                     tcp = trio.SocketStream(sock)
                 else:
                     tcp = await trio.open_tcp_stream(host, port)
-                stream = trio.SSLStream(tcp, tls.client_context(bundle, alpn=["trellis-cp"]), server_hostname=None)
+                ctx = tls.client_context(bundle, alpn=["trellis-cp"]) if bundle is not None else \
+                    tls.roots_client_context(self.roots, alpn=["trellis-cp"])
+                stream = trio.SSLStream(tcp, ctx, server_hostname=None)
                 await stream.do_handshake()
         except trio.TooSlowError:
             raise ControlPlaneError(f"connection to {where} timed out; is it running and reachable from this node?") from None
@@ -112,7 +134,7 @@ class ControlPlaneClient:
         stream = await self._connect()
         try:
             csr = csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem
-            await stream.send_all(watch.encode(watch.SignRequest(csr)))
+            await stream.send_all(self._request(watch.SignRequest(csr)))
             with trio.fail_after(30):
                 obj = await LineReader(stream).read()
         except (trio.BrokenResourceError, ssl.SSLError) as exc:
@@ -140,7 +162,7 @@ class ControlPlaneClient:
             try:
                 stream = await self._connect()
                 try:
-                    await stream.send_all(watch.encode(watch.WatchRequest(self.subscriber, self.node, self.version)))
+                    await stream.send_all(self._request(watch.WatchRequest(self.subscriber, self.node, self.version)))
                     reader = LineReader(stream)
                     while True:
                         with trio.fail_after(SILENCE_TIMEOUT):

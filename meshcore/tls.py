@@ -30,15 +30,25 @@ def _load(ctx: ssl.SSLContext, bundle: CertBundle) -> None:
     ctx.load_verify_locations(cadata=bundle.roots_bytes().decode())
 
 
-def _base(purpose: ssl.Purpose, bundle: CertBundle, alpn: list[str] | None) -> ssl.SSLContext:
+def _base(purpose: ssl.Purpose, bundle: CertBundle | None, alpn: list[str] | None,
+          roots: bytes = b"") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT if purpose is ssl.Purpose.SERVER_AUTH else ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     if alpn:
         ctx.set_alpn_protocols(alpn)
-    _load(ctx, bundle)
+    if bundle is None:
+        ctx.load_verify_locations(cadata=roots.decode())
+    else:
+        _load(ctx, bundle)
     return ctx
+
+
+def roots_client_context(roots: bytes, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """A client that verifies the server but has no certificate of its own: a node that
+    proves who it is otherwise (its ServiceAccount token, in a cluster)."""
+    return _base(ssl.Purpose.SERVER_AUTH, None, alpn, roots)
 
 
 def client_context(bundle: CertBundle, alpn: list[str] | None = None) -> ssl.SSLContext:

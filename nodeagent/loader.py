@@ -26,6 +26,7 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCES = ("connect.c", "sockops.c", "strict.c")
 BPF_F_ALLOW_MULTI = 2
 EXCLUDED_PORTS_MAX = 64  # handed to bpf/include/config.h as -DEXCLUDED_PORTS_MAX
+NODE_ADDRS_MAX = 16      # handed to bpf/include/config.h as -DNODE_ADDRS_MAX
 
 
 class LoaderError(RuntimeError):
@@ -64,7 +65,7 @@ class Programs:
     """The loaded programs and maps of one node agent."""
 
     def __init__(self, bpf_dir: Path = BPF_DIR, excluded_ports: tuple[int, ...] = (),
-                 cflags: tuple[str, ...] = ()):
+                 cflags: tuple[str, ...] = (), node_addresses: tuple[str, ...] = ()):
         headers.use_headers()
         from bcc import BPF, BPFAttachType  # after BCC_KERNEL_SOURCE is set
 
@@ -90,6 +91,7 @@ class Programs:
         self._specs = {s.name: s for s in (*CAPTURE, STRICT)}
         self._attached: list[Attachment] = []
         self.set_excluded_ports(excluded_ports)
+        self.set_node_addresses(node_addresses)
 
     # maps -----------------------------------------------------------------
     @property
@@ -113,6 +115,28 @@ class Programs:
         table.clear()
         for p in ports:
             table[table.Key(p)] = table.Leaf(1)
+
+    def set_node_addresses(self, addresses) -> None:
+        """Replace the node's own addresses: under STRICT, plaintext from these (the
+        kubelet's probes) still reaches enrolled pods."""
+        import ipaddress
+        try:
+            ips = sorted({ipaddress.ip_address(str(a)) for a in addresses}, key=str)
+        except ValueError as e:
+            raise LoaderError(f"node address: {e}") from None
+        if len(ips) > NODE_ADDRS_MAX:
+            raise LoaderError(f"{len(ips)} node addresses given, at most {NODE_ADDRS_MAX} fit "
+                              f"(raise NODE_ADDRS_MAX in nodeagent/loader.py)")
+        table = self.bpf[b"node_addrs"]
+        table.clear()
+        for ip in ips:
+            key = table.Key()
+            key.family = ip.version
+            raw = ip.packed.ljust(16, b"\0")
+            for i in range(4):  # the words as the kernel stores them: network order in memory
+                key.addr[i] = int.from_bytes(raw[4 * i:4 * i + 4], "little")
+            table[key] = table.Leaf(1)
+        self.node_addresses = tuple(str(ip) for ip in ips)
 
     # attachments ----------------------------------------------------------
     def attachments(self, cgroup: Path | None = None) -> list[Attachment]:
@@ -245,7 +269,8 @@ def _bpftool_json(*args: str) -> list:
 
 def compile_defines() -> list[str]:
     """Every number the C side shares with Python, as -D flags (config.h has no copies)."""
-    return [*ports.bpf_defines(), *origdst_layout.bpf_defines(), f"-DEXCLUDED_PORTS_MAX={EXCLUDED_PORTS_MAX}"]
+    return [*ports.bpf_defines(), *origdst_layout.bpf_defines(), f"-DEXCLUDED_PORTS_MAX={EXCLUDED_PORTS_MAX}",
+            f"-DNODE_ADDRS_MAX={NODE_ADDRS_MAX}"]
 
 
 def origdst_entry(table, netns_cookie: int, sport: int):

@@ -29,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--node", required=True, help="this node's name (as in WorkloadEntry spec.node)")
     p.add_argument("--control-plane", required=True, help=f"control plane API HOST:PORT (:{ports.CONTROL_PLANE})")
-    p.add_argument("--credential-dir", required=True, type=Path, help="directory with bootstrap.key, bootstrap.crt, roots.pem")
+    p.add_argument("--credential-dir", type=Path, help="directory with bootstrap.key, bootstrap.crt, roots.pem")
+    p.add_argument("--token-file", type=Path, help="in a cluster, instead of a node certificate: the projected "
+                   "ServiceAccount token the control plane checks with TokenReview (needs --ca-root-file)")
+    p.add_argument("--ca-root-file", type=Path, help="with --token-file: the mesh root certificate(s), PEM")
     p.add_argument("--run-dir", required=True, type=Path, help="where ztunnel.sock lives")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--admin", default=f"127.0.0.1:{ports.ZTUNNEL_ADMIN}")
@@ -61,9 +64,14 @@ def main(argv: list[str] | None = None) -> None:
                  credential_dir=args.credential_dir, run_dir=args.run_dir, trust_domain=args.trust_domain,
                  admin=hostport(args.admin, "--admin"), metrics=hostport(args.metrics, "--metrics"),
                  ready=hostport(args.ready, "--ready"), drain_timeout=args.drain_timeout)
+    if (args.credential_dir is None) == (args.token_file is None) or (args.token_file and not args.ca_root_file):
+        parser.error("give --credential-dir, or --token-file with --ca-root-file")
     try:
-        credential = load_credential(args.credential_dir)
-        cp = ControlPlaneClient(cfg.control_plane, credential, args.node)
+        if args.token_file:
+            cp = ControlPlaneClient(cfg.control_plane, None, args.node, token_file=args.token_file,
+                                    roots=args.ca_root_file.read_bytes(), trust_domain=args.trust_domain)
+        else:
+            cp = ControlPlaneClient(cfg.control_plane, load_credential(args.credential_dir), args.node)
         trio.run(lambda: Ztunnel(cfg, cp).run())
     except (OSError, ValueError, ImportError) as exc:
         print(f"ztunnel: {exc}", file=sys.stderr)

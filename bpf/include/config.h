@@ -7,10 +7,11 @@
  * so the C side cannot drift: CAPTURE_PORT (ztunnel's outbound listener in each pod's
  * netns), INBOUND_PLAIN_PORT, HBONE_PORT, METRICS_PORT, READY_PORT (the mesh's own ports:
  * never captured, or ztunnel would tunnel to itself), ORIGDST_MAP_SIZE (entries live from
- * connect() until ztunnel accepts; LRU evicts what it never reads), EXCLUDED_PORTS_MAX. */
+ * connect() until ztunnel accepts; LRU evicts what it never reads), EXCLUDED_PORTS_MAX,
+ * NODE_ADDRS_MAX (addresses of the node itself, whose plaintext probes STRICT lets through). */
 #if !defined(CAPTURE_PORT) || !defined(INBOUND_PLAIN_PORT) || !defined(HBONE_PORT) || \
     !defined(METRICS_PORT) || !defined(READY_PORT) || !defined(ORIGDST_MAP_SIZE) || \
-    !defined(EXCLUDED_PORTS_MAX)
+    !defined(EXCLUDED_PORTS_MAX) || !defined(NODE_ADDRS_MAX)
 #error "compile bpf/ through nodeagent.loader: ports and map sizes come from its -D flags"
 #endif
 

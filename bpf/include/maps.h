@@ -31,4 +31,13 @@ BPF_TABLE("lru_hash", struct origdst_key, struct origdst_val, origdst, ORIGDST_M
 /* Destination ports (host order) never captured; value unused. */
 BPF_TABLE("hash", __u16, __u8, excluded_ports, EXCLUDED_PORTS_MAX);
 
+/* The node's own addresses (filled by the node agent): under STRICT, plaintext from
+ * them still reaches an enrolled pod, since that is how the kubelet's health probes
+ * arrive (as Istio ambient allows them). IPv4 in addr[0]; all in network order. */
+struct node_addr {
+	__u32 family; /* 4 or 6 */
+	__u32 addr[4];
+};
+BPF_TABLE("hash", struct node_addr, __u8, node_addrs, NODE_ADDRS_MAX);
+
 #endif /* TRELLIS_MAPS_H */

@@ -1,15 +1,7 @@
 """The Kubernetes source: list+watch of every collection the mesh reads, into the store.
 
-One reflector per collection, with the semantics of client-go's:
-- LIST, then WATCH from the list's resourceVersion, with allowWatchBookmarks and a
-  server-side timeoutSeconds (jittered, so that watches do not all end together);
-- every event and every BOOKMARK moves the resourceVersion to resume from, so a watch
-  that ends (its timeout, a dropped connection, a 500) resumes where it stopped: what
-  changed meanwhile arrives once, neither lost nor repeated;
-- 410 Gone (an ERROR event or an HTTP 410) means that resourceVersion has left the
-  server's history: relist, and replace the collection with what the list says (objects
-  deleted meanwhile disappear);
-- any other failure backs off exponentially with jitter, never spinning.
+One reflector per collection (kubewatch.reflector: client-go's list/watch semantics,
+bookmarks, relist on 410, back-off with jitter).
 Objects go through the same validation as the directory source (meshcore.resources) and
 the same cross-object rules (`settle`); an invalid edit keeps the object's last good
 version and reports the error. Nothing is published until every collection has been
@@ -17,19 +9,18 @@ listed once: a partial first snapshot would tell nodes that workloads are gone."
 from __future__ import annotations
 
 import logging
-import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-import httpx2 as httpx
 import trio
 
 from meshcore.resources import Resource, ResourceError, ResourceInvalid, from_dict
 
 from ..store import VersionedStore
 from . import settle
-from .kubeclient import Gone, KubeApi, KubeApiError, describe
+from kubewatch.client import KubeApi
+from kubewatch.reflector import Backoff, reflect
 
 log = logging.getLogger("trellis.controlplane.sources.kubernetes")
 
@@ -49,25 +40,6 @@ COLLECTIONS = {
 KEEP_METADATA = ("name", "namespace", "labels", "annotations")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 SOURCE = "kubernetes"
-
-
-@dataclass
-class Backoff:
-    """Exponential back-off with jitter: each delay is drawn from [d/2, d], d doubling."""
-    initial: float = 0.5
-    maximum: float = 30.0
-    attempt: int = 0
-    delays: list = field(default_factory=list)  # what was slept, for the admin dump and the tests
-
-    def next(self) -> float:
-        base = min(self.maximum, self.initial * 2 ** self.attempt)
-        self.attempt += 1
-        delay = random.uniform(base / 2, base)
-        self.delays = (self.delays + [delay])[-20:]
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass
@@ -126,51 +98,9 @@ class KubernetesSource:
 
     # -- one collection ---------------------------------------------------------------------
     async def _reflect(self, path: str) -> None:
-        backoff = self.backoffs[path]
-        rv: str | None = None
-        while True:
-            listed = False
-            try:
-                if rv is None:
-                    items, rv = await self.api.list(path)
-                    self.stats["lists"] += 1
-                    self._replace(path, items)
-                    listed = True
-                opened, delivered = trio.current_time(), 0
-                self.stats["watches"] += 1
-                async for event in self.api.watch(path, rv, int(self.watch_timeout * random.uniform(1, 2))):
-                    delivered += 1
-                    if delivered == 1:
-                        backoff.reset()  # the watch works again
-                    if event.type == "BOOKMARK":
-                        self.stats["bookmarks"] += 1
-                    else:
-                        self._apply(path, event.type, event.object)
-                    rv = (event.object.get("metadata") or {}).get("resourceVersion") or rv
-                if not delivered and trio.current_time() - opened < 1.0:
-                    raise KubeApiError(0, "ShortWatch", "the watch ended at once, with no event", path)
-                backoff.reset()
-            except Gone as exc:
-                self.stats["relists"] += 1
-                log.info("event=kubernetes_relist path=%s reason=%r", path, str(exc))
-                rv = None
-                if listed:  # Gone from the version just listed: a confused server; do not spin
-                    await self._back_off(path, backoff, exc)
-            except KubeApiError as exc:
-                if exc.code == 404 and rv is None:
-                    self._replace(path, [])  # not installed (e.g. no Gateway API CRDs): empty until it is
-                await self._back_off(path, backoff, exc)
-            except (httpx.HTTPError, OSError) as exc:
-                await self._back_off(path, backoff, exc)
-            except Exception as exc:  # a bug or a reply we never imagined: report, keep serving
-                log.exception("event=kubernetes_reflector_failed path=%s", path)
-                await self._back_off(path, backoff, exc)
-
-    async def _back_off(self, path: str, backoff: Backoff, exc: BaseException) -> None:
-        self.stats["errors"] += 1
-        delay = backoff.next()
-        log.warning("event=kubernetes_error path=%s error=%r retry_in=%.2fs", path, describe(exc), delay)
-        await trio.sleep(delay)
+        await reflect(self.api, path, replace=lambda items: self._replace(path, items),
+                      apply=lambda kind, obj: self._apply(path, kind, obj), backoff=self.backoffs[path],
+                      stats=self.stats, watch_timeout=self.watch_timeout)
 
     def _replace(self, path: str, items: list) -> None:
         old, new = self.objects[path], {}

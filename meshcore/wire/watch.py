@@ -38,9 +38,10 @@ def _get(obj: dict[str, Any], key: str, what: str, want: type | tuple, *, option
 @dataclass(frozen=True)
 class SignRequest:
     csr: str  # PEM
+    token: str | None = None  # in a cluster: the node's ServiceAccount token (controlplane/tokenreview.py)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"op": "sign", "csr": self.csr}
+        return _with_token({"op": "sign", "csr": self.csr}, self.token)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class WatchRequest:
     kind: str = NODE
     name: str | None = None
     since: int | None = None
+    token: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SUBSCRIBER_KINDS:
@@ -59,8 +61,14 @@ class WatchRequest:
     def to_dict(self) -> dict[str, Any]:
         if self.kind == NODE:
             # The node form predates subscriber kinds: every control plane understands it.
-            return {"op": "watch", "node": self.name, "since": self.since}
-        return {"op": "watch", "subscriber": self.kind, "name": self.name, "since": self.since}
+            return _with_token({"op": "watch", "node": self.name, "since": self.since}, self.token)
+        return _with_token({"op": "watch", "subscriber": self.kind, "name": self.name, "since": self.since}, self.token)
+
+
+def _with_token(obj: dict[str, Any], token: str | None) -> dict[str, Any]:
+    if token is not None:
+        obj["token"] = token
+    return obj
 
 
 Request = Union[SignRequest, WatchRequest]
@@ -69,13 +77,15 @@ Request = Union[SignRequest, WatchRequest]
 def parse_request(obj: dict[str, Any]) -> Request:
     op = obj.get("op")
     if op == "sign":
-        return SignRequest(csr=_get(obj, "csr", "sign request", str))
+        return SignRequest(csr=_get(obj, "csr", "sign request", str),
+                           token=_get(obj, "token", "sign request", str, optional=True))
     if op == "watch":
         since = _get(obj, "since", "watch request", int, optional=True)
+        token = _get(obj, "token", "watch request", str, optional=True)
         if "subscriber" in obj:
             kind = _get(obj, "subscriber", "watch request", str)
-            return WatchRequest(kind, _get(obj, "name", "watch request", str, optional=True), since)
-        return WatchRequest(NODE, _get(obj, "node", "watch request", str, optional=True), since)
+            return WatchRequest(kind, _get(obj, "name", "watch request", str, optional=True), since, token)
+        return WatchRequest(NODE, _get(obj, "node", "watch request", str, optional=True), since, token)
     raise WireError(f"unknown op {op!r} (expected sign or watch)")
 
 

@@ -9,7 +9,11 @@ these machines; this serves what a client sees of one:
   replaying every event after N, then new ones, closing after S seconds;
 - 410 Gone for a resourceVersion older than the compacted history: as an ERROR event
   carrying a Status (code 410, reason Expired) or as an HTTP 410 with a Status body;
-- faults on demand: HTTP 500s, watches dropped mid-stream.
+- faults on demand: HTTP 500s, watches dropped mid-stream;
+- TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`) for the tokens in
+  `tokens`, answering as kube-apiserver does (authenticated false with an error for an
+  unknown or expired token, or one for other audiences; the pod-bound extras), GET of
+  one pod, and GET/POST of Secrets (409 AlreadyExists on a second create).
 One global resourceVersion counter orders every change, as etcd's revision does."""
 from __future__ import annotations
 
@@ -36,6 +40,34 @@ class Request:
 
 
 @dataclass
+class Token:
+    """What the API server knows of a ServiceAccount token (bound to a pod on a node)."""
+    namespace: str
+    service_account: str
+    pod: str | None = None
+    node: str | None = None
+    audiences: tuple = ("trellis-ca",)
+    expired: bool = False
+
+    def review(self, audiences: list) -> dict:
+        if self.expired:
+            return {"authenticated": False, "error": "[invalid bearer token, service account token has expired]"}
+        if audiences and not set(audiences) & set(self.audiences):
+            return {"authenticated": False, "error": "[invalid bearer token, token audiences "
+                                                     f"{list(self.audiences)} is invalid for the target audiences {audiences}]"}
+        extra = {}
+        if self.pod:
+            extra["authentication.kubernetes.io/pod-name"] = [self.pod]
+            extra["authentication.kubernetes.io/pod-uid"] = [str(uuid.uuid5(uuid.NAMESPACE_DNS, self.pod))]
+        if self.node:
+            extra["authentication.kubernetes.io/node-name"] = [self.node]
+        return {"authenticated": True, "audiences": list(audiences or self.audiences),
+                "user": {"username": f"system:serviceaccount:{self.namespace}:{self.service_account}",
+                         "groups": ["system:serviceaccounts", f"system:serviceaccounts:{self.namespace}",
+                                    "system:authenticated"], "extra": extra}}
+
+
+@dataclass
 class ApiServerStandIn:
     gone_as: str = "event"              # how a too-old resourceVersion is refused: "event" or "http"
     bookmark_every: float | None = None  # seconds between BOOKMARKs on each watch, if asked for
@@ -47,6 +79,12 @@ class ApiServerStandIn:
     compacted: int = 0                                # events at or below this rv are gone
     requests: list = field(default_factory=list)
     fail_next: list = field(default_factory=list)     # HTTP statuses to answer the next requests with
+    tokens: dict = field(default_factory=dict)        # token -> Token
+    secrets: dict = field(default_factory=dict)       # (ns, name) -> Secret object
+    secret_reads: int = 0
+    race_create: str | None = None   # a Secret name: its first two missed reads answer together (a create race)
+    _missing_waiting: int = 0
+    _missing_release: trio.Event = field(default_factory=trio.Event)
     drop_watches: trio.Event = field(default_factory=trio.Event)
     _changed: trio.Event = field(default_factory=trio.Event)
     _requested: trio.Event = field(default_factory=trio.Event)
@@ -119,15 +157,19 @@ class ApiServerStandIn:
                 event = await self._next(conn, stream)
                 if not isinstance(event, h11.Request):
                     return
-                while not isinstance(await self._next(conn, stream), h11.EndOfMessage):
-                    pass
+                body = b""
+                while not isinstance(part := await self._next(conn, stream), h11.EndOfMessage):
+                    body += part.data if isinstance(part, h11.Data) else b""
                 url = urllib.parse.urlsplit(event.target.decode())
                 params = dict(urllib.parse.parse_qsl(url.query))
                 self.requests.append(Request(url.path, params))
                 self._requested.set()
                 self._requested = trio.Event()
                 auth = "x509" if client_cert else dict(event.headers).get(b"authorization", b"").decode()
-                await self._route(conn, stream, url.path, params, auth)
+                if event.method == b"POST" or url.path.startswith(("/api/v1/namespaces/", "/apis/authentication")):
+                    await self._object(conn, stream, event.method.decode(), url.path, body, auth)
+                else:
+                    await self._route(conn, stream, url.path, params, auth)
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
@@ -150,13 +192,19 @@ class ApiServerStandIn:
             ("Content-Type", "application/json"), ("Content-Length", str(len(data)))])))
         await stream.send_all(conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
 
-    async def _route(self, conn, stream, path, params, authorization=""):
+    async def _refused(self, conn, stream, authorization) -> bool:
+        """Answer 401 for a wrong credential, or the next fault asked for; True if it did."""
         if self.token and authorization not in (f"Bearer {self.token}", "x509"):
             await self._send_json(conn, stream, 401, _status(401, "Unauthorized", "Unauthorized"))
-            return
+            return True
         if self.fail_next:
             code = self.fail_next.pop(0)
             await self._send_json(conn, stream, code, _status(code, "InternalError", "etcdserver: leader changed"))
+            return True
+        return False
+
+    async def _route(self, conn, stream, path, params, authorization=""):
+        if await self._refused(conn, stream, authorization):
             return
         if path not in COLLECTIONS:
             await self._send_json(conn, stream, 404, _status(404, "NotFound", f"the server could not find {path}"))
@@ -167,9 +215,48 @@ class ApiServerStandIn:
         api, kind = COLLECTIONS[path]
         # as a real server: list items carry no apiVersion/kind (the list says them once)
         items = [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")}
-                 for _, o in sorted(self.objects.get(path, {}).items())]
+                 for _, o in sorted(self.objects.get(path, {}).items()) if _selected(o, params)]
         await self._send_json(conn, stream, 200, {"kind": f"{kind}List", "apiVersion": api,
                                                   "metadata": {"resourceVersion": str(self.rv)}, "items": items})
+
+    async def _object(self, conn, stream, method, path, body, authorization):
+        """One object: TokenReview, a pod by name, a Secret (get and create)."""
+        if await self._refused(conn, stream, authorization):
+            return
+        parts = path.strip("/").split("/")
+        req = json.loads(body) if body else {}
+        if method == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
+            spec = req.get("spec") or {}
+            token = self.tokens.get(spec.get("token"))
+            status = token.review(spec.get("audiences") or []) if token else \
+                {"authenticated": False, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}
+            await self._send_json(conn, stream, 201, {**req, "status": status})
+        elif method == "GET" and parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "pods":
+            pod = self.objects.get(PATH_OF["Pod"], {}).get((parts[3], parts[5]))
+            await self._send_json(conn, stream, *((200, pod) if pod else
+                                                  (404, _status(404, "NotFound", f'pods "{parts[5]}" not found'))))
+        elif method == "GET" and len(parts) == 6 and parts[4] == "secrets":
+            self.secret_reads += 1
+            secret = self.secrets.get((parts[3], parts[5]))
+            if secret is None and parts[5] == self.race_create and self._missing_waiting < 2:
+                self._missing_waiting += 1
+                if self._missing_waiting == 2:
+                    self._missing_release.set()
+                await self._missing_release.wait()
+            await self._send_json(conn, stream, *((200, secret) if secret else
+                                                  (404, _status(404, "NotFound", f'secrets "{parts[5]}" not found'))))
+        elif method == "POST" and len(parts) == 5 and parts[4] == "secrets":
+            key = (parts[3], (req.get("metadata") or {}).get("name"))
+            if key in self.secrets:
+                await self._send_json(conn, stream, 409, _status(409, "AlreadyExists",
+                                                                 f'secrets "{key[1]}" already exists'))
+                return
+            self.rv += 1
+            req.setdefault("metadata", {}).update(namespace=key[0], resourceVersion=str(self.rv), uid=str(uuid.uuid4()))
+            self.secrets[key] = req
+            await self._send_json(conn, stream, 201, req)
+        else:
+            await self._send_json(conn, stream, 404, _status(404, "NotFound", f"the server could not find {path}"))
 
     async def _watch(self, conn, stream, path, params):
         since = int(params.get("resourceVersion") or self.rv)
@@ -189,7 +276,7 @@ class ApiServerStandIn:
             sent = since
             while True:
                 for rv, p, kind, obj in list(self.events):
-                    if p == path and rv > sent:
+                    if p == path and rv > sent and _selected(obj, params):
                         await stream.send_all(conn.send(h11.Data(data=_line(kind, obj))))
                 sent = self.rv
                 changed = self._changed
@@ -205,6 +292,16 @@ class ApiServerStandIn:
                     mark = {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": str(self.rv)}}
                     await stream.send_all(conn.send(h11.Data(data=_line("BOOKMARK", mark))))
         await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def _selected(obj: dict, params: dict) -> bool:
+    """fieldSelector, as far as the node agent uses it: `spec.nodeName=<node>`."""
+    selector = params.get("fieldSelector")
+    if not selector:
+        return True
+    field_path, _, value = selector.partition("=")
+    assert field_path == "spec.nodeName", f"the stand-in knows no field selector {selector!r}"
+    return (obj.get("spec") or {}).get("nodeName") == value
 
 
 async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -10,7 +10,7 @@ import pytest
 import trio
 import yaml
 
-from controlplane.sources.kubeclient import KubeApi, KubeConfigError, describe, load_config
+from kubewatch.client import KubeApi, KubeConfigError, describe, load_config
 from controlplane.sources.kubernetes import COLLECTIONS
 from kube_fixtures import TOKEN, cluster_pki, kubeconfig, world
 
@@ -147,10 +147,10 @@ def test_a_bad_kubeconfig_exits_1_naming_the_problem(tmp_path):
 
 
 def test_the_kubernetes_client_stays_out_of_the_data_plane_and_meshcore():
-    """lightkube and httpx only load in a control plane that reads the API server."""
+    """lightkube and httpx only load in a control plane or node agent that reads the API server."""
     import subprocess
     import sys
-    probe = ("import importlib, pkgutil, sys, ztunnel, meshcore, controlplane.__main__\n"
+    probe = ("import importlib, pkgutil, sys, ztunnel, meshcore, controlplane.__main__, nodeagent.__main__\n"
              "for pkg in (ztunnel, meshcore):\n"
              "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
              "        importlib.import_module(m.name)\n"

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from controlplane.sources.directory import DirectorySource
-from controlplane.sources.kubeclient import KubeApi, load_config
+from kubewatch.client import KubeApi, load_config
 from controlplane.sources.kubernetes import COLLECTIONS, Backoff, KubernetesSource
 from controlplane.store import VersionedStore
 from kube_fixtures import DOCS, WORLD, kubeconfig, world

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 
 import pytest
 
@@ -152,3 +153,60 @@ def test_which_sk_buff_fields_cgroup_skb_may_read(programs, field, readable):
                 probe.load_func(b"probe", BPF.CGROUP_SKB, attach_type=BPFAttachType.CGROUP_INET_INGRESS)
     finally:
         probe.cleanup()
+
+
+HTTP_APP = """
+import http.server, socket, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"healthy"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(socketserver.TCPServer):
+    allow_reuse_address = True
+    address_family = socket.AF_INET6
+    def server_bind(self):  # dual-stack: one listener for both families
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+srv = S(("::", 8081), H)
+print("ready", flush=True)
+srv.serve_forever()
+"""
+
+
+def probe(netns: str, source: str, url: str) -> str | None:
+    """An HTTP probe with curl from `source` in `netns`: the body, or None if it failed."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "curl", "-sS", "--max-time", "2", "--interface", source, url],
+                         capture_output=True, text=True, timeout=30)
+    return out.stdout if out.returncode == 0 else None
+
+
+def test_strict_lets_the_nodes_probes_through_and_only_them(programs, pod):
+    """The peer netns plays the node (its veth end is the node's address, as a kubelet's
+    probe arrives over the pod's veth); a second address on it plays another pod."""
+    other = pod.peer_ip.rsplit(".", 1)[0] + ".3"
+    other6 = pod.peer_ip6.rsplit(":", 1)[0] + ":3"
+    vb = subprocess.run(["ip", "-n", pod.peer_netns, "-o", "link", "show", "type", "veth"], capture_output=True,
+                        text=True, check=True).stdout.split(":")[1].strip().split("@")[0]
+    subprocess.run(["ip", "-n", pod.peer_netns, "addr", "add", f"{other}/24", "dev", vb], check=True)
+    subprocess.run(["ip", "-n", pod.peer_netns, "addr", "add", f"{other6}/64", "dev", vb, "nodad"], check=True)
+    server = pod.spawn(HTTP_APP)
+    assert server.stdout.readline().strip() == "ready"
+    url4, url6 = f"http://{pod.pod_ip}:8081/healthz", f"http://[{pod.pod_ip6}]:8081/healthz"
+    assert probe(pod.peer_netns, other, url4) == "healthy"  # reachable before STRICT
+    programs.set_node_addresses([pod.peer_ip, pod.peer_ip6])
+    programs.attach(pod.cgroup, strict=True)
+    try:
+        assert probe(pod.peer_netns, pod.peer_ip, url4) == "healthy"
+        assert probe(pod.peer_netns, pod.peer_ip6, url6) == "healthy"
+        assert probe(pod.peer_netns, other, url4) is None
+        assert probe(pod.peer_netns, other6, url6) is None
+        programs.set_node_addresses([])  # not the node's any more: dropped like the rest
+        assert probe(pod.peer_netns, pod.peer_ip, url4) is None
+    finally:
+        programs.detach(pod.cgroup)
+        programs.set_node_addresses([])

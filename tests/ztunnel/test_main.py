@@ -25,6 +25,17 @@ def test_missing_credential_is_advice_and_exit_1(tmp_path):
     assert "bootstrap.key" in r.stderr and "trellis lab up" in r.stderr
 
 
+def test_node_credential_or_token_exactly_one(tmp_path):
+    base = [PY, "-m", "ztunnel", "--node", "n1", "--control-plane", "127.0.0.1:15012", "--run-dir", str(tmp_path)]
+    for extra in ([], ["--token-file", str(tmp_path / "t")],
+                  ["--token-file", str(tmp_path / "t"), "--credential-dir", str(tmp_path), "--ca-root-file", "r"]):
+        r = subprocess.run(base + extra, capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert r.returncode == 2 and "give --credential-dir, or --token-file with --ca-root-file" in r.stderr
+    r = subprocess.run(base + ["--token-file", str(tmp_path / "t"), "--ca-root-file", str(tmp_path / "none.pem")],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 1 and "none.pem" in r.stderr  # the missing root file is named
+
+
 def test_bad_control_plane_address(tmp_path):
     r = subprocess.run([PY, "-m", "ztunnel", "--node", "n1", "--control-plane", "nope",
                         "--credential-dir", str(tmp_path), "--run-dir", str(tmp_path)],

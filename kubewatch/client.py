@@ -1,5 +1,7 @@
-"""The Kubernetes API as the config source needs it: LIST and WATCH of a collection,
-as plain JSON, over the httpx client that lightkube configures.
+"""The Kubernetes API as Trellis needs it: LIST and WATCH of a collection, GET and POST
+of one object, as plain JSON, over the httpx client that lightkube configures. Shared by
+the control plane (config source, TokenReview, the CA Secret) and the node agent (its
+node's pods): a package of its own, since components never import each other.
 
 lightkube does the configuration and authentication: in-cluster (the projected
 ServiceAccount token, re-read when it rotates, and the cluster CA) or a kubeconfig with a
@@ -46,8 +48,8 @@ class KubeConfigError(ValueError):
 
 def _hint(code: int, path: str) -> str:
     if code in (401, 403):
-        return (f"; can the control plane's credentials list and watch {path}? (RBAC: the chart's ClusterRole "
-                "grants get/list/watch on each collection the source reads)")
+        return (f"; may this component's ServiceAccount use {path}? (RBAC: the chart's ClusterRoles grant "
+                "exactly what each component reads, creates or reviews)")
     if code == 404:
         return "; is the API (or its CRD) installed in this cluster?"
     return ""
@@ -90,9 +92,9 @@ class KubeApi:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def list(self, path: str) -> tuple[list[dict], str]:
+    async def list(self, path: str, params: dict | None = None) -> tuple[list[dict], str]:
         """Every object of a collection and the resourceVersion the list was taken at."""
-        resp = await self.http.get(path)
+        resp = await self.http.get(path, params=params or {})
         if resp.status_code != 200:
             raise _error(resp.status_code, resp.content, path)
         body = _json(resp.content, path)
@@ -101,10 +103,28 @@ class KubeApi:
             raise KubeApiError(200, "BadList", "a list without items or metadata.resourceVersion", path)
         return body["items"], rv
 
-    async def watch(self, path: str, resource_version: str, timeout_seconds: int) -> AsyncIterator[WatchEvent]:
+    async def get(self, path: str) -> dict | None:
+        """One object, or None when the server says 404."""
+        resp = await self.http.get(path)
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise _error(resp.status_code, resp.content, path)
+        return _json(resp.content, path)
+
+    async def post(self, path: str, body: dict) -> dict:
+        """Create (or, for a review API, ask); a refusal raises KubeApiError with its code
+        (409 AlreadyExists when a create lost a race)."""
+        resp = await self.http.post(path, json=body)
+        if resp.status_code not in (200, 201):
+            raise _error(resp.status_code, resp.content, path)
+        return _json(resp.content, path)
+
+    async def watch(self, path: str, resource_version: str, timeout_seconds: int,
+                    params: dict | None = None) -> AsyncIterator[WatchEvent]:
         """The events after `resource_version` until the server ends the watch (after
         timeoutSeconds). ERROR events are raised: Gone for 410, KubeApiError otherwise."""
-        params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+        params = {**(params or {}), "watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(timeout_seconds)}
         # the server closes the watch after timeoutSeconds; a read silent for longer is a dead peer
         timeout = httpx.Timeout(LIST_TIMEOUT, read=timeout_seconds + 30.0)
