@@ -5,7 +5,10 @@
 (messages: meshcore.wire.watch)
 
 Callers are nodes (node credential `spiffe://<td>/trellis/node/<node>`): a node may only
-watch its own view and only get certificates for workloads that run on it."""
+watch its own view and only get certificates for workloads that run on it. A waypoint
+(its replica's workload certificate `spiffe://<td>/ns/<ns>/sa/<sa>`) may watch its own
+Gateway's view and renew its own certificate, only while `<sa>` is the ServiceAccount of a
+Gateway of class trellis-waypoint in `<ns>` (views.waypoint_*_refusal)."""
 from __future__ import annotations
 
 import logging
@@ -20,7 +23,8 @@ from meshcore.wire import WireError, watch
 
 from .ca import CertificateAuthority, CsrRejected
 from .store import VersionedStore
-from .views import SubscriptionRefused, allowed_identities, delta, subscriber_view
+from .views import (SubscriptionRefused, allowed_identities, delta, subscriber_view, waypoint_gateway,
+                    waypoint_sign_refusal, waypoint_watch_refusal)
 
 log = logging.getLogger("trellis.controlplane.api")
 HANDSHAKE_TIMEOUT = 10
@@ -32,7 +36,8 @@ class ApiServer:
     def __init__(self, ca: CertificateAuthority, store: VersionedStore):
         self.ca, self.store = ca, store
         self.ssl_context = tls.server_context(ca.issue_server_credential(), alpn=["trellis-cp"])
-        self.stats = {"connections": 0, "tls_failures": 0, "bad_requests": 0, "signed": 0, "refused": 0, "watches": 0}
+        self.stats = {"connections": 0, "tls_failures": 0, "bad_requests": 0, "signed": 0, "refused": 0, "watches": 0,
+                      "waypoint_refused": 0}
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -55,9 +60,6 @@ class ApiServer:
             if req is None:
                 return
             node = node_from_identity(caller, self.ca.trust_domain)
-            if node is None:
-                await self._error(stream, f"{caller} is not a node credential of trust domain {self.ca.trust_domain}")
-                return
             try:
                 request = watch.parse_request(req)
             except WireError as exc:
@@ -65,7 +67,10 @@ class ApiServer:
                 await self._error(stream, str(exc))
                 return
             if isinstance(request, watch.SignRequest):
-                await self._sign(stream, node, request)
+                if node is not None:
+                    await self._sign(stream, node, request)
+                else:
+                    await self._sign_waypoint(stream, caller, request)
             else:
                 await self._watch(stream, caller, request, peer)
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
@@ -105,15 +110,50 @@ class ApiServer:
             return
         self.stats["signed"] += 1
         log.info("event=csr_signed node=%s", node)
+        await self._send_chain(stream, chain)
+
+    async def _send_chain(self, stream: trio.SSLStream, chain: list[bytes]) -> None:
         await stream.send_all(watch.encode(watch.SignReply(tuple(c.decode() for c in chain),
                                                            tuple(r.decode() for r in self.ca.roots_pem))))
+
+    async def _refuse_waypoint(self, stream: trio.SSLStream, caller: str, op: str, reason: str) -> None:
+        self.stats["waypoint_refused"] += 1
+        log.warning("event=waypoint_refused caller=%s op=%s reason=%r", caller, op, reason)
+        await self._error(stream, reason)
+
+    async def _sign_waypoint(self, stream: trio.SSLStream, caller: str, req: watch.SignRequest) -> None:
+        """A caller that is not a node: only a waypoint renewing its own certificate."""
+        refusal = waypoint_sign_refusal(self.store.current().resources, caller, self.ca.trust_domain)
+        if refusal is None:
+            try:
+                _, uri = self.ca.check_csr(req.csr)
+                if uri != caller:
+                    raise CsrRejected(f"the CSR asks for {uri}")
+                chain = self.ca.sign_workload_csr(req.csr, {caller})
+            except CsrRejected as exc:
+                refusal = f"waypoint {caller} may only renew its own certificate: {exc}"
+        if refusal is not None:
+            self.stats["refused"] += 1
+            await self._refuse_waypoint(stream, caller, "sign", refusal)
+            return
+        self.stats["signed"] += 1
+        log.info("event=csr_signed waypoint=%s", caller)
+        await self._send_chain(stream, chain)
 
     async def _watch(self, stream: trio.SSLStream, caller: str, req: watch.WatchRequest, peer: str) -> None:
         try:
             view = subscriber_view(caller, self.ca.trust_domain, req.kind, req.name)
         except SubscriptionRefused as exc:
-            await self._error(stream, str(exc))
+            if req.kind == watch.WAYPOINT:
+                await self._refuse_waypoint(stream, caller, "watch", str(exc))
+            else:
+                await self._error(stream, str(exc))
             return
+        if req.kind == watch.WAYPOINT:
+            refusal = waypoint_watch_refusal(self.store.current().resources, caller, *waypoint_gateway(req.name))
+            if refusal is not None:
+                await self._refuse_waypoint(stream, caller, "watch", refusal)
+                return
         self.stats["watches"] += 1
         await self._serve_view(stream, view, req.since, f"subscriber={caller}", peer)
 
