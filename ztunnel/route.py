@@ -96,7 +96,7 @@ def _via_waypoint(wp: waypoints.Waypoint | waypoints.WaypointMissing, orig_dst: 
     if isinstance(wp, waypoints.WaypointMissing):
         return Refuse(wp.reason, service=service)
     if not wp.replicas:
-        return Refuse(f"waypoint {wp.uid} has no ready replica in the mesh (pods labelled "
+        return Refuse(f"waypoint {wp.uid} has no ready replica (pods labelled "
                       f"gateway.networking.k8s.io/gateway-name={wp.name} in namespace {wp.namespace}); "
                       f"check `trellis waypoint status -n {wp.namespace}`: traffic that must pass its "
                       f"policies is refused meanwhile", service=service)

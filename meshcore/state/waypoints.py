@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Waypoint:
-    """A waypoint that exists: its ready replicas (in the mesh, sorted by uid) and the
-    identities a destination accepts from it."""
+    """A waypoint that exists: its ready replicas (sorted by uid) and the identities a
+    destination accepts from it."""
     namespace: str
     name: str
     replicas: tuple["Workload", ...]
@@ -71,9 +71,12 @@ def resolve(state: "State", namespace: str, name: str) -> Waypoint | WaypointMis
                                f"trellis-waypoint named {name} in namespace {namespace} (create it with "
                                f"`trellis waypoint apply -n {namespace} --name {name}`, or remove the "
                                f"trellis.dev/use-waypoint label)")
-    every = replicas_of(state.workloads, namespace, name)
-    ready = tuple(w for w in every if w.in_mesh)
-    return Waypoint(namespace, name, ready, waypoint_identities(state.trust_domain, namespace, name, every))
+    # Every replica the view lists is ready: the lab lists a WorkloadEntry once its pod
+    # runs, the Kubernetes source a Pod once it has an IP. Enrolled or not does not matter
+    # here: a waypoint terminates and originates HBONE itself (Istio labels its waypoint
+    # pods out of the mesh), so it is reached on :15008 either way.
+    every = tuple(replicas_of(state.workloads, namespace, name))
+    return Waypoint(namespace, name, every, waypoint_identities(state.trust_domain, namespace, name, every))
 
 
 def for_service(state: "State", service: "Service") -> Waypoint | WaypointMissing | None:
