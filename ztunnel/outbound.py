@@ -128,7 +128,7 @@ class Outbound:
 
 
 def _endpoint(r: route.Route) -> str | None:
-    """Where the bytes went: the HBONE peer (a waypoint replica's or the pod's :15008
+    """Where the bytes went: the HBONE peer (a waypoint replica's or the pod's HBONE port
     when it carries another authority) or the plaintext address."""
     if isinstance(r, route.Hbone):
         return f"{r.endpoint_ip}:{r.hbone_address[1]}" if r.waypoint else r.authority

@@ -74,7 +74,7 @@ def resolve(state: "State", namespace: str, name: str) -> Waypoint | WaypointMis
     # Every replica the view lists is ready: the lab lists a WorkloadEntry once its pod
     # runs, the Kubernetes source a Pod once it has an IP. Enrolled or not does not matter
     # here: a waypoint terminates and originates HBONE itself (Istio labels its waypoint
-    # pods out of the mesh), so it is reached on :15008 either way.
+    # pods out of the mesh), so it is reached on the HBONE port either way.
     every = tuple(replicas_of(state.workloads, namespace, name))
     return Waypoint(namespace, name, every, waypoint_identities(state.trust_domain, namespace, name, every))
 
