@@ -250,3 +250,28 @@ spec:
     assert {p.name for p in s.policies_for(cart, at_ztunnel=True)} == {"cart-pods"}
     # pay has no waypoint (opted out): its L7 policy stays at ztunnel, a deny of the connection
     assert {p.name for p in s.policies_for(pay, at_ztunnel=True)} == {"pay-l7"}
+
+
+def _inbound_for(s, uid):
+    from ztunnel.inbound import Inbound
+    from ztunnel.inputs import ProxyInputs
+    from ztunnel.metrics import Metrics
+    from ztunnel.podinfo import PodInfo
+    w = s.workload_by_uid(uid)
+    inputs = ProxyInputs(state=lambda: s, certs=None, metrics=Metrics(), origdst_fd=lambda: None)
+    return Inbound(PodInfo(w.namespace, w.name, w.address, w.service_account, -1), inputs), w, inputs.metrics
+
+
+def test_inbound_accepts_only_the_waypoint_for_a_pod_behind_it():
+    inbound, cart, metrics = _inbound_for(S, "shop/cart-1")
+    assert inbound._bypass(S, cart, WP_ID) is None
+    why = inbound._bypass(S, cart, f"{TD}/ns/plain/sa/client")
+    assert "shop/cart-1 is behind waypoint shop/waypoint" in why and "sa/client" in why
+    assert metrics.value("trellis_waypoint_bypass_refused_total", destination_workload="cart-1") == 1
+    # a pod that opted out, or backs no waypoint-fronted Service, takes anyone
+    inbound, pay, _ = _inbound_for(S, "shop/pay-1")
+    assert inbound._bypass(S, pay, f"{TD}/ns/plain/sa/client") is None
+    # behind a waypoint that does not exist: no one, with the missing waypoint named
+    inbound, api, _ = _inbound_for(S, "plain/api-1")
+    for peer in (f"{TD}/ns/plain/sa/client", f"{TD}/ns/plain/sa/missing"):
+        assert "waypoint plain/missing does not exist" in inbound._bypass(S, api, peer)
