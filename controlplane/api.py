@@ -8,7 +8,9 @@ Callers are nodes (node credential `spiffe://<td>/trellis/node/<node>`): a node 
 watch its own view and only get certificates for workloads that run on it. In a cluster
 a node may instead prove who it is with its ServiceAccount token, a `"token"` field in
 the request (controlplane/tokenreview.py); the TLS client certificate is then optional.
-Every refusal is counted by reason (`trellis_controlplane_requests_refused_total`)."""
+A waypoint (its replica's workload certificate `spiffe://<td>/ns/<ns>/sa/<sa>`) may watch its own
+Gateway's view and renew its own certificate, only while `<sa>` is the ServiceAccount of a
+Gateway of class trellis-waypoint in `<ns>` (views.waypoint_*_refusal). Every refusal is counted by reason (`trellis_controlplane_requests_refused_total`)."""
 from __future__ import annotations
 
 import logging
@@ -26,7 +28,8 @@ from meshcore.wire import WireError, watch
 from .ca import CertificateAuthority, CsrRejected, NotOnNode
 from .store import VersionedStore
 from .tokenreview import NodeAuthRefused, TokenReviewer
-from .views import SubscriptionRefused, allowed_identities, delta, subscriber_view
+from .views import (SubscriptionRefused, allowed_identities, delta, subscriber_view, waypoint_gateway,
+                    waypoint_sign_refusal, waypoint_watch_refusal)
 
 log = logging.getLogger("trellis.controlplane.api")
 HANDSHAKE_TIMEOUT = 10
@@ -40,7 +43,8 @@ class ApiServer:
         self.ssl_context = tls.server_context(ca.issue_server_credential(), alpn=["trellis-cp"])
         if tokens is not None:  # a node without a certificate authenticates with its token
             self.ssl_context.verify_mode = ssl.CERT_OPTIONAL
-        self.stats = {"connections": 0, "tls_failures": 0, "bad_requests": 0, "signed": 0, "refused": 0, "watches": 0}
+        self.stats = {"connections": 0, "tls_failures": 0, "bad_requests": 0, "signed": 0, "refused": 0, "watches": 0,
+                      "waypoint_refused": 0}
         self.registry = CollectorRegistry()
         self.refusals = Counter("trellis_controlplane_requests_refused", "Requests refused, by operation and reason",
                                 ["op", "reason"], registry=self.registry)
@@ -72,10 +76,6 @@ class ApiServer:
             if caller is None:
                 return
             node = node_from_identity(caller, self.ca.trust_domain)
-            if node is None:
-                self._refused(req.get("op"), "not_a_node")
-                await self._error(stream, f"{caller} is not a node credential of trust domain {self.ca.trust_domain}")
-                return
             try:
                 request = watch.parse_request(req)
             except WireError as exc:
@@ -83,7 +83,10 @@ class ApiServer:
                 await self._error(stream, str(exc))
                 return
             if isinstance(request, watch.SignRequest):
-                await self._sign(stream, node, request)
+                if node is not None:
+                    await self._sign(stream, node, request)
+                else:
+                    await self._sign_waypoint(stream, caller, request)
             else:
                 await self._watch(stream, caller, request, peer)
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
@@ -140,16 +143,52 @@ class ApiServer:
             return
         self.stats["signed"] += 1
         log.info("event=csr_signed node=%s", node)
+        await self._send_chain(stream, chain)
+
+    async def _send_chain(self, stream: trio.SSLStream, chain: list[bytes]) -> None:
         await stream.send_all(watch.encode(watch.SignReply(tuple(c.decode() for c in chain),
                                                            tuple(r.decode() for r in self.ca.roots_pem))))
+
+    async def _refuse_waypoint(self, stream: trio.SSLStream, caller: str, op: str, reason: str) -> None:
+        self.stats["waypoint_refused"] += 1
+        self._refused(op, "waypoint")
+        log.warning("event=waypoint_refused caller=%s op=%s reason=%r", caller, op, reason)
+        await self._error(stream, reason)
+
+    async def _sign_waypoint(self, stream: trio.SSLStream, caller: str, req: watch.SignRequest) -> None:
+        """A caller that is not a node: only a waypoint renewing its own certificate."""
+        refusal = waypoint_sign_refusal(self.store.current().resources, caller, self.ca.trust_domain)
+        if refusal is None:
+            try:
+                _, uri = self.ca.check_csr(req.csr)
+                if uri != caller:
+                    raise CsrRejected(f"the CSR asks for {uri}")
+                chain = self.ca.sign_workload_csr(req.csr, {caller})
+            except CsrRejected as exc:
+                refusal = f"waypoint {caller} may only renew its own certificate: {exc}"
+        if refusal is not None:
+            self.stats["refused"] += 1
+            await self._refuse_waypoint(stream, caller, "sign", refusal)
+            return
+        self.stats["signed"] += 1
+        log.info("event=csr_signed waypoint=%s", caller)
+        await self._send_chain(stream, chain)
 
     async def _watch(self, stream: trio.SSLStream, caller: str, req: watch.WatchRequest, peer: str) -> None:
         try:
             view = subscriber_view(caller, self.ca.trust_domain, req.kind, req.name)
         except SubscriptionRefused as exc:
-            self._refused("watch", "other_view")
-            await self._error(stream, str(exc))
+            if req.kind == watch.WAYPOINT:
+                await self._refuse_waypoint(stream, caller, "watch", str(exc))
+            else:
+                self._refused("watch", "other_view")
+                await self._error(stream, str(exc))
             return
+        if req.kind == watch.WAYPOINT:
+            refusal = waypoint_watch_refusal(self.store.current().resources, caller, *waypoint_gateway(req.name))
+            if refusal is not None:
+                await self._refuse_waypoint(stream, caller, "watch", refusal)
+                return
         self.stats["watches"] += 1
         await self._serve_view(stream, view, req.since, f"subscriber={caller}", peer)
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from meshcore.identity import SpiffeId, node_from_identity, workload_identity
+from meshcore.mesh import serves_waypoint
 from meshcore.resources import ROOT_NAMESPACE, Resource, matches
+from meshcore.state.waypoints import default_service_account
 
 POLICY_KINDS = {"AuthorizationPolicy", "PeerAuthentication"}
 # Kinds named by string: the waypoint's own kinds live in their own modules.
@@ -86,11 +88,75 @@ def subscriber_view(caller: str, trust_domain: str, kind: str, name: str | None,
         except ValueError:
             raise SubscriptionRefused(f"{caller} is not a workload identity: a waypoint presents its "
                                       "ServiceAccount's certificate") from None
+        namespace, name = waypoint_gateway(name, namespace)
         if who.trust_domain != trust_domain or not name or who.namespace != (namespace or who.namespace):
             raise SubscriptionRefused(f"{caller} may only watch a waypoint (Gateway) of namespace {who.namespace} "
                                       f"in trust domain {trust_domain}, not {namespace}/{name}")
         return lambda resources: waypoint_view(resources, who.namespace, name)
     raise SubscriptionRefused(f"unknown subscriber kind {kind!r} (expected node or waypoint)")
+
+
+def waypoint_gateway(name: str | None, namespace: str | None = None) -> tuple[str | None, str | None]:
+    """(namespace, gateway) from a waypoint subscription's name, "<gateway>" or "<ns>/<gateway>"."""
+    if name and "/" in name:
+        ns, name = name.split("/", 1)
+        return ns, name
+    return namespace, name
+
+
+def waypoint_service_accounts(resources: Mapping[tuple, Resource], namespace: str, gateway: str) -> set[str]:
+    """The ServiceAccounts a waypoint runs as: the Gateway's name (Istio's default) and
+    whatever its replicas (workloads labelled with its gateway-name) name. Whoever may
+    create a pod in a namespace may already use any of its ServiceAccounts, so a replica's
+    label grants nothing a namespace owner did not have."""
+    return {default_service_account(gateway)} | {
+        r.spec.service_account for r in resources.values()
+        if r.kind == "WorkloadEntry" and r.namespace == namespace
+        and serves_waypoint(r.labels, getattr(r.spec, "labels", None)) == gateway}
+
+
+def _waypoint_gateway_missing(resources: Mapping[tuple, Resource], namespace: str, gateway: str) -> str | None:
+    gw = resources.get(("Gateway", namespace, gateway))
+    if gw is None or not getattr(gw.spec, "is_waypoint", False):
+        return (f"there is no Gateway of class trellis-waypoint named {gateway} in namespace {namespace}"
+                + (f" (it has class {gw.spec.gateway_class_name})" if gw is not None else ""))
+    return None
+
+
+def waypoint_watch_refusal(resources: Mapping[tuple, Resource], caller: str, namespace: str | None,
+                           gateway: str | None) -> str | None:
+    """Why `caller` (already checked by subscriber_view: a workload identity of the
+    Gateway's namespace) may not watch waypoint `gateway`, or None: the Gateway must exist
+    with class trellis-waypoint and the caller be one of its ServiceAccounts."""
+    who = SpiffeId.parse(caller)
+    ns = namespace or who.namespace
+    missing = _waypoint_gateway_missing(resources, ns, gateway or "")
+    if missing:
+        return f"{caller} may not watch waypoint {ns}/{gateway}: {missing}"
+    accounts = waypoint_service_accounts(resources, ns, gateway or "")
+    if who.service_account not in accounts:
+        return (f"{caller} may not watch waypoint {ns}/{gateway}: ServiceAccount {who.service_account} is not "
+                f"the waypoint's (expected {', '.join(sorted(accounts))})")
+    return None
+
+
+def waypoint_sign_refusal(resources: Mapping[tuple, Resource], caller: str, trust_domain: str) -> str | None:
+    """Why a workload caller (not a node) may not have a certificate signed, or None. A
+    waypoint renews its own certificate: the CSR's only URI SAN is the caller itself,
+    and only while the caller is the ServiceAccount of a trellis-waypoint Gateway of its
+    namespace. Any other workload gets its certificate through its node."""
+    try:
+        who = SpiffeId.parse(caller)
+    except ValueError:
+        return f"{caller} is neither a node credential nor a workload identity of trust domain {trust_domain}"
+    if who.trust_domain != trust_domain:
+        return f"{caller} is not of trust domain {trust_domain}"
+    for r in resources.values():
+        if r.kind == "Gateway" and r.namespace == who.namespace and getattr(r.spec, "is_waypoint", False) \
+                and who.service_account in waypoint_service_accounts(resources, r.namespace, r.name):
+            return None
+    return (f"{caller} is not a node credential, nor the ServiceAccount of any waypoint (Gateway of class "
+            f"trellis-waypoint) in namespace {who.namespace}: workloads get certificates through their node's ztunnel")
 
 
 def delta(old: Mapping[tuple, dict], new: Mapping[tuple, dict]) -> tuple[list[dict], list[list[str]]]:

@@ -11,7 +11,8 @@ disagree. Each rule follows Istio ambient, with `trellis.dev/` labels:
 - PeerAuthentication: workload selector > namespace-wide > root namespace > PERMISSIVE,
   UNSET inheriting from the next level;
 - waypoint use: `trellis.dev/use-waypoint: <name>` on a Service (or workload) overrides its
-  namespace's; the value `none` opts out.
+  namespace's; the value `none` opts out. A waypoint's own pods (labelled
+  `gateway.networking.k8s.io/gateway-name: <gateway>`, as Istio's) never use a waypoint.
 """
 from __future__ import annotations
 
@@ -91,6 +92,20 @@ def peer_auth_mode(policies: Iterable[Any], namespace: str, labels: Labels) -> s
 
 
 # ---- waypoints ---------------------------------------------------------------------------
+# The label a waypoint's pods carry (Istio's, from the Gateway API's GEP-1762 conventions).
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
+def serves_waypoint(*label_sets: Labels | None) -> str | None:
+    """The Gateway a pod runs as a replica of (its gateway-name label, in any of its label
+    sets), or None for an ordinary workload."""
+    for labels in label_sets:
+        name = (labels or {}).get(GATEWAY_NAME_LABEL)
+        if name:
+            return name
+    return None
+
+
 def waypoint_for(namespace_labels: Labels | None, own_labels: Labels | None) -> str | None:
     """Name of the waypoint (in the same namespace) a Service or workload uses, or None.
     Its own label overrides its namespace's; `none` opts out even when the namespace has one."""

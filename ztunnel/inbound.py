@@ -11,7 +11,8 @@ import time
 
 from meshcore import authz, sockio
 from meshcore.hbone.server import InboundTunnel
-from meshcore.state import Workload
+from meshcore.state import State, Workload
+from meshcore.state import waypoints
 from meshcore.telemetry import ConnLabels, log_connection
 from meshcore.telemetry import source_labels as _source_labels
 
@@ -37,11 +38,33 @@ class Inbound:
                              service_account=self.pod.service_account, in_mesh=True,
                              trust_domain=self.pod.trust_domain)
 
-    def _refusal(self, tunnel: InboundTunnel, policies, ip: str, port: int, dst: str) -> tuple[int, str, str] | None:
+    def _bypass(self, state: State, workload: Workload, peer: str | None) -> str | None:
+        """Why a tunnel must be refused for skipping this pod's waypoint, or None. A pod
+        behind a waypoint (its own, or a waypoint-fronted Service's) only takes tunnels
+        from that waypoint's replicas, so a stale or hostile client cannot skip its L7
+        policy by dialling the pod IP; a waypoint that does not exist admits no one."""
+        fronts = waypoints.accepted_sources(state, workload)
+        if not fronts or any(isinstance(w, waypoints.Waypoint) and peer in w.identities for w in fronts):
+            return None
+        missing = [w.reason for w in fronts if isinstance(w, waypoints.WaypointMissing)]
+        names = ", ".join(w.uid if isinstance(w, waypoints.Waypoint) else f"{w.namespace}/{w.name}" for w in fronts)
+        self.inputs.metrics.waypoint_bypass.labels(self.pod.name, self.pod.namespace, str(peer)).inc()
+        why = (f"{self.pod.uid} is behind waypoint {names}: only its replicas may connect, not {peer}; "
+               f"clients must reach it through the waypoint (is the client's ztunnel up to date?)")
+        return f"{why}; {'; '.join(missing)}" if missing else why
+
+    def _refusal(self, tunnel: InboundTunnel, state: State, workload: Workload, ip: str, port: int,
+                 dst: str) -> tuple[int, str, str] | None:
         """(HTTP status, reason, outcome) when this tunnel must be refused before the app is dialled."""
         if ip != self.pod.address:
             return (400, f"tunnel authority {dst} is not this pod's address {self.pod.address} "
                          f"({self.pod.uid}); the client's endpoint data is stale", "bad_authority")
+        bypass = self._bypass(state, workload, tunnel.peer_identity)
+        if bypass is not None:
+            log.warning("inbound to %s port %d: waypoint bypass refused: %s", self.pod.uid, port, bypass)
+            return 403, bypass, "waypoint_bypass"
+        # What a waypoint enforces (policies on its Services) is not enforced again here.
+        policies = state.policies_for(workload, at_ztunnel=True)
         decision = authz.evaluate(policies, tunnel.peer_identity, port)
         if isinstance(decision, authz.Deny):
             log.warning("inbound to %s port %d: RBAC denied %s: %s", self.pod.uid, port,
@@ -67,7 +90,7 @@ class Inbound:
         transfer, outcome, app, app_src = Transfer(), "ok", None, None
         self.active += 1
         try:
-            refusal = self._refusal(tunnel, state.policies_for(workload), ip, port, dst)
+            refusal = self._refusal(tunnel, state, workload, ip, port, dst)
             if refusal is None:
                 sock, app_src = self.delivery.socket_for(self.pod.netns_fd, state, tunnel.peer_identity,
                                                          str(tunnel.peer_address[0]), self.pod.address)

@@ -18,6 +18,11 @@ class Metrics:
         # sent = response bytes (server to client).
         self.sent = Counter("istio_tcp_sent_bytes", "Response bytes (server to client)", LABELS, registry=r)
         self.received = Counter("istio_tcp_received_bytes", "Request bytes (client to server)", LABELS, registry=r)
+        # Tunnels refused because they skipped the destination's waypoint (defense in depth).
+        self.waypoint_bypass = Counter("trellis_waypoint_bypass_refused",
+                                       "Inbound tunnels refused: not from the destination's waypoint",
+                                       ["destination_workload", "destination_workload_namespace", "source_principal"],
+                                       registry=r)
         self.cp_connected = Gauge("trellis_control_plane_connected", "1 when the control-plane watch is up", registry=r)
         self.config_version = Gauge("trellis_config_version", "Version of the applied snapshot", registry=r)
         self.cp_last_contact = Gauge("trellis_control_plane_last_contact_seconds",

@@ -125,6 +125,13 @@ class Outbound:
             sockio.close(sock)
             log_connection(direction="outbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,
-                           route=type(r).__name__, endpoint=getattr(r, "authority", None) or
-                           (f"{r.ip}:{r.port}" if isinstance(r, route.Plaintext) else None),
+                           route=type(r).__name__, endpoint=_endpoint(r), waypoint=getattr(r, "waypoint", None),
                            reason=getattr(r, "reason", None))
+
+
+def _endpoint(r: route.Route) -> str | None:
+    """Where the bytes went: the HBONE peer (a waypoint replica's or the pod's HBONE port
+    when it carries another authority) or the plaintext address."""
+    if isinstance(r, route.Hbone):
+        return f"{r.endpoint_ip}:{r.hbone_address[1]}" if r.waypoint else r.authority
+    return f"{r.ip}:{r.port}" if isinstance(r, route.Plaintext) else None

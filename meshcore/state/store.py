@@ -25,6 +25,8 @@ class State:
     services: list[Service] = field(default_factory=list)
     policies: list[AuthzPolicy] = field(default_factory=list)
     enrolled_namespaces: frozenset[str] = frozenset()
+    # (namespace, name) of every Gateway of class trellis-waypoint: the waypoints that exist.
+    gateways: frozenset[tuple[str, str]] = frozenset()
     # Problems met while indexing; reported in config_dump instead of crashing.
     warnings: list[str] = field(default_factory=list)
 
@@ -76,9 +78,11 @@ class State:
     def identity_of(self, workload: Workload) -> str:
         return workload.identity
 
-    def policies_for(self, workload: Workload) -> list[AuthzPolicy]:
-        """AuthorizationPolicies that apply to `workload` (Istio's attachment rules)."""
-        svc_names = {s.name for s in self.services_of(workload)}
+    def policies_for(self, workload: Workload, *, at_ztunnel: bool = False) -> list[AuthzPolicy]:
+        """AuthorizationPolicies that apply to `workload` (Istio's attachment rules).
+        `at_ztunnel`: leave out what a waypoint enforces instead, a targetRef to a Service
+        that has a waypoint (its L7 rules are evaluated there, on each request)."""
+        svc_names = {s.name for s in self.services_of(workload) if not (at_ztunnel and s.waypoint)}
         out = []
         for p in self.policies:
             if p.namespace == policies.ROOT_NAMESPACE and p.selector is None and not p.target_refs:
@@ -103,6 +107,7 @@ class State:
             "version": self.version,
             "trustDomain": self.trust_domain,
             "enrolledNamespaces": sorted(self.enrolled_namespaces),
+            "waypoints": [f"{ns}/{name}" for ns, name in sorted(self.gateways)],
             "workloads": [w.dump() for w in self.workloads],
             "services": [dict(s.dump(), endpoints=[w.uid for w in self.endpoints(s)]) for s in self.services],
             "policies": [p.dump() for p in self.policies],
@@ -140,4 +145,6 @@ class State:
                    services=build("Service", lambda r: services.from_resource(r, namespaces=namespaces)),
                    policies=build("AuthorizationPolicy", policies.from_resource),
                    enrolled_namespaces=frozenset(n for n, labels in namespaces.items() if namespace_in_mesh(labels)),
+                   gateways=frozenset((r.namespace, r.name) for r in by_kind.get("Gateway", [])
+                                      if getattr(r.spec, "is_waypoint", False)),
                    warnings=warnings)

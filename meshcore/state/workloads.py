@@ -7,7 +7,7 @@ from typing import Any
 from typing import Mapping
 
 from ..identity import workload_identity
-from ..mesh import Labels, waypoint_for, workload_enrollment
+from ..mesh import Labels, serves_waypoint, waypoint_for, workload_enrollment
 from ..resources import Resource
 
 
@@ -25,6 +25,7 @@ class Workload:
     in_mesh: bool = False
     mesh_reason: str = field(default="", compare=False)   # why in or out, for route explanations
     waypoint: str | None = None   # for traffic addressed to the workload itself (not via a Service)
+    waypoint_of: str | None = None   # the Gateway (same namespace) this pod is a replica of
     trust_domain: str = "cluster.local"
 
     @property
@@ -40,13 +41,14 @@ class Workload:
                 "identity": self.identity, "node": self.node, "networkNamespace": self.network_namespace,
                 "labels": dict(self.labels), "ports": dict(self.ports),
                 "protocol": "HBONE" if self.in_mesh else "TCP", "mesh": self.mesh_reason,
-                "waypoint": self.waypoint}
+                "waypoint": self.waypoint, "waypointOf": self.waypoint_of}
 
 
 def from_resource(res: Resource, *, trust_domain: str, namespaces: Mapping[str, Labels]) -> Workload:
     """`namespaces`: every Namespace's labels by name (enrollment depends on them)."""
     spec = res.spec
     mesh = workload_enrollment(res, namespaces)
+    serves = serves_waypoint(res.labels, spec.labels)
     return Workload(
         namespace=res.namespace, name=res.name,
         address=str(spec.address),
@@ -56,7 +58,9 @@ def from_resource(res: Resource, *, trust_domain: str, namespaces: Mapping[str, 
         labels=dict(spec.labels),
         ports=dict(spec.ports),
         in_mesh=mesh.in_mesh, mesh_reason=mesh.reason,
-        waypoint=waypoint_for(namespaces.get(res.namespace), res.labels),
+        # A waypoint's own pods are never sent through a waypoint (no loop).
+        waypoint=None if serves else waypoint_for(namespaces.get(res.namespace), res.labels),
+        waypoint_of=serves,
         trust_domain=trust_domain,
     )
 
