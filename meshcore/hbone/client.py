@@ -130,7 +130,7 @@ class HboneConnection:
                                                  f"(code {st.reset_code}); it may be overloaded", 0)
                     if mux.broken:
                         raise HboneConnectionLost(self._lost(authority))
-                    await st.recv_lot.park()
+                    await st.wait()
             if isinstance(st.response, c.TunnelRefused):
                 r = st.response
                 advice = STATUS_ADVICE.get(r.status, "the destination refused the tunnel")
