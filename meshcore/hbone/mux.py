@@ -26,6 +26,7 @@ from meshcore.tlssock import TlsSocket
 
 from . import codec as c
 from .errors import RemoteProtocolError, describe_tls_failure
+from .limits import LimitExceeded
 from .relay import Relays
 from .streamstate import StreamState
 
@@ -46,6 +47,7 @@ class Mux:
         self.peer = peer
         self.streams: dict[int, StreamState] = {}
         self.broken: str | None = None     # why the connection is unusable, once it is
+        self.limit_exceeded: str | None = None   # the `Limits` field the peer went over, if that ended it
         self.bytes_in = self.bytes_out = 0
         self._on_request = on_request
         self._out = bytearray()            # codec output not yet on the wire
@@ -90,23 +92,50 @@ class Mux:
                     if e.__cause__ is not None else f"connection to {self.peer} broke: {e or type(e).__name__}")
 
     async def _reader(self) -> None:
+        codec, block_deadline = self.codec, None
         while self.broken is None:
-            data = await self.transport.receive_some(READ_SIZE)
+            if block_deadline is None:
+                data = await self.transport.receive_some(READ_SIZE)
+            else:
+                # A header block is open: h2 holds its fragments until it ends, so it must end soon.
+                with trio.move_on_at(block_deadline):
+                    data = await self.transport.receive_some(READ_SIZE)
+                if trio.current_time() >= block_deadline and codec.header_block_open:
+                    exc = codec.guard.header_block_timed_out()
+                    codec.calm_down(exc)
+                    await self._refuse_peer(exc)
+                    return
             if not data:
                 self._break(f"{self.peer} closed the connection")
                 return
             self.bytes_in += len(data)
             try:
-                events = self.codec.receive_data(data)
+                events = codec.receive_data(data)
             except RemoteProtocolError as e:
-                self._break(f"protocol error from {self.peer}: {e}")
-                with trio.move_on_after(1) as scope:
-                    scope.shield = True
-                    await self.flush()   # best effort: tell the peer why (GOAWAY)
+                await self._refuse_peer(e)
                 return
             for ev in events:
                 self._dispatch(ev)
             self.push()
+            if not codec.header_block_open:
+                block_deadline = None
+            elif block_deadline is None:
+                block_deadline = trio.current_time() + codec.limits.header_block_timeout
+
+    async def _refuse_peer(self, e: RemoteProtocolError) -> None:
+        """The peer broke HTTP/2 or went over a limit: the codec queued GOAWAY; send it and end."""
+        if isinstance(e, LimitExceeded):
+            self.limit_exceeded = e.limit
+            why = f"HTTP/2 limit {e.limit} exceeded by {self.peer}: {e}"
+        else:
+            why = f"protocol error from {self.peer}: {e}"
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self.flush()   # best effort: tell the peer why (GOAWAY)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self._break(why)
 
     async def _writer(self) -> None:
         while True:
@@ -265,8 +294,11 @@ class Mux:
             if st.link is not None and not st.received and not st.link.backlog:
                 self.relays.finish_output(st)
         elif isinstance(ev, c.Reset):
+            # Nothing more arrives on a reset stream: out of the table (whoever holds it is woken).
+            del self.streams[ev.stream_id]
             st.mark_reset(ev.code)
             self._window_lot.unpark_all()
+            self._close_if_drained()
             return
         elif isinstance(ev, (c.TunnelOpened, c.TunnelRefused)):
             st.response = ev

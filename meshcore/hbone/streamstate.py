@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
 from trio.lowlevel import ParkingLot, notify_closing
 
 from . import codec as c
@@ -27,8 +28,11 @@ class StreamState:
     - `response`: the answer to our CONNECT (client side)
     - `taken` / `sent`: bytes handed to the application / framed into the tunnel
     - `link`: the relay's state while the tunnel is relayed to a socket
+    - `pending_scope`: the work to answer the tunnel (the server's handler, until it
+      answers); a reset cancels it, so a tunnel reset early never reaches the app
     """
-    __slots__ = ("received", "recv_ended", "send_ended", "reset_code", "response", "taken", "sent", "link", "_lot")
+    __slots__ = ("received", "recv_ended", "send_ended", "reset_code", "response", "taken", "sent", "link",
+                 "pending_scope", "_lot")
 
     def __init__(self) -> None:
         self.received: list[bytes] = []
@@ -39,6 +43,7 @@ class StreamState:
         self.taken = 0
         self.sent = 0
         self.link: RelayLink | None = None
+        self.pending_scope: trio.CancelScope | None = None
         self._lot = ParkingLot()
 
     async def wait(self) -> None:
@@ -58,6 +63,8 @@ class StreamState:
 
     def mark_reset(self, code: int) -> None:
         self.reset_code = code
+        if self.pending_scope is not None:
+            self.pending_scope.cancel()
         self.interrupt()
 
     def take_received(self, limit: int) -> bytes:
