@@ -18,6 +18,8 @@ from meshcore import sockio
 from .errors import LocalProtocolError
 from .mux import DEFAULT_RECEIVE, Mux
 
+CONNECT_ERROR = 0xA   # RFC 9113: "the connection established in response to a CONNECT request was reset"
+
 __all__ = ["HboneStream", "Mux"]
 
 
@@ -207,6 +209,11 @@ class HboneStream(trio.abc.HalfCloseableStream):
             while not link.out_done:
                 self._check_relay()
                 await st.wait()
+        except OSError:
+            # RFC 9113 section 8.5: the TCP side failed (the app's reset): RST_STREAM(CONNECT_ERROR),
+            # so the far side resets its TCP connection too instead of seeing a clean end.
+            self.reset(CONNECT_ERROR)
+            raise
         finally:
             relays.detach(st)   # the caller closes `sock` next
             self._receiving = False
@@ -232,6 +239,14 @@ class HboneStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError(why)
         if self._closed:
             raise trio.ClosedResourceError("HBONE stream was closed while relaying")
+
+    def reset(self, code: int = CONNECT_ERROR) -> None:
+        """Abort the tunnel now with RST_STREAM(`code`); what follows on it is refused."""
+        st = self._st
+        if st.reset_code is None and self._mux.broken is None:
+            st.send_ended = True
+            self._mux.codec.reset(self.stream_id, code)
+            self._mux.push()
 
     async def aclose(self) -> None:
         """Graceful when both directions ended; otherwise END_STREAM + RST_STREAM (abort)."""
