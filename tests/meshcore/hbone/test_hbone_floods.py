@@ -17,6 +17,7 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import trio
 
 from meshcore.hbone.client import HboneClientPool
@@ -129,8 +130,8 @@ async def attack(server: FloodServer, client_bundle, payload_chunks) -> int:
             try:
                 for chunk in payload_chunks(h):
                     await tls.send_all(chunk)
-            except trio.BrokenResourceError:
-                pass   # the server hung up on us: expected
+            except (trio.BrokenResourceError, h2.exceptions.ProtocolError):
+                pass   # the server sent GOAWAY and hung up on us: expected
     await trio.aclose_forcefully(tls)
     assert goaway, "the server never sent GOAWAY"
     return goaway[0]
