@@ -18,7 +18,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from . import fastdata
+from . import h2private
 from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import DEFAULT_LIMITS, ENHANCE_YOUR_CALM, FrameGuard, LimitExceeded, Limits
 # Re-exported: codec users see one namespace, as with h11.
@@ -65,10 +65,7 @@ class _Base:
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
         })
-        # h2 copies these from the settings only in __init__ or on a settings ACK, and our
-        # values are in force from the first byte (we never advertise anything smaller).
-        self._h2.max_inbound_frame_size = MAX_FRAME_SIZE
-        self._h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
+        h2private.set_inbound_limits(self._h2, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE)
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._preface_left = 0 if self.client_side else len(CLIENT_PREFACE)
@@ -81,11 +78,7 @@ class _Base:
         """What to send, handed over without a copy: h2's own output buffer (h2 starts a new
         one). A bulk tunnel's bytes are then copied once on their way to OpenSSL (into the
         frame), not three times."""
-        conn = self._h2
-        out = conn._data_to_send
-        if not out and not self._pending:
-            return out   # nothing (and no new buffer for h2)
-        conn._data_to_send = bytearray()
+        out = h2private.take_output(self._h2)
         if self._pending:
             self._pending += out
             out, self._pending = self._pending, bytearray()
@@ -97,18 +90,17 @@ class _Base:
         if self.closed:
             return []
         # h2 drops unsent output when a GOAWAY arrives; keep what tunnels already queued.
-        conn = self._h2
-        if conn._data_to_send:
+        queued = h2private.take_output(self._h2)
+        if queued:
             if self._pending:
-                self._pending += conn._data_to_send
-                conn._data_to_send = bytearray()
+                self._pending += queued
             else:
-                self._pending, conn._data_to_send = conn._data_to_send, bytearray()
+                self._pending = queued
         out: list[Event] = []
         try:
             for ev in self._receive(data):
                 if type(ev) is Data:
-                    out.append(ev)   # parsed by fastdata, already our event
+                    out.append(ev)   # parsed by h2private, already our event
                 else:
                     out.extend(self._translate(ev))
         except LimitExceeded as e:
@@ -126,7 +118,7 @@ class _Base:
 
     def _receive(self, data: bytes) -> list:
         """Split the input at frame boundaries: plain DATA on open streams is handled here
-        (`fastdata`), every other frame goes to h2 in order. Only a frame cut by the end of
+        (`h2private`), every other frame goes to h2 in order. Only a frame cut by the end of
         a read is buffered (`_inbuf`), completed from the next read with just the bytes it
         lacks; everything else is parsed in place, so each payload byte is copied once."""
         conn = self._h2
@@ -140,17 +132,17 @@ class _Base:
             events.extend(conn.receive_data(head))
         buf = self._inbuf
         if buf:
-            if len(buf) < fastdata.HEADER_LEN:
-                take = min(fastdata.HEADER_LEN - len(buf), len(data) - off)
+            if len(buf) < h2private.HEADER_LEN:
+                take = min(h2private.HEADER_LEN - len(buf), len(data) - off)
                 buf += memoryview(data)[off:off + take]
                 off += take
-                if len(buf) < fastdata.HEADER_LEN:
+                if len(buf) < h2private.HEADER_LEN:
                     return events
-            hi, lo, ftype = fastdata.HEADER.unpack_from(buf)[:3]
+            hi, lo, ftype = h2private.HEADER.unpack_from(buf)[:3]
             self._check_size(hi << 16 | lo, events, b"")
-            if ftype != fastdata.DATA:
+            if ftype != h2private.DATA:
                 self.guard.check_length(ftype, hi << 16 | lo)
-            whole = fastdata.HEADER_LEN + (hi << 16 | lo)
+            whole = h2private.HEADER_LEN + (hi << 16 | lo)
             take = min(whole - len(buf), len(data) - off)
             buf += memoryview(data)[off:off + take]
             off += take
@@ -176,8 +168,8 @@ class _Base:
         Fast-path DATA frames become `Data` events here; h2's events are translated later."""
         conn, guard = self._h2, self.guard
         size, slow_from = len(buf), -1
-        unpack, take, data_event = fastdata.HEADER.unpack_from, fastdata.take, Data.parsed
-        header_len, data_type = fastdata.HEADER_LEN, fastdata.DATA
+        unpack, take, data_event = h2private.HEADER.unpack_from, h2private.take, Data.parsed
+        header_len, data_type = h2private.HEADER_LEN, h2private.DATA
         while size - pos >= header_len:
             hi, lo, ftype, flags, sid = unpack(buf, pos)
             length = hi << 16 | lo
@@ -248,7 +240,7 @@ class _Base:
     def send(self, stream_id: int, data: bytes | memoryview) -> int:
         """Queue as much of `data` as flow control allows now; return how much."""
         view = memoryview(data)
-        fast = fastdata.send(self._h2, stream_id, view)
+        fast = h2private.send(self._h2, stream_id, view)
         if fast is not None:
             return fast
         try:
@@ -284,7 +276,7 @@ class _Base:
 
     def ack(self, stream_id: int, n: int) -> None:
         """The application consumed `n` flow-controlled bytes: let the peer send more."""
-        if n <= 0 or self.closed or fastdata.ack(self._h2, stream_id, n):
+        if n <= 0 or self.closed or h2private.ack(self._h2, stream_id, n):
             return
         try:
             self._h2.acknowledge_received_data(n, stream_id)
@@ -318,12 +310,8 @@ class _Base:
         self._reopen()
 
     def _reopen(self) -> None:
-        # h2 treats any GOAWAY, sent or received, as the end of the connection, but RFC 9113
-        # section 6.8 lets streams at or below last_stream_id finish, and Istio's ztunnel
-        # drains that way. Put h2's connection state back to OPEN; `going_away` keeps us
-        # from opening streams.
-        cs = h2.connection.ConnectionState
-        self._h2.state_machine.state = cs.CLIENT_OPEN if self.client_side else cs.SERVER_OPEN
+        # Streams up to last_stream_id finish after GOAWAY, as Istio's ztunnel drains.
+        h2private.reopen(self._h2, self.client_side)
 
     @property
     def peer_max_concurrent_streams(self) -> int:
