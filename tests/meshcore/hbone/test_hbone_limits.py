@@ -60,21 +60,19 @@ def test_answered_streams_reset_count_only_against_the_reset_budget():
     sv = c.ServerConnection(Limits(max_premature_resets=1, max_resets=3))
     h, out = attacker()
     sv.receive_data(out)
-    for _ in range(3):
+
+    def open_answer_reset() -> bytes:
         sid = h.get_next_available_stream_id()
         h.send_headers(sid, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
         sv.receive_data(h.data_to_send())
         sv.accept(sid)
         h.receive_data(sv.data_to_send())
         h.reset_stream(sid)
-        sv.receive_data(h.data_to_send())   # answered first: not premature
-    sid = h.get_next_available_stream_id()
-    h.send_headers(sid, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
-    sv.receive_data(h.data_to_send())
-    sv.accept(sid)
-    h.receive_data(sv.data_to_send())
-    h.reset_stream(sid)
-    refused(sv, h.data_to_send(), "resets")
+        return h.data_to_send()
+
+    for _ in range(3):
+        sv.receive_data(open_answer_reset())   # answered first: not premature
+    refused(sv, open_answer_reset(), "resets")
 
 
 @pytest.mark.parametrize("ftype", [0x4, 0x6])   # SETTINGS, PING
