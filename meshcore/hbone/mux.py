@@ -49,6 +49,7 @@ class Mux:
         self.broken: str | None = None     # why the connection is unusable, once it is
         self.limit_exceeded: str | None = None   # the `Limits` field the peer went over, if that ended it
         self.bytes_in = self.bytes_out = 0
+        self.bad_requests = 0   # streams the codec refused itself (not CONNECT, bad :authority)
         self._on_request = on_request
         self._out = bytearray()            # codec output not yet on the wire
         self._writing = False              # a task is between send_nowait and wait_writable
@@ -284,7 +285,11 @@ class Mux:
             self._window_lot.unpark_all()
             return
         if isinstance(ev, c.BadRequest):
-            log.info("hbone: refused stream %d from %s with %d: %s", ev.stream_id, self.peer, ev.status, ev.reason)
+            # Once per connection at info: a peer sending thousands must not flood the log.
+            self.bad_requests += 1
+            log.log(logging.INFO if self.bad_requests == 1 else logging.DEBUG,
+                    "hbone: refused stream %d from %s with %d: %s%s", ev.stream_id, self.peer, ev.status, ev.reason,
+                    " (further refusals on this connection are logged at debug level)" if self.bad_requests == 1 else "")
             return
         st = self.streams.get(ev.stream_id)
         if st is None:

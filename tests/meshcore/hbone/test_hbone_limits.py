@@ -139,3 +139,17 @@ def test_limits_are_validated_with_their_names():
         Limits(max_resets=0)
     with pytest.raises(ValueError, match="header_block_timeout"):
         Limits(header_block_timeout=0)
+
+
+def test_streams_beyond_the_concurrent_limit_end_the_connection_as_a_limit():
+    sv = c.ServerConnection(Limits(max_concurrent_streams=2))
+    h, out = attacker()
+    sv.receive_data(out)
+    h.receive_data(sv.data_to_send())   # our SETTINGS; h2 then keeps to them, so write the third by hand
+    for sid in (1, 3):
+        h.send_headers(sid, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    sv.receive_data(h.data_to_send())
+    block = h2.connection.H2Connection().encoder.encode([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    with pytest.raises(LimitExceeded) as e:
+        sv.receive_data(frame(0x1, 0x4, 5, block))
+    assert e.value.limit == "concurrent_streams" and sv.closed
