@@ -153,3 +153,13 @@ def test_streams_beyond_the_concurrent_limit_end_the_connection_as_a_limit():
     with pytest.raises(LimitExceeded) as e:
         sv.receive_data(frame(0x1, 0x4, 5, block))
     assert e.value.limit == "concurrent_streams" and sv.closed
+
+
+def test_the_client_side_has_the_same_limits():
+    cl = c.ClientConnection(Limits(max_control_frames=5))
+    sv = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    sv.initiate_connection()
+    cl.receive_data(sv.data_to_send())   # the server's SETTINGS
+    with pytest.raises(LimitExceeded) as e:
+        cl.receive_data(frame(0x6, 0, 0, b"12345678") * 10)
+    assert e.value.limit == "control_frames" and cl.closed
