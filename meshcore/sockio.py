@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
@@ -22,6 +23,7 @@ FAIR_ROUNDS = 16   # calls a task may make without waiting before it yields anyw
 # 29 us against 4.5 us for recv(64 KiB) (measured here). 64 KiB also covers a bulk
 # transfer's socket buffer drain in a handful of calls.
 READ_SIZE = 64 * 1024
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 def detach(stream: trio.SocketStream) -> socket.socket:
@@ -77,6 +79,17 @@ def close(sock: socket.socket | None) -> None:
     sock.close()
 
 
+def reset_on_close(sock: socket.socket | None) -> None:
+    """Make the next close() send an RST (SO_LINGER 0) instead of a FIN: how a proxy passes
+    on a reset. A socket already gone needs nothing."""
+    if sock is None or sock.fileno() < 0:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    except OSError:
+        pass
+
+
 def shutdown_write(sock: socket.socket) -> None:
     """Half-close (FIN); a peer that already reset the connection is not an error here."""
     try:
@@ -118,4 +131,5 @@ class Reader:
             return data
 
 
-__all__ = ["detach", "family_of", "connect", "send_all", "close", "shutdown_write", "Reader", "wait_readable", "wait_writable"]
+__all__ = ["detach", "family_of", "connect", "send_all", "close", "reset_on_close", "shutdown_write", "Reader",
+           "wait_readable", "wait_writable"]

@@ -92,7 +92,7 @@ class TlsSocket(trio.abc.Stream):
         done = self._write_output()
         while not done:
             await self.wait_writable()
-            done = self._drain()
+            done = self._write_pending()
 
     def selected_alpn_protocol(self) -> str | None:
         return self._tls.selected_alpn_protocol()
@@ -110,9 +110,9 @@ class TlsSocket(trio.abc.Stream):
         data = self._wbio.read()
         if data:
             self._pending = bytes(self._pending) + data if self._pending else data
-        return self._drain()
+        return self._write_pending()
 
-    def _drain(self) -> bool:
+    def _write_pending(self) -> bool:
         """Write pending ciphertext; True once none is left. OSError propagates."""
         view = self._pending
         while view:
@@ -136,7 +136,7 @@ class TlsSocket(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("TLS socket was closed")
         try:
-            if self._pending and not self._drain():
+            if self._pending and not self._write_pending():
                 return 0
             if not data:
                 return 0

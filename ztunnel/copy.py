@@ -7,7 +7,11 @@ Two shapes, both on non-blocking stdlib sockets (`meshcore.sockio`):
 
 Each direction ends on EOF by half-closing the other side (so request/response
 protocols that rely on shutdown(SHUT_WR) keep working through the tunnel); a broken side
-ends both directions. Byte counts survive cancellation for metrics and access logs.
+ends both directions, and a reset travels as a reset (RFC 9113 section 8.5, as Istio's
+ztunnel does): a socket's RST becomes RST_STREAM(CONNECT_ERROR) on the tunnel
+(`HboneStream.relay`) or an RST on the other socket, and a tunnel's RST_STREAM (or a
+lost HBONE connection) an RST on the socket, so the caller sees ECONNRESET, not EOF.
+Byte counts survive cancellation for metrics and access logs.
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ async def relay_tunnel(sock: socket.socket, tunnel: HboneStream, *, sock_role: s
     transfer = Transfer()
     try:
         await tunnel.relay(sock)
+    except trio.BrokenResourceError as exc:   # the tunnel was reset or its connection lost
+        sockio.reset_on_close(sock)
+        transfer.error = _why(exc, sock_role)
     except _BROKEN as exc:
         transfer.error = _why(exc, sock_role)
     finally:
@@ -58,6 +65,9 @@ async def _sock_to_sock(src: socket.socket, dst: socket.socket, transfer: Transf
             setattr(transfer, attr, getattr(transfer, attr) + len(data))
         sockio.shutdown_write(dst)
     except _BROKEN as exc:
+        if isinstance(exc, OSError):   # one side reset: reset both, not a clean close
+            sockio.reset_on_close(src)
+            sockio.reset_on_close(dst)
         transfer.error = transfer.error or _why(exc, role)
         cancel.cancel()
 

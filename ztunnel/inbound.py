@@ -117,6 +117,8 @@ class Inbound:
                 transfer.error, outcome = r.error, "reset"
         finally:
             self.active -= 1
+            if tunnel.reset_code is not None and outcome == "ok":   # the client reset it (maybe mid-dial)
+                outcome, transfer.error = "reset", transfer.error or f"client reset the tunnel (code {tunnel.reset_code})"
             sockio.close(app)
             log_connection(direction="inbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,

@@ -25,6 +25,12 @@ class Metrics:
                                        registry=r)
         self.cp_connected = Gauge("trellis_control_plane_connected", "1 when the control-plane watch is up", registry=r)
         self.config_version = Gauge("trellis_config_version", "Version of the applied snapshot", registry=r)
+        # HBONE server refusals (meshcore.hbone.limits): connections closed with
+        # GOAWAY(ENHANCE_YOUR_CALM) by limit, and tunnels the client reset before an answer.
+        self.hbone_limit_refusals = Counter("trellis_hbone_limit_refusals", "HBONE connections closed for "
+                                            "exceeding an HTTP/2 limit", ["limit"], registry=r)
+        self.hbone_early_resets = Counter("trellis_hbone_tunnels_reset_early", "HBONE tunnels the client "
+                                          "reset before they were answered (the app was not dialled)", registry=r)
         self.cp_last_contact = Gauge("trellis_control_plane_last_contact_seconds",
                                      "Unix time of the last message from the control plane", registry=r)
 
@@ -36,6 +42,13 @@ class Metrics:
         self.closed.labels(**values).inc()
         self.received.labels(**values).inc(request_bytes)
         self.sent.labels(**values).inc(response_bytes)
+
+    def hbone_event(self, name: str, _peer: str) -> None:
+        """`meshcore.hbone.ServerStats.on_event`: the refusals become metrics."""
+        if name.startswith("limit_exceeded:"):
+            self.hbone_limit_refusals.labels(limit=name.partition(":")[2]).inc()
+        elif name == "tunnels_reset_early":
+            self.hbone_early_resets.inc()
 
     def value(self, name: str, **labels: str) -> float:
         """Sum of a sample over series matching `labels` (for tests and the CLI)."""

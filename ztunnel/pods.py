@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from typing import Any
 
 import trio
 
 from meshcore import netns, podsockets
 from meshcore.hbone.client import HboneClientPool
-from meshcore.hbone.server import serve_hbone
+from meshcore.hbone.server import ServerStats, serve_hbone
 
 from .inbound import Inbound
 from .inputs import ProxyInputs
@@ -98,7 +99,8 @@ class Pod:
                     self.inbound = Inbound(self.info, self.inputs)
                     for listener in self.outbound_listeners:
                         nursery.start_soon(self._accept_loop, listener, outbound)
-                    await nursery.start(serve_hbone, self.inbound_listeners,
+                    await nursery.start(partial(serve_hbone, stats=ServerStats(on_event=self.inputs.metrics.hbone_event)),
+                                        self.inbound_listeners,
                                         lambda: self.inputs.certs.ssl_context_for(self.info.identity, server=True),
                                         self.inbound.handle)
                     self.state = "serving"

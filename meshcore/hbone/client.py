@@ -26,6 +26,7 @@ from . import codec as c
 from .errors import (STATUS_ADVICE, HboneConnectionLost, HboneConnectRefused, HboneConnectTimeout,
                      HboneError, HboneIdentityMismatch, HboneTlsError, HboneTunnelRefused,
                      LocalProtocolError, describe_tls_failure)
+from .limits import DEFAULT_LIMITS, Limits
 from .mux import REFUSED_STREAM, Mux
 from .stream import HboneStream
 
@@ -74,7 +75,7 @@ class HboneConnection:
     @classmethod
     async def establish(cls, address: tuple[str, int], ssl_context: ssl.SSLContext, key: PoolKey,
                         expected_identity: str | None, socket_factory: SocketFactory | None,
-                        timeout: float) -> "HboneConnection":
+                        timeout: float, limits: Limits = DEFAULT_LIMITS) -> "HboneConnection":
         peer = _peer(address)
         tls = TlsSocket(await _open_tcp(address, socket_factory, timeout), ssl_context, server_side=False)
         try:
@@ -98,7 +99,7 @@ class HboneConnection:
         except BaseException:
             await trio.aclose_forcefully(tls)
             raise
-        return cls(Mux(tls, c.ClientConnection(), peer), key)
+        return cls(Mux(tls, c.ClientConnection(limits), peer), key)
 
     @property
     def usable(self) -> bool:
@@ -130,7 +131,7 @@ class HboneConnection:
                                                  f"(code {st.reset_code}); it may be overloaded", 0)
                     if mux.broken:
                         raise HboneConnectionLost(self._lost(authority))
-                    await st.recv_lot.park()
+                    await st.wait()
             if isinstance(st.response, c.TunnelRefused):
                 r = st.response
                 advice = STATUS_ADVICE.get(r.status, "the destination refused the tunnel")
@@ -169,8 +170,9 @@ class HboneClientPool:
 
     def __init__(self, ssl_context_for: Callable[[str], ssl.SSLContext],
                  socket_factory: SocketFactory | None = None, *, idle_timeout: float = 60.0,
-                 connect_timeout: float = 10.0, open_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, open_timeout: float = 10.0, limits: Limits = DEFAULT_LIMITS) -> None:
         self._ssl_context_for = ssl_context_for
+        self.limits = limits   # what a server may make us do (`limits.Limits`), as on the server side
         self._socket_factory = socket_factory
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
@@ -228,7 +230,8 @@ class HboneClientPool:
         try:
             ctx = self._ssl_context_for(key[0])
             conn = await HboneConnection.establish(address, ctx, key, expected_identity,
-                                                   socket_factory or self._socket_factory, self.connect_timeout)
+                                                   socket_factory or self._socket_factory, self.connect_timeout,
+                                                   self.limits)
         except HboneError:
             self.connections_failed += 1
             raise

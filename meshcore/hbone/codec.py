@@ -18,8 +18,9 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from . import fastdata
+from . import h2private
 from .errors import LocalProtocolError, RemoteProtocolError
+from .limits import DEFAULT_LIMITS, ENHANCE_YOUR_CALM, FrameGuard, LimitExceeded, Limits
 # Re-exported: codec users see one namespace, as with h11.
 from .events import (REASON_HEADER, BadRequest, ConnectionClosed, Data, Event, GoingAway, HalfClosed,  # noqa: F401
                      Headers, Reset, TunnelOpened, TunnelRefused, TunnelRequested, WindowOpened, format_authority,
@@ -34,7 +35,7 @@ from .events import (REASON_HEADER, BadRequest, ConnectionClosed, Data, Event, G
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
-MAX_CONCURRENT_STREAMS = 100
+MAX_CONCURRENT_STREAMS = DEFAULT_LIMITS.max_concurrent_streams
 MAX_HEADER_LIST_SIZE = 16 * 1024   # CONNECT needs a few hundred bytes; refuse header bombs
 CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4; h2 checks it
 
@@ -43,27 +44,28 @@ CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4; h
 @dataclass
 class _Base:
     client_side: bool
+    limits: Limits = DEFAULT_LIMITS
     _h2: h2.connection.H2Connection = field(init=False)
     closed: bool = field(init=False, default=False)        # fatal: nothing more in or out
     going_away: bool = field(init=False, default=False)    # graceful GOAWAY either way: no new streams
     _pending: bytearray = field(init=False, default_factory=bytearray)
     _inbuf: bytearray = field(init=False, default_factory=bytearray)
     _preface_left: int = field(init=False, default=0)   # client preface bytes h2 has yet to see
+    guard: FrameGuard = field(init=False)
+    _unanswered: set[int] = field(init=False, default_factory=set)   # server: requests not yet answered
 
     def __post_init__(self) -> None:
+        self.guard = FrameGuard(self.limits)
         config = h2.config.H2Configuration(client_side=self.client_side, header_encoding="utf-8",
                                            validate_inbound_headers=True)
         self._h2 = h2.connection.H2Connection(config=config)
         self._h2.local_settings = h2.settings.Settings(client=self.client_side, initial_values={
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
         })
-        # h2 copies these from the settings only in __init__ or on a settings ACK, and our
-        # values are in force from the first byte (we never advertise anything smaller).
-        self._h2.max_inbound_frame_size = MAX_FRAME_SIZE
-        self._h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
+        h2private.set_inbound_limits(self._h2, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE)
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._preface_left = 0 if self.client_side else len(CLIENT_PREFACE)
@@ -76,11 +78,7 @@ class _Base:
         """What to send, handed over without a copy: h2's own output buffer (h2 starts a new
         one). A bulk tunnel's bytes are then copied once on their way to OpenSSL (into the
         frame), not three times."""
-        conn = self._h2
-        out = conn._data_to_send
-        if not out and not self._pending:
-            return out   # nothing (and no new buffer for h2)
-        conn._data_to_send = bytearray()
+        out = h2private.take_output(self._h2)
         if self._pending:
             self._pending += out
             out, self._pending = self._pending, bytearray()
@@ -92,20 +90,26 @@ class _Base:
         if self.closed:
             return []
         # h2 drops unsent output when a GOAWAY arrives; keep what tunnels already queued.
-        conn = self._h2
-        if conn._data_to_send:
+        queued = h2private.take_output(self._h2)
+        if queued:
             if self._pending:
-                self._pending += conn._data_to_send
-                conn._data_to_send = bytearray()
+                self._pending += queued
             else:
-                self._pending, conn._data_to_send = conn._data_to_send, bytearray()
+                self._pending = queued
         out: list[Event] = []
         try:
             for ev in self._receive(data):
                 if type(ev) is Data:
-                    out.append(ev)   # parsed by fastdata, already our event
+                    out.append(ev)   # parsed by h2private, already our event
                 else:
                     out.extend(self._translate(ev))
+        except LimitExceeded as e:
+            self._fail(str(e), ENHANCE_YOUR_CALM)
+            raise
+        except h2.exceptions.TooManyStreamsError as e:
+            self._fail(str(e))
+            raise LimitExceeded("concurrent_streams", f"peer opened more than {self.limits.max_concurrent_streams} "
+                                                      f"concurrent streams: {e}") from None
         except h2.exceptions.ProtocolError as e:
             raise self._fail(f"malformed HTTP/2 from peer: {e}") from None
         except Exception as e:   # hpack/hyperframe corner cases, a non-numeric :status, ...
@@ -114,7 +118,7 @@ class _Base:
 
     def _receive(self, data: bytes) -> list:
         """Split the input at frame boundaries: plain DATA on open streams is handled here
-        (`fastdata`), every other frame goes to h2 in order. Only a frame cut by the end of
+        (`h2private`), every other frame goes to h2 in order. Only a frame cut by the end of
         a read is buffered (`_inbuf`), completed from the next read with just the bytes it
         lacks; everything else is parsed in place, so each payload byte is copied once."""
         conn = self._h2
@@ -128,15 +132,17 @@ class _Base:
             events.extend(conn.receive_data(head))
         buf = self._inbuf
         if buf:
-            if len(buf) < fastdata.HEADER_LEN:
-                take = min(fastdata.HEADER_LEN - len(buf), len(data) - off)
+            if len(buf) < h2private.HEADER_LEN:
+                take = min(h2private.HEADER_LEN - len(buf), len(data) - off)
                 buf += memoryview(data)[off:off + take]
                 off += take
-                if len(buf) < fastdata.HEADER_LEN:
+                if len(buf) < h2private.HEADER_LEN:
                     return events
-            hi, lo = fastdata.HEADER.unpack_from(buf)[:2]
+            hi, lo, ftype = h2private.HEADER.unpack_from(buf)[:3]
             self._check_size(hi << 16 | lo, events, b"")
-            whole = fastdata.HEADER_LEN + (hi << 16 | lo)
+            if ftype != h2private.DATA:
+                self.guard.check_length(ftype, hi << 16 | lo)
+            whole = h2private.HEADER_LEN + (hi << 16 | lo)
             take = min(whole - len(buf), len(data) - off)
             buf += memoryview(data)[off:off + take]
             off += take
@@ -160,16 +166,21 @@ class _Base:
     def _frames(self, buf: bytes, pos: int, events: list) -> int:
         """Handle every whole frame in buf[pos:]; return where the first partial one starts.
         Fast-path DATA frames become `Data` events here; h2's events are translated later."""
-        conn = self._h2
+        conn, guard = self._h2, self.guard
         size, slow_from = len(buf), -1
-        unpack, take, data_event = fastdata.HEADER.unpack_from, fastdata.take, Data.parsed
-        header_len, data_type = fastdata.HEADER_LEN, fastdata.DATA
+        unpack, take, data_event = h2private.HEADER.unpack_from, h2private.take, Data.parsed
+        header_len, data_type = h2private.HEADER_LEN, h2private.DATA
         while size - pos >= header_len:
             hi, lo, ftype, flags, sid = unpack(buf, pos)
             length = hi << 16 | lo
             if length > MAX_FRAME_SIZE:
                 self._check_size(length, events, buf[slow_from:pos] if slow_from >= 0 else b"")
             end = pos + header_len + length
+            if ftype != data_type:
+                # Checked on the header, before a fragment is buffered; counted once whole.
+                guard.check_length(ftype, length)
+                if end <= size:
+                    guard.frame(ftype, flags, length)
             if end > size:
                 break
             if ftype == data_type and flags == 0 and length:
@@ -188,10 +199,10 @@ class _Base:
             events.extend(conn.receive_data(buf[slow_from:pos]))
         return pos
 
-    def _fail(self, message: str) -> RemoteProtocolError:
+    def _fail(self, message: str, code: int = h2.errors.ErrorCodes.PROTOCOL_ERROR) -> RemoteProtocolError:
         self.closed = True
         try:
-            self._h2.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self._h2.close_connection(error_code=code, additional_data=message.encode()[:200] if code == ENHANCE_YOUR_CALM else None)
         except h2.exceptions.ProtocolError:
             pass   # already closed by h2 itself; its GOAWAY is queued
         return RemoteProtocolError(message)
@@ -204,6 +215,9 @@ class _Base:
         if isinstance(ev, h2.events.StreamEnded):
             return [HalfClosed(ev.stream_id)]
         if isinstance(ev, h2.events.StreamReset):
+            if ev.remote_reset and ev.stream_id in self._unanswered:
+                self._unanswered.discard(ev.stream_id)
+                self.guard.premature_reset()
             return [Reset(ev.stream_id, int(ev.error_code or 0))]
         if isinstance(ev, h2.events.WindowUpdated):
             return [WindowOpened(ev.stream_id)]
@@ -226,7 +240,7 @@ class _Base:
     def send(self, stream_id: int, data: bytes | memoryview) -> int:
         """Queue as much of `data` as flow control allows now; return how much."""
         view = memoryview(data)
-        fast = fastdata.send(self._h2, stream_id, view)
+        fast = h2private.send(self._h2, stream_id, view)
         if fast is not None:
             return fast
         try:
@@ -254,6 +268,7 @@ class _Base:
 
     def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         """Abort a stream; a stream that is already gone needs nothing."""
+        self._unanswered.discard(stream_id)
         try:
             self._h2.reset_stream(stream_id, code)
         except h2.exceptions.ProtocolError:
@@ -261,12 +276,21 @@ class _Base:
 
     def ack(self, stream_id: int, n: int) -> None:
         """The application consumed `n` flow-controlled bytes: let the peer send more."""
-        if n <= 0 or self.closed or fastdata.ack(self._h2, stream_id, n):
+        if n <= 0 or self.closed or h2private.ack(self._h2, stream_id, n):
             return
         try:
             self._h2.acknowledge_received_data(n, stream_id)
         except h2.exceptions.ProtocolError:
             pass   # the connection is going down; nothing to open
+
+    @property
+    def header_block_open(self) -> bool:
+        """The peer started a header block and has not ended it: its deadline runs."""
+        return self.guard.header_block_open
+
+    def calm_down(self, exc: LimitExceeded) -> None:
+        """The peer went over a limit the codec cannot see (a deadline): GOAWAY(ENHANCE_YOUR_CALM)."""
+        self._fail(str(exc), ENHANCE_YOUR_CALM)
 
     def close(self, code: int = 0, reason: str = "") -> None:
         """Send GOAWAY: no new streams; existing ones may finish."""
@@ -286,12 +310,8 @@ class _Base:
         self._reopen()
 
     def _reopen(self) -> None:
-        # h2 treats any GOAWAY, sent or received, as the end of the connection, but RFC 9113
-        # section 6.8 lets streams at or below last_stream_id finish, and Istio's ztunnel
-        # drains that way. Put h2's connection state back to OPEN; `going_away` keeps us
-        # from opening streams.
-        cs = h2.connection.ConnectionState
-        self._h2.state_machine.state = cs.CLIENT_OPEN if self.client_side else cs.SERVER_OPEN
+        # Streams up to last_stream_id finish after GOAWAY, as Istio's ztunnel drains.
+        h2private.reopen(self._h2, self.client_side)
 
     @property
     def peer_max_concurrent_streams(self) -> int:
@@ -303,8 +323,8 @@ class _Base:
 
 
 class ClientConnection(_Base):
-    def __init__(self) -> None:
-        super().__init__(client_side=True)
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__(client_side=True, limits=limits)
 
     def open_tunnel(self, authority: str, headers: Headers | list[tuple[str, str]] = ()) -> int:
         try:
@@ -332,8 +352,8 @@ class ClientConnection(_Base):
 
 
 class ServerConnection(_Base):
-    def __init__(self) -> None:
-        super().__init__(client_side=False)
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__(client_side=False, limits=limits)
 
     def _translate_role(self, ev: h2.events.Event) -> list[Event]:
         if not isinstance(ev, h2.events.RequestReceived):
@@ -347,6 +367,7 @@ class ServerConnection(_Base):
             authority = parse_authority(pseudo.get(":authority", ""))
         except ValueError as e:
             return [self._bad(ev.stream_id, 400, str(e))]
+        self._unanswered.add(ev.stream_id)
         return [TunnelRequested(ev.stream_id, authority, regular)]
 
     def _bad(self, stream_id: int, status: int, reason: str) -> BadRequest:
@@ -358,6 +379,7 @@ class ServerConnection(_Base):
         return BadRequest(stream_id, status, reason)
 
     def accept(self, stream_id: int) -> None:
+        self._unanswered.discard(stream_id)
         try:
             self._h2.send_headers(stream_id, [(":status", "200")])
         except h2.exceptions.ProtocolError as e:
@@ -366,6 +388,7 @@ class ServerConnection(_Base):
     def refuse(self, stream_id: int, status: int, reason: str = "") -> None:
         if not 200 < status < 600:
             raise LocalProtocolError(f"refuse needs a non-200 HTTP status, got {status}")
+        self._unanswered.discard(stream_id)
         hdrs = [(":status", str(status))]
         if reason:
             # Header values must not carry CR/LF; keep the reason readable but safe.

@@ -1,16 +1,10 @@
 """One multiplexed HBONE connection (`Mux`): the codec, the TLS socket, and the tasks that drive them.
 
-A reader task feeds the sans-IO codec and routes events to per-stream state. A tunnel
-relayed to a plain socket (`HboneStream.relay`) registers that socket, and the reader
-writes DATA straight into it when the socket takes it (no task switch, the common case)
-and half-closes it on END_STREAM. Only when the socket is full does a short-lived drain
-task start (in the connection's nursery) to wait for it and finish the buffer; so an
-idle relayed tunnel costs one task, the relay's own, parked.
-
-The other direction, socket to tunnel: a poller task reads every idle relay's socket
-from one edge-triggered epoll set per connection (`_poller`), frames what arrived and
-writes the batch, so a request costs no wakeup of its relay's task; the relay task reads
-only what needs waiting for (EOF, full windows, bulk transfers).
+A reader task feeds the sans-IO codec and routes events to per-stream state
+(`streamstate.StreamState`). Tunnels relayed to plain sockets are served by the
+connection's relay machinery (`relay.Relays`: the socket sink the reader writes DATA
+into, the backlog tasks for full sockets, and the poller task that reads idle relays'
+sockets).
 
 Output is one queue (`_out`) owned by the connection. Tunnel DATA is queued (`defer`)
 and written by the writer task once per scheduler round, so the tunnels that had data
@@ -23,49 +17,24 @@ so a task cancelled mid-write never tears a TLS record.
 from __future__ import annotations
 
 import logging
-import select
-import socket
 from typing import Awaitable, Callable
 
 import trio
-from trio.lowlevel import ParkingLot, notify_closing, wait_readable
+from trio.lowlevel import ParkingLot
 
-from meshcore import sockio
 from meshcore.tlssock import TlsSocket
 
 from . import codec as c
-from .errors import LocalProtocolError, RemoteProtocolError, describe_tls_failure
+from .errors import RemoteProtocolError, describe_tls_failure
+from .limits import LimitExceeded
+from .relay import Relays
+from .streamstate import StreamState
 
 log = logging.getLogger("meshcore.hbone")
 READ_SIZE = 256 * 1024
 REFUSED_STREAM = 7   # RFC 9113 error code: the peer did not process the stream
 DEFAULT_RECEIVE = 64 * 1024
 HIGH_WATER = 256 * 1024   # queued output above which a sender waits for the socket
-# A FIN or an error raises one edge, which a read of the bytes before it consumes.
-_HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
-
-
-class _StreamState:
-    __slots__ = ("buf", "recv_ended", "send_ended", "reset_code", "response", "recv_lot", "sock", "sink_error",
-                 "draining", "out_done", "taken", "sent", "polled", "edge", "hup", "handoff")
-
-    def __init__(self) -> None:
-        self.buf: list[bytes] = []   # received, not yet taken (a list: an idle deque costs 600 B)
-        self.sock: socket.socket | None = None   # the relay's socket: DATA is written into it
-        self.sink_error: OSError | None = None   # writing into `sock` failed (the app reset)
-        self.draining = False    # a drain task is finishing `buf` into `sock`
-        self.out_done = False    # END_STREAM reached `sock` as a half-close
-        self.taken = 0          # bytes handed to the application (read or sunk)
-        self.sent = 0           # bytes framed into the tunnel
-        self.polled = False     # the relay is idle: the connection's poller reads `sock` for it
-        self.edge = False       # `sock` became readable while the relay task was reading it
-        self.hup = False        # the app's FIN (or an error) is queued behind the data: no more edges
-        self.handoff: bytes | OSError | None = None   # what the poller read but could not send
-        self.recv_ended = False
-        self.send_ended = False
-        self.reset_code: int | None = None
-        self.response: c.TunnelOpened | c.TunnelRefused | None = None
-        self.recv_lot = ParkingLot()
 
 
 class Mux:
@@ -76,9 +45,11 @@ class Mux:
         self.transport = transport
         self.codec = codec
         self.peer = peer
-        self.streams: dict[int, _StreamState] = {}
+        self.streams: dict[int, StreamState] = {}
         self.broken: str | None = None     # why the connection is unusable, once it is
+        self.limit_exceeded: str | None = None   # the `Limits` field the peer went over, if that ended it
         self.bytes_in = self.bytes_out = 0
+        self.bad_requests = 0   # streams the codec refused itself (not CONNECT, bad :authority)
         self._on_request = on_request
         self._out = bytearray()            # codec output not yet on the wire
         self._writing = False              # a task is between send_nowait and wait_writable
@@ -88,13 +59,8 @@ class Mux:
         self._window_lot = ParkingLot()
         self._cancel = trio.CancelScope()
         self._server_side = isinstance(codec, c.ServerConnection)
-        self._drained = False
-        self._nursery: trio.Nursery | None = None   # the writer and the drain tasks
-        self.drains_started = 0   # relayed streams whose socket filled up (a drain task ran)
-        self.polled_reads = 0     # reads the poller framed itself, without the relay's task
-        # Idle relays' sockets, edge-triggered: the poller reads them (see `watch`).
-        self._ep = select.epoll()
-        self._watched: dict[int, tuple[int, _StreamState]] = {}
+        self._drained = False   # going away and no tunnel left: the writer closes the connection
+        self.relays = Relays(self)
 
     # ---- driving -----------------------------------------------------------------
     async def run(self) -> None:
@@ -103,17 +69,15 @@ class Mux:
             try:
                 await self.flush()   # our preface and settings
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
+                    self.relays.nursery = nursery
                     nursery.start_soon(self._guard, self._writer)
-                    nursery.start_soon(self._guard, self._poller)
+                    nursery.start_soon(self._guard, self.relays.poll)
                     await self._guard(self._reader)
                     nursery.cancel_scope.cancel()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 self._transport_failed(e)
         self._break(self.broken or f"connection to {self.peer} closed")
-        self._watched.clear()
-        notify_closing(self._ep)
-        self._ep.close()
+        self.relays.close()
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self.transport)
 
@@ -129,23 +93,50 @@ class Mux:
                     if e.__cause__ is not None else f"connection to {self.peer} broke: {e or type(e).__name__}")
 
     async def _reader(self) -> None:
+        codec, block_deadline = self.codec, None
         while self.broken is None:
-            data = await self.transport.receive_some(READ_SIZE)
+            if block_deadline is None:
+                data = await self.transport.receive_some(READ_SIZE)
+            else:
+                # A header block is open: h2 holds its fragments until it ends, so it must end soon.
+                with trio.move_on_at(block_deadline):
+                    data = await self.transport.receive_some(READ_SIZE)
+                if trio.current_time() >= block_deadline and codec.header_block_open:
+                    exc = codec.guard.header_block_timed_out()
+                    codec.calm_down(exc)
+                    await self._refuse_peer(exc)
+                    return
             if not data:
                 self._break(f"{self.peer} closed the connection")
                 return
             self.bytes_in += len(data)
             try:
-                events = self.codec.receive_data(data)
+                events = codec.receive_data(data)
             except RemoteProtocolError as e:
-                self._break(f"protocol error from {self.peer}: {e}")
-                with trio.move_on_after(1) as scope:
-                    scope.shield = True
-                    await self.flush()   # best effort: tell the peer why (GOAWAY)
+                await self._refuse_peer(e)
                 return
             for ev in events:
                 self._dispatch(ev)
             self.push()
+            if not codec.header_block_open:
+                block_deadline = None
+            elif block_deadline is None:
+                block_deadline = trio.current_time() + codec.limits.header_block_timeout
+
+    async def _refuse_peer(self, e: RemoteProtocolError) -> None:
+        """The peer broke HTTP/2 or went over a limit: the codec queued GOAWAY; send it and end."""
+        if isinstance(e, LimitExceeded):
+            self.limit_exceeded = e.limit
+            why = f"HTTP/2 limit {e.limit} exceeded by {self.peer}: {e}"
+        else:
+            why = f"protocol error from {self.peer}: {e}"
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self.flush()   # best effort: tell the peer why (GOAWAY)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self._break(why)
 
     async def _writer(self) -> None:
         while True:
@@ -154,75 +145,6 @@ class Mux:
             await self.flush()
             if self._drained:
                 self._break(f"connection to {self.peer} drained (GOAWAY) with no tunnels left")
-
-    async def _poller(self) -> None:
-        """Read idle relays' sockets as they become readable, in this one task.
-
-        Each relayed socket is in one edge-triggered epoll set per connection, registered
-        once. A request arriving on an idle relay is read, framed and written from here,
-        with every other socket that became ready in the same poll: one wakeup, one TLS
-        record and one write() for the batch, and no task switch, epoll_ctl() or
-        rescheduling per request. Anything but a short read that fits the windows (EOF, an
-        error, a full read, a tunnel out of window, a congested connection) is handed back
-        to the relay's own task (`_hand_off`), which waits as a sender must."""
-        ep, watched = self._ep, self._watched
-        while True:
-            await wait_readable(ep)
-            for fd, events in ep.poll(0):
-                entry = watched.get(fd)
-                if entry is not None:
-                    if events & _HANGUP:
-                        entry[1].hup = True
-                    self._readable(*entry)
-            self.push()
-
-    def _readable(self, stream_id: int, st: _StreamState) -> None:
-        if not st.polled:
-            st.edge = True   # the relay task is reading: it reads again before it idles
-            return
-        if self.congested or st.reset_code is not None or self.broken is not None:
-            self._hand_off(st, None)
-            return
-        try:
-            data = st.sock.recv(sockio.READ_SIZE)
-        except BlockingIOError:
-            return   # an edge for bytes the relay task already read
-        except OSError as e:
-            self._hand_off(st, e)
-            return
-        if data:
-            try:
-                n = self.codec.send(stream_id, data)
-            except LocalProtocolError:
-                n = 0   # the relay's own send reports it
-            st.sent += n
-            more = len(data) == sockio.READ_SIZE or st.hup
-            if n == len(data) and not more:
-                self.polled_reads += 1
-                return   # the common case: a request, framed
-            st.edge = more   # a full read may have left more, or EOF is queued: the relay reads on
-            data = data[n:] or None
-        self._hand_off(st, data)
-
-    @staticmethod
-    def _hand_off(st: _StreamState, what: bytes | OSError | None) -> None:
-        st.polled = False
-        st.handoff = what
-        st.recv_lot.unpark_all()
-
-    def watch(self, stream_id: int, st: _StreamState, sock: socket.socket) -> None:
-        """Add a relayed socket to the poller's set (for as long as the relay runs)."""
-        fd = sock.fileno()
-        self._ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
-        self._watched[fd] = (stream_id, st)
-
-    def unwatch(self, sock: socket.socket) -> None:
-        fd = sock.fileno()
-        if self._watched.pop(fd, None) is not None:
-            try:
-                self._ep.unregister(fd)
-            except (OSError, ValueError):
-                pass   # the connection ended and closed the set
 
     def kick(self) -> None:
         self._kick.set()
@@ -319,18 +241,10 @@ class Mux:
             self.broken = why
             log.debug("hbone: %s", why)
         for st in self.streams.values():
-            self._wake(st)
+            st.interrupt()
         self._window_lot.unpark_all()
         self._flushed_lot.unpark_all()
         self._cancel.cancel()
-
-    @staticmethod
-    def _wake(st: _StreamState) -> None:
-        """Wake whoever waits on this stream, a relay waiting for its socket included
-        (notify_closing ends that wait; the relay then finds why and stops)."""
-        st.recv_lot.unpark_all()
-        if st.sock is not None:
-            notify_closing(st.sock)
 
     # ---- events ------------------------------------------------------------------
     def _dispatch(self, ev: c.Event) -> None:
@@ -341,12 +255,15 @@ class Mux:
                 return
             if ev.flow_length > len(ev.data):
                 self.codec.ack(ev.stream_id, ev.flow_length - len(ev.data))   # padding
-            if ev.data and self._deliver(ev.stream_id, st, ev.data):
-                return   # written into the relay's socket: nobody waits for it
-            st.recv_lot.unpark_all()
+            if ev.data:
+                if st.link is None:
+                    st.received.append(ev.data)
+                elif self.relays.deliver(ev.stream_id, st, ev.data):
+                    return   # written into the relay's socket: nobody waits for it
+            st.notify()
             return
         if isinstance(ev, c.TunnelRequested):
-            self.streams[ev.stream_id] = _StreamState()
+            self.streams[ev.stream_id] = StreamState()
             if self._on_request is not None:
                 self._on_request(ev)
             return
@@ -360,8 +277,7 @@ class Mux:
                       f": {ev.reason}" if ev.reason else "")
             for sid, st in self.streams.items():
                 if sid > ev.last_stream_id and sid % 2 == int(not self._server_side):
-                    st.reset_code = REFUSED_STREAM   # never processed: safe to retry elsewhere
-                    self._wake(st)
+                    st.mark_reset(REFUSED_STREAM)   # never processed: safe to retry elsewhere
             self._window_lot.unpark_all()
             self._close_if_drained()
             return
@@ -369,107 +285,33 @@ class Mux:
             self._window_lot.unpark_all()
             return
         if isinstance(ev, c.BadRequest):
-            log.info("hbone: refused stream %d from %s with %d: %s", ev.stream_id, self.peer, ev.status, ev.reason)
+            # Once per connection at info: a peer sending thousands must not flood the log.
+            self.bad_requests += 1
+            log.log(logging.INFO if self.bad_requests == 1 else logging.DEBUG,
+                    "hbone: refused stream %d from %s with %d: %s%s", ev.stream_id, self.peer, ev.status, ev.reason,
+                    " (further refusals on this connection are logged at debug level)" if self.bad_requests == 1 else "")
             return
         st = self.streams.get(ev.stream_id)
         if st is None:
             return
         elif isinstance(ev, c.HalfClosed):
             st.recv_ended = True
-            if st.sock is not None and not st.buf and not st.draining:
-                self.finish_output(st)
+            if st.link is not None and not st.received and not st.link.backlog:
+                self.relays.finish_output(st)
         elif isinstance(ev, c.Reset):
-            st.reset_code = ev.code
+            # Nothing more arrives on a reset stream: out of the table (whoever holds it is woken).
+            del self.streams[ev.stream_id]
+            st.mark_reset(ev.code)
             self._window_lot.unpark_all()
-            self._wake(st)
+            self._close_if_drained()
             return
         elif isinstance(ev, (c.TunnelOpened, c.TunnelRefused)):
             st.response = ev
-        st.recv_lot.unpark_all()
-
-    def _deliver(self, stream_id: int, st: _StreamState, data: bytes) -> bool:
-        """Into the stream's socket right away when nothing is queued before it, else queue
-        (and, for a relayed stream, start a drain task to wait for the socket). True when
-        all of it went into the socket."""
-        # After a failed write the relay is ending with that error: queue, and closing acks.
-        relayed = st.sock is not None and st.sink_error is None
-        if relayed and not st.buf and not st.draining:
-            try:
-                n = self.sink_some(stream_id, st, data)
-            except OSError as e:
-                n, relayed = 0, False
-                self._sink_failed(st, e)
-            if n == len(data):
-                return True
-            data = data[n:]
-        st.buf.append(data)
-        if relayed:
-            self.start_drain(stream_id, st)
-        return False
-
-    def sink_some(self, stream_id: int, st: _StreamState, data: bytes) -> int:
-        """Write what the stream's socket takes now, counted and acknowledged to flow control
-        (the window update goes out with the next push); OSError from the socket propagates."""
-        try:
-            n = st.sock.send(data)
-        except BlockingIOError:
-            return 0
-        st.taken += n
-        self.codec.ack(stream_id, n)
-        return n
-
-    def _sink_failed(self, st: _StreamState, e: OSError) -> None:
-        st.sink_error = e
-        self._wake(st)
-
-    def finish_output(self, st: _StreamState) -> None:
-        """END_STREAM, all data delivered: half-close the relay's socket."""
-        try:
-            sockio.shutdown_write(st.sock)
-        except OSError as e:
-            self._sink_failed(st, e)
-            return
-        st.out_done = True
-        st.recv_lot.unpark_all()
-
-    def start_drain(self, stream_id: int, st: _StreamState) -> None:
-        if not st.draining and self._nursery is not None:
-            st.draining = True
-            self.drains_started += 1
-            self._nursery.start_soon(self._drain, stream_id, st)
-
-    async def _drain(self, stream_id: int, st: _StreamState) -> None:
-        """Finish a relayed stream's buffer into its socket as the socket takes it; then the
-        half-close if END_STREAM came. Ends early, quietly, when the relay ends (the socket
-        is about to close) or the socket fails (the relay gets the error)."""
-        sock = st.sock
-        try:
-            while st.buf and st.sock is sock and st.sink_error is None:
-                await sockio.wait_writable(sock)
-                if st.sock is not sock:
-                    return
-                chunk = st.buf[0]
-                n = self.sink_some(stream_id, st, chunk)
-                if n:
-                    self.push()   # the window update
-                    if n == len(chunk):
-                        st.buf.pop(0)
-                    else:
-                        st.buf[0] = chunk[n:]
-            if st.recv_ended and not st.buf and st.sock is sock and st.sink_error is None:
-                self.finish_output(st)
-        except trio.ClosedResourceError:
-            pass   # notify_closing: the relay is ending and knows why
-        except OSError as e:
-            if st.sock is sock:
-                self._sink_failed(st, e)
-        finally:
-            st.draining = False
-            st.recv_lot.unpark_all()
+        st.notify()
 
     # ---- used by streams and the client --------------------------------------------
-    def new_stream(self, stream_id: int) -> _StreamState:
-        st = self.streams[stream_id] = _StreamState()
+    def new_stream(self, stream_id: int) -> StreamState:
+        st = self.streams[stream_id] = StreamState()
         return st
 
     def forget(self, stream_id: int) -> None:

@@ -21,6 +21,7 @@ from meshcore.tlssock import TlsSocket
 
 from . import codec as c
 from .errors import LocalProtocolError, describe_tls_failure
+from .limits import DEFAULT_LIMITS, Limits
 from .mux import Mux
 from .stream import HboneStream
 
@@ -40,12 +41,21 @@ class ServerStats:
     tunnels_accepted: int = 0
     tunnels_refused: int = 0
     handler_errors: int = 0
+    tunnels_reset_early: int = 0   # reset by the client before they were answered (never dialled, or cut off)
+    # Connections closed with GOAWAY(ENHANCE_YOUR_CALM), by the `Limits` field exceeded;
+    # `on_event` sees "limit_exceeded:<field>".
+    limits_exceeded: dict[str, int] = field(default_factory=dict)
     on_event: Callable[[str, str], None] | None = field(default=None, repr=False)
 
     def bump(self, name: str, peer: str, n: int = 1) -> None:
         setattr(self, name, getattr(self, name) + n)
         if self.on_event is not None:
             self.on_event(name, peer)
+
+    def limit_exceeded(self, limit: str, peer: str) -> None:
+        self.limits_exceeded[limit] = self.limits_exceeded.get(limit, 0) + 1
+        if self.on_event is not None:
+            self.on_event(f"limit_exceeded:{limit}", peer)
 
 
 class InboundTunnel:
@@ -54,6 +64,7 @@ class InboundTunnel:
     def __init__(self, mux: Mux, stats: ServerStats, ev: c.TunnelRequested, peer_identity: str,
                  peer_address: tuple) -> None:
         self._mux, self._stats = mux, stats
+        self._st = mux.streams[ev.stream_id]
         self.stream_id = ev.stream_id
         self.authority: tuple[str, int] = ev.authority
         self.headers = ev.headers
@@ -68,12 +79,18 @@ class InboundTunnel:
         Read from the connection when asked: a copy per tunnel is 500 B an idle one holds."""
         return self._mux.transport.getpeercert(binary_form=True)
 
+    @property
+    def reset_code(self) -> int | None:
+        """The RST_STREAM code if the client reset the tunnel (then nothing more goes through it)."""
+        return self._st.reset_code
+
     async def accept(self) -> HboneStream:
         self._answer()
         assert isinstance(self._mux.codec, c.ServerConnection)
         try:
             self._mux.codec.accept(self.stream_id)
         except LocalProtocolError as e:   # the client gave up (RST) before we answered
+            self._mux.forget(self.stream_id)
             raise trio.BrokenResourceError(f"tunnel {self.stream_id} from {self._mux.peer}: {e}") from None
         self.stream = HboneStream(self._mux, self.stream_id)
         self._stats.bump("tunnels_accepted", self._mux.peer)
@@ -99,6 +116,7 @@ class InboundTunnel:
         if self._mux.broken:
             raise trio.BrokenResourceError(self._mux.broken)
         self.answered = True
+        self._st.pending_scope = None   # answered: a reset now ends the tunnel, not the handler
 
 
 Handler = Callable[[InboundTunnel], Awaitable[None]]
@@ -123,13 +141,14 @@ class _Live:
 async def serve_hbone(listeners: list[AnyListener] | AnyListener,
                       ssl_context_for_local: Callable[[], ssl.SSLContext], handler: Handler, *,
                       handshake_timeout: float = 10, stats: ServerStats | None = None,
-                      drain: trio.Event | None = None,
+                      drain: trio.Event | None = None, limits: Limits = DEFAULT_LIMITS,
                       task_status: trio.TaskStatus[list[AnyListener]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve HBONE on already-bound listeners (any trio Listener of SocketStreams).
 
     Runs until cancelled (every connection closes at once) or, when `drain` is set, stops
     accepting, sends each connection a graceful GOAWAY and returns once their tunnels
     have finished; put a deadline on the caller's cancel scope to bound the drain.
+    `limits` bound what one client connection may make us do (`limits.Limits`).
     """
     if isinstance(listeners, trio.abc.Listener):
         listeners = [listeners]
@@ -142,7 +161,7 @@ async def serve_hbone(listeners: list[AnyListener] | AnyListener,
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
                     acceptors.start_soon(_accept_loop, listener, ssl_context_for_local, handler, handshake_timeout,
-                                         stats, connections, live)
+                                         stats, connections, live, limits)
                 task_status.started(listeners)
 
 
@@ -153,7 +172,8 @@ async def _drain_when(drain: trio.Event, accepting: trio.CancelScope, live: _Liv
 
 
 async def _accept_loop(listener: AnyListener, ctx_for: Callable[[], ssl.SSLContext], handler: Handler,
-                       handshake_timeout: float, stats: ServerStats, nursery: trio.Nursery, live: _Live) -> None:
+                       handshake_timeout: float, stats: ServerStats, nursery: trio.Nursery, live: _Live,
+                       limits: Limits) -> None:
     async with listener:
         while True:
             try:
@@ -165,7 +185,7 @@ async def _accept_loop(listener: AnyListener, ctx_for: Callable[[], ssl.SSLConte
                     await trio.sleep(ACCEPT_BACKOFF)
                     continue
                 raise
-            nursery.start_soon(_serve_connection, stream, ctx_for, handler, handshake_timeout, stats, live)
+            nursery.start_soon(_serve_connection, stream, ctx_for, handler, handshake_timeout, stats, live, limits)
 
 
 def _peer_of(stream: trio.SocketStream) -> tuple[tuple, str]:
@@ -177,7 +197,7 @@ def _peer_of(stream: trio.SocketStream) -> tuple[tuple, str]:
 
 
 async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl.SSLContext], handler: Handler,
-                            handshake_timeout: float, stats: ServerStats, live: _Live) -> None:
+                            handshake_timeout: float, stats: ServerStats, live: _Live, limits: Limits) -> None:
     addr, peer = _peer_of(stream)
     stats.bump("connections_accepted", peer)
     stats.connections_active += 1
@@ -189,12 +209,13 @@ async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl
         if identity is None:
             stats.bump("handshake_failures", peer)
             return
+        early = _Early()
         async with trio.open_nursery() as tunnels:
             def on_request(ev: c.TunnelRequested) -> None:
                 stats.bump("tunnels_requested", peer)
-                tunnels.start_soon(_run_handler, handler, InboundTunnel(mux, stats, ev, identity, addr), stats)
+                tunnels.start_soon(_run_handler, handler, InboundTunnel(mux, stats, ev, identity, addr), stats, early)
 
-            mux = Mux(tls, c.ServerConnection(), f"{peer} ({identity})", on_request)
+            mux = Mux(tls, c.ServerConnection(limits), f"{peer} ({identity})", on_request)
             live.muxes.add(mux)
             if live.draining:
                 mux.drain("server draining")
@@ -204,7 +225,12 @@ async def _serve_connection(stream: trio.SocketStream, ctx_for: Callable[[], ssl
                 live.muxes.discard(mux)
             # The connection is gone; tunnels on it can only fail now, so stop their handlers.
             tunnels.cancel_scope.cancel()
-        if mux.broken and mux.broken.startswith("protocol error"):
+        if mux.limit_exceeded is not None:
+            # Once per connection, however many streams it abused.
+            stats.limit_exceeded(mux.limit_exceeded, identity)
+            log.warning("hbone: closed connection from %s (%s) with GOAWAY(ENHANCE_YOUR_CALM): %s; "
+                        "%d tunnel(s) reset before being answered", peer, identity, mux.broken, early.count)
+        elif mux.broken and mux.broken.startswith("protocol error"):
             stats.bump("protocol_errors", peer)
             log.warning("hbone: closed connection from %s: %s", peer, mux.broken)
     except Exception as e:   # one peer must never take the server down
@@ -235,21 +261,38 @@ async def _handshake(tls: TlsSocket, peer: str, timeout: float) -> str | None:
     return None
 
 
-async def _run_handler(handler: Handler, req: InboundTunnel, stats: ServerStats) -> None:
+class _Early:
+    """Tunnels of one connection the client reset before they were answered."""
+    count = 0
+
+
+async def _run_handler(handler: Handler, req: InboundTunnel, stats: ServerStats, early: _Early) -> None:
+    st = req._st
+    if st.reset_code is not None:
+        # Reset in the same read as its request (rapid reset): no handler, no dial of the app.
+        early.count += 1
+        stats.bump("tunnels_reset_early", req._mux.peer)
+        return
     try:
-        await handler(req)
+        # A reset before the handler answers cancels it (a dial in progress is abandoned).
+        with trio.CancelScope() as st.pending_scope:
+            await handler(req)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
         log.debug("hbone: tunnel %s from %s ended: %s", req.stream_id, req.peer_address, e)
     except Exception:
         stats.bump("handler_errors", str(req.peer_address))
         log.exception("hbone: handler for tunnel to %s:%d from %s failed", *req.authority, req.peer_identity)
-        if not req.answered:
+        if not req.answered and st.reset_code is None:
             try:
                 await req.refuse(503, "internal error in the destination ztunnel")
             except (trio.BrokenResourceError, LocalProtocolError):
                 pass
     finally:
-        if not req.answered:
+        st.pending_scope = None
+        if not req.answered and st.reset_code is not None:
+            early.count += 1
+            stats.bump("tunnels_reset_early", req._mux.peer)
+        elif not req.answered:
             # A handler that neither accepted nor refused would leave the client waiting.
             try:
                 await req.refuse(503, "no handler answered the tunnel")

@@ -11,12 +11,14 @@ import socket
 from typing import Callable
 
 import trio
-from trio.lowlevel import checkpoint, notify_closing
+from trio.lowlevel import checkpoint
 
 from meshcore import sockio
 
 from .errors import LocalProtocolError
 from .mux import DEFAULT_RECEIVE, Mux
+
+CONNECT_ERROR = 0xA   # RFC 9113: "the connection established in response to a CONNECT request was reset"
 
 __all__ = ["HboneStream", "Mux"]
 
@@ -136,20 +138,15 @@ class HboneStream(trio.abc.HalfCloseableStream):
         try:
             await checkpoint()
             st = self._st
-            while not st.buf:
+            while not st.received:
                 if st.recv_ended:
                     return b""
                 if why := self._broken():
                     raise trio.BrokenResourceError(why)
-                await st.recv_lot.park()
+                await st.wait()
                 if self._closed:
                     raise trio.ClosedResourceError("HBONE stream was closed while receiving")
-            limit = max_bytes or DEFAULT_RECEIVE
-            chunk = st.buf.pop(0)
-            if len(chunk) > limit:
-                st.buf.insert(0, chunk[limit:])
-                chunk = chunk[:limit]
-            st.taken += len(chunk)
+            chunk = st.take_received(max_bytes or DEFAULT_RECEIVE)
             # Acknowledge only what the application takes, so a slow reader pushes back.
             self._mux.codec.ack(self.stream_id, len(chunk))
             self._mux.push()
@@ -163,34 +160,30 @@ class HboneStream(trio.abc.HalfCloseableStream):
 
         Reading `sock` into the tunnel: this task reads while bytes keep coming and ends
         the direction with END_STREAM at EOF; while `sock` is idle it parks, and the
-        connection's poller reads it instead (`Mux._poller`: no wakeup of this task per
+        connection's poller reads it instead (`Relays.poll`: no wakeup of this task per
         request), handing back to this task whatever needs waiting (EOF, a full window,
         a congested connection, a large transfer). The other direction needs no task of
         its own: the connection's reader writes arriving DATA straight into `sock` and
-        half-closes it on END_STREAM, and starts a drain task only while `sock` is full
-        (see `Mux`). A reset, a broken connection or a failed write into `sock` wakes
+        half-closes it on END_STREAM, and starts a backlog task only while `sock` is full
+        (see `relay.Relays`). A reset, a broken connection or a failed write into `sock` wakes
         this task wherever it waits.
 
         OSError from `sock` propagates (the caller treats it as the local side's reset);
         so do trio.BrokenResourceError (the tunnel or its connection broke) and
         trio.ClosedResourceError (this stream was closed)."""
-        st, mux = self._st, self._mux
+        st, relays = self._st, self._mux.relays
         if self._receiving or self._sending:
             raise trio.BusyResourceError("another task is already using this HBONE stream")
         self._receiving = True
-        st.sock = sock
+        link = relays.attach(self.stream_id, st, sock)
         try:
-            if st.buf:
-                mux.start_drain(self.stream_id, st)   # arrived before the relay started
-            elif st.recv_ended:
-                mux.finish_output(st)
             self._check_relay()
-            mux.watch(self.stream_id, st, sock)
+            relays.watch(self.stream_id, st)
             rounds = 0
             while True:
-                data, st.handoff = st.handoff, None
+                data, link.handoff = link.handoff, None
                 if data is None:
-                    st.edge = False   # what this recv leaves behind raises a new edge
+                    link.edge = False   # what this recv leaves behind raises a new edge
                     try:
                         data = sock.recv(sockio.READ_SIZE)
                     except BlockingIOError:
@@ -201,8 +194,8 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 if not data:
                     break
                 await self._send(data)
-                if len(data) < sockio.READ_SIZE and not (st.edge or st.hup):
-                    # Drained (a short read), and no edge while _send waited: from here
+                if len(data) < sockio.READ_SIZE and not (link.edge or link.hup):
+                    # Read dry (a short read), and no edge while _send waited: from here
                     # the next edge reaches the poller.
                     await self._idle()
                     rounds = 0
@@ -213,37 +206,47 @@ class HboneStream(trio.abc.HalfCloseableStream):
                         await checkpoint()
             self._check_relay()
             await self.send_eof()
-            while not st.out_done:
+            while not link.out_done:
                 self._check_relay()
-                await st.recv_lot.park()
+                await st.wait()
+        except OSError:
+            # RFC 9113 section 8.5: the TCP side failed (the app's reset): RST_STREAM(CONNECT_ERROR),
+            # so the far side resets its TCP connection too instead of seeing a clean end.
+            self.reset(CONNECT_ERROR)
+            raise
         finally:
-            st.handoff = None
-            mux.unwatch(sock)   # a no-op if watch() never registered it
-            st.sock = None
+            relays.detach(st)   # the caller closes `sock` next
             self._receiving = False
-            if st.draining:
-                notify_closing(sock)   # the drain task stops: the caller closes `sock` next
 
     async def _idle(self) -> None:
         """Park until the connection's poller hands `sock` back (or the relay must stop)."""
         st = self._st
+        link = st.link
         self._check_relay()
-        st.polled = True
+        link.polled = True
         try:
-            while st.polled:
-                await st.recv_lot.park()
+            while link.polled:
+                await st.wait()
                 self._check_relay()
         finally:
-            st.polled = False
+            link.polled = False
 
     def _check_relay(self) -> None:
-        st = self._st
-        if st.sink_error is not None:
-            raise st.sink_error
+        link = self._st.link
+        if link is not None and link.error is not None:
+            raise link.error
         if why := self._broken():
             raise trio.BrokenResourceError(why)
         if self._closed:
             raise trio.ClosedResourceError("HBONE stream was closed while relaying")
+
+    def reset(self, code: int = CONNECT_ERROR) -> None:
+        """Abort the tunnel now with RST_STREAM(`code`); what follows on it is refused."""
+        st = self._st
+        if st.reset_code is None and self._mux.broken is None:
+            st.send_ended = True
+            self._mux.codec.reset(self.stream_id, code)
+            self._mux.push()
 
     async def aclose(self) -> None:
         """Graceful when both directions ended; otherwise END_STREAM + RST_STREAM (abort)."""
@@ -260,10 +263,8 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 except LocalProtocolError:
                     codec.reset(self.stream_id)
                 self._mux.push()
-            unread = sum(map(len, st.buf))
-            st.buf.clear()
-            codec.ack(self.stream_id, unread)   # give the connection window back
-            st.recv_lot.unpark_all()
+            codec.ack(self.stream_id, st.discard_received())   # give the connection window back
+            st.notify()
             self._mux.wake_senders()
             self._mux.forget(self.stream_id)
             if self._on_close is not None:

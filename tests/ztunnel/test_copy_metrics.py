@@ -82,3 +82,13 @@ def test_access_log_line(caplog):
         e = log_connection(direction="outbound", src="1.1.1.1:5", dst="2.2.2.2:80", labels=ConnLabels("source"),
                            sent=1, received=2, started=0.0, outcome="error", error="boom")
     assert e["error"] == "boom" and '"outcome": "error"' in caplog.text
+
+
+def test_hbone_refusals_become_metrics():
+    from ztunnel.metrics import Metrics
+    m = Metrics()
+    m.hbone_event("limit_exceeded:premature_resets", "10.0.0.1:4000 (spiffe://td/ns/a/sa/b)")
+    m.hbone_event("tunnels_reset_early", "10.0.0.1:4000")
+    m.hbone_event("tunnels_accepted", "10.0.0.1:4000")   # not a refusal: no metric
+    assert m.value("trellis_hbone_limit_refusals_total", limit="premature_resets") == 1
+    assert m.value("trellis_hbone_tunnels_reset_early_total") == 1

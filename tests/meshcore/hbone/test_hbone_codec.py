@@ -288,7 +288,7 @@ def test_non_numeric_status_from_server_is_a_remote_error():
         cl.receive_data(h.data_to_send())
 
 
-# ---- the DATA fast path (fastdata): same results as h2, whatever the byte boundaries ----
+# ---- the DATA fast path (h2private): same results as h2, whatever the byte boundaries ----
 
 def _open_pair():
     cl, sv = pair()

@@ -87,7 +87,7 @@ async def test_slow_reader_blocks_sender_at_the_window(nursery, client_bundle, s
         for _ in range(20):   # give a broken flow control every chance to overrun
             await trio.sleep(0.01)
         assert s.bytes_sent == c.STREAM_WINDOW and not done.is_set()
-        server_buffered = sum(map(len, accepted[0]._st.buf))
+        server_buffered = sum(map(len, accepted[0]._st.received))
         assert server_buffered <= c.STREAM_WINDOW   # memory on the slow side stays bounded
         may_read.set()
         with trio.fail_after(30):

@@ -75,7 +75,7 @@ class Relayed:
 
 async def test_relay_moves_megabytes_both_ways_through_full_sockets(nursery, client_bundle, server_bundle):
     """Nobody reads until 4 MiB were sent each way, so both sides' sockets fill and the
-    drain path runs; every byte arrives in order and each EOF after its bytes."""
+    backlog path runs; every byte arrives in order and each EOF after its bytes."""
     srv = Relayed()
     (port,), _ = await start_server(nursery, srv.handler, server_bundle)
     up = bytes(range(256)) * 16384          # 4 MiB toward the app
@@ -105,7 +105,7 @@ async def test_relay_moves_megabytes_both_ways_through_full_sockets(nursery, cli
                 n.start_soon(collect, "user", user)
         assert got["app"] == up and got["user"] == down
         assert tunnel.bytes_sent == len(up) and tunnel.bytes_received == len(down)
-        assert tunnel._mux.drains_started >= 1   # the client side's socket did fill
+        assert tunnel._mux.relays.backlog_tasks >= 1   # the client side's socket did fill
         await tunnel.aclose()
     with trio.fail_after(5):
         while not srv.results:
@@ -252,7 +252,7 @@ async def test_requests_on_an_idle_relay_are_read_by_the_connections_poller(nurs
             for i in range(100):
                 await round_trip(user, app, b"GET /%d HTTP/1.1\r\n\r\n" % i, b"HTTP/1.1 200 OK\r\n\r\n%d" % i)
             # the first request may be read by the relay task itself, as it starts
-            assert tunnel._mux.polled_reads >= 99
+            assert tunnel._mux.relays.polled_reads >= 99
             assert tunnel.bytes_sent == sum(len(b"GET /%d HTTP/1.1\r\n\r\n" % i) for i in range(100))
             user.shutdown(socket.SHUT_WR)
             assert await read_all(app) == b""   # EOF went through as END_STREAM

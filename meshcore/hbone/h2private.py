@@ -1,4 +1,9 @@
-"""DATA frames on open tunnels without h2's per-frame machinery: the tunnel hot path.
+"""Every use of h2's private state, in one place: pinned to the h2 series it was written
+against (pyproject.toml), and checked by `check_internals()` (a test fails naming the pin).
+
+Two jobs. The codec's few reaches into h2 (`take_output`, `keep_output`, `reopen`,
+`set_inbound_limits`). And DATA frames on open tunnels without h2's per-frame machinery,
+the tunnel hot path:
 
 h2 builds a frame object, runs two state machines and formats debug strings for every
 DATA frame: about 13 us to send a small one and 25 us to receive it, which was a fifth of
@@ -17,9 +22,12 @@ from __future__ import annotations
 
 import struct
 
+import h2
 from h2.connection import ConnectionState, H2Connection
 from h2.stream import StreamState
 from h2.windows import WindowManager
+
+PINNED_SERIES = "4.4"   # pyproject.toml: h2 ~= 4.4.0 (the internals below are h2 4.4's)
 
 HEADER = struct.Struct(">BHBBI")   # 24-bit length as 8+16 bits, type, flags, stream id
 HEADER_LEN = 9
@@ -93,3 +101,62 @@ def _quiet(window: WindowManager, n: int) -> bool:
     if processed >= half:
         return False
     return not (window.current_window_size == 0 and processed > min(1024, window.max_window_size // 4))
+
+
+# ---- the codec's reaches into h2 -------------------------------------------------------
+
+def take_output(conn: H2Connection) -> bytearray:
+    """h2's output buffer itself, without a copy (h2 starts a new one)."""
+    out = conn._data_to_send
+    if out:
+        conn._data_to_send = bytearray()
+    return out
+
+
+def set_inbound_limits(conn: H2Connection, max_frame_size: int, max_header_list_size: int) -> None:
+    """h2 copies these from its local settings only in __init__ or on a settings ACK; ours are
+    in force from the first byte (we never advertise anything smaller)."""
+    conn.max_inbound_frame_size = max_frame_size
+    conn.decoder.max_header_list_size = max_header_list_size
+
+
+def reopen(conn: H2Connection, client_side: bool) -> None:
+    """h2 treats any GOAWAY, sent or received, as the end of the connection, but RFC 9113
+    section 6.8 lets streams at or below last_stream_id finish: put h2's connection state
+    back to OPEN (the codec's `going_away` keeps it from opening streams)."""
+    conn.state_machine.state = ConnectionState.CLIENT_OPEN if client_side else ConnectionState.SERVER_OPEN
+
+
+def check_internals() -> list[str]:
+    """What this module relies on that the installed h2 does not have, as sentences."""
+    problems = []
+    if not h2.__version__.startswith(PINNED_SERIES + "."):
+        problems.append(f"h2 {h2.__version__} is installed, this module was written against {PINNED_SERIES}.x")
+    conn = H2Connection()   # client side
+    conn.initiate_connection()
+    try:
+        conn.send_headers(1, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+        stream = conn.streams.get(1)
+    except Exception as e:   # noqa: BLE001 - any failure is the finding
+        stream, problems = None, problems + [f"h2 could not open a stream: {e}"]
+    checks = {
+        "H2Connection._data_to_send (a bytearray)": isinstance(getattr(conn, "_data_to_send", None), bytearray),
+        "H2Connection._inbound_flow_control_window_manager": isinstance(
+            getattr(conn, "_inbound_flow_control_window_manager", None), WindowManager),
+        "H2Connection.state_machine.state (a ConnectionState)": isinstance(
+            getattr(getattr(conn, "state_machine", None), "state", None), ConnectionState),
+        "H2Connection.streams": stream is not None,
+        "H2Stream._inbound_window_manager": isinstance(getattr(stream, "_inbound_window_manager", None),
+                                                       WindowManager),
+        "H2Stream.state_machine.state (a StreamState)": isinstance(
+            getattr(getattr(stream, "state_machine", None), "state", None), StreamState),
+        "H2Stream.outbound_flow_control_window": isinstance(getattr(stream, "outbound_flow_control_window", None),
+                                                            int),
+        "H2Connection.decoder.max_header_list_size": hasattr(getattr(conn, "decoder", None), "max_header_list_size"),
+        "H2Connection.max_inbound_frame_size": isinstance(getattr(conn, "max_inbound_frame_size", None), int),
+        "WindowManager._bytes_processed / _maybe_update_window (mirrored by _quiet)": all(
+            hasattr(WindowManager(65535), a) for a in ("_bytes_processed", "_maybe_update_window",
+                                                        "current_window_size", "max_window_size")),
+    }
+    problems += [f"h2 no longer has {what}" for what, ok in checks.items() if not ok]
+    return problems
