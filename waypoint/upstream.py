@@ -1,0 +1,174 @@
+"""Connections from the waypoint to backends, and one HTTP/1.1 exchange on them.
+
+- Mesh endpoints: one HBONE tunnel per HTTP/1.1 connection, through the shared
+  `HboneClientPool` (one mTLS HTTP/2 connection per destination ztunnel carries many
+  tunnels): address `<endpoint IP>:15008`, authority `<endpoint IP>:<targetPort>`, the
+  endpoint workload's identity expected, the waypoint's own identity presented.
+- Endpoints outside the mesh: plaintext TCP.
+- HTTP keep-alive: a finished exchange whose connection may be reused goes back to a small
+  per-endpoint idle list (LIFO, at most IDLE_PER_ENDPOINT, dropped after IDLE_TIMEOUT).
+
+Failures are classified for retries: the connection could not be made (CONNECT_FAILURE),
+or the backend closed/reset before any response byte (RESET_BEFORE_RESPONSE; a reused
+idle connection the backend had just closed counts the same, as in Envoy).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import trio
+
+from meshcore import ports
+from meshcore.hbone import HboneClientPool, HboneError
+
+from .filters.retry import CONNECT_FAILURE, RESET_BEFORE_RESPONSE
+from .http.events import Data, EndOfMessage, ProtocolError, Request, Response
+from .http.h1 import HTTP1Client
+from .view import Endpoint
+
+log = logging.getLogger("trellis.waypoint.upstream")
+IDLE_PER_ENDPOINT = 16
+IDLE_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+READ_SIZE = 65536
+
+
+class AttemptFailed(Exception):
+    def __init__(self, failure: str, message: str):
+        super().__init__(message)
+        self.failure = failure
+
+
+class Backend1:
+    """One HTTP/1.1 connection to an endpoint (over an HBONE tunnel or TCP)."""
+
+    def __init__(self, stream: trio.abc.Stream, endpoint: Endpoint, reused: bool = False):
+        self.stream, self.endpoint = stream, endpoint
+        self.h1 = HTTP1Client()
+        self.idle_since = 0.0
+        self.reused = reused
+        self.broken = False
+
+    async def send_request(self, req: Request, body: bytes) -> None:
+        out = self.h1.send(req)
+        if body:
+            out += self.h1.send(Data(body))
+        out += self.h1.send(EndOfMessage())
+        await self.stream.send_all(out)
+
+    async def next_event(self):
+        """The next event from the backend; EOF before a response becomes ProtocolError-free close."""
+        while True:
+            events = self.h1.events()
+            if events:
+                self._pending = events[1:]
+                return events[0]
+            data = await self.stream.receive_some(READ_SIZE)
+            self.h1.receive_data(data)
+            if not data:
+                events = self.h1.events()
+                if events:
+                    self._pending = events[1:]
+                    return events[0]
+                return None
+
+    async def events(self):
+        """Async iterator over the response's events after the head: Data..., EndOfMessage."""
+        pending = getattr(self, "_pending", [])
+        self._pending = []
+        for ev in pending:
+            yield ev
+            if isinstance(ev, EndOfMessage):
+                return
+        while True:
+            ev = await self.next_event()
+            if ev is None:
+                self.broken = True
+                raise trio.BrokenResourceError("backend closed the connection mid-response")
+            if isinstance(ev, ProtocolError):
+                self.broken = True
+                raise trio.BrokenResourceError(ev.message)
+            pending, self._pending = self._pending, []
+            for e in [ev] + pending:
+                yield e
+                if isinstance(e, EndOfMessage):
+                    return
+
+    @property
+    def reusable(self) -> bool:
+        return not self.broken and self.h1.keep_alive
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+class Upstream:
+    def __init__(self, hbone: HboneClientPool | None, own_identity: str | None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.hbone, self.own_identity, self.clock = hbone, own_identity, clock
+        self.idle: dict[Endpoint, list[Backend1]] = {}
+        self.opened = 0
+
+    async def _open(self, ep: Endpoint) -> trio.abc.Stream:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                if ep.identity is not None and self.hbone is not None:
+                    return await self.hbone.connect((ep.address, ports.HBONE), f"{_host(ep.address)}:{ep.port}",
+                                                    ep.identity, self.own_identity or "")
+                return await trio.open_tcp_stream(ep.address, ep.port)
+        except trio.TooSlowError:
+            raise AttemptFailed(CONNECT_FAILURE, f"connecting to {ep} timed out after {CONNECT_TIMEOUT:g}s") from None
+        except (OSError, HboneError, trio.BrokenResourceError) as exc:
+            raise AttemptFailed(CONNECT_FAILURE, f"cannot connect to {ep}: {exc}") from None
+
+    async def connection(self, ep: Endpoint) -> Backend1:
+        idle = self.idle.get(ep)
+        now = self.clock()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < IDLE_TIMEOUT:
+                conn.reused = True
+                return conn
+            await conn.aclose()
+        self.opened += 1
+        return Backend1(await self._open(ep), ep)
+
+    async def release(self, conn: Backend1) -> None:
+        if not conn.reusable:
+            await conn.aclose()
+            return
+        idle = self.idle.setdefault(conn.endpoint, [])
+        if len(idle) >= IDLE_PER_ENDPOINT:
+            await conn.aclose()
+            return
+        conn.idle_since = self.clock()
+        idle.append(conn)
+
+    async def start(self, ep: Endpoint, req: Request, body: bytes) -> tuple[Backend1, Response]:
+        """Open (or reuse) a connection, send the request, return the response head."""
+        conn = await self.connection(ep)
+        try:
+            await conn.send_request(req, body)
+            while True:
+                ev = await conn.next_event()
+                if ev is None:
+                    raise AttemptFailed(RESET_BEFORE_RESPONSE, f"{ep} closed the connection before any response")
+                if isinstance(ev, ProtocolError):
+                    raise AttemptFailed(RESET_BEFORE_RESPONSE, f"{ep}: {ev.message}")
+                if isinstance(ev, Response) and ev.status >= 200:
+                    return conn, ev
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, HboneError) as exc:
+            await conn.aclose()
+            raise AttemptFailed(RESET_BEFORE_RESPONSE, f"{ep} reset the connection before any response: {exc}") from None
+        except BaseException:
+            await conn.aclose()
+            raise
+
+    def dump(self) -> dict:
+        return {"opened": self.opened, "idle": {str(ep): len(v) for ep, v in self.idle.items() if v}}
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
