@@ -93,7 +93,7 @@ class Pipeline:
             req = req.with_(target=normalize_target(req.target))
         except PathRejected as exc:
             return await self._respond(send, exc.status, exc.message)
-        verdict = authz.evaluate(view.authz_policies(svc), caller.identity, target.port,
+        verdict = authz.evaluate(view.target_policies(target), caller.identity, target.port,
                                  authz.Request(req.method, req.path, req.host))
         if isinstance(verdict, authz.Deny):
             self.metrics.authz_denied.labels(svc.key, verdict.policy or "").inc()

@@ -108,6 +108,7 @@ class Upstream:
     def __init__(self, hbone: HboneClientPool | None, own_identity: str | None,
                  clock: Callable[[], float] = time.monotonic):
         self.hbone, self.own_identity, self.clock = hbone, own_identity, clock
+        self.hbone_port = ports.HBONE   # destination ztunnels listen here (tests move it)
         self.idle: dict[Endpoint, list[Backend1]] = {}
         self.opened = 0
 
@@ -115,7 +116,7 @@ class Upstream:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 if ep.identity is not None and self.hbone is not None:
-                    return await self.hbone.connect((ep.address, ports.HBONE), f"{_host(ep.address)}:{ep.port}",
+                    return await self.hbone.connect((ep.address, self.hbone_port), f"{_host(ep.address)}:{ep.port}",
                                                     ep.identity, self.own_identity or "")
                 return await trio.open_tcp_stream(ep.address, ep.port)
         except trio.TooSlowError:

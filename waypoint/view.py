@@ -81,11 +81,24 @@ class View:
         wl = self.state.workload_by_address(host)
         if wl is None:
             return None
-        for svc in self.state.services_of(wl):
+        # a pod dialled directly: the Service this waypoint fronts comes first
+        services = sorted(self.state.services_of(wl), key=lambda s: s.waypoint != self.gateway)
+        for svc in services:
             for p in svc.ports:
                 if p.target_on(wl.ports) == port:
                     return Target(svc, p.port, wl, port)
         return None
+
+    def target_policies(self, t: Target) -> list:
+        """The Service's policies; for a pod dialled directly, those of every Service this
+        waypoint fronts that the pod is behind (so no Service's DENY can be sidestepped)."""
+        if t.workload is None:
+            return self.authz_policies(t.service)
+        out = []
+        for svc in self.state.services_of(t.workload):
+            if svc.waypoint == self.gateway and svc.namespace == self.namespace:
+                out += [p for p in self.authz_policies(svc) if p not in out]
+        return out
 
     def service(self, namespace: str, name: str) -> Service | None:
         return self._services.get((namespace, name))

@@ -1,0 +1,173 @@
+"""The waypoint process with real TLS, real HBONE in and out, real backends and curl."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from wp_process import SLEEP_ID, NAMESPACE, acurl, backend, mesh, service, workload
+
+V1, V2, FLAKY, SLOW = "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"
+
+ROUTES = """apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{headers: [{name: x-canary, value: "true"}]}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}]
+  - backendRefs: [{name: web-v1, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: flaky, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: flaky, port: 80}]
+  rules:
+  - backendRefs: [{name: flaky, port: 80}]
+    retry: {attempts: 2, codes: [503], backoff: 10ms}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy                # half the requests need a retry: above the default 20% budget
+metadata: {name: flaky, namespace: default}
+spec:
+  targetRefs: [{kind: Service, name: flaky}]
+  retryBudget: {percent: 100}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: slow, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: slow, port: 80}]
+  rules:
+  - backendRefs: [{name: slow, port: 80}]
+    timeouts: {request: 3s, backendRequest: 500ms}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: limited, namespace: default}
+spec:
+  targetRefs: [{kind: Service, name: limited}]
+  requestsPerUnit: 3
+  unit: Minute
+---
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: default}
+spec:
+  targetRefs: [{kind: Service, name: web}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
+---
+"""
+
+
+@pytest.fixture
+async def wp(tmp_path):
+    servers = {"v1": backend(V1, "v1"), "v2": backend(V2, "v2"), "flaky": backend(FLAKY, "flaky", "flaky"),
+               "slow": backend(SLOW, "slow", "slow")}
+    port = {k: s.server_address[1] for k, s in servers.items()}
+    text = (NAMESPACE
+            + service("web", "10.96.0.10", port["v1"], "v1")
+            + service("web-v1", "10.96.0.11", port["v1"], "v1", waypoint=False)
+            + service("web-v2", "10.96.0.12", port["v2"], "v2", waypoint=False)
+            + service("flaky", "10.96.0.13", port["flaky"], "flaky")
+            + service("slow", "10.96.0.14", port["slow"], "slow")
+            + service("limited", "10.96.0.15", port["v2"], "v2")
+            + workload("v1", V1, "v1") + workload("v2", V2, "v2") + workload("flaky", FLAKY, "flaky")
+            + workload("slow", SLOW, "slow") + ROUTES)
+    async with mesh(tmp_path) as m:
+        await m.start(text, [V1, V2, FLAKY, SLOW])
+        m.servers = servers
+        yield m
+    for s in servers.values():
+        s.shutdown()
+
+
+async def test_path_header_routing_and_a_90_10_split(wp):
+    port = await wp.bridge("10.96.0.10:80")
+    canary = await acurl("-H", "x-canary: true", f"http://127.0.0.1:{port}/")
+    assert canary.stdout == "v2\n"
+    plain = await acurl(f"http://127.0.0.1:{port}/other")
+    assert plain.stdout == "v1\n"
+    n = 1000   # one curl, one keep-alive connection, n requests
+    out = await acurl(*[f"http://127.0.0.1:{port}/api/{i}" for i in range(n)])
+    v1, v2 = out.stdout.count("v1\n"), out.stdout.count("v2\n")
+    assert v1 + v2 == n
+    # binomial(1000, 0.1): mean 100, sd 9.5; +-5 sd
+    assert 52 <= v2 <= 148, (v1, v2)
+    # keep-alive upstream: far fewer connections to the backends than requests
+    assert wp.waypoint.upstream.opened < 50
+    # the caller's identity reached the metrics
+    assert wp.waypoint.metrics.value("istio_requests_total", source_principal=SLEEP_ID, response_code="200",
+                                     reporter="waypoint") >= n
+    # traceparent: generated when absent, trace id kept and span id changed when present
+    seen = wp.servers["v1"].seen
+    assert all(re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", h["traceparent"]) for _, _, h in seen)
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await acurl("-H", f"traceparent: {tp}", f"http://127.0.0.1:{port}/other")
+    got = seen[-1][2]["traceparent"]
+    assert got.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-") and "00f067aa0ba902b7" not in got
+
+
+async def test_retries_hide_a_backend_failing_every_other_request(wp):
+    port = await wp.bridge("10.96.0.13:80")
+    out = await acurl("-w", "%{http_code}\n", *[f"http://127.0.0.1:{port}/{i}" for i in range(40)])
+    assert out.stdout == "flaky\n200\n" * 40
+    assert wp.servers["flaky"].count >= 79   # every request failed once and was retried
+    assert wp.waypoint.metrics.value("trellis_waypoint_retries_total", destination_service="default/flaky") >= 39
+
+
+async def test_slow_backend_gets_504(wp):
+    port = await wp.bridge("10.96.0.14:80")
+    out = await acurl("-w", "%{http_code}", f"http://127.0.0.1:{port}/")
+    assert out.stdout.endswith("504")
+    assert "backendRequest timeout" in out.stdout
+
+
+async def test_rate_limit_429_with_headers(wp):
+    port = await wp.bridge("10.96.0.15:80")
+    out = await acurl("-i", *[f"http://127.0.0.1:{port}/{i}" for i in range(5)])
+    statuses = re.findall(r"^HTTP/1.1 (\d+)", out.stdout, re.M)
+    assert statuses == ["200", "200", "200", "429", "429"]
+    last = out.stdout.rsplit("HTTP/1.1 429", 1)[1].lower()
+    assert "retry-after:" in last and "ratelimit-policy:" in last and "ratelimit:" in last
+    assert wp.waypoint.metrics.value("trellis_waypoint_rate_limited_total") == 2
+
+
+@pytest.mark.parametrize("path", ["/admin", "//admin", "/./admin", "/%61dmin", "/x/../admin/users"])
+async def test_deny_admin_403_for_every_spelling(wp, path):
+    port = await wp.bridge("10.96.0.10:80")
+    out = await acurl("--path-as-is", "-w", "%{http_code}", f"http://127.0.0.1:{port}{path}")
+    assert out.stdout.endswith("403"), out.stdout
+    assert "RBAC: access denied" in out.stdout
+    assert not any("admin" in p for _, p, _ in wp.servers["v1"].seen)
+
+
+async def test_escaped_slash_is_400(wp):
+    port = await wp.bridge("10.96.0.10:80")
+    out = await acurl("--path-as-is", "-w", "%{http_code}", f"http://127.0.0.1:{port}/%2Fadmin")
+    assert out.stdout.endswith("400")
+    assert not wp.servers["v1"].seen
+
+
+async def test_pod_ip_behind_the_service_keeps_its_policy_without_routes(wp):
+    """Dialling v1's pod IP on the Service's targetPort: the waypoint applies web's policy
+    (v1 is an endpoint of web) but no route: /api goes to that pod, never split."""
+    port = await wp.bridge(f"{'127.0.0.21'}:{wp.servers['v1'].server_address[1]}")
+    denied = await acurl("-w", "%{http_code}", f"http://127.0.0.1:{port}/admin")
+    assert denied.stdout.endswith("403")
+    out = await acurl(*[f"http://127.0.0.1:{port}/api/{i}" for i in range(50)])
+    assert out.stdout == "v1\n" * 50
+
+
+async def test_unknown_authority_and_foreign_services_are_refused(wp):
+    from meshcore.hbone import HboneTunnelRefused
+    from wp_process import WAYPOINT_ID
+    for authority, why in (("10.96.0.99:80", "neither a Service port"), ("10.96.0.11:80", "does not use waypoint")):
+        with pytest.raises(HboneTunnelRefused) as err:
+            await wp.pool.connect(("127.0.0.1", wp.hbone_port), authority, WAYPOINT_ID, SLEEP_ID)
+        assert "404" in str(err.value) and why in str(err.value)
