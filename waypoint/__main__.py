@@ -21,6 +21,10 @@ class StartupError(Exception):
     pass
 
 
+class CheckDone(Exception):
+    pass
+
+
 def host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -61,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ready", type=host_port, default=("0.0.0.0", ports.READY))
     p.add_argument("--standalone-config", type=Path, help="plaintext mode (bench): resources from this YAML file")
     p.add_argument("--listen", type=host_port, help="standalone mode: the plaintext listener")
+    p.add_argument("--check", action="store_true", help="standalone mode: validate the config and exit")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -74,7 +79,14 @@ def build(argv: list[str]) -> Waypoint:
             raise StartupError("--standalone-config needs --listen HOST:PORT")
         cfg.standalone_listen = a.listen
         cfg.metrics = cfg.ready = None if a.metrics == ("0.0.0.0", ports.METRICS) else a.metrics
-        return Waypoint(cfg, resources=load_standalone(a.standalone_config))
+        wp = Waypoint(cfg, resources=load_standalone(a.standalone_config))
+        try:
+            target = wp._only_target()
+        except RuntimeError as exc:
+            raise StartupError(f"{a.standalone_config}: {exc}") from None
+        if a.check:
+            raise CheckDone(f"{a.standalone_config}: ok, serving Service {target[0]}/{target[1]} port {target[2]}")
+        return wp
     if not a.control_plane or not a.credential_dir:
         raise StartupError("--control-plane and --credential-dir are required (or --standalone-config)")
     bootstrap = load_credential(a.credential_dir)
@@ -97,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"waypoint: {exc}", file=sys.stderr)
         return 2
+    except CheckDone as done:
+        print(f"waypoint: {done}")
+        return 0
     try:
         trio.run(wp.run)
     except KeyboardInterrupt:
