@@ -189,6 +189,7 @@ class Waypoint:
         routes = {"admin": self.routes(), "metrics": {"/metrics": self._metrics},
                   "ready": {"/healthz/ready": self._ready}}
         async with trio.open_nursery() as nursery:
+            self.upstream.nursery = nursery
             for name in ("admin", "metrics", "ready"):
                 if name in self.listeners:
                     await nursery.start(functools.partial(admin.serve_http, "", 0, routes[name],

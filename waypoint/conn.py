@@ -17,6 +17,7 @@ import trio
 from .http.detect import HTTP1, HTTP2, L4
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, StreamReset, simple_response
 from .http.serverconn import SNIFF_TIMEOUT, Detected, ServerConnection
+from .h2proxy import serve_http2
 from .pipeline import MAX_BODY, Caller, Pipeline
 from .upstream import AttemptFailed
 from .view import Target
@@ -70,10 +71,7 @@ class ClientConnection:
         elif first.protocol == HTTP1:
             await self._serve_http1()
         elif first.protocol == HTTP2:
-            # HTTP/2 requests are not proxied yet: refuse cleanly (GOAWAY HTTP_1_1_REQUIRED)
-            err = ProtocolError(505, "HTTP/2 is not served by this waypoint yet; use HTTP/1.1")
-            await self._send_bytes(_goaway_http11_required(self.sc))
-            log.info("waypoint: refused an HTTP/2 connection from %s: %s", self.caller.address, err.message)
+            await serve_http2(self, IDLE_TIMEOUT)
 
     async def _send_bytes(self, data: bytes) -> None:
         if data:
@@ -158,11 +156,3 @@ def _raw(err: ProtocolError) -> bytes:
     resp, data, _ = simple_response(err.status, err.message, (("connection", "close"),))
     head = f"HTTP/1.1 {err.status} Request Timeout\r\n" + "".join(f"{k}: {v}\r\n" for k, v in resp.headers)
     return head.encode() + b"\r\n" + data.data
-
-
-def _goaway_http11_required(sc: ServerConnection) -> bytes:
-    h2 = sc.http.conn if hasattr(sc.http, "conn") else None
-    if h2 is None:
-        return sc.data_to_send()
-    h2.close_connection(error_code=0xd)
-    return h2.data_to_send()

@@ -172,7 +172,7 @@ class Pipeline:
             conn = resp = None
             with trio.move_on_at(_trio_deadline(deadlines.attempt_deadline(now), self.clock)) as scope:
                 try:
-                    conn, resp = await self.upstream.start(ep, out, body)
+                    conn, resp = await (self.upstream.start2 if req.http_version == "2" else self.upstream.start)(ep, out, body)
                 except AttemptFailed as exc:
                     failure, info["error"] = exc.failure, str(exc)
             if scope.cancelled_caught:

@@ -24,7 +24,8 @@ from meshcore import ports
 from meshcore.hbone import HboneClientPool, HboneError
 
 from .filters.retry import CONNECT_FAILURE, RESET_BEFORE_RESPONSE
-from .http.events import Data, EndOfMessage, ProtocolError, Request, Response
+from .h2proxy import Backend2, Exchange2
+from .http.events import Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.h1 import HTTP1Client
 from .view import Endpoint
 
@@ -110,6 +111,8 @@ class Upstream:
         self.hbone, self.own_identity, self.clock = hbone, own_identity, clock
         self.hbone_port = ports.HBONE   # destination ztunnels listen here (tests move it)
         self.idle: dict[Endpoint, list[Backend1]] = {}
+        self.h2conns: dict[Endpoint, Backend2] = {}
+        self.nursery: trio.Nursery | None = None   # runs the HTTP/2 connections' readers (set by the app)
         self.opened = 0
 
     async def _open(self, ep: Endpoint) -> trio.abc.Stream:
@@ -136,7 +139,29 @@ class Upstream:
         self.opened += 1
         return Backend1(await self._open(ep), ep)
 
-    async def release(self, conn: Backend1) -> None:
+    async def start2(self, ep: Endpoint, req: Request, body: bytes) -> tuple[Exchange2, Response]:
+        """HTTP/2 (the client spoke it): a stream on the endpoint's multiplexed connection."""
+        conn = self.h2conns.get(ep)
+        if conn is None or not conn.usable:
+            conn = self.h2conns[ep] = Backend2(await self._open(ep), ep)
+            self.opened += 1
+            assert self.nursery is not None, "Upstream.nursery must be set before HTTP/2 is proxied"
+            self.nursery.start_soon(conn.run)
+        try:
+            x = await conn.request(req, body)
+            while True:
+                ev = await x.next_event()
+                if ev is None or isinstance(ev, StreamReset):
+                    raise AttemptFailed(RESET_BEFORE_RESPONSE, f"{ep} reset the stream before any response")
+                if isinstance(ev, Response) and ev.status >= 200:
+                    return x, ev
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, HboneError) as exc:
+            conn.broken = conn.broken or str(exc)
+            raise AttemptFailed(RESET_BEFORE_RESPONSE, f"{ep} reset the connection before any response: {exc}") from None
+
+    async def release(self, conn) -> None:
+        if isinstance(conn, Exchange2):
+            return
         if not conn.reusable:
             await conn.aclose()
             return
@@ -168,7 +193,8 @@ class Upstream:
             raise
 
     def dump(self) -> dict:
-        return {"opened": self.opened, "idle": {str(ep): len(v) for ep, v in self.idle.items() if v}}
+        return {"opened": self.opened, "idle": {str(ep): len(v) for ep, v in self.idle.items() if v},
+                "http2": {str(ep): {"streams": len(c.channels), "broken": c.broken} for ep, c in self.h2conns.items()}}
 
 
 def _host(address: str) -> str:

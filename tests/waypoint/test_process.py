@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import re
 
+import trio
+
 import pytest
 
 from wp_process import SLEEP_ID, NAMESPACE, acurl, backend, mesh, service, workload
 
-V1, V2, FLAKY, SLOW = "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24"
+V1, V2, FLAKY, SLOW, GRPC = "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24", "127.0.0.25"
 
 ROUTES = """apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -65,11 +67,46 @@ spec:
 """
 
 
+GRPC_BUDGET = """apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: grpc, namespace: default}
+spec:
+  targetRefs: [{kind: Service, name: grpc}]
+  retryBudget: {percent: 100}
+---
+"""
+
+
+def grpc_backend(address: str):
+    """A grpcio server (raw bytes, no stubs) whose every other call fails with UNAVAILABLE."""
+    import concurrent.futures
+    import threading
+
+    import grpc
+    calls, lock = [], threading.Lock()
+
+    def say(request: bytes, context) -> bytes:
+        with lock:
+            calls.append(request)
+            n = len(calls)
+        if n % 2 == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "flaky backend")
+        return b"hello " + request
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})])
+    port = server.add_insecure_port(f"{address}:0")
+    server.start()
+    return server, port, calls
+
+
 @pytest.fixture
 async def wp(tmp_path):
     servers = {"v1": backend(V1, "v1"), "v2": backend(V2, "v2"), "flaky": backend(FLAKY, "flaky", "flaky"),
                "slow": backend(SLOW, "slow", "slow")}
     port = {k: s.server_address[1] for k, s in servers.items()}
+    grpc_server, port["grpc"], grpc_calls = grpc_backend(GRPC)
     text = (NAMESPACE
             + service("web", "10.96.0.10", port["v1"], "v1")
             + service("web-v1", "10.96.0.11", port["v1"], "v1", waypoint=False)
@@ -78,11 +115,13 @@ async def wp(tmp_path):
             + service("slow", "10.96.0.14", port["slow"], "slow")
             + service("limited", "10.96.0.15", port["v2"], "v2")
             + workload("v1", V1, "v1") + workload("v2", V2, "v2") + workload("flaky", FLAKY, "flaky")
-            + workload("slow", SLOW, "slow") + ROUTES)
+            + workload("slow", SLOW, "slow") + ROUTES
+            + service("grpc", "10.96.0.16", port["grpc"], "grpc") + workload("grpc", GRPC, "grpc") + GRPC_BUDGET)
     async with mesh(tmp_path) as m:
-        await m.start(text, [V1, V2, FLAKY, SLOW])
-        m.servers = servers
+        await m.start(text, [V1, V2, FLAKY, SLOW, GRPC])
+        m.servers, m.grpc_calls = servers, grpc_calls
         yield m
+    grpc_server.stop(0)
     for s in servers.values():
         s.shutdown()
 
@@ -171,3 +210,19 @@ async def test_unknown_authority_and_foreign_services_are_refused(wp):
         with pytest.raises(HboneTunnelRefused) as err:
             await wp.pool.connect(("127.0.0.1", wp.hbone_port), authority, WAYPOINT_ID, SLEEP_ID)
         assert "404" in str(err.value) and why in str(err.value)
+
+
+async def test_grpc_through_the_waypoint_retried_on_unavailable(wp):
+    import grpc
+    port = await wp.bridge("10.96.0.16:80")
+
+    def calls() -> list[bytes]:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            say = channel.unary_unary("/test.Echo/Say")
+            return [say(f"n{i}".encode(), timeout=10) for i in range(10)]
+    replies = await trio.to_thread.run_sync(calls)
+    assert replies == [f"hello n{i}".encode() for i in range(10)]
+    assert len(wp.grpc_calls) == 20   # each call failed once with UNAVAILABLE and was retried
+    assert wp.waypoint.metrics.value("istio_requests_total", request_protocol="grpc", response_code="200") == 10
+    assert wp.waypoint.metrics.value("trellis_waypoint_retries_total", destination_service="default/grpc",
+                                     reason="grpc-status 14") == 10
