@@ -14,9 +14,11 @@ import logging
 
 import trio
 
+from meshcore import authz
+
 from .http.detect import HTTP1, HTTP2, L4
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, StreamReset, simple_response
-from .http.serverconn import SNIFF_TIMEOUT, Detected, ServerConnection
+from .http.serverconn import Detected, ServerConnection
 from .h2proxy import serve_http2
 from .pipeline import MAX_BODY, Caller, Pipeline
 from .upstream import AttemptFailed
@@ -24,6 +26,11 @@ from .view import Target
 
 log = logging.getLogger("trellis.waypoint.conn")
 IDLE_TIMEOUT = 60.0
+# How long a client may stay silent before the tunnel is taken for a server-first L4
+# protocol. Longer than the adapter's SNIFF_TIMEOUT: on a busy node an HTTP client can be
+# slower than 100 ms, and a client that waits on purpose gains nothing (L4 traffic is
+# authorized with L4 semantics: a DENY with HTTP fields refuses it).
+SNIFF_WAIT = 1.0
 REQUEST_READ_TIMEOUT = 30.0
 READ_SIZE = 65536
 
@@ -56,7 +63,7 @@ class ClientConnection:
         return None   # timed out
 
     async def serve(self) -> None:
-        with trio.move_on_after(SNIFF_TIMEOUT * 50):   # a silent client: server-first L4 after a while
+        with trio.move_on_after(SNIFF_WAIT):   # a silent client: server-first L4 after a while
             while self.sc.protocol is None and await self._fill():
                 pass
         if self.sc.protocol is None:
@@ -117,9 +124,16 @@ class ClientConnection:
         return ProtocolError(408, f"request not received within {REQUEST_READ_TIMEOUT:g}s (slow client)")
 
     async def _forward_l4(self, initial: bytes) -> None:
-        """Not HTTP: relay bytes to one endpoint of the Service (no L7 policy can apply)."""
+        """Not HTTP: relay bytes to one endpoint of the Service. Authorization with L4 semantics
+        (Istio's at a waypoint for TCP): an ALLOW rule with HTTP fields never matches, a DENY
+        rule with HTTP fields always does, so L7 policy cannot be sidestepped by not speaking HTTP."""
         view = self.pipeline.view_of()
         t = self.target
+        verdict = authz.evaluate(view.target_policies(t), self.caller.identity, t.port, None)
+        if isinstance(verdict, authz.Deny):
+            self.pipeline.metrics.authz_denied.labels(t.service.key, verdict.policy or "").inc()
+            log.info("waypoint: L4 tunnel from %s to %s refused: %s", self.caller.identity, t.service.key, verdict.reason)
+            return
         if t.workload is not None:
             eps = [view.endpoint_of(t.workload, t.workload_port)]
         else:

@@ -226,3 +226,74 @@ async def test_grpc_through_the_waypoint_retried_on_unavailable(wp):
     assert wp.waypoint.metrics.value("istio_requests_total", request_protocol="grpc", response_code="200") == 10
     assert wp.waypoint.metrics.value("trellis_waypoint_retries_total", destination_service="default/grpc",
                                      reason="grpc-status 14") == 10
+
+
+async def _raw(port: int, data: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        out = b""
+        with trio.move_on_after(10):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+        return out
+
+
+async def test_smuggling_and_oversized_headers_are_refused_while_others_are_served(wp):
+    port = await wp.bridge("10.96.0.10:80")
+    smuggle = (b"POST /other HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: web\r\n\r\n")
+    big = b"GET /other HTTP/1.1\r\nHost: web\r\nx-big: " + b"a" * 20000 + b"\r\n\r\n"
+    many = b"GET /other HTTP/1.1\r\nHost: web\r\n" + b"".join(b"x-h%d: 1\r\n" % i for i in range(150)) + b"\r\n"
+    async with trio.open_nursery() as n:
+        results = {}
+
+        async def bad(name, data):
+            results[name] = await _raw(port, data)
+
+        async def good():
+            results["good"] = await acurl(*[f"http://127.0.0.1:{port}/other"] * 20)
+        for name, data in (("smuggle", smuggle), ("big", big), ("many", many)):
+            n.start_soon(bad, name, data)
+        n.start_soon(good)
+    assert results["smuggle"].startswith(b"HTTP/1.1 400 ")
+    assert b"smuggling" in results["smuggle"] and b"/admin" not in results["smuggle"]
+    assert results["big"].startswith(b"HTTP/1.1 431 ") and results["many"].startswith(b"HTTP/1.1 431 ")
+    assert results["good"].stdout == "v1\n" * 20
+    assert not any(p == "/admin" or m == "POST" for m, p, _ in wp.servers["v1"].seen)
+
+
+async def test_a_silent_tunnel_is_forwarded_as_l4(wp):
+    """Not HTTP (the client says nothing first, as in a server-first protocol): plain bytes to the
+    endpoint. The backend is HTTP, so bytes sent after the sniff arrive and are answered."""
+    port = await wp.bridge("10.96.0.13:80")
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await trio.sleep(2)    # past the sniff wait: forwarded as L4
+        await stream.send_all(b"GET /l4 HTTP/1.0\r\n\r\n")
+        out = b""
+        with trio.move_on_after(10):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    assert out.startswith(b"HTTP/1.1 ") and b"flaky" in out
+    assert wp.waypoint.metrics.value("trellis_waypoint_tunnels_total", protocol="l4") == 1
+
+
+async def test_waiting_out_detection_does_not_escape_an_l7_deny(wp):
+    """web has a DENY with paths: at L4 it matches every connection (fail closed), so a client
+    that stays silent to be taken for L4 and then sends GET /admin is cut off."""
+    port = await wp.bridge("10.96.0.10:80")
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await trio.sleep(2)
+        out = b""
+        with trio.move_on_after(10):
+            try:
+                await stream.send_all(b"GET /admin HTTP/1.0\r\n\r\n")
+                while chunk := await stream.receive_some(65536):
+                    out += chunk
+            except trio.BrokenResourceError:
+                pass
+    assert out == b""
+    assert not any(p == "/admin" for _, p, _ in wp.servers["v1"].seen)
+    assert wp.waypoint.metrics.value("trellis_waypoint_authz_denied_total", destination_service="default/web") == 1
