@@ -41,6 +41,7 @@ class ClientConnection:
         self.sc = ServerConnection()
         self.events: list = []
         self.eof = False
+        self.out = bytearray()   # response bytes held back to leave in one write
 
     async def _fill(self) -> bool:
         """Read once more into the adapter; False at EOF."""
@@ -84,8 +85,11 @@ class ClientConnection:
         if data:
             await self.stream.send_all(data)
 
-    async def _send(self, ev) -> None:
-        await self._send_bytes(self.sc.send(ev))
+    async def _send(self, ev, more: bool = False) -> None:
+        self.out += self.sc.send(ev)
+        if not more:
+            out, self.out = bytes(self.out), bytearray()
+            await self._send_bytes(out)
 
     async def _serve_http1(self) -> None:
         while True:

@@ -41,7 +41,7 @@ async def serve_http2(conn, idle_timeout: float) -> None:
                 await stream.send_all(data)
 
     async def handle(sid: int, req: Request, body: bytes) -> None:
-        async def send(ev) -> None:
+        async def send(ev, more: bool = False) -> None:
             ev = dataclasses.replace(ev, stream_id=sid)
             async with lock:
                 data = sc.send(ev) + sc.data_to_send()
@@ -179,6 +179,9 @@ class Exchange2:
             if isinstance(ev, EndOfMessage):
                 self.finished = True
                 return
+
+    def buffered(self) -> bool:
+        return self.receive.statistics().current_buffer_used > 0
 
     @property
     def reusable(self) -> bool:

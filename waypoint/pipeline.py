@@ -31,7 +31,7 @@ from .upstream import AttemptFailed, Upstream
 from .view import Target, View
 
 MAX_BODY = 8 * 1024 * 1024
-Send = Callable[[object], Awaitable[None]]
+Send = Callable[..., Awaitable[None]]   # send(event, more=False): more=True may hold it back to batch the write
 
 
 @dataclass
@@ -82,8 +82,10 @@ class Pipeline:
         return status
 
     async def _respond(self, send: Send, status: int, body: str, extra=()) -> int:
-        for ev in simple_response(status, body, tuple(extra)):
-            await send(ev)
+        resp, data, end = simple_response(status, body, tuple(extra))
+        await send(resp, True)
+        await send(data, True)
+        await send(end)
         return status
 
     async def _run(self, view: View, req: Request, body: bytes, caller: Caller, target: Target, send: Send,
@@ -214,12 +216,14 @@ class Pipeline:
         headers = end_to_end(resp.headers)
         if decision is not None and decision.response_headers:
             headers = apply_response_headers(headers, decision.response_headers)
-        await send(Response(resp.status, headers, resp.reason))
+        # `more` while the backend's bytes already read hold further events: a small response
+        # leaves in one write instead of one per event
+        await send(Response(resp.status, headers, resp.reason), conn.buffered())
         try:
             with trio.fail_at(_trio_deadline(deadlines.request_deadline, self.clock) or float("inf")):
                 async for ev in conn.events():
                     if isinstance(ev, Data):
-                        await send(Data(ev.data))
+                        await send(Data(ev.data), conn.buffered())
                     elif isinstance(ev, EndOfMessage):
                         await send(EndOfMessage(ev.trailers))
             await self.upstream.release(conn)

@@ -15,6 +15,7 @@ idle connection the backend had just closed counts the same, as in Envoy).
 from __future__ import annotations
 
 import logging
+from collections import deque
 import time
 from typing import Callable
 
@@ -51,6 +52,8 @@ class Backend1:
         self.idle_since = 0.0
         self.reused = reused
         self.broken = False
+        self._pending: deque = deque()
+        self._eof = False
 
     async def send_request(self, req: Request, body: bytes) -> None:
         out = self.h1.send(req)
@@ -60,42 +63,30 @@ class Backend1:
         await self.stream.send_all(out)
 
     async def next_event(self):
-        """The next event from the backend; EOF before a response becomes ProtocolError-free close."""
-        while True:
-            events = self.h1.events()
-            if events:
-                self._pending = events[1:]
-                return events[0]
-            data = await self.stream.receive_some(READ_SIZE)
-            self.h1.receive_data(data)
-            if not data:
-                events = self.h1.events()
-                if events:
-                    self._pending = events[1:]
-                    return events[0]
+        """The next event from the backend (reading only when none is buffered); None at EOF."""
+        while not self._pending:
+            if self._eof:
                 return None
+            data = await self.stream.receive_some(READ_SIZE)
+            self._eof = not data
+            self.h1.receive_data(data)
+            self._pending.extend(self.h1.events())
+        return self._pending.popleft()
 
     async def events(self):
-        """Async iterator over the response's events after the head: Data..., EndOfMessage."""
-        pending = getattr(self, "_pending", [])
-        self._pending = []
-        for ev in pending:
+        """The response's events after the head: Data..., EndOfMessage."""
+        while True:
+            ev = await self.next_event()
+            if ev is None or isinstance(ev, ProtocolError):
+                self.broken = True
+                raise trio.BrokenResourceError(ev.message if ev else "backend closed the connection mid-response")
             yield ev
             if isinstance(ev, EndOfMessage):
                 return
-        while True:
-            ev = await self.next_event()
-            if ev is None:
-                self.broken = True
-                raise trio.BrokenResourceError("backend closed the connection mid-response")
-            if isinstance(ev, ProtocolError):
-                self.broken = True
-                raise trio.BrokenResourceError(ev.message)
-            pending, self._pending = self._pending, []
-            for e in [ev] + pending:
-                yield e
-                if isinstance(e, EndOfMessage):
-                    return
+
+    def buffered(self) -> bool:
+        """Events already read and not yet taken (no I/O needed for the next one)."""
+        return bool(self._pending)
 
     @property
     def reusable(self) -> bool:
