@@ -21,6 +21,7 @@ import trio
 
 from meshcore import admin, ports, tls
 from meshcore.certs import CertificateManager
+from meshcore.cpclient import keep_watching
 from meshcore.hbone import HboneClientPool, InboundTunnel, serve_hbone
 from meshcore.identity import CertBundle, workload_identity
 from meshcore.wire import watch
@@ -206,7 +207,7 @@ class Waypoint:
                     await nursery.start(self.certs.run)
                     self.certs.want(c.identity)
                 if self.cp is not None:
-                    nursery.start_soon(self._watch)
+                    nursery.start_soon(keep_watching, self.cp, self.on_update, f"waypoint {c.namespace}/{c.gateway}")
                 drained = trio.Event()
 
                 async def hbone(task_status=trio.TASK_STATUS_IGNORED):
@@ -223,16 +224,6 @@ class Waypoint:
                 with trio.move_on_after(c.drain_timeout):
                     await drained.wait()   # every tunnel finished (GOAWAY sent to each connection)
                 nursery.cancel_scope.cancel()
-
-    async def _watch(self) -> None:
-        backoff = 1.0
-        while True:
-            try:
-                await self.cp.watch(self.on_update)
-            except Exception as exc:
-                log.error("control plane watch stopped (%s: %s); restarting in %.0fs", type(exc).__name__, exc, backoff)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
 
     async def _on_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

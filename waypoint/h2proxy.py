@@ -35,16 +35,27 @@ async def serve_http2(conn, idle_timeout: float) -> None:
     pending: dict[int, tuple[Request, list[bytes], int]] = {}
     running: dict[int, trio.CancelScope] = {}
 
-    async def write(data: bytes) -> None:
-        if data:
-            async with lock:
+    async def write(data: bytes = b"") -> None:
+        # h2's output is taken under the lock: bytes taken before it could otherwise leave
+        # after another task's later frames (a SETTINGS after a HEADERS: a broken connection)
+        async with lock:
+            data += sc.data_to_send()
+            if data:
                 await stream.send_all(data)
 
     async def handle(sid: int, req: Request, body: bytes) -> None:
+        held: list[Response] = []
+
         async def send(ev, more: bool = False) -> None:
             ev = dataclasses.replace(ev, stream_id=sid)
+            if isinstance(ev, Response) and more:
+                held.append(ev)          # maybe a trailers-only answer: see what follows
+                return
             async with lock:
-                data = sc.send(ev) + sc.data_to_send()
+                if held and isinstance(ev, EndOfMessage) and not ev.trailers:
+                    data = h2.send_headers_only(held.pop()) + sc.data_to_send()
+                else:
+                    data = (sc.send(held.pop()) if held else b"") + sc.send(ev) + sc.data_to_send()
                 if data:
                     await stream.send_all(data)
         with trio.CancelScope() as scope:
@@ -58,7 +69,7 @@ async def serve_http2(conn, idle_timeout: float) -> None:
 
     async with trio.open_nursery() as nursery:
         try:
-            await write(sc.data_to_send())
+            await write()
             while True:
                 with trio.move_on_after(idle_timeout if not running else math.inf) as idle:
                     data = await stream.receive_some(READ_SIZE)
@@ -74,7 +85,8 @@ async def serve_http2(conn, idle_timeout: float) -> None:
                         h2.ack(ev.stream_id, len(ev.data))
                         if size + len(ev.data) > MAX_BODY:
                             pending.pop(ev.stream_id)
-                            await write(sc.send(StreamReset(ev.stream_id, 0xb)))   # ENHANCE_YOUR_CALM
+                            reset = sc.send(StreamReset(ev.stream_id, 0xb))   # ENHANCE_YOUR_CALM
+                            await write(reset)   # a RST_STREAM: its place among other streams' frames is free
                             continue
                         chunks.append(ev.data)
                         pending[ev.stream_id] = (req, chunks, size + len(ev.data))
@@ -87,7 +99,7 @@ async def serve_http2(conn, idle_timeout: float) -> None:
                             running[ev.stream_id].cancel()
                     elif isinstance(ev, (ConnectionClosed, ProtocolError)):
                         done = isinstance(ev, ConnectionClosed) or ev.stream_id in (0, 1) or h2.failed is not None
-                await write(sc.data_to_send())
+                await write()
                 if done:
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -113,7 +125,7 @@ class Backend2:
     async def run(self) -> None:
         """The reader: route each event to its stream's channel; fail every stream at the end."""
         try:
-            await self._write(self.h2.data_to_send())
+            await self._write()
             while True:
                 data = await self.stream.receive_some(READ_SIZE)
                 if not data:
@@ -128,21 +140,25 @@ class Backend2:
                         ch.send_nowait(ev)
                         if isinstance(ev, (EndOfMessage, StreamReset)):
                             self.channels.pop(ev.stream_id, None)
-                await self._write(self.h2.data_to_send())
+                await self._write()
                 if self.broken:
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.broken = f"backend connection lost: {exc}"
         finally:
             self.broken = self.broken or "closed"
+            log.info("waypoint: HTTP/2 connection to %s ended: %s (%d streams open)", self.endpoint, self.broken,
+                     len(self.channels))
             for ch in self.channels.values():
                 ch.send_nowait(None)
             self.channels.clear()
             await trio.aclose_forcefully(self.stream)
 
-    async def _write(self, data: bytes) -> None:
-        if data:
-            async with self.lock:
+    async def _write(self, data: bytes = b"") -> None:
+        """Write what h2 has queued, taken under the lock (see serve_http2's write)."""
+        async with self.lock:
+            data += self.h2.data_to_send()
+            if data:
                 await self.stream.send_all(data)
 
     async def request(self, req: Request, body: bytes) -> "Exchange2":

@@ -7,6 +7,8 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from meshcore.telemetry import sample_total
+
 REQUEST_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_principal",
                   "destination_service", "destination_service_name", "destination_service_namespace",
                   "destination_workload", "destination_workload_namespace", "destination_principal",
@@ -52,12 +54,7 @@ class Metrics:
 
     def value(self, name: str, **labels: str) -> float:
         """Sum of a sample over series matching `labels` (tests, CLI)."""
-        total = 0.0
-        for metric in self.registry.collect():
-            for s in metric.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += s.value
-        return total
+        return sample_total(self.registry, name, **labels)
 
 
 def log_request(**fields) -> None:

@@ -98,6 +98,8 @@ def grpc_backend(address: str):
         "test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})])
     port = server.add_insecure_port(f"{address}:0")
     server.start()
+    with grpc.insecure_channel(f"{address}:{port}") as channel:   # serving before the test starts
+        grpc.channel_ready_future(channel).result(timeout=10)
     return server, port, calls
 
 
