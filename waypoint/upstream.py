@@ -2,7 +2,7 @@
 
 - Mesh endpoints: one HBONE tunnel per HTTP/1.1 connection, through the shared
   `HboneClientPool` (one mTLS HTTP/2 connection per destination ztunnel carries many
-  tunnels): address `<endpoint IP>:15008`, authority `<endpoint IP>:<targetPort>`, the
+  tunnels): address `<endpoint IP>:<ports.HBONE>`, authority `<endpoint IP>:<targetPort>`, the
   endpoint workload's identity expected, the waypoint's own identity presented.
 - Endpoints outside the mesh: plaintext TCP.
 - HTTP keep-alive: a finished exchange whose connection may be reused goes back to a small
