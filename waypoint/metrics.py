@@ -41,13 +41,17 @@ class Metrics:
         self.tunnels = Counter("trellis_waypoint_tunnels", "Inbound HBONE tunnels by detected protocol",
                                ("protocol",), registry=r)
         self.config_version = Gauge("trellis_config_version", "Version of the applied snapshot", registry=r)
+        self._children: dict[tuple, tuple] = {}
         self.cp_connected = Gauge("trellis_control_plane_connected", "1 when the control-plane watch is up",
                                   registry=r)
 
     def request_done(self, labels: dict[str, str], millis: float) -> None:
-        values = {k: labels.get(k, "unknown") for k in REQUEST_LABELS}
-        self.requests.labels(**values).inc()
-        self.duration.labels(**values).observe(millis)
+        key = tuple(labels.get(k, "unknown") for k in REQUEST_LABELS)
+        children = self._children.get(key)
+        if children is None:   # prometheus_client's labels() lookup is costly per request: keep the children
+            children = self._children[key] = (self.requests.labels(*key), self.duration.labels(*key))
+        children[0].inc()
+        children[1].observe(millis)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -64,6 +64,9 @@ class View:
         self.clusters: dict[str, Cluster] = dict(previous.clusters) if previous else {}
         self._limiters: dict[str, RateLimiter] = dict(previous._limiters) if previous else {}
         self._policy_cache: dict[str, list] = {}
+        # per-request lookups, computed once per snapshot (a View never changes)
+        self._endpoint_cache: dict[Backend, list[Endpoint]] = {}
+        self._limit_cache: dict[tuple, list[tuple[str, Any]]] = {}
         # a Cluster keeps its state across snapshots but takes the new TrafficPolicy
         for key, c in list(self.clusters.items()):
             ns, name = key.split("/", 1)
@@ -118,6 +121,12 @@ class View:
 
     # ---- where it goes -----------------------------------------------------------------
     def endpoints(self, backend: Backend) -> list[Endpoint]:
+        found = self._endpoint_cache.get(backend)
+        if found is None:
+            found = self._endpoint_cache[backend] = self._endpoints(backend)
+        return found
+
+    def _endpoints(self, backend: Backend) -> list[Endpoint]:
         svc = self.service(backend.namespace, backend.name)
         sp = svc.port(backend.port) if svc else None
         if sp is None:
@@ -141,8 +150,12 @@ class View:
         return c
 
     def limiters(self, svc: Service, route: RouteRef | None) -> list[RateLimiter]:
+        key = (svc.key, route)
+        specs = self._limit_cache.get(key)
+        if specs is None:
+            specs = self._limit_cache[key] = rate_limits(self.resources, svc.namespace, svc.name, route)
         out = []
-        for name, spec in rate_limits(self.resources, svc.namespace, svc.name, route):
+        for name, spec in specs:
             lim = self._limiters.get(name)
             if lim is None or lim.spec != spec:
                 lim = self._limiters[name] = RateLimiter(name, spec, self.clock)
