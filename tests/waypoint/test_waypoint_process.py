@@ -299,3 +299,23 @@ async def test_waiting_out_detection_does_not_escape_an_l7_deny(wp):
     assert out == b""
     assert not any(p == "/admin" for _, p, _ in wp.servers["v1"].seen)
     assert wp.waypoint.metrics.value("trellis_waypoint_authz_denied_total", destination_service="default/web") == 1
+
+
+async def test_admin_routes_clusters_and_config_dump(wp):
+    from meshcore.admin import get_json
+    port = wp.waypoint.listeners["admin"].socket.getsockname()[1]
+    get = lambda path: trio.to_thread.run_sync(get_json, "127.0.0.1", port, path)   # noqa: E731
+    routes = {r["service"]: r for r in await get("/routes")}
+    web = routes["default/web"]
+    assert web["authorization"] == ["default/deny-admin"] and web["vip"] == "10.96.0.10"
+    split = web["routes"][0]["rules"][1]["backends"]
+    assert [(b["service"], b["weight"]) for b in split] == [("default/web-v1", 90), ("default/web-v2", 10)]
+    assert routes["default/limited"]["rateLimits"] == ["default/limited"]
+    assert routes["default/flaky"]["trafficPolicy"] == "default/flaky"
+    assert "default/web-v1" not in routes    # not fronted by this waypoint
+    clusters = {c["service"]: c for c in await get("/clusters")}
+    ep = clusters["default/web-v1"]["endpoints"][f"{V1}:{wp.servers['v1'].server_address[1]}"]
+    assert ep["transport"] == "hbone" and ep["ejected"] is False and ep["identity"].endswith("/sa/web")
+    dump = await get("/config_dump")
+    assert dump["health"]["identity"].endswith("/ns/default/sa/waypoint")
+    assert any(s["name"] == "default/web" for s in dump["state"]["services"])
