@@ -319,3 +319,29 @@ async def test_admin_routes_clusters_and_config_dump(wp):
     dump = await get("/config_dump")
     assert dump["health"]["identity"].endswith("/ns/default/sa/waypoint")
     assert any(s["name"] == "default/web" for s in dump["state"]["services"])
+
+
+async def test_http2_rapid_reset_closes_only_that_connection(wp):
+    import h2.config
+    import h2.connection
+    import h2.events
+    port = await wp.bridge("10.96.0.10:80")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/other")]
+    goaway = None
+    async with stream:
+        for _ in range(300):   # open and reset at once: the 2023 rapid-reset attack
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, headers, end_stream=True)
+            conn.reset_stream(sid)
+        await stream.send_all(conn.data_to_send())
+        good = await acurl(*[f"http://127.0.0.1:{await wp.bridge('10.96.0.10:80')}/other"] * 5)
+        with trio.move_on_after(10):
+            while goaway is None and (data := await stream.receive_some(65536)):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ConnectionTerminated):
+                        goaway = ev
+    assert goaway is not None and goaway.error_code == 0xb   # ENHANCE_YOUR_CALM
+    assert good.stdout == "v1\n" * 5
