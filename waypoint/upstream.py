@@ -105,6 +105,7 @@ class Upstream:
         self.h2conns: dict[Endpoint, Backend2] = {}
         self.nursery: trio.Nursery | None = None   # runs the HTTP/2 connections' readers (set by the app)
         self.opened = 0
+        self.stale = 0   # reused idle connections found closed by the backend (replaced, not retried)
 
     async def _open(self, ep: Endpoint) -> trio.abc.Stream:
         try:
@@ -164,8 +165,22 @@ class Upstream:
         idle.append(conn)
 
     async def start(self, ep: Endpoint, req: Request, body: bytes) -> tuple[Backend1, Response]:
-        """Open (or reuse) a connection, send the request, return the response head."""
+        """Open (or reuse) a connection, send the request, return the response head. A reused
+        idle connection the backend had closed meanwhile (a race every keep-alive proxy has)
+        is replaced by a fresh one at once: that is no failure of the endpoint's."""
         conn = await self.connection(ep)
+        try:
+            return conn, await self._exchange(conn, req, body)
+        except AttemptFailed:
+            if not conn.reused:
+                raise
+            self.stale += 1
+        conn = Backend1(await self._open(ep), ep)
+        self.opened += 1
+        return conn, await self._exchange(conn, req, body)
+
+    async def _exchange(self, conn: Backend1, req: Request, body: bytes) -> Response:
+        ep = conn.endpoint
         try:
             await conn.send_request(req, body)
             while True:
@@ -175,7 +190,10 @@ class Upstream:
                 if isinstance(ev, ProtocolError):
                     raise AttemptFailed(RESET_BEFORE_RESPONSE, f"{ep}: {ev.message}")
                 if isinstance(ev, Response) and ev.status >= 200:
-                    return conn, ev
+                    return ev
+        except AttemptFailed:
+            await conn.aclose()
+            raise
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, HboneError) as exc:
             await conn.aclose()
             raise AttemptFailed(RESET_BEFORE_RESPONSE, f"{ep} reset the connection before any response: {exc}") from None
@@ -184,7 +202,7 @@ class Upstream:
             raise
 
     def dump(self) -> dict:
-        return {"opened": self.opened, "idle": {str(ep): len(v) for ep, v in self.idle.items() if v},
+        return {"opened": self.opened, "stale": self.stale, "idle": {str(ep): len(v) for ep, v in self.idle.items() if v},
                 "http2": {str(ep): {"streams": len(c.channels), "broken": c.broken} for ep, c in self.h2conns.items()}}
 
 

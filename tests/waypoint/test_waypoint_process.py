@@ -9,7 +9,7 @@ import pytest
 
 from wp_process import SLEEP_ID, NAMESPACE, acurl, backend, mesh, service, workload
 
-V1, V2, FLAKY, SLOW, GRPC = "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24", "127.0.0.25"
+V1, V2, FLAKY, SLOW, GRPC, SHORT = "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24", "127.0.0.25", "127.0.0.26"
 
 ROUTES = """apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -106,7 +106,7 @@ def grpc_backend(address: str):
 @pytest.fixture
 async def wp(tmp_path):
     servers = {"v1": backend(V1, "v1"), "v2": backend(V2, "v2"), "flaky": backend(FLAKY, "flaky", "flaky"),
-               "slow": backend(SLOW, "slow", "slow")}
+               "slow": backend(SLOW, "slow", "slow"), "short": backend(SHORT, "short", idle_timeout=0.3)}
     port = {k: s.server_address[1] for k, s in servers.items()}
     grpc_server, port["grpc"], grpc_calls = grpc_backend(GRPC)
     text = (NAMESPACE
@@ -118,9 +118,10 @@ async def wp(tmp_path):
             + service("limited", "10.96.0.15", port["v2"], "v2")
             + workload("v1", V1, "v1") + workload("v2", V2, "v2") + workload("flaky", FLAKY, "flaky")
             + workload("slow", SLOW, "slow") + ROUTES
-            + service("grpc", "10.96.0.16", port["grpc"], "grpc") + workload("grpc", GRPC, "grpc") + GRPC_BUDGET)
+            + service("grpc", "10.96.0.16", port["grpc"], "grpc") + workload("grpc", GRPC, "grpc") + GRPC_BUDGET
+            + service("short", "10.96.0.17", port["short"], "short") + workload("short", SHORT, "short"))
     async with mesh(tmp_path) as m:
-        await m.start(text, [V1, V2, FLAKY, SLOW, GRPC])
+        await m.start(text, [V1, V2, FLAKY, SLOW, GRPC, SHORT])
         m.servers, m.grpc_calls = servers, grpc_calls
         yield m
     grpc_server.stop(0)
@@ -345,3 +346,12 @@ async def test_http2_rapid_reset_closes_only_that_connection(wp):
                         goaway = ev
     assert goaway is not None and goaway.error_code == 0xb   # ENHANCE_YOUR_CALM
     assert good.stdout == "v1\n" * 5
+
+
+async def test_a_keepalive_connection_the_backend_closed_is_replaced_not_failed(wp):
+    port = await wp.bridge("10.96.0.17:80")
+    assert (await acurl(f"http://127.0.0.1:{port}/a")).stdout == "short\n"
+    await trio.sleep(1.0)    # the backend closes its idle keep-alive connection after 0.3 s
+    assert (await acurl(f"http://127.0.0.1:{port}/b")).stdout == "short\n"
+    assert wp.waypoint.upstream.stale == 1
+    assert wp.waypoint.metrics.value("trellis_waypoint_retries_total", destination_service="default/short") == 0

@@ -65,8 +65,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def backend(address: str, name: str, mode: str = "ok") -> http.server.ThreadingHTTPServer:
-    srv = http.server.ThreadingHTTPServer((address, 0), Handler)
+def backend(address: str, name: str, mode: str = "ok", idle_timeout: float | None = None):
+    """idle_timeout: close a keep-alive connection idle that long (as nginx's keepalive_timeout)."""
+    handler = type("TimedHandler", (Handler,), {"timeout": idle_timeout}) if idle_timeout else Handler
+    srv = http.server.ThreadingHTTPServer((address, 0), handler)
     srv.daemon_threads = True
     srv.name, srv.mode, srv.count, srv.lock, srv.seen = name, mode, 0, threading.Lock(), []
     threading.Thread(target=srv.serve_forever, daemon=True).start()
