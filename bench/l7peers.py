@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .peers import Peer, _endpoint, _spawn, envoy_binary
 
-NAMES = ("envoy-l7", "haproxy-l7", "nginx-l7")
-LOCAL = {"envoy-l7": 18100, "haproxy-l7": 18110, "nginx-l7": 18120}   # 127.0.0.1 in the client pod
-WORKERS = {"envoy-l7": "--concurrency 1", "haproxy-l7": "nbthread 1", "nginx-l7": "worker_processes 1"}
-PROXY = {"envoy-l7": "envoy HCM (HTTP/1.1)", "haproxy-l7": "haproxy mode http", "nginx-l7": "nginx proxy_pass"}
+NAMES = ("envoy-l7", "haproxy-l7", "nginx-l7", "waypoint")
+LOCAL = {"envoy-l7": 18100, "haproxy-l7": 18110, "nginx-l7": 18120, "waypoint": 18130}   # 127.0.0.1 in the client pod
+WORKERS = {"envoy-l7": "--concurrency 1", "haproxy-l7": "nbthread 1", "nginx-l7": "worker_processes 1",
+           "waypoint": "1 process (trio)"}
+PROXY = {"envoy-l7": "envoy HCM (HTTP/1.1)", "haproxy-l7": "haproxy mode http", "nginx-l7": "nginx proxy_pass",
+         "waypoint": "trellis waypoint (standalone, HTTP/1.1)"}
 
 
 def envoy_config(port: int, web: str, web_port: int) -> str:
@@ -122,6 +125,31 @@ http {{
 """
 
 
+def waypoint_config(web: str, web_port: int) -> str:
+    """Our own resources, Envoy's retry setup: 5xx retried twice, 0.25 s backoff, 1 s per try,
+    5 s in all. The web pod is a WorkloadEntry outside the mesh: plaintext, as the peers."""
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: bench, labels: {{trellis.dev/use-waypoint: waypoint}}}}
+spec: {{clusterIP: 10.96.0.10, selector: {{app: web}}, ports: [{{name: http, port: 80, targetPort: {web_port}}}]}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: web, namespace: bench}}
+spec: {{address: {web}, node: bench, labels: {{app: web}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: bench}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: web, port: 80}}]
+  rules:
+  - backendRefs: [{{name: web, port: 80}}]
+    timeouts: {{request: 5s, backendRequest: 1s}}
+    retry: {{attempts: 2, codes: [500, 502, 503, 504], backoff: 250ms}}
+"""
+
+
 def command(name: str, d: Path, web: str, web_port: int, port: int | None = None) -> list[str]:
     """Write `name`'s config under d and return the command that runs it in the foreground,
     listening on 127.0.0.1:port (default: its LOCAL port)."""
@@ -133,6 +161,12 @@ def command(name: str, d: Path, web: str, web_port: int, port: int | None = None
         (d / "envoy-l7.yaml").write_text(envoy_config(port, web, web_port))
         return [envoy_binary(), "-c", str(d / "envoy-l7.yaml"), "--concurrency", "1", "--disable-hot-restart",
                 "--log-level", os.environ.get("TRELLIS_BENCH_ENVOY_LOG", "warn")]
+    if name == "waypoint":
+        (d / "waypoint.yaml").write_text(waypoint_config(web, web_port))
+        # no access log (the peers run without one); admin on the next port for /clusters
+        return [sys.executable, "-m", "waypoint", "--namespace", "bench", "--standalone-config",
+                str(d / "waypoint.yaml"), "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{port + 1}",
+                "--log-level", "WARNING"]
     if name == "haproxy-l7":
         (d / "haproxy-l7.cfg").write_text(haproxy_config(port, web, web_port))
         return [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(d / "haproxy-l7.cfg")]

@@ -237,3 +237,17 @@ class ControlPlaneClient:
     def status(self) -> dict[str, Any]:
         return {"address": f"{self.address[0]}:{self.address[1]}", "connected": self.connected,
                 "lastContact": self.last_contact, "version": self.version, "lastError": self.last_error}
+
+
+async def keep_watching(client: "ControlPlaneClient", on_update, what: str) -> None:
+    """Run `client.watch(on_update)` for ever: the client reconnects by itself, this only
+    guards against it giving up (restarts with backoff, 1 s doubling to 30 s)."""
+    backoff = 1.0
+    while True:
+        try:
+            await client.watch(on_update)
+        except Exception as exc:
+            log.error("%s: control plane watch stopped (%s: %s); restarting in %.0fs, serving config version %s "
+                      "meanwhile", what, type(exc).__name__, exc, backoff, client.version)
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)

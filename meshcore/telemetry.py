@@ -60,3 +60,14 @@ def log_connection(*, direction: str, src: str, dst: str, labels: ConnLabels, se
     entry.update(extra)
     access_log.info(json.dumps(entry, sort_keys=True))
     return entry
+
+
+def sample_total(registry: Any, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample over the series matching `labels` (tests and the CLI read
+    metrics this way; `registry` is a prometheus_client CollectorRegistry)."""
+    total = 0.0
+    for metric in registry.collect():
+        for s in metric.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total

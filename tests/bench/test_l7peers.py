@@ -63,7 +63,8 @@ def test_unknown_peer_is_named():
 
 VALIDATE = {"envoy-l7": lambda argv: [envoy_binary(), "--mode", "validate", *argv[1:]],
             "haproxy-l7": lambda argv: [*argv, "-c"],
-            "nginx-l7": lambda argv: [*argv, "-t"]}
+            "nginx-l7": lambda argv: [*argv, "-t"],
+            "waypoint": lambda argv: [*argv, "--check"]}
 
 
 @pytest.mark.parametrize("name", l7peers.NAMES)
@@ -97,7 +98,7 @@ def _free_port() -> int:
 
 
 # Envoy retries on 5xx and nginx on http_502; haproxy's `retries` only covers failed connections
-RETRIES_A_502 = {"envoy-l7": True, "haproxy-l7": False, "nginx-l7": True}
+RETRIES_A_502 = {"envoy-l7": True, "haproxy-l7": False, "nginx-l7": True, "waypoint": True}
 
 
 @pytest.mark.parametrize("name", l7peers.NAMES)

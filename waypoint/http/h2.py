@@ -222,6 +222,17 @@ class HTTP2Server(_H2Side):
     def _stream_done(self, stream_id: int) -> None:
         self._open.discard(stream_id)     # our response is complete: a reset now is not "early"
 
+    def send_headers_only(self, ev: Response) -> bytes:
+        """A response without body or trailers in one HEADERS frame with END_STREAM (gRPC's
+        trailers-only form: a DATA frame ending the stream instead would break gRPC clients)."""
+        try:
+            self.conn.send_headers(ev.stream_id, [(b":status", str(ev.status).encode())] + _regular(ev.headers),
+                                   end_stream=True)
+            self._stream_done(ev.stream_id)
+        except h2.exceptions.StreamClosedError:
+            pass
+        return self.conn.data_to_send()
+
     def send(self, ev) -> bytes:
         """Bytes to write now; b"" for a stream the client has already reset (nothing to say)."""
         try:

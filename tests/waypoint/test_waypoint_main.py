@@ -1,0 +1,42 @@
+"""`python -m waypoint` start-up: bad input names the file or flag and exits 2; --check."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from wp_process import WAYPOINT_ID, SLEEP_ID, issue
+from controlplane.ca import CertificateAuthority
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "waypoint", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_missing_credential_files_are_named(tmp_path):
+    res = run("--namespace", "default", "--gateway", "waypoint", "--control-plane", "127.0.0.1:15012",
+              "--credential-dir", str(tmp_path))
+    assert res.returncode == 2
+    assert f"{tmp_path}/cert.pem" in res.stderr and f"{tmp_path}/key.pem" in res.stderr
+
+
+def test_a_credential_for_another_identity_is_refused(tmp_path):
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", "cluster.local")
+    b = issue(ca, SLEEP_ID)
+    d = tmp_path / "cred"
+    d.mkdir()
+    (d / "cert.pem").write_bytes(b.chain_bytes())
+    (d / "key.pem").write_bytes(b.key_pem)
+    (d / "roots.pem").write_bytes(b.roots_bytes())
+    res = run("--namespace", "default", "--gateway", "waypoint", "--service-account", "waypoint",
+              "--control-plane", "127.0.0.1:15012", "--credential-dir", str(d))
+    assert res.returncode == 2
+    assert SLEEP_ID in res.stderr and WAYPOINT_ID in res.stderr
+
+
+def test_standalone_check_and_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {portz: 1}\n")
+    res = run("--standalone-config", str(bad), "--listen", "127.0.0.1:1", "--check")
+    assert res.returncode == 2 and "bad.yaml" in res.stderr and "portz" in res.stderr
+    res = run("--standalone-config", str(bad))
+    assert res.returncode == 2 and "--listen" in res.stderr

@@ -1,0 +1,176 @@
+"""One client connection into the waypoint (an HBONE tunnel, or a plaintext TCP connection in
+standalone mode): detect the protocol, then serve HTTP/1.1 requests one after another
+(keep-alive) through the pipeline, or forward the bytes as plain L4.
+
+Timeouts against idle and slow clients: nothing for IDLE_TIMEOUT between requests closes
+the connection; a request whose head and body take longer than REQUEST_READ_TIMEOUT to
+arrive gets 408 and the connection closes. Protocol errors (smuggling, oversized headers)
+are answered by the adapters' refusal and the connection closes; nothing here raises on a
+client's bytes, so other clients are never affected.
+"""
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from meshcore import authz
+
+from .http.detect import HTTP1, HTTP2, L4
+from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, StreamReset, simple_response
+from .http.serverconn import Detected, ServerConnection
+from .h2proxy import serve_http2
+from .pipeline import MAX_BODY, Caller, Pipeline
+from .upstream import AttemptFailed
+from .view import Target
+
+log = logging.getLogger("trellis.waypoint.conn")
+IDLE_TIMEOUT = 60.0
+# How long a client may stay silent before the tunnel is taken for a server-first L4
+# protocol. Longer than the adapter's SNIFF_TIMEOUT: on a busy node an HTTP client can be
+# slower than 100 ms, and a client that waits on purpose gains nothing (L4 traffic is
+# authorized with L4 semantics: a DENY with HTTP fields refuses it).
+SNIFF_WAIT = 1.0
+REQUEST_READ_TIMEOUT = 30.0
+READ_SIZE = 65536
+
+
+class ClientConnection:
+    def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline):
+        self.stream, self.caller, self.target, self.pipeline = stream, caller, target, pipeline
+        self.sc = ServerConnection()
+        self.events: list = []
+        self.eof = False
+        self.out = bytearray()   # response bytes held back to leave in one write
+
+    async def _fill(self) -> bool:
+        """Read once more into the adapter; False at EOF."""
+        if self.eof:
+            return False
+        data = await self.stream.receive_some(READ_SIZE)
+        self.eof = not data
+        self.sc.receive_data(data)
+        self.events.extend(self.sc.events())
+        return not self.eof
+
+    async def _next(self, timeout: float):
+        with trio.move_on_after(timeout):
+            while not self.events:
+                if not await self._fill():
+                    break
+            if self.events:
+                return self.events.pop(0)
+            return ConnectionClosed("peer closed")
+        return None   # timed out
+
+    async def serve(self) -> None:
+        with trio.move_on_after(SNIFF_WAIT):   # a silent client: server-first L4 after a while
+            while self.sc.protocol is None and await self._fill():
+                pass
+        if self.sc.protocol is None:
+            self.sc.sniff_timeout()
+            self.events.extend(self.sc.events())
+        first = self.events.pop(0) if self.events else None
+        if not isinstance(first, Detected):
+            return
+        self.pipeline.metrics.tunnels.labels(first.protocol).inc()
+        if first.protocol == L4:
+            await self._forward_l4(first.initial)
+        elif first.protocol == HTTP1:
+            await self._serve_http1()
+        elif first.protocol == HTTP2:
+            await serve_http2(self, IDLE_TIMEOUT)
+
+    async def _send_bytes(self, data: bytes) -> None:
+        if data:
+            await self.stream.send_all(data)
+
+    async def _send(self, ev, more: bool = False) -> None:
+        self.out += self.sc.send(ev)
+        if not more:
+            out, self.out = bytes(self.out), bytearray()
+            await self._send_bytes(out)
+
+    async def _serve_http1(self) -> None:
+        while True:
+            ev = await self._next(IDLE_TIMEOUT)
+            if ev is None or isinstance(ev, (ConnectionClosed, StreamReset)):
+                return
+            if isinstance(ev, ProtocolError):
+                await self._send_bytes(self.sc.refusal(ev))
+                return
+            if not isinstance(ev, Request):
+                return
+            body = await self._read_body()
+            if isinstance(body, ProtocolError):
+                await self._send_bytes(self.sc.refusal(body) if body.status != 408 else _raw(body))
+                return
+            await self.pipeline.handle(ev, body, self.caller, self.target, self._send)
+            if not self.sc.keep_alive:
+                return
+
+    async def _read_body(self) -> bytes | ProtocolError:
+        chunks, size = [], 0
+        with trio.move_on_after(REQUEST_READ_TIMEOUT):
+            while True:
+                ev = await self._next(REQUEST_READ_TIMEOUT)
+                if isinstance(ev, Data):
+                    size += len(ev.data)
+                    if size > MAX_BODY:
+                        return ProtocolError(413, f"request body over {MAX_BODY} bytes")
+                    chunks.append(ev.data)
+                elif isinstance(ev, EndOfMessage):
+                    return b"".join(chunks)
+                elif isinstance(ev, ProtocolError):
+                    return ev
+                elif ev is None or isinstance(ev, ConnectionClosed):
+                    return ProtocolError(400, "client closed the connection mid-request")
+        return ProtocolError(408, f"request not received within {REQUEST_READ_TIMEOUT:g}s (slow client)")
+
+    async def _forward_l4(self, initial: bytes) -> None:
+        """Not HTTP: relay bytes to one endpoint of the Service. Authorization with L4 semantics
+        (Istio's at a waypoint for TCP): an ALLOW rule with HTTP fields never matches, a DENY
+        rule with HTTP fields always does, so L7 policy cannot be sidestepped by not speaking HTTP."""
+        view = self.pipeline.view_of()
+        t = self.target
+        verdict = authz.evaluate(view.target_policies(t), self.caller.identity, t.port, None)
+        if isinstance(verdict, authz.Deny):
+            self.pipeline.metrics.authz_denied.labels(t.service.key, verdict.policy or "").inc()
+            log.info("waypoint: L4 tunnel from %s to %s refused: %s", self.caller.identity, t.service.key, verdict.reason)
+            return
+        if t.workload is not None:
+            eps = [view.endpoint_of(t.workload, t.workload_port)]
+        else:
+            from .routing import Backend
+            eps = view.endpoints(Backend(t.service.namespace, t.service.name, t.port))
+        cluster = view.cluster(t.service.namespace, t.service.name)
+        ep = cluster.pick(eps) if eps else None
+        if ep is None:
+            return
+        try:
+            up = await self.pipeline.upstream._open(ep)
+        except AttemptFailed as exc:
+            log.info("waypoint: L4 forward to %s failed: %s", ep, exc)
+            return
+        async with up:
+            if initial:
+                await up.send_all(initial)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pump, self.stream, up)
+                nursery.start_soon(_pump, up, self.stream)
+
+
+async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+    try:
+        while data := await src.receive_some(READ_SIZE):
+            await dst.send_all(data)
+        if hasattr(dst, "send_eof"):
+            await dst.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+def _raw(err: ProtocolError) -> bytes:
+    resp, data, _ = simple_response(err.status, err.message, (("connection", "close"),))
+    head = f"HTTP/1.1 {err.status} Request Timeout\r\n" + "".join(f"{k}: {v}\r\n" for k, v in resp.headers)
+    return head.encode() + b"\r\n" + data.data

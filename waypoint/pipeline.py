@@ -1,0 +1,240 @@
+"""One HTTP request through the waypoint, in Istio's order:
+
+path normalisation (400) -> authorization (403) -> routing (redirects, 404/500) ->
+rate limits (429) -> connection-pool limits (503) -> load balancing and outlier
+detection -> upstream attempts with timeouts (504) and retries under the budget ->
+response header filters -> response (streamed), then metrics and one access-log line.
+
+The caller hands a complete request (head and body, bounded by MAX_BODY: the body is kept
+whole so that a retry can send it again) and a `send(event)` coroutine for the answer.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import trio
+
+from meshcore import authz
+from meshcore.telemetry import source_labels
+
+from .filters.normalize import PathRejected, normalize_target
+from .filters.pool import QUEUE, REJECT
+from .filters.retry import ATTEMPT_TIMEOUT, RetryState
+from .filters.timeouts import Deadlines
+from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, without
+from .metrics import Metrics, log_request
+from .routing import Backend, apply_response_headers
+from .upstream import AttemptFailed, Upstream
+from .view import Target, View
+
+MAX_BODY = 8 * 1024 * 1024
+Send = Callable[..., Awaitable[None]]   # send(event, more=False): more=True may hold it back to batch the write
+
+
+@dataclass
+class Caller:
+    identity: str | None
+    address: str
+    protocol: str = "http"          # Istio's request_protocol: http | grpc
+    security: str = "mutual_tls"    # connection_security_policy
+
+
+def traceparent(value: str | None) -> str:
+    """W3C Trace Context: keep the trace id and flags, a new span id; a new trace when absent/invalid."""
+    parts = (value or "").strip().split("-")
+    span = os.urandom(8).hex()
+    if (len(parts) == 4 and len(parts[0]) == 2 and len(parts[1]) == 32 and len(parts[3]) == 2
+            and parts[0] != "ff" and parts[1] != "0" * 32 and all(_hex(p) for p in parts)):
+        return f"{parts[0]}-{parts[1]}-{span}-{parts[3]}"
+    return f"00-{os.urandom(16).hex()}-{span}-01"
+
+
+def _hex(s: str) -> bool:
+    return all(c in "0123456789abcdef" for c in s)
+
+
+class Pipeline:
+    def __init__(self, view_of: Callable[[], View], upstream: Upstream, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic):
+        self.view_of, self.upstream, self.metrics, self.clock = view_of, upstream, metrics, clock
+        self._queued: dict[int, trio.Event] = {}
+
+    async def handle(self, req: Request, body: bytes, caller: Caller, target: Target, send: Send) -> int:
+        start = self.clock()
+        view = self.view_of()
+        svc = target.service
+        labels = dict(source_labels(caller.identity, caller.address, view.state), reporter="waypoint",
+                      destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
+                      destination_service_name=svc.name, destination_service_namespace=svc.namespace,
+                      request_protocol="grpc" if req.is_grpc else caller.protocol,
+                      connection_security_policy=caller.security)
+        info: dict = {}
+        status = await self._run(view, req, body, caller, target, send, labels, info)
+        labels["response_code"] = str(status)
+        millis = (self.clock() - start) * 1000
+        self.metrics.request_done(labels, millis)
+        log_request(reporter="waypoint", method=req.method, path=req.target, authority=req.authority,
+                    status=status, duration_ms=round(millis, 1), src=caller.address,
+                    **{"src.identity": caller.identity, "dst.service": svc.key}, **info)
+        return status
+
+    async def _respond(self, send: Send, status: int, body: str, extra=()) -> int:
+        resp, data, end = simple_response(status, body, tuple(extra))
+        await send(resp, True)
+        await send(data, True)
+        await send(end)
+        return status
+
+    async def _run(self, view: View, req: Request, body: bytes, caller: Caller, target: Target, send: Send,
+                   labels: dict, info: dict) -> int:
+        svc = target.service
+        try:
+            req = req.with_(target=normalize_target(req.target))
+        except PathRejected as exc:
+            return await self._respond(send, exc.status, exc.message)
+        verdict = authz.evaluate(view.target_policies(target), caller.identity, target.port,
+                                 authz.Request(req.method, req.path, req.host))
+        if isinstance(verdict, authz.Deny):
+            self.metrics.authz_denied.labels(svc.key, verdict.policy or "").inc()
+            info["authz"] = verdict.reason
+            return await self._respond(send, 403, f"RBAC: access denied ({verdict.reason})")
+        if target.workload is not None:   # a pod behind the Service, dialled directly: policies, no routes
+            decision = None
+            backend = Backend(svc.namespace, svc.name, target.port)
+        else:
+            decision = view.routes.decide(req, svc.namespace, svc.name, target.port,
+                                          (labels.get("source_workload_namespace") or ""))
+            info["route"] = str(decision.route) if decision.route else None
+            if decision.action == "redirect":
+                return await self._respond(send, decision.status, "redirect",
+                                           (("location", decision.location or "/"),))
+            if decision.action == "respond":
+                return await self._respond(send, decision.status, decision.reason)
+            req = decision.request
+            backend = decision.backend or Backend(svc.namespace, svc.name, target.port)
+        for lim in view.limiters(svc, decision.route if decision else None):
+            rl = lim.check(caller.identity)
+            if not rl.allowed:
+                self.metrics.rate_limited.labels(svc.key, lim.name).inc()
+                return await self._respond(send, rl.status, rl.body, rl.headers)
+        dest = view.service(backend.namespace, backend.name)
+        if dest is None:
+            return await self._respond(send, 500, f"backend Service {backend.namespace}/{backend.name} does not exist")
+        labels["destination_service"] = f"{dest.name}.{dest.namespace}.svc.cluster.local"
+        labels["destination_service_name"], labels["destination_service_namespace"] = dest.name, dest.namespace
+        cluster = view.cluster(backend.namespace, backend.name)
+        admission = cluster.pool.acquire()
+        if admission.outcome == REJECT:
+            self.metrics.overflows.labels(dest.key).inc()
+            return await self._respond(send, 503, admission.body)
+        try:
+            if admission.outcome == QUEUE:
+                ev = self._queued[admission.ticket] = trio.Event()
+                try:
+                    await ev.wait()
+                except BaseException:
+                    cluster.pool.abandon(admission.ticket)
+                    raise
+                finally:
+                    self._queued.pop(admission.ticket, None)
+            return await self._attempts(view, req, body, target, backend, cluster, decision, send, labels, info)
+        finally:
+            handed = cluster.pool.release()
+            if handed is not None and handed in self._queued:
+                self._queued[handed].set()
+
+    async def _attempts(self, view, req, body, target, backend, cluster, decision, send, labels, info) -> int:
+        retry = RetryState(decision.retry if decision else None, cluster.budget, view.rng)
+        retry.body.add(body)
+        deadlines = Deadlines.of(decision.timeouts if decision else None, self.clock())
+        out = self._outgoing(req, body)
+        info["attempts"] = 0
+        while True:
+            if target.workload is not None:
+                eps = [view.endpoint_of(target.workload, target.workload_port)]
+            else:
+                eps = view.endpoints(backend)
+            if not eps:
+                return await self._respond(send, 503, f"no healthy upstream: Service {backend.namespace}/"
+                                                      f"{backend.name} port {backend.port} has no endpoints")
+            ep = cluster.pick(eps)
+            if ep is None:
+                return await self._respond(send, 503, "no healthy upstream: every endpoint is ejected")
+            info["attempts"] += 1
+            info["upstream"] = str(ep)
+            wl_ns, _, wl_name = ep.workload.partition("/")
+            labels["destination_workload"], labels["destination_workload_namespace"] = wl_name or "unknown", wl_ns or "unknown"
+            labels["destination_principal"] = ep.identity or "unknown"
+            cluster.started(ep)
+            now = self.clock()
+            failure = status = grpc_status = None
+            conn = resp = None
+            with trio.move_on_at(_trio_deadline(deadlines.attempt_deadline(now), self.clock)) as scope:
+                try:
+                    conn, resp = await (self.upstream.start2 if req.http_version == "2" else self.upstream.start)(ep, out, body)
+                except AttemptFailed as exc:
+                    failure, info["error"] = exc.failure, str(exc)
+            if scope.cancelled_caught:
+                failure = ATTEMPT_TIMEOUT
+            if resp is not None:
+                status = resp.status
+                gs = resp.header("grpc-status")
+                grpc_status = int(gs) if gs and gs.isdigit() else None
+            if cluster.finished(ep, status=status, connect_failure=failure is not None and failure != ATTEMPT_TIMEOUT,
+                                pool=eps):
+                self.metrics.ejections.labels(cluster.service).inc()
+            verdict = retry.outcome(status=status, failure=failure, grpc_status=grpc_status,
+                                    time_left=deadlines.time_left(self.clock()))
+            if verdict.retry:
+                self.metrics.retries.labels(cluster.service, verdict.why).inc()
+                if conn is not None:
+                    await conn.aclose()
+                await trio.sleep(verdict.delay)
+                continue
+            if "budget" in verdict.why:
+                self.metrics.retry_budget_exhausted.labels(cluster.service).inc()
+            if resp is None:
+                if failure == ATTEMPT_TIMEOUT:
+                    body_text = (deadlines.timeout_body() if deadlines.expired(self.clock()) or
+                                 deadlines.backend_request is None else deadlines.attempt_timeout_body())
+                    return await self._respond(send, 504, body_text)
+                return await self._respond(send, 503, f"upstream connect error or disconnect/reset before headers: "
+                                                      f"{info.get('error')}")
+            return await self._relay(conn, resp, decision, send, deadlines)
+
+    def _outgoing(self, req: Request, body: bytes) -> Request:
+        headers = without(end_to_end(req.headers), "content-length", "traceparent")
+        headers += (("traceparent", traceparent(req.header("traceparent"))),)
+        if body or req.method in ("POST", "PUT", "PATCH"):
+            headers += (("content-length", str(len(body))),)
+        return req.with_(headers=headers)
+
+    async def _relay(self, conn, resp: Response, decision, send: Send, deadlines: Deadlines) -> int:
+        headers = end_to_end(resp.headers)
+        if decision is not None and decision.response_headers:
+            headers = apply_response_headers(headers, decision.response_headers)
+        # `more` while the backend's bytes already read hold further events: a small response
+        # leaves in one write instead of one per event
+        await send(Response(resp.status, headers, resp.reason), conn.buffered())
+        try:
+            with trio.fail_at(_trio_deadline(deadlines.request_deadline, self.clock) or float("inf")):
+                async for ev in conn.events():
+                    if isinstance(ev, Data):
+                        await send(Data(ev.data), conn.buffered())
+                    elif isinstance(ev, EndOfMessage):
+                        await send(EndOfMessage(ev.trailers))
+            await self.upstream.release(conn)
+        except BaseException:
+            await conn.aclose()
+            raise
+        return resp.status
+
+
+def _trio_deadline(when: float | None, clock: Callable[[], float]) -> float:
+    """A deadline on `clock` as a trio deadline (inf: none)."""
+    if when is None:
+        return float("inf")
+    return trio.current_time() + (when - clock())
