@@ -6,6 +6,7 @@ The restart is done here (the old process's own command line, netns and cgroup),
 the lab's supervision, so the test stands on the handoff alone."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -93,14 +94,31 @@ def ztunnel_proc(lab, node: str) -> dict:
     return lab.proc(f"ztunnel/{node}")
 
 
+def _update_proc(lab, name: str, **changes) -> None:
+    """Change one process's record in lab.json, under the lab's lock where it has one (a
+    lab supervisor reads the same file: `held` keeps it from restarting the process too)."""
+    lock = getattr(state, "locked", None)
+    with lock(lab.state_dir) if lock else contextlib.nullcontext():
+        st = state.load(lab.state_dir)
+        p = next(p for p in st.procs if p.name == name)
+        for key, value in changes.items():
+            setattr(p, key, value)
+        state.save(st, lab.state_dir)
+
+
+def signal_ztunnel(lab, node: str, sig: signal.Signals) -> int:
+    pid = ztunnel_proc(lab, node)["pid"]
+    _update_proc(lab, f"ztunnel/{node}", held=True)  # ours to restart, not a supervisor's
+    os.kill(pid, sig)
+    return pid
+
+
 def restart_ztunnel(lab, node: str, cmdline: list[str]) -> None:
     """Start a ztunnel as the lab did (same argv, netns, cgroup, log) and record it."""
-    st = state.load(lab.state_dir)
-    old = next(p for p in st.procs if p.name == f"ztunnel/{node}")
-    new = procs.spawn(old.name, cmdline, netns=old.netns, cgroup=old.cgroup, log=Path(old.log),
+    old = ztunnel_proc(lab, node)
+    new = procs.spawn(old["name"], cmdline, netns=old["netns"], cgroup=old["cgroup"], log=Path(old["log"]),
                       env={"TRELLIS_LAB_DIR": str(lab.state_dir)})
-    st.procs = [new if p is old else p for p in st.procs]
-    state.save(st, lab.state_dir)
+    _update_proc(lab, old["name"], pid=new.pid, start_time=new.start_time, held=False)
 
 
 def cmdline_of(pid: int) -> list[str]:
@@ -119,8 +137,8 @@ def test_sigkill_and_restart_refuses_nothing(lab):
     try:
         for _ in range(20):
             assert loop.one().startswith("ok")
-        for n, pid in old.items():  # both ends: the client's capture and the server's HBONE port
-            os.kill(pid, signal.SIGKILL)
+        for n in old:  # both ends: the client's capture and the server's HBONE port
+            signal_ztunnel(lab, n, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_until(lambda: all(not Path(f"/proc/{pid}").exists() or
                                "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -160,7 +178,7 @@ def test_sigterm_drains_open_connections_while_a_successor_serves(lab):
     try:
         for _ in range(10):
             assert loop.one().startswith("ok")
-        os.kill(pid, signal.SIGTERM)
+        signal_ztunnel(lab, node, signal.SIGTERM)
         termed_at = time.monotonic()
         restart_ztunnel(lab, node, argv)  # the successor starts while the old one drains
         for _ in range(40):
