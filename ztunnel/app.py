@@ -2,6 +2,12 @@
 
 With the control plane away it keeps serving from the last snapshot and still-valid
 certificates (new connections included), and says so in /healthz and the metrics.
+
+SIGTERM drains (docs/internals.md "Restarts"): the node agent socket and the admin,
+metrics and readiness ports close at once, so a successor can bind them and the node
+agent hands it every pod; the pods stop accepting (the node agent's copies of their
+listening sockets keep queueing for the successor) and open connections finish until
+the drain deadline (--drain-timeout), then ztunnel exits.
 """
 from __future__ import annotations
 
@@ -69,7 +75,9 @@ class Ztunnel:
         self.origdst_fd: int | None = None
         self.inputs = ProxyInputs(state=lambda: self.state, certs=self.certs, metrics=self.metrics,
                                   origdst_fd=lambda: self.origdst_fd, trust_domain=config.trust_domain,
-                                  pick=route.RoundRobin(), drain_timeout=config.drain_timeout)
+                                  pick=route.RoundRobin(), drain_timeout=config.drain_timeout,
+                                  configured=self._wait_configured)
+        self._configured = trio.Event()
         self.pods: PodManager | None = None
         self.unreachable_since: float | None = time.time()
         self.draining = False
@@ -84,10 +92,14 @@ class Ztunnel:
         for w in new.warnings:
             log.warning("config: %s", w)
         self.state = new
+        self._configured.set()
         if version is not None:
             self.metrics.config_version.set(version)
         log.info("applied config version %s: %d workloads, %d services, %d policies", version,
                  len(new.workloads), len(new.services), len(new.policies))
+
+    async def _wait_configured(self) -> None:
+        await self._configured.wait()
 
     def on_hello(self, fd: int, node: str) -> None:
         if node and node != self.config.node:
@@ -163,11 +175,9 @@ class Ztunnel:
             zds = ZdsServer(self.pods, c.trust_domain, self.on_hello)
             zds_sock = await zds.bind(c.run_dir / "ztunnel.sock")
             await nursery.start(self.certs.run)
-            await nursery.start(zds.serve, zds_sock)
-            for name, addr, routes in (("admin", c.admin, self.routes()),
-                                       ("metrics", c.metrics, {"/metrics": self._metrics}),
-                                       ("ready", c.ready, {"/healthz/ready": self._ready})):
-                await nursery.start(functools.partial(admin.serve_http, *addr, routes, listener=listeners[name]))
+            # What a successor must be able to bind: closed first when draining.
+            front = await nursery.start(self._front_door, zds, zds_sock)
+            self._front_scope = front
             nursery.start_soon(self._watch)
             nursery.start_soon(self._track_control_plane)
             if handle_signals:
@@ -178,6 +188,18 @@ class Ztunnel:
         if self.origdst_fd is not None:
             os.close(self.origdst_fd)
             self.origdst_fd = None
+
+    async def _front_door(self, zds: ZdsServer, zds_sock, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        c = self.config
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as front:
+                await front.start(zds.serve, zds_sock)
+                for name, addr, routes in (("admin", c.admin, self.routes()),
+                                           ("metrics", c.metrics, {"/metrics": self._metrics}),
+                                           ("ready", c.ready, {"/healthz/ready": self._ready})):
+                    await front.start(functools.partial(admin.serve_http, *addr, routes,
+                                                        listener=self.listeners[name]))
+                task_status.started(scope)  # trio closes each listener as its accept loop ends
 
     async def _watch(self) -> None:
         """The client reconnects by itself; this only guards against it giving up."""
@@ -196,6 +218,8 @@ class Ztunnel:
         self.draining = True
         log.info("shutting down: draining %d pod(s) for up to %.0fs", len(self.pods.pods) if self.pods else 0,
                  self.config.drain_timeout)
+        if getattr(self, "_front_scope", None) is not None:
+            self._front_scope.cancel()  # the node agent moves its pods to our successor
         if self.pods is not None:
             await self.pods.drain_all(self.config.drain_timeout)
         scope.cancel()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from meshcore.certs import CertificateManager
 from meshcore.state import State
@@ -21,3 +21,6 @@ class ProxyInputs:
     pick: route.Pick = field(default_factory=route.RoundRobin)
     connect_timeout: float = 10.0
     drain_timeout: float = 30.0
+    # Returns once the first config snapshot is in: a restarted ztunnel must not accept
+    # the connections queued for it before it can route them. None: no wait (tests).
+    configured: Callable[[], Awaitable[None]] | None = None

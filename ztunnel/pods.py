@@ -24,6 +24,9 @@ from .outbound import Outbound
 from .podinfo import PodInfo
 
 log = logging.getLogger("trellis.ztunnel.pods")
+# How long a pod's listeners stay unserved waiting for its first certificate; past it,
+# connections are served (and fail with advice) rather than held without an answer.
+CERT_WAIT = 10.0
 
 
 class DrainableListener(trio.abc.Listener[trio.SocketStream]):
@@ -97,6 +100,16 @@ class Pod:
                                            self.info.socket_factory) as pool, trio.open_nursery() as nursery:
                     outbound = self.outbound = Outbound(self.info, self.inputs, pool, cookie)
                     self.inbound = Inbound(self.info, self.inputs)
+                    self.started = True
+                    task_status.started(self)  # bound: the add succeeded
+                    if self.inputs.configured is not None:
+                        # Until we can route and present the pod's certificate, connections
+                        # wait in the kernel's queue (a restart) instead of failing.
+                        self.state = "waiting for config"
+                        await self.inputs.configured()
+                        self.state = "waiting for certificate"
+                        with trio.move_on_after(CERT_WAIT):
+                            await self.inputs.certs.wait_ready(self.info.identity)
                     for listener in self.outbound_listeners:
                         nursery.start_soon(self._accept_loop, listener, outbound)
                     await nursery.start(partial(serve_hbone, stats=ServerStats(on_event=self.inputs.metrics.hbone_event)),
@@ -104,8 +117,6 @@ class Pod:
                                         lambda: self.inputs.certs.ssl_context_for(self.info.identity, server=True),
                                         self.inbound.handle)
                     self.state = "serving"
-                    self.started = True
-                    task_status.started(self)
         finally:
             self.state = "stopped"
             self.inputs.certs.release(self.info.identity)

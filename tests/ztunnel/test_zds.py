@@ -2,7 +2,6 @@ import json
 import os
 import socket
 
-import pytest
 import trio
 
 from meshcore import netns, podsockets
