@@ -14,12 +14,12 @@ import trio
 
 from meshcore import netns
 from ztunnel import origdst, route
-from ztunnel.certs import CertificateManager
+from meshcore.certs import CertificateManager
 from ztunnel.inputs import ProxyInputs
 from ztunnel.metrics import Metrics
 from ztunnel.podinfo import PodInfo
 from ztunnel.pods import PodManager
-from ztunnel.state import State
+from meshcore.state import State
 
 from zt_ca import TestCA
 from zt_helpers import wl
