@@ -75,8 +75,10 @@ def probe(st: LabState, in_mesh: set[str]) -> dict[str, Any]:
     pods = []
     for pod in st.pods:
         key = f"{pod['namespace']}/{pod['name']}"
-        want = st.mesh and key in in_mesh
-        row = dict(pod, mesh=want, enrolled=key in enrolled)
+        # a waypoint pod is reached over its own HBONE listener, not captured (Istio's waypoints
+        # are not redirected either): its readiness is its own :15021, not enrollment
+        want = st.mesh and key in in_mesh and not pod.get("waypoint")
+        row = dict(pod, mesh=st.mesh and key in in_mesh, enrolled=key in enrolled)
         if want and key not in enrolled:
             missing.append(f"pod {key} enrolled at ztunnel/{pod['node']}")
         if pod.get("waypoint"):

@@ -103,8 +103,15 @@ def test_apply_scale_and_delete_a_waypoint_without_restarting_anything_else(lab)
     assert status[0]["desired"] == 1 and [p["address"] for p in status[0]["pods"]] == [pod["address"]]
     assert status[0]["pods"][0]["identity"] == "spiffe://cluster.local/ns/default/sa/waypoint"
     report = json.loads(lab.cli("lab", "status", "-o", "json", check=False).stdout)
-    assert any(p["name"] == "waypoint-0" and p["waypoint"] == "waypoint" for p in report["pods"])
+    row = next(p for p in report["pods"] if p["name"] == "waypoint-0" and p["namespace"] == "default")
+    assert row["waypoint"] == "waypoint" and row["mesh"] is True and row["ready"] is REAL_WAYPOINT
     assert any(c["name"] == "waypoint/default/waypoint-0" for c in report["components"])
+    # a waypoint pod is judged by its readiness port, never by capture at its node
+    assert not any("default/waypoint-0 enrolled" in m for m in report["missing"])
+    assert any("waypoint pod default/waypoint-0 ready" in m for m in report["missing"]) is not REAL_WAYPOINT
+    table = lab.cli("lab", "status", check=False).stdout
+    line = next(x for x in table.splitlines() if x.startswith("waypoint-0 ") and " default " in x)
+    assert line.split()[-2:] == ["waypoint", "yes" if REAL_WAYPOINT else "no"], line
 
     lab.cli("waypoint", "apply", "-n", "default", "--replicas", "2")
     two = wait_until(lambda: len(p := wp_pods(lab, "default")) == 2 and p, "two replicas", timeout=30)
