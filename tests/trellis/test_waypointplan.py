@@ -115,7 +115,7 @@ def test_waypoints_in_reads_class_replicas_and_service_account_annotation():
 
 def test_workload_entry_is_a_valid_mesh_replica_of_its_gateway():
     p, _ = apply([Waypoint("default", "waypoint", 1, "waypoint")], STATIC)
-    doc = workload_entry(p.create[0])
+    doc = workload_entry(p.create[0].record("/cg"))
     import yaml
     res = parse_documents(yaml.safe_dump(doc), "we.yaml")
     assert not res.errors, res.errors

@@ -90,15 +90,16 @@ def waypoints_in(resources: Iterable[Any]) -> tuple[list[Waypoint], list[str]]:
     return sorted(out, key=lambda w: (w.namespace, w.name)), errors
 
 
-def workload_entry(pod: WaypointPod) -> dict[str, Any]:
-    """The pod's WorkloadEntry: labelled as its Gateway's replica (the label ztunnel and the
-    control plane look for) and in the mesh whatever its namespace's labels say, since the
-    callers' ztunnels reach it over HBONE."""
-    labels = {GATEWAY_LABEL: pod.gateway, AMBIENT_LABEL: "ambient"}
+def workload_entry(rec: dict[str, Any]) -> dict[str, Any]:
+    """A waypoint pod's WorkloadEntry, from its lab.json record (`WaypointPod.record`):
+    labelled as its Gateway's replica (the label ztunnel and the control plane look for)
+    and in the mesh whatever its namespace's labels say, since callers' ztunnels reach it
+    over HBONE."""
+    labels = {GATEWAY_LABEL: rec["waypoint"], AMBIENT_LABEL: "ambient"}
     return {"apiVersion": "trellis.dev/v1alpha1", "kind": "WorkloadEntry",
-            "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": dict(labels)},
-            "spec": {"address": pod.address, "labels": dict(labels), "serviceAccount": pod.service_account,
-                     "node": pod.node, "networkNamespace": pod.netns}}
+            "metadata": {"name": rec["name"], "namespace": rec["namespace"], "labels": dict(labels)},
+            "spec": {"address": rec["address"], "labels": dict(labels), "serviceAccount": rec["serviceAccount"],
+                     "node": rec["node"], "networkNamespace": rec["netns"]}}
 
 
 def _first_node(w: Waypoint, n: int) -> int:

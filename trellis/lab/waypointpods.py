@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,15 @@ class WaypointController:
             st = state.load(self.sdir)
             if st is None or not st.mesh or st.phase != "up":
                 return None
-            waypoints, errors = waypoints_in(load_dir(self.sdir / "config").resources)
+            errors: list[str] = []
+            procs_by_name = {p.name for p in st.procs}
+            for rec in [r for r in st.pods if r.get("waypoint")
+                        and proc_name(r["namespace"], r["name"]) not in procs_by_name]:
+                # half made (the supervisor died between netns and process): start it over
+                log.warning("waypoint pod %s/%s has no process; recreating it", rec["namespace"], rec["name"])
+                errors += self.remove(st, rec)
+            waypoints, more = waypoints_in(load_dir(self.sdir / "config").resources)
+            errors += more
             todo = plan(waypoints, st.pods, st.nodes, st.prefix)
             errors += todo.errors
             if todo.delete:   # callers' ztunnels stop choosing a pod before it goes away
@@ -127,7 +136,7 @@ class WaypointController:
             problems.append(str(exc))
         for pid in pids_in_netns(rec["netns"]):
             try:
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         try:
@@ -147,12 +156,8 @@ class WaypointController:
     def write_entries(self, st: LabState, skip: set[tuple[str, str]] = frozenset()) -> None:
         """lab-waypoints.yaml: a WorkloadEntry per running waypoint pod (rewritten only on change)."""
         live = {p.name for p in st.procs}
-        docs = [workload_entry(WaypointPod(
-            namespace=r["namespace"], name=r["name"], gateway=r["waypoint"], service_account=r["serviceAccount"],
-            node=r["node"], address=r["address"], gateway_ip="", netns=r["netns"], host_veth=r["hostVeth"],
-            cgroup=r["cgroup"])) for r in st.pods
-            if r.get("waypoint") and (r["namespace"], r["name"]) not in skip
-            and proc_name(r["namespace"], r["name"]) in live]
+        docs = [workload_entry(r) for r in st.pods if r.get("waypoint") and (r["namespace"], r["name"]) not in skip
+                and proc_name(r["namespace"], r["name"]) in live]
         path = self.sdir / "config" / ENTRIES_FILE
         text = yaml.safe_dump_all(docs, sort_keys=False) if docs else ""
         try:
