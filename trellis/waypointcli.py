@@ -161,7 +161,7 @@ def _lab_pods(namespace: str | None, name: str | None) -> tuple[Any, list[dict]]
 def status_cmd(namespace: str | None, all_namespaces: bool, name: str | None, config_dir: Path | None,
                fmt: str) -> None:
     """Each waypoint's replicas (desired/ready) and pods: node, address, identity, readiness
-    (GET :15021/healthz/ready in the pod's netns). Pods exist in a running lab only."""
+    (GET /healthz/ready on its readiness port, in the pod's netns). Pods exist in a running lab only."""
     from meshcore.identity import workload_identity
     from .lab import state
     from .lab.status import waypoint_ready

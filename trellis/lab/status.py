@@ -37,7 +37,7 @@ def _get(host: str, port: int, path: str, netns: str) -> tuple[Any, str | None]:
 
 
 def waypoint_ready(pod: dict[str, Any]) -> tuple[bool, str | None]:
-    """A waypoint pod's readiness (its :15021 /healthz/ready, 200 once it holds a certificate
+    """A waypoint pod's readiness (GET /healthz/ready on its readiness port, 200 once it holds a certificate
     and its first config), and why not."""
     from meshcore import ports
     _, err = _get("127.0.0.1", ports.READY, READY_PATH, pod["netns"])
@@ -76,7 +76,7 @@ def probe(st: LabState, in_mesh: set[str]) -> dict[str, Any]:
     for pod in st.pods:
         key = f"{pod['namespace']}/{pod['name']}"
         # a waypoint pod is reached over its own HBONE listener, not captured (Istio's waypoints
-        # are not redirected either): its readiness is its own :15021, not enrollment
+        # are not redirected either): its readiness is its own readiness port, not enrollment
         want = st.mesh and key in in_mesh and not pod.get("waypoint")
         row = dict(pod, mesh=st.mesh and key in in_mesh, enrolled=key in enrolled)
         if want and key not in enrolled:
