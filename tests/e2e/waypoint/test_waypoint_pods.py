@@ -78,6 +78,8 @@ def check_pod(lab, pod, gateway, sa):
     if REAL_WAYPOINT:
         wait_until(lambda: json.loads(lab.cli("waypoint", "status", "-n", ns, "--name", gateway, "-o", "json")
                                       .stdout)[0]["ready"] >= 1, f"{ns}/{gateway} ready", timeout=60)
+        routes = lab.cli("routes", "-n", ns, "-o", "json", check=False)   # its admin port, in its netns
+        assert routes.returncode == 0 and isinstance(json.loads(routes.stdout), list), routes.stderr
     else:   # `python -m waypoint` does not exist yet: it exits, and the supervisor starts it again
         wait_until(lambda: lab.proc(f"waypoint/{ns}/{name}")["restarts"] >= 1,
                    f"the supervisor restarting waypoint/{ns}/{name}", timeout=30)
@@ -99,6 +101,10 @@ def test_apply_scale_and_delete_a_waypoint_without_restarting_anything_else(lab)
     assert out.splitlines() == ["gateway/waypoint created", "namespace/default labeled"]
     [pod] = wait_until(lambda: wp_pods(lab, "default"), "default/waypoint's pod", timeout=30)
     check_pod(lab, pod, "waypoint", "waypoint")
+    if not REAL_WAYPOINT:   # `trellis routes` asks the pod's admin port in its netns: nobody listens yet
+        routes = lab.cli("routes", "-n", "default", check=False)
+        assert routes.returncode == 1 and "waypoint/default/waypoint-0" in routes.stderr
+        assert f"in netns {pod['netns']}" in routes.stderr, routes.stderr
     status = json.loads(lab.cli("waypoint", "status", "-n", "default", "-o", "json").stdout)
     assert status[0]["desired"] == 1 and [p["address"] for p in status[0]["pods"]] == [pod["address"]]
     assert status[0]["pods"][0]["identity"] == "spiffe://cluster.local/ns/default/sa/waypoint"
