@@ -28,6 +28,8 @@ def issue_workload(ca_dir: Path, trust_domain: str, namespace: str, service_acco
     spiffe://TD/ns/NS/sa/SA into `out`; returns the identity."""
     from controlplane.ca import CertificateAuthority, build_csr, generate_key, key_pem
     from meshcore.identity import workload_identity
+    if not Path(ca_dir).is_dir():   # load_or_create would make a new CA nobody trusts
+        raise FileNotFoundError(f"no CA in {ca_dir}: the lab's control plane has not created it")
     ca = CertificateAuthority.load_or_create(ca_dir, trust_domain)
     uri = workload_identity(trust_domain, namespace, service_account)
     key = generate_key()
