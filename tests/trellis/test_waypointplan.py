@@ -113,13 +113,16 @@ def test_waypoints_in_reads_class_replicas_and_service_account_annotation():
     assert len(errors) == 1 and "gw.yaml" in errors[0] and "prod/bad" in errors[0] and "service-account" in errors[0]
 
 
-def test_workload_entry_is_a_valid_mesh_replica_of_its_gateway():
+def test_workload_entry_is_a_valid_replica_of_its_gateway_kept_out_of_capture():
     p, _ = apply([Waypoint("default", "waypoint", 1, "waypoint")], STATIC)
     doc = workload_entry(p.create[0].record("/cg"))
     import yaml
     res = parse_documents(yaml.safe_dump(doc), "we.yaml")
     assert not res.errors, res.errors
     from meshcore.mesh import in_mesh
-    assert in_mesh(res.resources)["default/waypoint-0"].in_mesh
+    # even in an enrolled namespace: the node agent must not hand its netns to ztunnel
+    ns = parse_documents("apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: "
+                         "{trellis.dev/dataplane-mode: ambient}}\n", "ns.yaml").resources
+    assert not in_mesh(res.resources + ns)["default/waypoint-0"].in_mesh
     assert doc["metadata"]["labels"][GATEWAY_LABEL] == "waypoint"
     assert doc["spec"]["serviceAccount"] == "waypoint" and doc["spec"]["address"] == p.create[0].address

@@ -93,9 +93,11 @@ def waypoints_in(resources: Iterable[Any]) -> tuple[list[Waypoint], list[str]]:
 def workload_entry(rec: dict[str, Any]) -> dict[str, Any]:
     """A waypoint pod's WorkloadEntry, from its lab.json record (`WaypointPod.record`):
     labelled as its Gateway's replica (the label ztunnel and the control plane look for)
-    and in the mesh whatever its namespace's labels say, since callers' ztunnels reach it
-    over HBONE."""
-    labels = {GATEWAY_LABEL: rec["waypoint"], AMBIENT_LABEL: "ambient"}
+    and kept out of capture (`dataplane-mode: none`, as Istio labels its waypoint pods):
+    the waypoint terminates and originates HBONE itself on :15008 of its own netns, where
+    an enrolled pod's ztunnel would bind its inbound listener (meshcore.podsockets). Callers'
+    ztunnels reach every listed replica over HBONE all the same (meshcore.state.waypoints)."""
+    labels = {GATEWAY_LABEL: rec["waypoint"], AMBIENT_LABEL: "none"}
     return {"apiVersion": "trellis.dev/v1alpha1", "kind": "WorkloadEntry",
             "metadata": {"name": rec["name"], "namespace": rec["namespace"], "labels": dict(labels)},
             "spec": {"address": rec["address"], "labels": dict(labels), "serviceAccount": rec["serviceAccount"],

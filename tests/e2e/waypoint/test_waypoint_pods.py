@@ -89,10 +89,12 @@ def test_a_gateway_in_the_lab_config_at_up_gets_its_pod(lab):
     [pod] = wait_until(lambda: wp_pods(lab, "prod"), "prod/waypoint's pod", timeout=30)
     assert pod["name"] == "waypoint-0"
     check_pod(lab, pod, "waypoint", "waypoint")
-    # every ztunnel knows it as a mesh workload (HBONE), with its identity
+    # every ztunnel knows it, with its identity and its gateway label; not captured at its node
     wl = wait_until(lambda: next((w for w in lab.ztunnel("node1", "/workloads")
                                   if w.get("uid") == "prod/waypoint-0"), None), "ztunnel to learn prod/waypoint-0")
-    assert wl["protocol"] == "HBONE" and wl["identity"] == "spiffe://cluster.local/ns/prod/sa/waypoint"
+    assert wl["identity"] == "spiffe://cluster.local/ns/prod/sa/waypoint"
+    assert wl["labels"]["gateway.networking.k8s.io/gateway-name"] == "waypoint"
+    assert "prod/waypoint-0" not in lab.serving(pod["node"])
 
 
 def test_apply_scale_and_delete_a_waypoint_without_restarting_anything_else(lab):
@@ -110,7 +112,7 @@ def test_apply_scale_and_delete_a_waypoint_without_restarting_anything_else(lab)
     assert status[0]["pods"][0]["identity"] == "spiffe://cluster.local/ns/default/sa/waypoint"
     report = json.loads(lab.cli("lab", "status", "-o", "json", check=False).stdout)
     row = next(p for p in report["pods"] if p["name"] == "waypoint-0" and p["namespace"] == "default")
-    assert row["waypoint"] == "waypoint" and row["mesh"] is True and row["ready"] is REAL_WAYPOINT
+    assert row["waypoint"] == "waypoint" and row["mesh"] is False and row["ready"] is REAL_WAYPOINT
     assert any(c["name"] == "waypoint/default/waypoint-0" for c in report["components"])
     # a waypoint pod is judged by its readiness port, never by capture at its node
     assert not any("default/waypoint-0 enrolled" in m for m in report["missing"])
