@@ -94,7 +94,7 @@ def workload_entry(rec: dict[str, Any]) -> dict[str, Any]:
     """A waypoint pod's WorkloadEntry, from its lab.json record (`WaypointPod.record`):
     labelled as its Gateway's replica (the label ztunnel and the control plane look for)
     and kept out of capture (`dataplane-mode: none`, as Istio labels its waypoint pods):
-    the waypoint terminates and originates HBONE itself on :15008 of its own netns, where
+    the waypoint terminates and originates HBONE itself on the HBONE port of its own netns, where
     an enrolled pod's ztunnel would bind its inbound listener (meshcore.podsockets). Callers'
     ztunnels reach every listed replica over HBONE all the same (meshcore.state.waypoints)."""
     labels = {GATEWAY_LABEL: rec["waypoint"], AMBIENT_LABEL: "none"}
