@@ -272,6 +272,15 @@ def lab_delete(file: Path) -> None:
         sys.exit(1)
 
 
+def _waypoint_commands() -> None:
+    from .waypointcli import routes, waypoint
+    cli.add_command(waypoint)
+    cli.add_command(routes)
+
+
+_waypoint_commands()
+
+
 def main() -> None:
     cli(prog_name="trellis")
 

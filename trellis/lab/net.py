@@ -79,9 +79,14 @@ def setup_node(p: LabPlan, n: NodePlan) -> None:
 
 
 def setup_pod(p: LabPlan, pod: PodPlan) -> None:
-    node = p.node(pod.spec.node)
-    ip("-n", node.netns, "link", "add", pod.host_veth, "type", "veth", "peer", "name", "eth0", "netns", pod.netns)
-    ip("-n", node.netns, "link", "set", pod.host_veth, "master", "cni0", "up")
-    ip("-n", pod.netns, "addr", "add", f"{pod.address}/24", "dev", "eth0")
-    ip("-n", pod.netns, "link", "set", "eth0", "up")
-    ip("-n", pod.netns, "route", "add", "default", "via", pod.gateway)
+    link_pod(p.node(pod.spec.node).netns, pod.host_veth, pod.netns, pod.address, pod.gateway)
+
+
+def link_pod(node_netns: str, host_veth: str, pod_netns: str, address: str, gateway: str) -> None:
+    """A veth from the node's cni0 bridge to eth0 in the pod netns, the pod's address and
+    its default route (also used for the waypoint pods the lab adds at runtime)."""
+    ip("-n", node_netns, "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", pod_netns)
+    ip("-n", node_netns, "link", "set", host_veth, "master", "cni0", "up")
+    ip("-n", pod_netns, "addr", "add", f"{address}/24", "dev", "eth0")
+    ip("-n", pod_netns, "link", "set", "eth0", "up")
+    ip("-n", pod_netns, "route", "add", "default", "via", gateway)

@@ -11,6 +11,9 @@ from . import state
 from .state import LabState
 from .topology import CP_ADMIN_PORT, ZT_ADMIN_PORT
 
+READY_PATH = "/healthz/ready"   # a waypoint pod's readiness, on meshcore.ports.READY in its netns
+
+
 def serving_uids(pods: Any) -> set[str]:
     """uids ("ns/name") of pods whose netns ztunnel holds and serves (its /pods route:
     the node agent handed the netns over and the pod's listeners are bound)."""
@@ -31,6 +34,14 @@ def _get(host: str, port: int, path: str, netns: str) -> tuple[Any, str | None]:
         return json.loads(body) if body.strip()[:1] in (b"{", b"[") else body.decode(errors="replace"), None
     except ValueError:
         return body.decode(errors="replace"), None
+
+
+def waypoint_ready(pod: dict[str, Any]) -> tuple[bool, str | None]:
+    """A waypoint pod's readiness (GET /healthz/ready on its readiness port, 200 once it holds a certificate
+    and its first config), and why not."""
+    from meshcore import ports
+    _, err = _get("127.0.0.1", ports.READY, READY_PATH, pod["netns"])
+    return err is None, err
 
 
 def probe(st: LabState, in_mesh: set[str]) -> dict[str, Any]:
@@ -64,8 +75,15 @@ def probe(st: LabState, in_mesh: set[str]) -> dict[str, Any]:
     pods = []
     for pod in st.pods:
         key = f"{pod['namespace']}/{pod['name']}"
-        want = st.mesh and key in in_mesh
-        pods.append(dict(pod, mesh=want, enrolled=key in enrolled))
+        # a waypoint pod is reached over its own HBONE listener, not captured (Istio's waypoints
+        # are not redirected either): its readiness is its own readiness port, not enrollment
+        want = st.mesh and key in in_mesh and not pod.get("waypoint")
+        row = dict(pod, mesh=st.mesh and key in in_mesh, enrolled=key in enrolled)
         if want and key not in enrolled:
             missing.append(f"pod {key} enrolled at ztunnel/{pod['node']}")
+        if pod.get("waypoint"):
+            row["ready"], err = waypoint_ready(pod)
+            if err:
+                missing.append(f"waypoint pod {key} ready ({err})")
+        pods.append(row)
     return {"components": comps, "supervisor": supervisor, "pods": pods, "missing": missing}

@@ -9,7 +9,7 @@ from .state import LabState
 
 NODE_COLUMNS = [("NODE", "name"), ("NETNS", "netns"), ("FABRIC IP", "fabricIP"), ("POD CIDR", "podCIDR")]
 POD_COLUMNS = [("POD", "name"), ("NAMESPACE", "namespace"), ("NODE", "node"), ("ADDRESS", "address"),
-               ("MESH", "mesh"), ("ENROLLED", "enrolled")]
+               ("MESH", "mesh"), ("ENROLLED", "enrolled"), ("WAYPOINT", "waypoint"), ("READY", "ready")]
 COMPONENT_COLUMNS = [("COMPONENT", "name"), ("PID", "pid"), ("UP", "up"), ("RESTARTS", "restarts"),
                      ("LAST EXIT", "lastExit"), ("NETNS", "netns"), ("LOG", "log")]
 

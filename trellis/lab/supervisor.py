@@ -10,6 +10,10 @@ that stayed up long enough starts over with no backoff. Scaled down from the kub
 supervisor per lab once the lab is ready; `lab down` stops it first, so that nothing is
 restarted while the lab is taken apart. A component held with `trellis lab stop` is
 left down until `trellis lab start`.
+
+It also runs the lab's waypoint controller (trellis/lab/waypointpods.py): once a second it
+starts and stops waypoint pods as Gateways of class `trellis-waypoint` come and go in the
+live config.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ log = logging.getLogger("trellis.lab.supervisor")
 BACKOFF_FIRST = 1.0    # the second restart in a row waits this long, then doubling
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0    # up this long: the next exit restarts at once again
+RECONCILE_EVERY = 1.0  # waypoint pods follow the live config within about a second
 
 
 @dataclass
@@ -66,10 +71,15 @@ def describe_exit(p: Proc) -> str:
 
 
 class Supervisor:
-    def __init__(self, sdir: Path) -> None:
+    def __init__(self, sdir: Path, waypoints: bool = True) -> None:
         self.sdir = sdir
         self.watches: dict[str, Watch] = {}
         self.stopping = False
+        self.controller = None
+        if waypoints:
+            from .waypointpods import WaypointController
+            self.controller = WaypointController(sdir)
+        self.next_reconcile = 0.0
 
     def _open(self, p: Proc) -> int | None:
         try:
@@ -139,7 +149,18 @@ class Supervisor:
         if w.fd is None:   # gone again before we could watch it
             self._exited(name, p, w.started)
 
+    def reconcile(self) -> None:
+        """Waypoint pods, at most once a second; a failure is logged and retried."""
+        if self.controller is None or self.stopping or time.monotonic() < self.next_reconcile:
+            return
+        self.next_reconcile = time.monotonic() + RECONCILE_EVERY
+        try:
+            self.controller.reconcile()
+        except Exception:
+            log.exception("waypoint reconcile failed; retrying")
+
     def step(self, wake_fd: int) -> None:
+        self.reconcile()   # before load: it may add or remove processes
         st = state.load(self.sdir)
         if st is None:   # the lab is gone
             self.stopping = True
