@@ -23,10 +23,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from meshcore.mesh import GATEWAY_NAME_LABEL
+from meshcore.resources import AMBIENT_LABEL
 
-GATEWAY_LABEL = "gateway.networking.k8s.io/gateway-name"   # Istio's label on a waypoint's pods (meshcore.mesh on the wpmesh branch)
+
+GATEWAY_LABEL = GATEWAY_NAME_LABEL   # Istio's label on a waypoint's pods
 SERVICE_ACCOUNT_ANNOTATION = "trellis.dev/service-account"
-AMBIENT_LABEL = "trellis.dev/dataplane-mode"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
