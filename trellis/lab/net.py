@@ -76,6 +76,9 @@ def setup_node(p: LabPlan, n: NodePlan) -> None:
     for other in p.nodes:
         if other.name != n.name:
             ip("-n", n.netns, "route", "add", other.pod_cidr, "via", other.fabric_ip)
+    # the fabric is the cluster network: pods that talk to the control plane themselves
+    # (waypoints, as in a cluster) need the way back to their node's pod subnet
+    ip("-n", f, "route", "add", n.pod_cidr, "via", n.fabric_ip)
 
 
 def setup_pod(p: LabPlan, pod: PodPlan) -> None:
