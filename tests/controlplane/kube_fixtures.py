@@ -80,6 +80,8 @@ metadata: {name: typo, namespace: shop}
 spec: {clusterIP: 10.96.0.11, ports: [{port: 80, targetPort: Http_Port}]}
 """
 DOCS = [d for d in yaml.safe_load_all(WORLD) if d]
+
+
 def kubeconfig(tmp_path, port, token=TOKEN, user=None):
     return kubeworld.kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}", token=token, user=user)
 
