@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.labctl import Capture, Lab, wait_until
+from e2e.labctl import Capture, Lab, running, wait_until
 from trellis.lab import kube
 
 LAB_DIR = Path(__file__).resolve().parent / "lab"
@@ -36,13 +36,8 @@ class KubeLab(Lab):
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = KubeLab(LAB_DIR, STATE, PREFIX)
-    lab.down()
-    try:
-        lab.up()
+    with running(LAB_DIR, STATE, PREFIX, KubeLab) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def attachments(cgroup: str) -> list[dict]:
