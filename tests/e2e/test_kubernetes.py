@@ -40,6 +40,12 @@ def lab():
         yield lab
 
 
+def pod_slice(pod: dict) -> str:
+    """The pod's cgroup (kubepods-besteffort-pod<uid>.slice), where the node agent attaches;
+    the lab's process is in its container cgroup below."""
+    return str(Path(pod["cgroup"]).parent)
+
+
 def attachments(cgroup: str) -> list[dict]:
     out = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip() or "[]")
@@ -97,7 +103,7 @@ def test_deny_by_principal_created_through_the_api(lab):
 
 def test_pod_label_update_through_the_api_takes_it_out_of_the_mesh(lab):
     path = "/api/v1/namespaces/default/pods/sleep"
-    cgroup = lab.pod("sleep")["cgroup"]
+    cgroup = pod_slice(lab.pod("sleep"))
     assert {a["name"] for a in attachments(cgroup)} >= CAPTURE
     code, pod = lab.api("GET", path)
     assert code == 200
@@ -117,7 +123,7 @@ def test_pod_label_update_through_the_api_takes_it_out_of_the_mesh(lab):
 
 
 def test_sigkill_of_a_node_agent_and_restart_leave_one_attachment_per_program(lab):
-    pods = [p["cgroup"] for p in lab.state()["pods"] if p["node"] == "node2" and p["namespace"] == "default"]
+    pods = [pod_slice(p) for p in lab.state()["pods"] if p["node"] == "node2" and p["namespace"] == "default"]
     before = {a["id"] for cg in pods for a in attachments(cg)}
     assert before
     old = lab.proc("nodeagent/node2")["pid"]
