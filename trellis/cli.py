@@ -142,11 +142,14 @@ def lab() -> None:
 @click.argument("directory", default="examples/lab", type=click.Path(path_type=Path))
 @click.option("--no-mesh", is_flag=True, help="network, cgroups and pods only: no control plane, ztunnel or node agent")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for readiness")
-def lab_up(directory: Path, no_mesh: bool, timeout: float) -> None:
+@click.option("--kubernetes", is_flag=True, help="shaped like a cluster: an API server (stand-in) serves the lab's "
+              "pods, services and policies; kubelet cgroups; the components in Kubernetes mode")
+def lab_up(directory: Path, no_mesh: bool, timeout: float, kubernetes: bool) -> None:
     """Create the lab described by DIRECTORY/lab.yaml and DIRECTORY/config/."""
     from .lab import summary, topology, up
     try:
-        st, plan = up.up(directory, mesh=not no_mesh, echo=lambda s: click.echo(f"==> {s}"), ready_timeout=timeout)
+        st, plan = up.up(directory, mesh=not no_mesh, echo=lambda s: click.echo(f"==> {s}"), ready_timeout=timeout,
+                          kubernetes=kubernetes)
     except topology.LabConfigError as exc:
         _fail(f"invalid lab:\n{exc}")
     except (up.LabError, OSError, RuntimeError) as exc:

@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 from controlplane.ca import CertificateAuthority, build_csr, generate_key, key_pem
 from controlplane.casecret import ROOT_SECRET, CaSecretError, load_or_create
 from kube_fixtures import kubeconfig
-from kube_standin import ApiServerStandIn
+from trellis.lab.apiserver import ApiServerStandIn
 from kubewatch.client import KubeApi, load_config
 
 NS = "trellis-system"

@@ -1,5 +1,5 @@
 """The Kubernetes config source against an API-server stand-in speaking the real list/watch
-protocol (kube_standin.py): same snapshot as the directory source, resumed watches that
+protocol (trellis/lab/apiserver.py): same snapshot as the directory source, resumed watches that
 neither lose nor repeat an update, relist on 410 Gone, back-off on errors."""
 import contextlib
 import copy

@@ -13,7 +13,7 @@ from controlplane.sources.kubernetes import KubernetesSource
 from controlplane.store import VersionedStore
 from controlplane.tokenreview import NodeAuthRefused, TokenReviewer, caller_from_review
 from kube_fixtures import kubeconfig, world
-from kube_standin import Token
+from trellis.lab.apiserver import Token
 from kubewatch.client import KubeApi, load_config
 from kubewatch.reflector import Backoff
 from meshcore.cpclient import ControlPlaneClient, ControlPlaneError

@@ -37,9 +37,9 @@ def wait_until(pred: Callable[[], Any], what: str, timeout: float = 30.0, interv
 
 
 @contextlib.contextmanager
-def running(lab_dir: Path, state_dir: str, prefix: str) -> Iterator["Lab"]:
+def running(lab_dir: Path, state_dir: str, prefix: str, cls: type | None = None) -> Iterator["Lab"]:
     """A lab up for the duration (after removing what a run that died half way left), then down."""
-    lab = Lab(lab_dir, state_dir, prefix)
+    lab = (cls or Lab)(lab_dir, state_dir, prefix)
     lab.down()
     try:
         lab.up()

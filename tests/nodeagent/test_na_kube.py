@@ -20,7 +20,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "controlplane"))
 from kube_fixtures import kubeconfig  # noqa: E402
-from kube_standin import ApiServerStandIn  # noqa: E402
+from trellis.lab.apiserver import ApiServerStandIn  # noqa: E402
 from na_helpers import bpftool_show  # noqa: E402
 from nodeagent import cgroups, podcgroups  # noqa: E402
 
@@ -208,7 +208,7 @@ async def test_driven_by_the_api_through_a_cluster_control_plane(kubelet, tmp_pa
     import base64
     import socket
 
-    from kube_standin import Token
+    from trellis.lab.apiserver import Token
 
     def free_port():
         with socket.socket() as s:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import yaml
 
-from . import cgroups, net, procs, state
+from . import cgroups, kube, net, procs, state
 from .state import LabState
 from .topology import CP_ADMIN_PORT, CP_PORT, FABRIC_IP, ZT_ADMIN_PORT, LabPlan, load_lab, plan
 
@@ -187,11 +187,18 @@ def _ready(p: LabPlan, st: LabState, sdir: Path, echo: Echo, timeout: float) -> 
         time.sleep(0.5)
 
 
-def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: float = 60.0) -> tuple[LabState, LabPlan]:
+def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: float = 60.0,
+       kubernetes: bool = False) -> tuple[LabState, LabPlan]:
+    """kubernetes: shaped like a cluster (kube.py): kubelet cgroups, an API server, the
+    components in Kubernetes mode."""
     lab_dir = Path(lab_dir).resolve()
     sdir = state.state_dir()
     lab = load_lab(lab_dir)
     p = plan(lab, state.prefix())
+    if kubernetes:
+        if not mesh:
+            raise LabError("--kubernetes runs the mesh from an API server: it does not go with --no-mesh")
+        p = kube.kubelet_plan(p)
     existing = state.load(sdir)
     if existing is not None:
         if Path(existing.lab_dir) == lab_dir and existing.phase == "up":
@@ -216,13 +223,16 @@ def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: f
     try:
         _network(p, st, sdir, echo)
         _cgroups(p, st, sdir, echo)
-        if mesh:
+        if mesh and not kubernetes:
             _identity(p, sdir, echo)
         _config(lab_dir, p, sdir, echo)
-        _processes(p, st, sdir, mesh, echo)
+        if kubernetes:
+            kube.start(p, st, sdir, lambda name, argv, netns, cg, log: _start(st, sdir, name, argv, netns, cg, log),
+                       lambda: _check_alive(st), echo)
+        _processes(p, st, sdir, mesh and not kubernetes, echo)
         _ready(p, st, sdir, echo, ready_timeout)
         _supervise(st, sdir, echo)
-    except (LabError, OSError, RuntimeError) as exc:  # NetError, CgroupError are RuntimeErrors
+    except (LabError, OSError, RuntimeError) as exc:  # NetError, CgroupError, KubeLabError are RuntimeErrors
         raise LabError(f"{exc}\nthe lab is half up: look with `trellis lab status`, "
                        f"remove it with `trellis lab down`") from exc
     st.phase = "up"

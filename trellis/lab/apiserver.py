@@ -1,5 +1,6 @@
 """An API-server stand-in that speaks the real list/watch protocol over HTTP/1.1 (h11 on
-trio), for the Kubernetes config source's tests. No kube-apiserver can be installed on
+trio), for the Kubernetes config source's tests and the cluster-shaped lab
+(`trellis lab up --kubernetes`, which runs it as a process: trellis/lab/kubeserve.py). No kube-apiserver can be installed on
 these machines; this serves what a client sees of one:
 
 - LIST `GET /api/v1/pods` -> `{"kind":"PodList","metadata":{"resourceVersion":"N"},"items":[...]}`
@@ -13,7 +14,10 @@ these machines; this serves what a client sees of one:
 - TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`) for the tokens in
   `tokens`, answering as kube-apiserver does (authenticated false with an error for an
   unknown or expired token, or one for other audiences; the pod-bound extras), GET of
-  one pod, and GET/POST of Secrets (409 AlreadyExists on a second create).
+  one pod, and GET/POST of Secrets (409 AlreadyExists on a second create);
+- writes of the listed kinds, as kubectl makes them: POST to the namespaced collection
+  (`/apis/G/V/namespaces/NS/PLURAL`, 201, 409 if it exists), PUT and DELETE of one object
+  (`.../PLURAL/NAME`, 200, 404 if absent); each becomes a watch event.
 One global resourceVersion counter orders every change, as etcd's revision does."""
 from __future__ import annotations
 
@@ -104,7 +108,9 @@ class ApiServerStandIn:
         self.rv += 1
         stored = copy.deepcopy(obj)
         prev = coll.get(key)
-        stored["metadata"].update(resourceVersion=str(self.rv), uid=prev["metadata"]["uid"] if prev else str(uuid.uuid4()),
+        # a uid given by the caller is kept: the lab names pod cgroups after it before the pod is served
+        uid = prev["metadata"]["uid"] if prev else meta.get("uid") or str(uuid.uuid4())
+        stored["metadata"].update(resourceVersion=str(self.rv), uid=uid,
                                   creationTimestamp="2026-12-01T00:00:00Z")
         coll[key] = stored
         self._record(path, kind, stored)
@@ -139,8 +145,8 @@ class ApiServerStandIn:
         return [r for r in self.requests if r.params.get("watch") not in ("true", "1") and (path is None or r.path == path)]
 
     # -- HTTP ---------------------------------------------------------------------------
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
         task_status.started(listeners[0].socket.getsockname()[1])
         await trio.serve_listeners(self._handle, listeners)
 
@@ -166,7 +172,7 @@ class ApiServerStandIn:
                 self._requested.set()
                 self._requested = trio.Event()
                 auth = "x509" if client_cert else dict(event.headers).get(b"authorization", b"").decode()
-                if event.method == b"POST" or url.path.startswith(("/api/v1/namespaces/", "/apis/authentication")):
+                if event.method != b"GET" or url.path.startswith(("/api/v1/namespaces/", "/apis/authentication")):
                     await self._object(conn, stream, event.method.decode(), url.path, body, auth)
                 else:
                     await self._route(conn, stream, url.path, params, auth)
@@ -245,6 +251,8 @@ class ApiServerStandIn:
                 await self._missing_release.wait()
             await self._send_json(conn, stream, *((200, secret) if secret else
                                                   (404, _status(404, "NotFound", f'secrets "{parts[5]}" not found'))))
+        elif method in ("POST", "PUT", "DELETE") and _collection(parts) in COLLECTIONS:
+            await self._write(conn, stream, method, parts, req)
         elif method == "POST" and len(parts) == 5 and parts[4] == "secrets":
             key = (parts[3], (req.get("metadata") or {}).get("name"))
             if key in self.secrets:
@@ -257,6 +265,27 @@ class ApiServerStandIn:
             await self._send_json(conn, stream, 201, req)
         else:
             await self._send_json(conn, stream, 404, _status(404, "NotFound", f"the server could not find {path}"))
+
+    async def _write(self, conn, stream, method, parts, req):
+        """kubectl create/replace/delete of a listed kind in a namespace."""
+        i = parts.index("namespaces")
+        ns, name = parts[i + 1], parts[i + 3] if len(parts) > i + 3 else None
+        path = _collection(parts)
+        have = self.objects.get(path, {}).get((ns, name or (req.get("metadata") or {}).get("name")))
+        if method == "POST" and (name or have):
+            await self._send_json(conn, stream, 409 if have else 405, _status(409 if have else 405, "AlreadyExists"
+                                  if have else "MethodNotAllowed", f"cannot create {'/'.join(parts)}"))
+        elif method != "POST" and not have:
+            await self._send_json(conn, stream, 404, _status(404, "NotFound", f'{parts[i + 2]} "{name}" not found'))
+        elif method == "DELETE":
+            self.delete(COLLECTIONS[path][1], ns, name)
+            await self._send_json(conn, stream, 200, _status(200, "", "deleted") | {"status": "Success"})
+        elif COLLECTIONS[path][1] != req.get("kind") or (req.get("metadata") or {}).get("namespace", ns) != ns:
+            await self._send_json(conn, stream, 400, _status(400, "BadRequest", f"the body's kind/namespace "
+                                  f"({req.get('kind')}/{(req.get('metadata') or {}).get('namespace')}) do not match {path} in {ns}"))
+        else:
+            req.setdefault("metadata", {})["namespace"] = ns
+            await self._send_json(conn, stream, 201 if method == "POST" else 200, self.put(req))
 
     async def _watch(self, conn, stream, path, params):
         since = int(params.get("resourceVersion") or self.rv)
@@ -292,6 +321,14 @@ class ApiServerStandIn:
                     mark = {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": str(self.rv)}}
                     await stream.send_all(conn.send(h11.Data(data=_line("BOOKMARK", mark))))
         await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def _collection(parts: list[str]) -> str:
+    """`api/v1/namespaces/NS/pods[/NAME]` -> `/api/v1/pods`, the cluster-wide collection path."""
+    if "namespaces" not in parts or len(parts) < parts.index("namespaces") + 3:
+        return ""
+    i = parts.index("namespaces")
+    return "/" + "/".join(parts[:i] + [parts[i + 2]])
 
 
 def _selected(obj: dict, params: dict) -> bool:
