@@ -19,7 +19,7 @@ import yaml
 
 from . import cgroups, kube, net, procs, state
 from .state import LabState
-from .topology import CP_ADMIN_PORT, CP_PORT, FABRIC_IP, ZT_ADMIN_PORT, LabPlan, load_lab, plan
+from .topology import CP_ADMIN_PORT, CP_PORT, FABRIC_IP, LabPlan, load_lab, plan
 
 Echo = Callable[[str], None]
 
