@@ -19,7 +19,7 @@ from .inspect import InspectError, Target
 
 NAMESPACE = "trellis-system"
 NODE_SELECTOR = "app.kubernetes.io/name=trellis-node"   # the DaemonSet's pod labels (templates/node.yaml)
-INSPECT_PORT = ports.METRICS                            # 15020: metrics plus the read-only inspection GETs
+INSPECT_PORT = ports.METRICS   # metrics plus the read-only inspection GETs (ztunnel.app.INSPECTION_PATHS)
 
 
 def _status_message(doc: dict) -> str:
