@@ -22,8 +22,18 @@ NODE_SELECTOR = "app.kubernetes.io/name=trellis-node"   # the DaemonSet's pod la
 INSPECT_PORT = ports.METRICS   # metrics plus the read-only inspection GETs (ztunnel.app.INSPECTION_PATHS)
 
 
-def _status_message(doc: dict) -> str:
-    return doc.get("message") or str(doc)[:300]
+def _get(client: Client, path: str, where: str, what: str, permission: str, namespace: str) -> Any:
+    """GET through the API server; a refusal says which RBAC permission is missing."""
+    try:
+        status, doc = client.request("GET", path)
+    except ApplyError as exc:
+        raise InspectError(f"{where}: {exc}") from None
+    if status == 200:
+        return doc   # the pod's answer: a list or an object
+    message = (doc.get("message") if isinstance(doc, dict) else None) or str(doc)[:300]
+    if status == 403:
+        raise InspectError(f"{where}: forbidden: {what} needs RBAC {permission} in namespace {namespace} ({message})")
+    raise InspectError(f"{where}: {what} answered {status}: {message}")
 
 
 class PodProxy:
@@ -38,16 +48,7 @@ class PodProxy:
 
     def __call__(self, path: str) -> Any:
         where = f"pod {self.namespace}/{self.pod} port {self.port} via {self.client.cluster.server}"
-        try:
-            status, doc = self.client.request("GET", self.path(path))
-        except ApplyError as exc:
-            raise InspectError(f"{where}: {exc}") from None
-        if status == 403:
-            raise InspectError(f"{where}: forbidden: inspecting needs RBAC `get` on `pods/proxy` in namespace "
-                               f"{self.namespace} ({_status_message(doc)})")
-        if status != 200:
-            raise InspectError(f"{where}: GET {path} answered {status}: {_status_message(doc)}")
-        return doc
+        return _get(self.client, self.path(path), where, f"GET {path}", "`get` on `pods/proxy`", self.namespace)
 
 
 def targets(*, kubeconfig_path: Path | None, context: str | None, namespace: str | None,
@@ -63,15 +64,7 @@ def targets(*, kubeconfig_path: Path | None, context: str | None, namespace: str
     if node:
         params["fieldSelector"] = f"spec.nodeName={node}"
     list_path = f"/api/v1/namespaces/{urllib.parse.quote(ns, safe='')}/pods?{urllib.parse.urlencode(params)}"
-    try:
-        status, doc = client.request("GET", list_path)
-    except ApplyError as exc:
-        raise InspectError(f"listing trellis-node pods: {exc}") from None
-    if status == 403:
-        raise InspectError(f"{cluster.server}: forbidden: finding the trellis-node pods needs RBAC `list` on `pods` "
-                           f"in namespace {ns} ({_status_message(doc)})")
-    if status != 200:
-        raise InspectError(f"{cluster.server}: listing pods in {ns} answered {status}: {_status_message(doc)}")
+    doc = _get(client, list_path, cluster.server, "finding the trellis-node pods", "`list` on `pods`", ns)
     pods = doc.get("items") or []
     where = f"on node {node!r} " if node else ""
     if not pods:
