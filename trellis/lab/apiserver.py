@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from controlplane.sources.kubernetes import COLLECTIONS
+
 from .apiserver_pods import PATH_OF, PodsSubresources, _selected, _status
 
 
