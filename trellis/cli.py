@@ -82,17 +82,45 @@ def validate(directory: Path) -> None:
     click.echo(f"valid: {count} resource(s)")
 
 
+def _cluster_options(fn):
+    """Where the ztunnels are in a cluster; any of these picks the cluster over the lab."""
+    fn = click.option("-n", "--namespace", help="the mesh's namespace [default: trellis-system]")(fn)
+    fn = click.option("--context", help="the kubeconfig context [default: its current-context]")(fn)
+    return click.option("--kubeconfig", type=click.Path(path_type=Path),
+                        help="inspect a cluster through the API server's pod proxy [default: KUBECONFIG, "
+                             "~/.kube/config, when no lab runs]")(fn)
+
+
+def _targets(node, admin_addr, kube: tuple, control_plane: bool = False) -> list:
+    """--admin, else the cluster when asked for (or when no lab runs and a kubeconfig
+    exists), else the running lab."""
+    from .deploy.kubeconfig import _default_path
+    from .lab import state
+    asked = any(x is not None for x in kube)
+    if admin_addr and asked:
+        raise click.UsageError("--admin excludes --kubeconfig/--context/--namespace")
+    cluster = not admin_addr and (asked or (state.load() is None and _default_path().exists()))
+    if cluster and control_plane:
+        raise click.UsageError("--control-plane is for the lab or --admin; in a cluster inspect the ztunnels")
+    try:
+        if cluster:
+            from . import kubeinspect
+            return kubeinspect.targets(kubeconfig_path=kube[0], context=kube[1], namespace=kube[2], node=node)
+        return insp.targets(node=node, control_plane=control_plane, admin_addr=admin_addr)
+    except (insp.InspectError, ValueError) as exc:
+        _fail(str(exc))
+
+
 def _inspect_command(kind: str):
     path, key, columns, shape = insp.KINDS[kind]
 
-    @click.option("--node", help="only this lab node's ztunnel (default: every node)")
+    @click.option("--node", help="only this node's ztunnel (default: every node)")
     @click.option("--admin", "admin_addr", metavar="HOST:PORT", help="a ztunnel admin address outside the lab")
+    @_cluster_options
     @OUTPUT
-    def command(node: str | None, admin_addr: str | None, fmt: str) -> None:
-        try:
-            ts = insp.targets(node=node, admin_addr=admin_addr)
-        except (insp.InspectError, ValueError) as exc:
-            _fail(str(exc))
+    def command(node: str | None, admin_addr: str | None, kubeconfig: Path | None, context: str | None,
+                namespace: str | None, fmt: str) -> None:
+        ts = _targets(node, admin_addr, (kubeconfig, context, namespace))
         rows, errors = insp.collect(ts, path, key)
         rows = shape(rows, insp.serving_by_target(ts)) if kind == "workloads" else shape(rows)
         click.echo(render(rows, fmt, columns))
@@ -112,16 +140,18 @@ for _kind in insp.KINDS:
 
 
 @cli.command("config-dump")
-@click.option("--node", help="this lab node's ztunnel")
+@click.option("--node", help="this node's ztunnel")
 @click.option("--control-plane", is_flag=True, help="the control plane instead of a ztunnel")
 @click.option("--admin", "admin_addr", metavar="HOST:PORT", help="an admin address outside the lab")
+@_cluster_options
 @click.option("-o", "--output", "fmt", type=click.Choice(["json", "yaml"]), default="json", show_default=True)
-def config_dump(node: str | None, control_plane: bool, admin_addr: str | None, fmt: str) -> None:
+def config_dump(node: str | None, control_plane: bool, admin_addr: str | None, kubeconfig: Path | None,
+                context: str | None, namespace: str | None, fmt: str) -> None:
     """The full state a component serves from (GET /config_dump)."""
     if node and control_plane:
         raise click.UsageError("--node and --control-plane exclude each other")
+    ts = _targets(node, admin_addr, (kubeconfig, context, namespace), control_plane)
     try:
-        ts = insp.targets(node=node, control_plane=control_plane, admin_addr=admin_addr)
         dumps = {t.label: insp.fetch(t, "/config_dump") for t in ts}
     except (insp.InspectError, ValueError) as exc:
         _fail(str(exc))

@@ -6,7 +6,7 @@ from meshcore.addr import parse_hostport as _parse_hostport
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from meshcore import admin
 
@@ -24,6 +24,7 @@ class Target:
     host: str
     port: int
     netns: str | None = None
+    proxy: Callable[[str], Any] | None = None   # in a cluster: GET through the API server (kubeinspect.py)
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -48,6 +49,8 @@ def targets(*, node: str | None = None, control_plane: bool = False, admin_addr:
 
 
 def fetch(t: Target, path: str) -> Any:
+    if t.proxy is not None:
+        return t.proxy(path)
     where = f"{t.label} ({t.host}:{t.port}{f' in netns {t.netns}' if t.netns else ''})"
     try:
         status, body = admin.http_get(t.host, t.port, path, netns=t.netns, timeout=5.0)

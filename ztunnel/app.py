@@ -34,6 +34,8 @@ from .pods import PodManager
 from .zds import ZdsServer
 
 log = logging.getLogger("trellis.ztunnel")
+# the admin routes that are also served on the metrics port (see App.inspection_routes)
+INSPECTION_PATHS = ("/config_dump", "/workloads", "/services", "/policies", "/certs", "/pods", "/healthz")
 
 
 class ControlPlane(Protocol):
@@ -152,6 +154,15 @@ class Ztunnel:
             "/healthz": json_route(self.healthz),
         }
 
+    def inspection_routes(self) -> dict[str, admin.Handler]:
+        """What `trellis workloads ... --kubeconfig` reads through the API server's pod proxy,
+        which dials the pod IP: the admin port stays on 127.0.0.1, so the metrics port (already
+        reachable off the pod, as Prometheus needs) also serves these read-only GETs. They
+        carry names, addresses and certificate metadata, never key material, as /metrics
+        already carries names and addresses. A route that changes state or debugs (none yet)
+        belongs on the admin port only."""
+        return {p: h for p, h in self.routes().items() if p in INSPECTION_PATHS}
+
     async def _ready(self, _req) -> admin.Response:
         if self.draining:
             return admin.Response({"ready": False, "why": "draining for shutdown"}, 503)
@@ -195,7 +206,8 @@ class Ztunnel:
             async with trio.open_nursery() as front:
                 await front.start(zds.serve, zds_sock)
                 for name, addr, routes in (("admin", c.admin, self.routes()),
-                                           ("metrics", c.metrics, {"/metrics": self._metrics}),
+                                           ("metrics", c.metrics, {"/metrics": self._metrics,
+                                                                   **self.inspection_routes()}),
                                            ("ready", c.ready, {"/healthz/ready": self._ready})):
                     await front.start(functools.partial(admin.serve_http, *addr, routes,
                                                         listener=self.listeners[name]))

@@ -17,7 +17,12 @@ these machines; this serves what a client sees of one:
   one pod, and GET/POST of Secrets (409 AlreadyExists on a second create);
 - writes of the listed kinds, as kubectl makes them: POST to the namespaced collection
   (`/apis/G/V/namespaces/NS/PLURAL`, 201, 409 if it exists), PUT and DELETE of one object
-  (`.../PLURAL/NAME`, 200, 404 if absent); each becomes a watch event.
+  (`.../PLURAL/NAME`, 200, 404 if absent); each becomes a watch event;
+- the namespaced pod list (`/api/v1/namespaces/NS/pods`, label and field selectors) and the
+  pods/proxy subresource, `GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`, which
+  forwards to the pod's IP (through `pod_network`, the stand-in's pod network) and answers
+  what the pod answered, or 503 when it cannot be reached; 403 Forbidden, worded as
+  kube-apiserver's RBAC answers, for the resources in `forbidden` ("pods", "pods/proxy").
 One global resourceVersion counter orders every change, as etcd's revision does."""
 from __future__ import annotations
 
@@ -33,8 +38,7 @@ import trio
 
 from controlplane.sources.kubernetes import COLLECTIONS
 
-# the collections are Kubernetes' own API paths, the same the source reads
-PATH_OF = {kind: path for path, (_, kind) in COLLECTIONS.items()}
+from .apiserver_pods import PATH_OF, PodsSubresources, _selected, _status
 
 
 @dataclass
@@ -72,7 +76,7 @@ class Token:
 
 
 @dataclass
-class ApiServerStandIn:
+class ApiServerStandIn(PodsSubresources):
     gone_as: str = "event"              # how a too-old resourceVersion is refused: "event" or "http"
     bookmark_every: float | None = None  # seconds between BOOKMARKs on each watch, if asked for
     token: str | None = None            # the bearer token every request must carry, if set
@@ -86,6 +90,8 @@ class ApiServerStandIn:
     tokens: dict = field(default_factory=dict)        # token -> Token
     secrets: dict = field(default_factory=dict)       # (ns, name) -> Secret object
     secret_reads: int = 0
+    forbidden: set = field(default_factory=set)       # "pods", "pods/proxy": RBAC refuses these
+    pod_network: dict = field(default_factory=dict)   # (pod IP, port) -> where on this host it answers
     race_create: str | None = None   # a Secret name: its first two missed reads answer together (a create race)
     _missing_waiting: int = 0
     _missing_release: trio.Event = field(default_factory=trio.Event)
@@ -173,7 +179,7 @@ class ApiServerStandIn:
                 self._requested = trio.Event()
                 auth = "x509" if client_cert else dict(event.headers).get(b"authorization", b"").decode()
                 if event.method != b"GET" or url.path.startswith(("/api/v1/namespaces/", "/apis/authentication")):
-                    await self._object(conn, stream, event.method.decode(), url.path, body, auth)
+                    await self._object(conn, stream, event.method.decode(), url.path, body, auth, params)
                 else:
                     await self._route(conn, stream, url.path, params, auth)
                 if conn.our_state is h11.MUST_CLOSE:
@@ -225,7 +231,7 @@ class ApiServerStandIn:
         await self._send_json(conn, stream, 200, {"kind": f"{kind}List", "apiVersion": api,
                                                   "metadata": {"resourceVersion": str(self.rv)}, "items": items})
 
-    async def _object(self, conn, stream, method, path, body, authorization):
+    async def _object(self, conn, stream, method, path, body, authorization, params=None):
         """One object: TokenReview, a pod by name, a Secret (get and create)."""
         if await self._refused(conn, stream, authorization):
             return
@@ -237,6 +243,8 @@ class ApiServerStandIn:
             status = token.review(spec.get("audiences") or []) if token else \
                 {"authenticated": False, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}
             await self._send_json(conn, stream, 201, {**req, "status": status})
+        elif method == "GET" and parts[:3] == ["api", "v1", "namespaces"] and parts[4:5] == ["pods"] and len(parts) != 6:
+            await self._pods(conn, stream, parts, params)
         elif method == "GET" and parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "pods":
             pod = self.objects.get(PATH_OF["Pod"], {}).get((parts[3], parts[5]))
             await self._send_json(conn, stream, *((200, pod) if pod else
@@ -331,16 +339,6 @@ def _collection(parts: list[str]) -> str:
     return "/" + "/".join(parts[:i] + [parts[i + 2]])
 
 
-def _selected(obj: dict, params: dict) -> bool:
-    """fieldSelector, as far as the node agent uses it: `spec.nodeName=<node>`."""
-    selector = params.get("fieldSelector")
-    if not selector:
-        return True
-    field_path, _, value = selector.partition("=")
-    assert field_path == "spec.nodeName", f"the stand-in knows no field selector {selector!r}"
-    return (obj.get("spec") or {}).get("nodeName") == value
-
-
 async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
@@ -348,9 +346,3 @@ async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:
 
 def _line(kind: str, obj: dict) -> bytes:
     return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
-
-
-def _status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
-
