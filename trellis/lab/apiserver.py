@@ -33,7 +33,9 @@ import trio
 
 from controlplane.sources.kubernetes import COLLECTIONS
 
-# the collections are Kubernetes' own API paths, the same the source reads
+# the collections are Kubernetes' own API paths, the same the source reads, plus the
+# Deployments the control plane writes for waypoints (controlplane/waypoints.py)
+COLLECTIONS = {**COLLECTIONS, "/apis/apps/v1/deployments": ("apps/v1", "Deployment")}
 PATH_OF = {kind: path for path, (_, kind) in COLLECTIONS.items()}
 
 
@@ -285,6 +287,10 @@ class ApiServerStandIn:
                                   f"({req.get('kind')}/{(req.get('metadata') or {}).get('namespace')}) do not match {path} in {ns}"))
         else:
             req.setdefault("metadata", {})["namespace"] = ns
+            if method == "POST" and req["kind"] == "Service" and "clusterIP" not in req.setdefault("spec", {}):
+                # as kube-apiserver: a created Service gets a ClusterIP (from 10.96.128.0/17, clear of the lab's)
+                ip = f"10.96.{128 + self.rv // 250 % 128}.{1 + self.rv % 250}"
+                req["spec"].update(clusterIP=ip, clusterIPs=[ip])
             await self._send_json(conn, stream, 201 if method == "POST" else 200, self.put(req))
 
     async def _watch(self, conn, stream, path, params):
@@ -332,7 +338,13 @@ def _collection(parts: list[str]) -> str:
 
 
 def _selected(obj: dict, params: dict) -> bool:
-    """fieldSelector, as far as the node agent uses it: `spec.nodeName=<node>`."""
+    """fieldSelector, as far as the node agent uses it: `spec.nodeName=<node>`; labelSelector
+    as far as the control plane uses it: `key=value`."""
+    if params.get("labelSelector"):
+        key, _, value = params["labelSelector"].partition("=")
+        assert "," not in params["labelSelector"], "the stand-in knows one-label selectors only"
+        if ((obj.get("metadata") or {}).get("labels") or {}).get(key) != value:
+            return False
     selector = params.get("fieldSelector")
     if not selector:
         return True
