@@ -78,7 +78,6 @@ def desired(gateway: dict, settings: Settings) -> list[dict] | None:
                   {"name": "metrics", "containerPort": ports.METRICS, "protocol": "TCP"},
                   {"name": "status-port", "containerPort": ports.READY, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": ports.READY}},
-        "env": [{"name": "TRELLIS_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"}],
         "volumeMounts": [{"name": "trellis-token", "mountPath": TOKEN_DIR, "readOnly": True}]}
     token = {"name": "trellis-token", "projected": {"sources": [{"serviceAccountToken": {
         "path": "token", "audience": settings.token_audience, "expirationSeconds": settings.token_seconds}}]}}
