@@ -103,6 +103,8 @@ async def test_replicas_annotation_change_updates_the_deployment_and_deletion_re
         svc_rv = objects(standin, SERVICES)["waypoint"]["metadata"]["resourceVersion"]
         standin.put(gateway("waypoint", replicas=3))
         await until(lambda: objects(standin, DEPLOYMENTS)["waypoint"]["spec"]["replicas"] == 3)
+        # the stand-in applies a PUT before the reconciler reads its answer and counts it
+        await until(lambda: reconciler.stats["reconciles"] >= 2 and reconciler.stats["updated"] >= 1)
         assert reconciler.stats["updated"] == 1   # only the Deployment changed
         assert objects(standin, SERVICES)["waypoint"]["metadata"]["resourceVersion"] == svc_rv
 
