@@ -120,6 +120,23 @@ class KubeApi:
             raise _error(resp.status_code, resp.content, path)
         return _json(resp.content, path)
 
+    async def put(self, path: str, body: dict) -> dict:
+        """Replace one object (body carries the resourceVersion read, for optimistic
+        concurrency: 409 Conflict when someone wrote in between)."""
+        resp = await self.http.put(path, json=body)
+        if resp.status_code not in (200, 201):
+            raise _error(resp.status_code, resp.content, path)
+        return _json(resp.content, path)
+
+    async def delete(self, path: str) -> bool:
+        """Delete one object; False if it was already gone (404)."""
+        resp = await self.http.delete(path)
+        if resp.status_code == 404:
+            return False
+        if resp.status_code not in (200, 202):
+            raise _error(resp.status_code, resp.content, path)
+        return True
+
     async def watch(self, path: str, resource_version: str, timeout_seconds: int,
                     params: dict | None = None) -> AsyncIterator[WatchEvent]:
         """The events after `resource_version` until the server ends the watch (after

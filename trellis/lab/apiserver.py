@@ -36,9 +36,7 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
-from controlplane.sources.kubernetes import COLLECTIONS
-
-from .apiserver_pods import PATH_OF, PodsSubresources, _selected, _status
+from .apiserver_pods import COLLECTIONS, PATH_OF, PodsSubresources, _selected, _status
 
 
 @dataclass
@@ -293,6 +291,10 @@ class ApiServerStandIn(PodsSubresources):
                                   f"({req.get('kind')}/{(req.get('metadata') or {}).get('namespace')}) do not match {path} in {ns}"))
         else:
             req.setdefault("metadata", {})["namespace"] = ns
+            if method == "POST" and req["kind"] == "Service" and "clusterIP" not in req.setdefault("spec", {}):
+                # as kube-apiserver: a created Service gets a ClusterIP (from 10.96.128.0/17, clear of the lab's)
+                ip = f"10.96.{128 + self.rv // 250 % 128}.{1 + self.rv % 250}"
+                req["spec"].update(clusterIP=ip, clusterIPs=[ip])
             await self._send_json(conn, stream, 201 if method == "POST" else 200, self.put(req))
 
     async def _watch(self, conn, stream, path, params):

@@ -7,10 +7,12 @@ import urllib.parse
 import h11
 import trio
 
-from controlplane.sources.kubernetes import COLLECTIONS
+from controlplane.sources.kubernetes import COLLECTIONS as SOURCE_COLLECTIONS
 from meshcore import admin
 
-# the collections are Kubernetes' own API paths, the same the source reads
+# the collections are Kubernetes' own API paths, the same the source reads, plus the
+# Deployments the control plane writes for waypoints (controlplane/waypoints.py)
+COLLECTIONS = {**SOURCE_COLLECTIONS, "/apis/apps/v1/deployments": ("apps/v1", "Deployment")}
 PATH_OF = {kind: path for path, (_, kind) in COLLECTIONS.items()}
 
 

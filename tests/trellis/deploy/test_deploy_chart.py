@@ -211,7 +211,7 @@ def test_every_flag_the_chart_passes_exists_in_the_component(objs):
         for arg in c["args"]:
             assert arg.split("=", 1)[0] in known, f"{c['name']}: {module} has no {arg.split('=', 1)[0]}"
             checked += 1
-    assert checked == 19  # 6 control plane, 6 node agent (one --exclude-port), 7 ztunnel
+    assert checked == 20  # 7 control plane, 6 node agent (one --exclude-port), 7 ztunnel
 
 
 def test_values_schema_is_a_valid_json_schema_and_accepts_the_defaults():
@@ -223,3 +223,11 @@ def test_values_schema_is_a_valid_json_schema_and_accepts_the_defaults():
     wrong = dict(defaults, node=dict(defaults["node"], excludePorts=[70000]))
     assert [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(wrong)] == \
         ["70000 is greater than the maximum of 65535"]
+
+
+def test_waypoint_deployments_run_the_charts_image():
+    """The control plane creates waypoint Deployments (controlplane/waypoints.py) from the
+    image the chart itself runs, so one `image.tag` upgrades both."""
+    dep = _one(chart.render({"image": {"tag": "v9"}}), "Deployment")
+    (cp,) = dep["spec"]["template"]["spec"]["containers"]
+    assert f"--waypoint-image={cp['image']}" in cp["args"] and cp["image"].endswith(":v9")
