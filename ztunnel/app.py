@@ -25,6 +25,7 @@ import trio
 
 from meshcore import admin, ports
 from meshcore.certs import CertificateManager
+from meshcore.cpclient import keep_watching
 from meshcore.state import State
 
 from . import route
@@ -189,7 +190,7 @@ class Ztunnel:
             # What a successor must be able to bind: closed first when draining.
             front = await nursery.start(self._front_door, zds, zds_sock)
             self._front_scope = front
-            nursery.start_soon(self._watch)
+            nursery.start_soon(keep_watching, self.cp, self.on_update, f"ztunnel {self.config.node}")
             nursery.start_soon(self._track_control_plane)
             if handle_signals:
                 nursery.start_soon(self._on_signals, nursery.cancel_scope)
@@ -212,18 +213,6 @@ class Ztunnel:
                     await front.start(functools.partial(admin.serve_http, *addr, routes,
                                                         listener=self.listeners[name]))
                 task_status.started(scope)  # trio closes each listener as its accept loop ends
-
-    async def _watch(self) -> None:
-        """The client reconnects by itself; this only guards against it giving up."""
-        backoff = 1.0
-        while True:
-            try:
-                await self.cp.watch(self.on_update)
-            except Exception as exc:
-                log.error("control plane watch stopped (%s: %s); restarting in %.0fs, serving config version %s "
-                          "meanwhile", type(exc).__name__, exc, backoff, self.state.version)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
 
     async def shutdown(self, scope: trio.CancelScope) -> None:
         """Stop accepting, drain open connections until the deadline, then stop everything."""

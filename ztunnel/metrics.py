@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from meshcore.telemetry import LABELS, ConnLabels
+from meshcore.telemetry import LABELS, ConnLabels, sample_total
 
 
 class Metrics:
@@ -52,12 +52,7 @@ class Metrics:
 
     def value(self, name: str, **labels: str) -> float:
         """Sum of a sample over series matching `labels` (for tests and the CLI)."""
-        total = 0.0
-        for metric in self.registry.collect():
-            for s in metric.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    total += s.value
-        return total
+        return sample_total(self.registry, name, **labels)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
