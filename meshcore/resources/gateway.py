@@ -93,6 +93,14 @@ def max_items(check, n: int):
 
 
 @dataclass(frozen=True)
+class TargetRef:
+    """A policy's target (Gateway API LocalPolicyTargetReference; also our AuthorizationPolicy's)."""
+    kind: str
+    name: str
+    group: str = ""
+
+
+@dataclass(frozen=True)
 class ParentRef:
     name: str
     group: str = GATEWAY_GROUP

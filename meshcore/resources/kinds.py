@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from ..identity import SpiffeId
 from . import kube
-from .gateway import check_replicas, gateway_spec
+from .gateway import TargetRef, check_replicas, gateway_spec
 from .policies import rate_limit_policy_spec, traffic_policy_spec
 from .routes import grpc_route_spec, http_route_spec
 from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_of, obj, port, string, str_map
@@ -66,13 +66,6 @@ class WorkloadEntrySpec:
     service_account: str = "default"
     network_namespace: str | None = None
     ports: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TargetRef:
-    kind: str
-    name: str
-    group: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..identity import SpiffeId
-from .gateway import GATEWAY_GROUP, Problems, duration, max_items, object_name, unique
+from .gateway import GATEWAY_GROUP, TargetRef, Problems, duration, max_items, object_name, unique
 from .schema import F, enum, integer, list_of, obj, string
 
 UNIT_SECONDS = {"Second": 1, "Minute": 60, "Hour": 3600}
 UNLIMITED = None
-
-
-@dataclass(frozen=True)
-class PolicyTargetRef:
-    kind: str
-    name: str
-    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,7 +49,7 @@ class OutlierDetection:
 
 @dataclass(frozen=True)
 class TrafficPolicySpec:
-    target_refs: tuple[PolicyTargetRef, ...]
+    target_refs: tuple[TargetRef, ...]
     retry_budget: RetryBudget = RetryBudget()
     load_balancer: str = "ROUND_ROBIN"
     connection_pool: ConnectionPool = ConnectionPool()
@@ -91,19 +84,19 @@ class RateLimitOverride:
 
 @dataclass(frozen=True)
 class RateLimitPolicySpec:
-    target_refs: tuple[PolicyTargetRef, ...]
+    target_refs: tuple[TargetRef, ...]
     limit: RateLimit
     key: str = "None"
     overrides: tuple[RateLimitOverride, ...] = field(default_factory=tuple)
 
 
 def _target_ref(kinds: dict[str, str]):
-    def post(t: PolicyTargetRef, path: str, problems: Problems) -> None:
+    def post(t: TargetRef, path: str, problems: Problems) -> None:
         if t.kind not in kinds:
             problems.append((f"{path}.kind", f"must be one of {', '.join(kinds)}, got {t.kind!r}"))
         elif t.group != kinds[t.kind]:
             problems.append((f"{path}.group", f"a {t.kind} is in group {kinds[t.kind]!r}, got {t.group!r}"))
-    return obj(PolicyTargetRef, {"group": F("group", string(), default=""),
+    return obj(TargetRef, {"group": F("group", string(), default=""),
                                  "kind": F("kind", string(), required=True),
                                  "name": F("name", object_name, required=True)}, post=post)
 

@@ -2,7 +2,7 @@
 import random
 from collections import Counter
 
-from meshcore.resources.policies import (ConnectionPool, OutlierDetection, PolicyTargetRef, RateLimit,
+from meshcore.resources.policies import (ConnectionPool, OutlierDetection, TargetRef, RateLimit,
                                          RateLimitOverride, RateLimitPolicySpec)
 from waypoint.filters.lb import Balancer
 from waypoint.filters.outlier import OutlierDetector
@@ -16,7 +16,7 @@ WEB = "spiffe://cluster.local/ns/default/sa/web"
 
 
 def limiter(clock, key="None", overrides=(), burst=None):
-    spec = RateLimitPolicySpec((PolicyTargetRef("Service", "web"),), RateLimit(10, "Second", burst), key,
+    spec = RateLimitPolicySpec((TargetRef("Service", "web"),), RateLimit(10, "Second", burst), key,
                                tuple(overrides))
     return RateLimiter("rl", spec, clock)
 
