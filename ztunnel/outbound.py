@@ -120,7 +120,7 @@ class Outbound:
         finally:
             self.active -= 1
             if tunnel is not None:
-                await trio.aclose_forcefully(tunnel)
+                tunnel.close()
             sockio.close(plain)
             sockio.close(sock)
             log_connection(direction="outbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
