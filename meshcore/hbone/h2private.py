@@ -119,8 +119,11 @@ def send_headers(conn: H2Connection, stream_id: int, headers: list, end_stream: 
     codec's own blocks, CONNECT + authority or a status, are known good: the checks were
     ~5% of a tunnel's codec time); `checked` turns h2's validation and normalisation on
     for this block, for text from elsewhere (a caller's headers, a refusal reason)."""
+    if not checked:   # (h2's config attributes are validating descriptors: set only when needed)
+        conn.send_headers(stream_id, headers, end_stream=end_stream)
+        return
     config = conn.config
-    config.validate_outbound_headers = config.normalize_outbound_headers = checked
+    config.validate_outbound_headers = config.normalize_outbound_headers = True
     try:
         conn.send_headers(stream_id, headers, end_stream=end_stream)
     finally:
