@@ -99,8 +99,8 @@ class _Base:
         out: list[Event] = []
         try:
             for ev in self._receive(data):
-                if type(ev) is Data:
-                    out.append(ev)   # parsed by h2private, already our event
+                if type(ev) is Data or type(ev) is TunnelOpened:
+                    out.append(ev)   # taken by the fast path (h2private), already our event
                 else:
                     out.extend(self._translate(ev))
         except LimitExceeded as e:
@@ -165,8 +165,8 @@ class _Base:
 
     def _frames(self, buf: bytes, pos: int, events: list) -> int:
         """Handle every whole frame in buf[pos:]; return where the first partial one starts.
-        Fast-path DATA frames become `Data` events here; h2's events are translated later."""
-        conn, guard = self._h2, self.guard
+        Fast-path frames (`h2private`) become our events here; h2's are translated later."""
+        conn, guard, client = self._h2, self.guard, self.client_side
         size, slow_from = len(buf), -1
         unpack, take, data_event = h2private.HEADER.unpack_from, h2private.take, Data.parsed
         header_len, data_type = h2private.HEADER_LEN, h2private.DATA
@@ -183,13 +183,16 @@ class _Base:
                     guard.frame(ftype, flags, length)
             if end > size:
                 break
-            if ftype == data_type and flags == 0 and length:
+            # A tunnel's 200 (client side) is always the same frame: HEADERS, END_HEADERS, 0x88.
+            ok = ftype == h2private.HEADERS and length == 1 and flags == h2private.END_HEADERS \
+                and client and buf[pos + header_len] == h2private.STATUS_200
+            if (ftype == data_type and flags == 0 and length) or ok:
                 if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
                     events.extend(conn.receive_data(buf[slow_from:pos]))
                     slow_from = -1
                 sid &= 0x7FFFFFFF
-                if take(conn, sid, length):
-                    events.append(data_event(sid, buf[pos + header_len:end]))
+                if (h2private.take_status_200(conn, sid) if ok else take(conn, sid, length)):
+                    events.append(TunnelOpened(sid) if ok else data_event(sid, buf[pos + header_len:end]))
                     pos = end
                     continue
             if slow_from < 0:
