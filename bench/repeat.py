@@ -47,6 +47,8 @@ def median_rows(rounds: list[list[Row]]) -> list[Row]:
         m = Row(name, good[0].proxy, good[0].workers)
         for col in NUMERIC:
             values = [getattr(r, col) for r in good if getattr(r, col) is not None]
+            if col == "rss_idle_mib":   # idle is before any load: later rounds follow earlier ones' load
+                values = values[:1]
             setattr(m, col, float(statistics.median(values)) if values else None)
         extra = {k: statistics.median(v for r in good if isinstance(v := r.extra.get(k), (int, float)))
                  for k in good[0].extra if k != "round" and isinstance(good[0].extra[k], (int, float))}
@@ -64,7 +66,8 @@ def target_spreads(rounds: list[list[Row]]) -> list[tuple[str, str, str]]:
     per: dict[str, list[report.Target]] = {}
     for rows in rounds:
         for t in report.measured_targets(rows):
-            per.setdefault(t.name, []).append(t)
+            if not (t.idle and per.get(t.name)):   # idle memory: before any load, the first round that has it
+                per.setdefault(t.name, []).append(t)
     out = []
     for name, ts in per.items():
         values = [t.value for t in ts]
@@ -79,7 +82,7 @@ def target_spreads(rounds: list[list[Row]]) -> list[tuple[str, str, str]]:
 def render(rows: list[Row]) -> str:
     rounds = by_round(rows)
     n = len(rounds)
-    parts = [f"medians over {n} rounds (each figure the median of the rounds that measured it):",
+    parts = [f"medians over {n} rounds (each figure the median of the rounds that measured it; RSS IDLE the first's):",
              report.table(median_rows(rounds))]
     t = target_spreads(rounds)
     if t:
