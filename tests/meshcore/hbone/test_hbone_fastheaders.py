@@ -12,30 +12,31 @@ from .test_hbone_codec import only, pair
 OK_FRAME = bytes.fromhex("000001" "01" "04") + (1).to_bytes(4, "big") + bytes([h2private.STATUS_200])
 
 
-def test_the_200_is_the_one_frame_the_fast_path_knows():
-    cl, sv = pair()
+def answered(cl: c.ClientConnection, sv: c.ServerConnection) -> tuple[int, bytes]:
+    """A tunnel the server accepted: its stream id and the server's bytes for the client."""
     sid = cl.open_tunnel("10.0.0.1:80")
     sv.receive_data(cl.data_to_send())
     sv.accept(sid)
-    assert sv.data_to_send() == OK_FRAME   # h2's own encoding of [(":status", "200")], END_HEADERS
+    return sid, sv.data_to_send()
+
+
+def test_the_200_is_the_one_frame_the_fast_path_knows():
+    _, wire = answered(*pair())
+    assert wire == OK_FRAME   # h2's own encoding of [(":status", "200")], END_HEADERS
 
 
 def test_a_fresh_connection_opens_a_tunnel_with_the_200_after_the_settings():
-    cl, sv = c.ClientConnection(), c.ServerConnection()
-    sid = cl.open_tunnel("10.0.0.1:80")
-    sv.receive_data(cl.data_to_send())
-    sv.accept(sid)
-    assert only(cl.receive_data(sv.data_to_send()), c.TunnelOpened) == [c.TunnelOpened(sid)]
+    cl = c.ClientConnection()
+    sid, wire = answered(cl, c.ServerConnection())
+    assert only(cl.receive_data(wire), c.TunnelOpened) == [c.TunnelOpened(sid)]
     stream = cl._h2.streams[sid]
     assert stream.state_machine.headers_received   # recorded as h2's receive would
 
 
 def test_after_the_fast_200_data_flows_and_both_halves_close():
     cl, sv = pair()
-    sid = cl.open_tunnel("10.0.0.1:80")
-    sv.receive_data(cl.data_to_send())
-    sv.accept(sid)
-    assert only(cl.receive_data(sv.data_to_send()), c.TunnelOpened) == [c.TunnelOpened(sid)]
+    sid, wire = answered(cl, sv)
+    assert only(cl.receive_data(wire), c.TunnelOpened) == [c.TunnelOpened(sid)]
     sv.send(sid, b"hello")
     sv.half_close(sid)
     evs = cl.receive_data(sv.data_to_send())
@@ -47,10 +48,7 @@ def test_after_the_fast_200_data_flows_and_both_halves_close():
 
 def test_a_second_200_on_the_stream_goes_to_h2_and_is_refused():
     cl, sv = pair()
-    sid = cl.open_tunnel("10.0.0.1:80")
-    sv.receive_data(cl.data_to_send())
-    sv.accept(sid)
-    cl.receive_data(sv.data_to_send())
+    cl.receive_data(answered(cl, sv)[1])
     # the same bytes again: trailers without END_STREAM, which h2 refuses
     with pytest.raises(RemoteProtocolError):
         cl.receive_data(OK_FRAME)
