@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import report
+from . import repeat as repeat_report
 from .run import ALL, QUICK, Bench, Options, rows_to_json
 
 RESULTS = Path(__file__).parent / "results"
@@ -28,9 +29,11 @@ def _machine() -> dict:
 @click.option("--duration", type=float, default=None, help="seconds per load run (default 10, quick 1)")
 @click.option("--connections", type=int, default=None, help="wrk connections (default 16, quick 4)")
 @click.option("--scenarios", default=None, help=f"comma-separated subset of: {', '.join(ALL)}")
+@click.option("--repeat", type=click.IntRange(1, 20), default=1,
+              help="rounds of the chosen scenarios, one after another; reports medians and spreads")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON file (default bench/results/<UTC time>.json)")
 @click.option("-o", "output", type=click.Choice(["table", "json"]), default="table")
-def bench(quick, duration, connections, scenarios, out, output):
+def bench(quick, duration, connections, scenarios, repeat, out, output):
     """Benchmark Trellis against the direct path and peer proxies, on this machine, now.
 
     The lab's kernel names start with $TRELLIS_BENCH_PREFIX (default tbench) and its state
@@ -42,16 +45,16 @@ def bench(quick, duration, connections, scenarios, out, output):
     if unknown:
         raise click.BadParameter(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(ALL)}", param_hint="--scenarios")
     opts = Options(duration=duration or (1.0 if quick else 10.0), connections=connections or (4 if quick else 16),
-                   scenarios=names, quick=quick)
+                   scenarios=names, quick=quick, repeat=repeat)
     rows = Bench(opts, echo=lambda s: click.echo(s, err=True)).run()
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": _machine(),
-            "options": {"duration": opts.duration, "connections": opts.connections, "scenarios": names}}
+            "options": {"duration": opts.duration, "connections": opts.connections, "scenarios": names, "repeat": repeat}}
     data = rows_to_json(rows, meta)
     out = out or RESULTS / f"{meta['date'].replace(':', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(data)
-    click.echo(data if output == "json" else report.render(rows))
+    click.echo(data if output == "json" else (repeat_report.render(rows) if repeat > 1 else report.render(rows)))
     click.echo(f"\nwrote {out}", err=True)
-    failed = [r.scenario for r in rows if "failed" in r.extra]
+    failed = sorted({r.scenario for r in rows if "failed" in r.extra})
     if failed:
         raise click.ClickException(f"{len(failed)} scenario(s) could not be measured: {', '.join(failed)}")

@@ -48,6 +48,7 @@ class Options:
     scenarios: list[str] = field(default_factory=lambda: list(ALL))
     bulk: bool = True
     quick: bool = False
+    repeat: int = 1     # rounds of every chosen scenario, one after another (bench/repeat.py)
     prefix: str = field(default_factory=lab_prefix)
     state_dir: Path = field(default_factory=lab_dir)
 
@@ -183,12 +184,17 @@ class Bench:
         try:
             self.plain = {name: self.pod("plain", name) for name in ("client", "web", "bulk")}
             zt = self.pids("ztunnel/")
-            for i, name in enumerate(wanted, 1):
-                self.echo(f"[{i}/{steps}] {name}")
-                try:
-                    self.scenario(name, zt)
-                except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-                    self.failed(name, e)   # one broken scenario must not cost the others' figures
+            for rnd in range(1, self.opts.repeat + 1):
+                first = len(self.rows)
+                for i, name in enumerate(wanted, 1):
+                    self.echo(f"[{i}/{steps}{f', round {rnd}/{self.opts.repeat}' if self.opts.repeat > 1 else ''}] {name}")
+                    try:
+                        self.scenario(name, zt)
+                    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                        self.failed(name, e)   # one broken scenario must not cost the others' figures
+                if self.opts.repeat > 1:   # each row knows its round: ratios are taken within one
+                    for row in self.rows[first:]:
+                        row.extra["round"] = rnd
         finally:
             self.echo("lab down")
             self.cli("lab", "down", timeout=120)

@@ -48,8 +48,12 @@ async def connect(sock: socket.socket, address: tuple[str, int], timeout: float)
         try:
             sock.connect(address)
         except BlockingIOError:
-            with trio.fail_after(timeout):
-                await wait_writable(sock)
+            # A local peer (ztunnel to the app in its pod) has answered the SYN within the
+            # connect() call itself: then no epoll registration, cancel scope and trip
+            # through the scheduler (getpeername says ENOTCONN while the SYN is out).
+            if not _connected(sock):
+                with trio.fail_after(timeout):
+                    await wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err)) from None
@@ -58,6 +62,14 @@ async def connect(sock: socket.socket, address: tuple[str, int], timeout: float)
         sock.close()
         raise
     return sock
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 async def send_all(sock: socket.socket, data: bytes | memoryview) -> None:

@@ -51,6 +51,8 @@ def source_labels(identity: str | None, peer_ip: str, state: Any) -> dict[str, s
 def log_connection(*, direction: str, src: str, dst: str, labels: ConnLabels, sent: int, received: int,
                    started: float, outcome: str, error: str | None = None, **extra: object) -> dict:
     """Emit one structured access-log line and return it."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return {}
     entry = {"direction": direction, "src": src, "dst": dst,
              "src.identity": labels.source_principal, "dst.identity": labels.destination_principal,
              "dst.service": labels.destination_service, "bytes_sent": sent, "bytes_received": received,
@@ -58,7 +60,10 @@ def log_connection(*, direction: str, src: str, dst: str, labels: ConnLabels, se
     if error:
         entry["error"] = error
     entry.update(extra)
-    access_log.info(json.dumps(entry, sort_keys=True))
+    # As access_log.info(), without logging's walk up the stack for the caller's file and
+    # line, which no access-log format shows (a tenth of the line's cost).
+    access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
+                                            json.dumps(entry, sort_keys=True), None, None))
     return entry
 
 

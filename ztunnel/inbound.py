@@ -20,9 +20,38 @@ from .copy import Transfer, relay_tunnel
 from .inputs import ProxyInputs
 from .outbound import open_tcp_in
 from .podinfo import PodInfo
-from .transparent import Delivery
+from .transparent import Delivery, original_source
 
 log = logging.getLogger("trellis.ztunnel.inbound")
+
+
+CACHE_ENTRIES = 4096   # per pod and snapshot: (caller identity, address) labels, (identity, port) decisions
+
+
+class PodView:
+    """What one snapshot says about the pod, computed once per snapshot instead of per
+    tunnel: its workload, first Service, L4 policies, the waypoints in front of it, and,
+    filled as callers come, the metric labels per caller and authorization per
+    (caller identity, port). A new snapshot is a new State object, hence a new view."""
+    __slots__ = ("state", "workload", "service", "policies", "fronts", "callers", "decisions")
+
+    def __init__(self, state: State, workload: Workload) -> None:
+        self.state, self.workload = state, workload
+        services = state.services_of(workload)
+        self.service = services[0].key if services else "unknown"
+        self.policies = state.policies_for(workload, at_ztunnel=True)
+        self.fronts = waypoints.accepted_sources(state, workload)
+        # (caller identity, address) -> (metric labels, the address to deliver from and why)
+        self.callers: dict[tuple[str | None, str], tuple[ConnLabels, tuple[str | None, str]]] = {}
+        self.decisions: dict[tuple[str | None, int], authz.Allow | authz.Deny] = {}
+
+    def decide(self, peer: str | None, port: int) -> authz.Allow | authz.Deny:
+        d = self.decisions.get((peer, port))
+        if d is None:
+            if len(self.decisions) >= CACHE_ENTRIES:
+                self.decisions.clear()
+            d = self.decisions[(peer, port)] = authz.evaluate(self.policies, peer, port)
+        return d
 
 
 class Inbound:
@@ -30,20 +59,39 @@ class Inbound:
         self.pod, self.inputs = pod, inputs
         self.active = 0
         self.delivery = Delivery(pod.uid)
+        self._view: PodView | None = None
 
-    def workload(self) -> Workload:
-        """The pod as the control plane describes it (labels for policy), else from the add message."""
-        w = self.inputs.state().workload_by_uid(self.pod.uid)
-        return w or Workload(namespace=self.pod.namespace, name=self.pod.name, address=self.pod.address,
-                             service_account=self.pod.service_account, in_mesh=True,
-                             trust_domain=self.pod.trust_domain)
+    def view(self) -> PodView:
+        """The pod as the current snapshot describes it (labels for policy; if the control
+        plane does not know it yet, as the node agent's add message does)."""
+        state = self.inputs.state()
+        if self._view is None or self._view.state is not state:
+            w = state.workload_by_uid(self.pod.uid) or Workload(
+                namespace=self.pod.namespace, name=self.pod.name, address=self.pod.address,
+                service_account=self.pod.service_account, in_mesh=True, trust_domain=self.pod.trust_domain)
+            self._view = PodView(state, w)
+        return self._view
 
-    def _bypass(self, state: State, workload: Workload, peer: str | None) -> str | None:
+    def caller(self, view: PodView, peer: str | None, peer_ip: str) -> tuple[ConnLabels, tuple[str | None, str]]:
+        """The caller's metric labels, and the address the app sees it from (and why)."""
+        found = view.callers.get((peer, peer_ip))
+        if found is None:
+            if len(view.callers) >= CACHE_ENTRIES:
+                view.callers.clear()
+            labels = ConnLabels(
+                reporter="destination", **_source_labels(peer, peer_ip, view.state),
+                destination_workload=self.pod.name, destination_workload_namespace=self.pod.namespace,
+                destination_principal=self.pod.identity, destination_service=view.service,
+                connection_security_policy="mutual_tls")
+            found = view.callers[(peer, peer_ip)] = (
+                labels, original_source(view.state, peer, peer_ip, self.pod.address))
+        return found
+
+    def _bypass(self, fronts: list, peer: str | None) -> str | None:
         """Why a tunnel must be refused for skipping this pod's waypoint, or None. A pod
         behind a waypoint (its own, or a waypoint-fronted Service's) only takes tunnels
         from that waypoint's replicas, so a stale or hostile client cannot skip its L7
         policy by dialling the pod IP; a waypoint that does not exist admits no one."""
-        fronts = waypoints.accepted_sources(state, workload)
         if not fronts or any(isinstance(w, waypoints.Waypoint) and peer in w.identities for w in fronts):
             return None
         missing = [w.reason for w in fronts if isinstance(w, waypoints.WaypointMissing)]
@@ -53,19 +101,18 @@ class Inbound:
                f"clients must reach it through the waypoint (is the client's ztunnel up to date?)")
         return f"{why}; {'; '.join(missing)}" if missing else why
 
-    def _refusal(self, tunnel: InboundTunnel, state: State, workload: Workload, ip: str, port: int,
+    def _refusal(self, tunnel: InboundTunnel, view: PodView, ip: str, port: int,
                  dst: str) -> tuple[int, str, str] | None:
         """(HTTP status, reason, outcome) when this tunnel must be refused before the app is dialled."""
         if ip != self.pod.address:
             return (400, f"tunnel authority {dst} is not this pod's address {self.pod.address} "
                          f"({self.pod.uid}); the client's endpoint data is stale", "bad_authority")
-        bypass = self._bypass(state, workload, tunnel.peer_identity)
+        bypass = self._bypass(view.fronts, tunnel.peer_identity)
         if bypass is not None:
             log.warning("inbound to %s port %d: waypoint bypass refused: %s", self.pod.uid, port, bypass)
             return 403, bypass, "waypoint_bypass"
         # What a waypoint enforces (policies on its Services) is not enforced again here.
-        policies = state.policies_for(workload, at_ztunnel=True)
-        decision = authz.evaluate(policies, tunnel.peer_identity, port)
+        decision = view.decide(tunnel.peer_identity, port)
         if isinstance(decision, authz.Deny):
             log.warning("inbound to %s port %d: RBAC denied %s: %s", self.pod.uid, port,
                         tunnel.peer_identity, decision.reason)
@@ -77,23 +124,17 @@ class Inbound:
         an idle proxied connection costs here)."""
         started = time.monotonic()
         ip, port = tunnel.authority
-        state = self.inputs.state()
-        workload = self.workload()
-        services = state.services_of(workload)
-        labels = ConnLabels(reporter="destination", **_source_labels(tunnel.peer_identity, str(tunnel.peer_address[0]), state),
-                            destination_workload=self.pod.name, destination_workload_namespace=self.pod.namespace,
-                            destination_principal=self.pod.identity,
-                            destination_service=services[0].key if services else "unknown",
-                            connection_security_policy="mutual_tls")
+        view = self.view()
+        labels, origin = self.caller(view, tunnel.peer_identity, str(tunnel.peer_address[0]))
         src = f"{tunnel.peer_address[0]}:{tunnel.peer_address[1]}"
         dst = f"{ip}:{port}"
         transfer, outcome, app, app_src = Transfer(), "ok", None, None
         self.active += 1
         try:
-            refusal = self._refusal(tunnel, state, workload, ip, port, dst)
+            refusal = self._refusal(tunnel, view, ip, port, dst)
             if refusal is None:
-                sock, app_src = self.delivery.socket_for(self.pod.netns_fd, state, tunnel.peer_identity,
-                                                         str(tunnel.peer_address[0]), self.pod.address)
+                sock, app_src = self.delivery.socket_for(self.pod.netns_fd, view.state, tunnel.peer_identity,
+                                                         str(tunnel.peer_address[0]), self.pod.address, origin)
                 try:
                     app = await open_tcp_in(self.pod.netns_fd, (self.pod.address, port), self.inputs.connect_timeout,
                                             sock)

@@ -39,15 +39,32 @@ async def open_tcp_in(netns_fd: int, address: tuple[str, int], timeout: float,
         raise ConnectionError(f"connection to {address[0]}:{address[1]} failed: {exc.strerror or exc}") from None
 
 
-def _labels(pod: PodInfo, r: route.Route, secure: bool) -> ConnLabels:
+LABEL_SETS = 4096   # cached label sets per pod (by destination), a bound against churning workloads
+
+
+def _labels(pod: PodInfo, r: route.Route, secure: bool, cache: dict) -> ConnLabels:
+    """The connection's metric labels; one ConnLabels per destination, built once (a
+    frozen dataclass of nine fields costs more than the lookup) and shared by its
+    connections, which also keeps the metrics' per-label-set lookup cached."""
     dest = getattr(r, "destination", None)
+    service = getattr(r, "service", None)
+    key = (dest.namespace, dest.name, dest.identity, service, secure) if dest else (service, secure)
+    labels = cache.get(key)
+    if labels is None:
+        if len(cache) >= LABEL_SETS:
+            cache.clear()
+        labels = cache[key] = _build_labels(pod, dest, service, secure)
+    return labels
+
+
+def _build_labels(pod: PodInfo, dest, service: str | None, secure: bool) -> ConnLabels:
     return ConnLabels(
         reporter="source", source_workload=pod.name, source_workload_namespace=pod.namespace,
         source_principal=pod.identity,
         destination_workload=dest.name if dest else "unknown",
         destination_workload_namespace=dest.namespace if dest else "unknown",
         destination_principal=dest.identity if (dest and secure) else "unknown",
-        destination_service=getattr(r, "service", None) or "unknown",
+        destination_service=service or "unknown",
         connection_security_policy="mutual_tls" if secure else "unknown")
 
 
@@ -55,6 +72,7 @@ class Outbound:
     def __init__(self, pod: PodInfo, inputs: ProxyInputs, pool: HboneClientPool, netns_cookie: int) -> None:
         self.pod, self.inputs, self.pool, self.cookie = pod, inputs, pool, netns_cookie
         self.active = 0   # connections being proxied
+        self._labels: dict[tuple, ConnLabels] = {}
 
     def original_destination(self, peer_port: int) -> tuple[str, int] | None:
         fd = self.inputs.origdst_fd()
@@ -94,7 +112,7 @@ class Outbound:
             sockio.close(sock)
             return
         src, dst, r = found
-        labels = _labels(self.pod, r, isinstance(r, route.Hbone))
+        labels = _labels(self.pod, r, isinstance(r, route.Hbone), self._labels)
         transfer, tunnel, plain, outcome = Transfer(), None, None, "ok"
         self.active += 1
         try:
@@ -120,7 +138,7 @@ class Outbound:
         finally:
             self.active -= 1
             if tunnel is not None:
-                await trio.aclose_forcefully(tunnel)
+                tunnel.close()
             sockio.close(plain)
             sockio.close(sock)
             log_connection(direction="outbound", src=src, dst=dst, labels=labels, sent=transfer.sent,

@@ -126,9 +126,10 @@ class Delivery:
         log.log(level, "pod %s: %s; delivering from the pod's own address (said once)", self.uid, message)
 
     def socket_for(self, netns_fd: int, state: Any, peer_identity: str | None, peer_ip: str,
-                   pod_address: str) -> tuple[socket.socket, str]:
-        """An unconnected socket in the pod's netns, and the address the app will see."""
-        source, why = original_source(state, peer_identity, peer_ip, pod_address)
+                   pod_address: str, origin: tuple[str | None, str] | None = None) -> tuple[socket.socket, str]:
+        """An unconnected socket in the pod's netns, and the address the app will see.
+        `origin`: original_source()'s answer for this caller, if the caller has it already."""
+        source, why = origin or original_source(state, peer_identity, peer_ip, pod_address)
         family = socket.AF_INET6 if ":" in pod_address else socket.AF_INET
         with netns.entered(netns_fd):
             if source is not None:

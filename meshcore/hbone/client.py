@@ -120,7 +120,9 @@ class HboneConnection:
         stream = HboneStream(mux, sid, on_close=self._closed_one)
         st = mux.streams[sid]
         try:
-            await mux.flush()
+            # HEADERS go with the writer's next batch: tunnels opened in the same scheduler
+            # round (a burst of new connections) share one TLS record and one write().
+            mux.defer()
             with trio.fail_after(timeout):
                 while st.response is None:
                     if st.reset_code == REFUSED_STREAM:
@@ -139,14 +141,14 @@ class HboneConnection:
                 raise HboneTunnelRefused(f"{peer} refused the tunnel to {authority} with HTTP {r.status}: "
                                          f"{advice}{detail}", r.status, r.reason)
         except trio.TooSlowError:
-            await trio.aclose_forcefully(stream)
+            stream.close()
             raise HboneConnectTimeout(f"{peer} did not answer the tunnel request for {authority} within "
                                       f"{timeout:g}s; is the destination ztunnel overloaded?") from None
         except trio.BrokenResourceError:
-            await trio.aclose_forcefully(stream)
+            stream.close()
             raise HboneConnectionLost(self._lost(authority)) from None
         except BaseException:
-            await trio.aclose_forcefully(stream)
+            stream.close()
             raise
         self.tunnels_opened += 1
         return stream
@@ -213,11 +215,15 @@ class HboneClientPool:
         address = (str(address[0]), int(address[1]))
         key: PoolKey = (source_identity, expected_identity or "", address, source_address)
         for attempt in (1, 2):
-            async with self._locks.setdefault(key, trio.Lock()):
-                conn = next((x for x in self._conns.get(key, []) if x.usable), None)
-                if conn is None:
-                    conn = await self._establish(key, address, expected_identity, socket_factory)
-                conn.active += 1
+            # A usable connection is taken without the lock (nothing awaits in between);
+            # the lock, two scheduler trips, only serialises establishing a new one.
+            conn = next((x for x in self._conns.get(key, ()) if x.usable), None)
+            if conn is None:
+                async with self._locks.setdefault(key, trio.Lock()):
+                    conn = next((x for x in self._conns.get(key, ()) if x.usable), None)
+                    if conn is None:
+                        conn = await self._establish(key, address, expected_identity, socket_factory)
+            conn.active += 1
             try:
                 return await conn.open_tunnel(authority, headers, self.open_timeout)
             except _NoRoom:

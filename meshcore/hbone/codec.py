@@ -26,12 +26,10 @@ from .events import (REASON_HEADER, BadRequest, ConnectionClosed, Data, Event, G
                      Headers, Reset, TunnelOpened, TunnelRefused, TunnelRequested, WindowOpened, format_authority,
                      parse_authority)
 
-# Large windows and frames so bulk transfer is not throttled by flow control: on a
-# fast path (loopback, 10G LAN) 64 KiB default windows stall a stream every few
-# microseconds of RTT. 4 MiB per stream and 16 MiB per connection cover a
-# bandwidth-delay product of ~3 Gbit/s x 10 ms per stream while still bounding memory
-# a slow reader can pin (the sender stops at the window). 1 MiB frames amortise framing
-# and TLS record overhead; h2 splits nothing for us, so we chunk at the peer's limit.
+# Large windows and frames so bulk transfer is not throttled by flow control: on a fast
+# path 64 KiB default windows stall a stream every few microseconds of RTT. 4 MiB per stream
+# and 16 MiB per connection cover ~3 Gbit/s x 10 ms per stream while bounding what a slow
+# reader can pin. 1 MiB frames amortise framing and TLS records (we chunk at the peer's limit).
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
@@ -40,7 +38,6 @@ MAX_HEADER_LIST_SIZE = 16 * 1024   # CONNECT needs a few hundred bytes; refuse h
 CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4; h2 checks it
 
 # ---- connections -----------------------------------------------------------------
-
 @dataclass
 class _Base:
     client_side: bool
@@ -56,8 +53,11 @@ class _Base:
 
     def __post_init__(self) -> None:
         self.guard = FrameGuard(self.limits)
+        # Our own header blocks (CONNECT + authority, a status) skip h2's outbound checks;
+        # a caller's headers and refusal reasons are checked (`h2private.send_headers`).
         config = h2.config.H2Configuration(client_side=self.client_side, header_encoding="utf-8",
-                                           validate_inbound_headers=True)
+                                           validate_inbound_headers=True, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self._h2 = h2.connection.H2Connection(config=config)
         self._h2.local_settings = h2.settings.Settings(client=self.client_side, initial_values={
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -99,8 +99,8 @@ class _Base:
         out: list[Event] = []
         try:
             for ev in self._receive(data):
-                if type(ev) is Data:
-                    out.append(ev)   # parsed by h2private, already our event
+                if type(ev) is Data or type(ev) is TunnelOpened:
+                    out.append(ev)   # taken by the fast path (h2private), already our event
                 else:
                     out.extend(self._translate(ev))
         except LimitExceeded as e:
@@ -165,8 +165,8 @@ class _Base:
 
     def _frames(self, buf: bytes, pos: int, events: list) -> int:
         """Handle every whole frame in buf[pos:]; return where the first partial one starts.
-        Fast-path DATA frames become `Data` events here; h2's events are translated later."""
-        conn, guard = self._h2, self.guard
+        Fast-path frames (`h2private`) become our events here; h2's are translated later."""
+        conn, guard, client = self._h2, self.guard, self.client_side
         size, slow_from = len(buf), -1
         unpack, take, data_event = h2private.HEADER.unpack_from, h2private.take, Data.parsed
         header_len, data_type = h2private.HEADER_LEN, h2private.DATA
@@ -183,13 +183,16 @@ class _Base:
                     guard.frame(ftype, flags, length)
             if end > size:
                 break
-            if ftype == data_type and flags == 0 and length:
+            # A tunnel's 200 (client side) is always the same frame: HEADERS, END_HEADERS, 0x88.
+            ok = ftype == h2private.HEADERS and length == 1 and flags == h2private.END_HEADERS \
+                and client and buf[pos + header_len] == h2private.STATUS_200
+            if (ftype == data_type and flags == 0 and length) or ok:
                 if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
                     events.extend(conn.receive_data(buf[slow_from:pos]))
                     slow_from = -1
                 sid &= 0x7FFFFFFF
-                if take(conn, sid, length):
-                    events.append(data_event(sid, buf[pos + header_len:end]))
+                if (h2private.take_status_200(conn, sid) if ok else take(conn, sid, length)):
+                    events.append(TunnelOpened(sid) if ok else data_event(sid, buf[pos + header_len:end]))
                     pos = end
                     continue
             if slow_from < 0:
@@ -226,8 +229,8 @@ class _Base:
         if isinstance(ev, h2.events.ConnectionTerminated):
             extra = (ev.additional_data or b"").decode("utf-8", "replace")
             if not ev.error_code and ev.last_stream_id is not None:
-                self.going_away = True
-                self._reopen()
+                self.going_away = True   # streams up to last_stream_id finish (as Istio's ztunnel drains)
+                h2private.reopen(self._h2, self.client_side)
                 return [GoingAway(ev.last_stream_id, extra)]
             self.closed = True
             return [ConnectionClosed(int(ev.error_code or 0), extra, ev.last_stream_id)]
@@ -307,11 +310,7 @@ class _Base:
             return
         self.going_away = True
         self._h2.close_connection(0, additional_data=reason.encode() or None)
-        self._reopen()
-
-    def _reopen(self) -> None:
-        # Streams up to last_stream_id finish after GOAWAY, as Istio's ztunnel drains.
-        h2private.reopen(self._h2, self.client_side)
+        h2private.reopen(self._h2, self.client_side)   # open streams finish, as Istio's ztunnel drains
 
     @property
     def peer_max_concurrent_streams(self) -> int:
@@ -336,7 +335,7 @@ class ClientConnection(_Base):
         sid = self._h2.get_next_available_stream_id()
         hdrs = [(":method", "CONNECT"), (":authority", authority), *headers]
         try:
-            self._h2.send_headers(sid, hdrs)
+            h2private.send_headers(self._h2, sid, hdrs, checked=bool(headers))   # the caller's headers are checked
         except h2.exceptions.ProtocolError as e:
             raise LocalProtocolError(f"cannot open tunnel to {authority}: {e}") from None
         return sid
@@ -375,7 +374,6 @@ class ServerConnection(_Base):
             self.refuse(stream_id, status, reason)
         except LocalProtocolError:
             pass   # a later frame in the same batch already reset the stream
-
         return BadRequest(stream_id, status, reason)
 
     def accept(self, stream_id: int) -> None:
@@ -394,6 +392,6 @@ class ServerConnection(_Base):
             # Header values must not carry CR/LF; keep the reason readable but safe.
             hdrs.append((REASON_HEADER, " ".join(reason.split())[:200]))
         try:
-            self._h2.send_headers(stream_id, hdrs, end_stream=True)
+            h2private.send_headers(self._h2, stream_id, hdrs, end_stream=True, checked=bool(reason))
         except h2.exceptions.ProtocolError as e:
             raise LocalProtocolError(f"cannot refuse stream {stream_id}: {e}") from None

@@ -4,6 +4,7 @@ Also the `:authority` rules (an `ip:port` original destination, never a host nam
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -131,8 +132,13 @@ Event = (TunnelRequested | BadRequest | TunnelOpened | TunnelRefused | Data | Ha
 REASON_HEADER = "trellis-reason"   # optional, human-readable; Istio peers ignore it
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_authority(authority: str) -> tuple[str, int]:
-    """`10.0.0.1:80` or `[fd00::1]:80` -> (ip, port); raise ValueError with advice."""
+    """`10.0.0.1:80` or `[fd00::1]:80` -> (ip, port); raise ValueError with advice.
+
+    Cached (bounded; errors are not cached): a tunnel's authority is parsed at the pool,
+    the client codec and the server codec, ~10 us each with `ipaddress`, and a node's
+    tunnels go to few distinct destinations."""
     if authority.startswith("["):
         host, sep, port = authority[1:].partition("]:")
         if not sep:

@@ -1,9 +1,10 @@
 """Every use of h2's private state, in one place: pinned to the h2 series it was written
 against (pyproject.toml), and checked by `check_internals()` (a test fails naming the pin).
 
-Two jobs. The codec's few reaches into h2 (`take_output`, `keep_output`, `reopen`,
-`set_inbound_limits`). And DATA frames on open tunnels without h2's per-frame machinery,
-the tunnel hot path:
+Three jobs. The codec's few reaches into h2 (`take_output`, `keep_output`, `reopen`,
+`set_inbound_limits`, `send_headers`). A tunnel's 200 received without h2
+(`take_status_200`: always one and the same frame). And DATA frames on open tunnels
+without h2's per-frame machinery, the tunnel hot path:
 
 h2 builds a frame object, runs two state machines and formats debug strings for every
 DATA frame: about 13 us to send a small one and 25 us to receive it, which was a fifth of
@@ -32,6 +33,8 @@ PINNED_SERIES = "4.4"   # pyproject.toml: h2 ~= 4.4.0 (the internals below are h
 HEADER = struct.Struct(">BHBBI")   # 24-bit length as 8+16 bits, type, flags, stream id
 HEADER_LEN = 9
 DATA = 0
+HEADERS, END_HEADERS = 1, 0x4
+STATUS_200 = 0x88   # RFC 7541 appendix A: static table entry 8, ":status: 200", indexed
 _OPEN = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
 _CAN_SEND = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 _CAN_RECEIVE = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
@@ -57,6 +60,24 @@ def send(conn: H2Connection, stream_id: int, view: memoryview) -> int | None:
     stream.outbound_flow_control_window -= sent
     conn.outbound_flow_control_window -= sent
     return sent
+
+
+def take_status_200(conn: H2Connection, stream_id: int) -> bool:
+    """May this HEADERS frame (END_HEADERS alone, the one byte 0x88, HPACK's static entry 8
+    `:status: 200`, which leaves the decoder's table as it was) skip h2? Only as a client's
+    first response on an open stream, as h2 would take it; if so, record it as h2's receive
+    does (the response seen, no content length). h2 took ~35-70 us for this frame."""
+    if conn.state_machine.state is not ConnectionState.CLIENT_OPEN:
+        return False
+    stream = conn.streams.get(stream_id)
+    if stream is None:
+        return False
+    machine = stream.state_machine
+    if machine.state is not StreamState.OPEN or not machine.client or machine.headers_received:
+        return False
+    machine.headers_received = True
+    stream._expected_content_length = None
+    return True
 
 
 def take(conn: H2Connection, stream_id: int, length: int) -> bool:
@@ -113,6 +134,23 @@ def take_output(conn: H2Connection) -> bytearray:
     return out
 
 
+def send_headers(conn: H2Connection, stream_id: int, headers: list, end_stream: bool = False,
+                 checked: bool = False) -> None:
+    """h2's send_headers on a connection configured without outbound header checks (the
+    codec's own blocks, CONNECT + authority or a status, are known good: the checks were
+    ~5% of a tunnel's codec time); `checked` turns h2's validation and normalisation on
+    for this block, for text from elsewhere (a caller's headers, a refusal reason)."""
+    if not checked:   # (h2's config attributes are validating descriptors: set only when needed)
+        conn.send_headers(stream_id, headers, end_stream=end_stream)
+        return
+    config = conn.config
+    config.validate_outbound_headers = config.normalize_outbound_headers = True
+    try:
+        conn.send_headers(stream_id, headers, end_stream=end_stream)
+    finally:
+        config.validate_outbound_headers = config.normalize_outbound_headers = False
+
+
 def set_inbound_limits(conn: H2Connection, max_frame_size: int, max_header_list_size: int) -> None:
     """h2 copies these from its local settings only in __init__ or on a settings ACK; ours are
     in force from the first byte (we never advertise anything smaller)."""
@@ -154,6 +192,10 @@ def check_internals() -> list[str]:
                                                             int),
         "H2Connection.decoder.max_header_list_size": hasattr(getattr(conn, "decoder", None), "max_header_list_size"),
         "H2Connection.max_inbound_frame_size": isinstance(getattr(conn, "max_inbound_frame_size", None), int),
+        "H2Stream.state_machine.headers_received / .client, H2Stream._expected_content_length": all(
+            hasattr(o, a) for o, a in ((getattr(stream, "state_machine", None), "headers_received"),
+                                       (getattr(stream, "state_machine", None), "client"),
+                                       (stream, "_expected_content_length"))),
         "WindowManager._bytes_processed / _maybe_update_window (mirrored by _quiet)": all(
             hasattr(WindowManager(65535), a) for a in ("_bytes_processed", "_maybe_update_window",
                                                         "current_window_size", "max_window_size")),

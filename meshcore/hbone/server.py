@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import trio
+from trio.lowlevel import checkpoint
 
 from meshcore import sockio
 from meshcore.tls import IdentityMismatch, verify_peer_identity
@@ -94,7 +95,9 @@ class InboundTunnel:
             raise trio.BrokenResourceError(f"tunnel {self.stream_id} from {self._mux.peer}: {e}") from None
         self.stream = HboneStream(self._mux, self.stream_id)
         self._stats.bump("tunnels_accepted", self._mux.peer)
-        await self._mux.flush()
+        # The 200 goes with the writer's next batch (see HboneConnection.open_tunnel).
+        self._mux.defer()
+        await checkpoint()
         return self.stream
 
     async def refuse(self, status: int, reason: str = "") -> None:
@@ -299,4 +302,4 @@ async def _run_handler(handler: Handler, req: InboundTunnel, stats: ServerStats,
             except (trio.BrokenResourceError, LocalProtocolError):
                 pass
         if req.stream is not None:
-            await trio.aclose_forcefully(req.stream)
+            req.stream.close()

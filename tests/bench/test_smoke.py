@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import report
 from bench.run import lab_dir
 
 TRELLIS = str(Path(sys.executable).parent / "trellis")
@@ -15,7 +16,7 @@ def test_quick_bench_produces_a_table_and_json(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     for row in ("direct", "trellis-l4", "stunnel"):
         assert any(line.startswith(row) for line in res.stdout.splitlines()), res.stdout
-    assert "targets (issue 3):" in res.stdout
+    assert report.TARGETS_HEADER in res.stdout
     data = json.loads(out.read_text())
     rows = {r["scenario"]: r for r in data["rows"]}
     assert set(rows) == {"direct", "trellis-l4", "stunnel"}

@@ -1,6 +1,7 @@
-"""meshcore.sockio.Reader over a real socket pair: waits only when needed, yields fairly."""
+"""meshcore.sockio over real sockets: the Reader waits only when needed and yields fairly; connect."""
 import socket
 
+import pytest
 import trio
 import trio.testing
 
@@ -25,3 +26,26 @@ async def test_reader_yields_every_fair_rounds_full_reads_and_returns_eof():
     with trio.fail_after(5):
         assert await reader.read() == b""
     b.close()
+
+
+async def test_connect_to_a_local_listener_and_to_a_closed_port():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        # answered within connect() itself (a local peer): connected without waiting, NODELAY set
+        sock = await sockio.connect(socket.socket(), listener.getsockname(), timeout=5)
+        assert sock.getpeername() == listener.getsockname()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        peer, _ = listener.accept()
+        sock.sendall(b"x")
+        assert peer.recv(1) == b"x"
+        peer.close()
+        sock.close()
+        port = listener.getsockname()[1]
+    finally:
+        listener.close()
+    closed = socket.socket()
+    with pytest.raises(ConnectionRefusedError):
+        await sockio.connect(closed, ("127.0.0.1", port), timeout=5)
+    assert closed.fileno() == -1, "connect() owns the socket: closed on failure"

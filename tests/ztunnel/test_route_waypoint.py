@@ -264,14 +264,14 @@ def _inbound_for(s, uid):
 
 def test_inbound_accepts_only_the_waypoint_for_a_pod_behind_it():
     inbound, cart, metrics = _inbound_for(S, "shop/cart-1")
-    assert inbound._bypass(S, cart, WP_ID) is None
-    why = inbound._bypass(S, cart, f"{TD}/ns/plain/sa/client")
+    assert inbound._bypass(inbound.view().fronts, WP_ID) is None
+    why = inbound._bypass(inbound.view().fronts, f"{TD}/ns/plain/sa/client")
     assert "shop/cart-1 is behind waypoint shop/waypoint" in why and "sa/client" in why
     assert metrics.value("trellis_waypoint_bypass_refused_total", destination_workload="cart-1") == 1
     # a pod that opted out, or backs no waypoint-fronted Service, takes anyone
     inbound, pay, _ = _inbound_for(S, "shop/pay-1")
-    assert inbound._bypass(S, pay, f"{TD}/ns/plain/sa/client") is None
+    assert inbound._bypass(inbound.view().fronts, f"{TD}/ns/plain/sa/client") is None
     # behind a waypoint that does not exist: no one, with the missing waypoint named
     inbound, api, _ = _inbound_for(S, "plain/api-1")
     for peer in (f"{TD}/ns/plain/sa/client", f"{TD}/ns/plain/sa/missing"):
-        assert "waypoint plain/missing does not exist" in inbound._bypass(S, api, peer)
+        assert "waypoint plain/missing does not exist" in inbound._bypass(inbound.view().fronts, peer)
