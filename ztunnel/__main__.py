@@ -28,14 +28,25 @@ MAX_DEFAULT_WORKERS = 4
 WORKERS_ENV = "TRELLIS_ZTUNNEL_WORKERS"
 
 
+def cgroup_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """The CPU limit of our cgroup (v2 `cpu.max`, "QUOTA PERIOD" or "max PERIOD"), rounded
+    up; None without one. A container's limit is not in its CPU affinity."""
+    try:
+        quota, period = open(cpu_max).read().split()[:2]
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
+
+
 def default_workers() -> int:
-    """The cores this process may run on, at most 4: past that one node's pods rarely keep
-    more busy, and each worker is another ~30 MiB."""
+    """The CPUs this process may use (affinity, and a cgroup CPU limit), at most 4: past
+    that one node's pods rarely keep more busy, and each worker is another ~30 MiB."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+    limit = cgroup_cpus()
+    return max(1, min(cores, limit or cores, MAX_DEFAULT_WORKERS))
 
 
 def workers_arg(value: str) -> int:
