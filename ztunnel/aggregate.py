@@ -15,7 +15,8 @@ SeriesKey = tuple[str, tuple[tuple[str, str], ...]]   # (sample name, sorted lab
 
 
 class CounterFamily:
-    """One counter family's series, summed; `_created` keeps the earliest."""
+    """One counter family's series, summed. (The text format writes a counter's `_created`
+    as a gauge family of its own, which parse_counters leaves out: times are not summed.)"""
 
     def __init__(self, name: str, documentation: str) -> None:
         self.name, self.documentation = name, documentation
@@ -23,10 +24,7 @@ class CounterFamily:
 
     def add(self, sample_name: str, labels: dict[str, str], value: float) -> None:
         k = (sample_name, tuple(sorted(labels.items())))
-        if sample_name.endswith("_created"):
-            self.series[k] = min(self.series.get(k, value), value)
-        else:
-            self.series[k] = self.series.get(k, 0.0) + value
+        self.series[k] = self.series.get(k, 0.0) + value
 
     def metric(self) -> Metric:
         m = Metric(self.name, self.documentation, "counter")

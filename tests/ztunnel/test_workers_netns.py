@@ -203,3 +203,44 @@ async def test_renewed_certificates_reach_every_worker(lab, tmp_path):
             await eventually(renewed_everywhere, timeout=40)
             for i in range(6):  # new handshakes on both workers use the renewed certificates
                 assert await client(a_fd, map_fd, (VIP, 80), b"renewed") == f"{b_ip}\n".encode() + b"renewed"
+
+
+def test_worker_listeners_join_the_node_agents_group_and_queued_connections_migrate(lab):
+    from meshcore import podsockets
+    _, _, fd = lab.pod("s", 5)
+    primary = podsockets.bind_all(fd)  # what the node agent makes
+    try:
+        # a restarted node agent still learns that the address is taken (it then asks ztunnel)
+        for spec in podsockets.POD_LISTENERS:
+            if spec.required:
+                try:
+                    podsockets.bind_one(fd, spec)
+                except OSError as exc:
+                    assert "already holds it" in str(exc)
+                else:
+                    raise AssertionError(f"{spec.address} bound twice without SO_REUSEPORT")
+        hbone = next(s for s in primary if podsockets.address_of(s) == "0.0.0.0:15008")
+        sibling = podsockets.bind_sibling(fd, hbone)
+        assert podsockets.migrate_on_close(fd)
+        accepted = {"primary": 0}
+        clients = []
+        for _ in range(16):
+            c = netns.socket_in(fd)
+            c.settimeout(5)
+            c.connect(("127.0.0.1", 15008))  # completed by the kernel: queued on one listener
+            clients.append(c)
+        sibling.close()  # a worker's listener goes away with connections still queued on it
+        hbone.setblocking(False)
+        while True:
+            try:
+                conn, _ = hbone.accept()
+            except BlockingIOError:
+                break
+            conn.close()
+            accepted["primary"] += 1
+        assert accepted["primary"] == 16  # none reset: the sibling's queue moved to the primary
+        for c in clients:
+            c.close()
+    finally:
+        for s in primary:
+            s.close()
