@@ -8,13 +8,14 @@ The per-pod proxies are ztunnel's own (PodManager, Outbound, Inbound): a worker 
 data-plane half of a single-process ztunnel, without a front door or a signer.
 
 It drains (stops accepting, lets open connections finish until --drain-timeout) on
-SIGTERM and when the owner goes away (socket closed, or PR_SET_PDEATHSIG's SIGTERM), so
-an owner crash never leaves a worker behind.
+SIGTERM and when the owner goes away: the kernel closes the owner's end of the socketpair
+however the owner exits (SIGKILL included), so an owner crash never leaves a worker behind.
+(Not PR_SET_PDEATHSIG: it fires when the *thread* that forked exits, and trio forks from a
+thread of its cache, which ends after 10 s idle.)
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import json
 import logging
@@ -40,7 +41,6 @@ from .podinfo import PodInfo
 from .pods import PodManager
 
 log = logging.getLogger("trellis.ztunnel.worker")
-PR_SET_PDEATHSIG = 1
 
 
 class Worker:
@@ -152,15 +152,6 @@ class Worker:
             os.close(fd)
 
 
-def _die_with_parent(owner_pid: int) -> None:
-    """SIGTERM (a drain) when the owner exits, however it exits; an owner already gone
-    before this was set has handed us nothing to drain."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != owner_pid:
-        sys.exit(0)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m ztunnel.worker",
                                 description="A ztunnel worker; started by `python -m ztunnel --workers N`.")
@@ -178,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     malloc.tune()
 
     async def run() -> None:
-        _die_with_parent(args.owner_pid)
+        if os.getppid() != args.owner_pid:
+            return  # the owner is already gone: it handed us nothing to serve
         sock = trio.socket.from_stdlib_socket(socket.socket(fileno=args.fd))
         with sock:
             await Worker(sock, index=args.index, trust_domain=args.trust_domain,

@@ -190,6 +190,7 @@ async def test_renewed_certificates_reach_every_worker(lab, tmp_path):
     # 14 s certificates: the owner renews each 10 s after it arrives (meshcore.identity.renewal_time)
     async with node(lab, tmp_path, 2, ca_ttl=dt.timedelta(seconds=14)) as (zt, (a_fd, _), (_, b_ip), map_fd):
         with trio.fail_after(60):
+            started = trio.current_time()
             first = {c["identity"]: c["serial"] for c in zt.certs.dump()}
             assert len(first) == 2
 
@@ -203,6 +204,9 @@ async def test_renewed_certificates_reach_every_worker(lab, tmp_path):
             await eventually(renewed_everywhere, timeout=40)
             for i in range(6):  # new handshakes on both workers use the renewed certificates
                 assert await client(a_fd, map_fd, (VIP, 80), b"renewed") == f"{b_ip}\n".encode() + b"renewed"
+            # past trio's idle-thread timeout (10 s): workers outlive the thread that spawned them
+            await trio.sleep(max(0.0, started + 12 - trio.current_time()))
+            assert all(s.restarts == 0 for s in zt.fleet.slots), zt.fleet.dump()
 
 
 def test_worker_listeners_join_the_node_agents_group_and_queued_connections_migrate(lab):
