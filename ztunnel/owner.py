@@ -30,6 +30,7 @@ from .aggregate import CounterFamily, merge_pods
 from .app import Ztunnel
 from .fleet import Fleet, Slot
 from .podinfo import PodInfo
+from .pods import already_served
 
 log = logging.getLogger("trellis.ztunnel.owner")
 
@@ -89,14 +90,9 @@ class SharedPods:
         self.pods: dict[str, SharedPod] = {}
 
     async def add(self, info: PodInfo) -> SharedPod:
-        old = self.pods.get(info.uid)
+        old = await already_served(self, info)
         if old is not None:
-            if old.info.netns_id == info.netns_id:
-                os.close(info.netns_fd)
-                info.close()
-                return old
-            log.info("pod %s: network namespace changed; replacing it", info.uid)
-            await self.remove(info.uid)
+            return old
         try:
             pod = SharedPod(info, len(self.owner.fleet.slots))
             self.owner.certs.want(info.identity)

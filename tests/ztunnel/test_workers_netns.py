@@ -14,44 +14,17 @@ from contextlib import asynccontextmanager
 import trio
 
 from meshcore import netns
-from meshcore.resources import parse_documents
 from meshcore.wire import zds as wire
 from ztunnel import origdst
 from ztunnel.app import Config
 from ztunnel.owner import Owner
 
-from test_app import StaticControlPlane, http
+from test_app import StaticControlPlane, http, two_pods
 from test_proxy_netns import client, echo_server
 from test_zds import request as zds_request
 
 TD = "spiffe://cluster.local"
 VIP = "10.96.0.10"
-
-
-def config(a_ip, b_ip):
-    text = f"""
-apiVersion: v1
-kind: Namespace
-metadata: {{name: default, labels: {{trellis.dev/dataplane-mode: ambient}}}}
----
-apiVersion: trellis.dev/v1alpha1
-kind: WorkloadEntry
-metadata: {{name: client, namespace: default}}
-spec: {{address: {a_ip}, serviceAccount: client, node: n1, labels: {{app: client}}}}
----
-apiVersion: trellis.dev/v1alpha1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: default}}
-spec: {{address: {b_ip}, serviceAccount: web, node: n1, labels: {{app: web}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec: {{clusterIP: {VIP}, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}
-"""
-    loaded = parse_documents(text, "test.yaml")
-    assert not loaded.errors, [str(e) for e in loaded.errors]
-    return loaded.resources
 
 
 async def eventually(predicate, timeout=20.0, interval=0.1):
@@ -65,7 +38,7 @@ async def node(lab, tmp_path, workers, ca_ttl=None):
     """Two pods (client, web) handed to an owner with `workers` worker processes."""
     _, a_ip, a_fd = lab.pod("a", 1)
     _, b_ip, b_fd = lab.pod("b", 2)
-    cp = StaticControlPlane(config(a_ip, b_ip), version=3)
+    cp = StaticControlPlane(two_pods(a_ip, b_ip, VIP), version=3)
     if ca_ttl:
         cp.ca.ttl = ca_ttl
     cfg = Config(node="n1", control_plane=("127.0.0.1", 1), credential_dir=tmp_path, run_dir=tmp_path / "run",
