@@ -178,7 +178,8 @@ class Bench:
         _raise_fd_limit()
         self.echo(f"[0/{steps}] lab up ({LAB_DIR}, prefix {self.opts.prefix}, state {self.opts.state_dir})")
         self.cli("lab", "down", timeout=120)
-        up = self.cli("lab", "up", str(LAB_DIR), timeout=300)
+        workers = os.environ.get("TRELLIS_ZTUNNEL_WORKERS")   # the lab file says 1
+        up = self.cli("lab", "up", str(LAB_DIR), *(["--ztunnel-workers", workers] if workers else []), timeout=300)
         if up.returncode != 0:
             raise RuntimeError(f"lab up failed:\n{up.stdout[-1500:]}{up.stderr[-1500:]}")
         try:

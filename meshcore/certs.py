@@ -70,6 +70,9 @@ class CertificateManager:
         self._entries: dict[str, _Entry] = {}
         self._contexts: dict[tuple[str, int, bool], ssl.SSLContext] = {}
         self._nursery: trio.Nursery | None = None
+        # Called with (identity, bundle, received) whenever a certificate is taken: ztunnel's
+        # owner process hands each one to its workers (ztunnel/fleet.py).
+        self.on_issued: Callable[[str, ident.CertBundle, dt.datetime], None] | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -125,11 +128,26 @@ class CertificateManager:
             if not bundle.expired(received) and (e.bundle is None or bundle.not_after > e.bundle.not_after):
                 e.bundle, e.received = bundle, received
                 e.ready.set()
+                self._issued(e)
             raise CertificateDue(
                 f"the control plane issued a certificate for {e.identity} that is already due: received at "
                 f"{received.isoformat()}, valid {bundle.not_before.isoformat()} to {bundle.not_after.isoformat()} "
                 f"(less than {ident.MIN_USEFUL_LIFETIME.total_seconds():g}s left)")
         e.bundle, e.received = bundle, received
+        self._issued(e)
+
+    def _issued(self, e: _Entry) -> None:
+        if self.on_issued is not None:
+            self.on_issued(e.identity, e.bundle, e.received)
+
+    def put(self, identity: str, bundle: ident.CertBundle, received: dt.datetime) -> None:
+        """A certificate issued elsewhere and used as is, never renewed here: a ztunnel
+        worker gets each one from its owner process, which renews for the whole node."""
+        e = self._entries.get(identity)
+        if e is None:
+            e = self._entries[identity] = _Entry(identity)
+        e.bundle, e.received, e.state, e.last_error = bundle, received, "valid", None
+        e.ready.set()
 
     @staticmethod
     def _refresh_at(e: _Entry) -> dt.datetime:

@@ -49,20 +49,59 @@ def address_of(sock: socket.socket) -> str:
     return _format(*sock.getsockname()[:2])
 
 
-def bind_one(netns_fd: int, spec: ListenerSpec) -> socket.socket:
-    family = sockio.family_of(spec.host)
+def _listening(netns_fd: int, family: int, host: str, port: int, *, join_group: bool) -> socket.socket:
     raw = netns.socket_in(netns_fd, family)
     try:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if join_group:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        raw.bind((spec.host, spec.port))
+        raw.bind((host, port))
+        # A first member binds without SO_REUSEPORT, so a second plain bind (a restarted node
+        # agent) still gets EADDRINUSE; set before listen() it founds a reuseport group that
+        # ztunnel's workers' sockets (bind_sibling) join: the kernel spreads connections over them.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         raw.listen(BACKLOG)
-    except OSError as exc:
+    except BaseException:
         raw.close()
+        raise
+    return raw
+
+
+def bind_one(netns_fd: int, spec: ListenerSpec) -> socket.socket:
+    try:
+        return _listening(netns_fd, sockio.family_of(spec.host), spec.host, spec.port, join_group=False)
+    except OSError as exc:
         raise OSError(exc.errno, f"cannot bind the {spec.role} listener {spec.address} in the pod netns: "
                                  f"{exc.strerror} (another ztunnel or node agent already holds it?)") from None
-    return raw
+
+
+def bind_sibling(netns_fd: int, primary: socket.socket) -> socket.socket:
+    """Another listener at `primary`'s address in its reuseport group (one per ztunnel
+    worker). OSError if `primary` is not in one (a node agent older than the groups)."""
+    host, port = primary.getsockname()[:2]
+    try:
+        return _listening(netns_fd, primary.family, host, port, join_group=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot add a worker listener at {_format(host, port)} in the pod netns: "
+                                 f"{exc.strerror} (is the node agent's listener without SO_REUSEPORT?)") from None
+
+
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def migrate_on_close(netns_fd: int) -> bool:
+    """net.ipv4.tcp_migrate_req=1 in the pod's netns (Linux >= 5.14): connections queued on a
+    worker's listener when it closes move to another listener of the group instead of being
+    reset. Per netns; it only affects reuseport groups. False where the kernel lacks it."""
+    try:
+        with netns.entered(netns_fd):
+            with open(MIGRATE_REQ, "w") as f:
+                f.write("1")
+        return True
+    except (OSError, netns.NetnsError):
+        return False
 
 
 def bind_all(netns_fd: int) -> list[socket.socket]:

@@ -174,12 +174,18 @@ def lab() -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for readiness")
 @click.option("--kubernetes", is_flag=True, help="shaped like a cluster: an API server (stand-in) serves the lab's "
               "pods, services and policies; kubelet cgroups; the components in Kubernetes mode")
-def lab_up(directory: Path, no_mesh: bool, timeout: float, kubernetes: bool) -> None:
+@click.option("--ztunnel-workers", default=None, metavar="N|auto",
+              help="worker processes per ztunnel (overrides the lab file's spec.ztunnelWorkers; default: "
+                   "ztunnel's own, the cores up to 4)")
+def lab_up(directory: Path, no_mesh: bool, timeout: float, kubernetes: bool, ztunnel_workers: str | None) -> None:
     """Create the lab described by DIRECTORY/lab.yaml and DIRECTORY/config/."""
     from .lab import summary, topology, up
     try:
+        if ztunnel_workers is not None and ztunnel_workers != "auto" and not (
+                ztunnel_workers.isdigit() and 1 <= int(ztunnel_workers) <= 64):
+            raise click.BadParameter(f"{ztunnel_workers!r}: give 1 to 64, or auto", param_hint="--ztunnel-workers")
         st, plan = up.up(directory, mesh=not no_mesh, echo=lambda s: click.echo(f"==> {s}"), ready_timeout=timeout,
-                          kubernetes=kubernetes)
+                          kubernetes=kubernetes, ztunnel_workers=ztunnel_workers)
     except topology.LabConfigError as exc:
         _fail(f"invalid lab:\n{exc}")
     except (up.LabError, OSError, RuntimeError) as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import sys
 from pathlib import Path
@@ -23,6 +24,43 @@ def raise_fd_limit() -> None:
     logging.getLogger("trellis.ztunnel").info("file descriptor limit %d", max(soft, hard))
 
 
+MAX_DEFAULT_WORKERS = 4
+WORKERS_ENV = "TRELLIS_ZTUNNEL_WORKERS"
+
+
+def cgroup_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """The CPU limit of our cgroup (v2 `cpu.max`, "QUOTA PERIOD" or "max PERIOD"), rounded
+    up; None without one. A container's limit is not in its CPU affinity."""
+    try:
+        quota, period = open(cpu_max).read().split()[:2]
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def default_workers() -> int:
+    """The CPUs this process may use (affinity, and a cgroup CPU limit), at most 4: past
+    that one node's pods rarely keep more busy, and each worker is another ~30 MiB."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpus()
+    return max(1, min(cores, limit or cores, MAX_DEFAULT_WORKERS))
+
+
+def workers_arg(value: str) -> int:
+    if value == "auto":
+        return default_workers()
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of worker processes from 1 to 64, or auto")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ztunnel",
                                 description="Trellis ztunnel: the per-node L4 proxy (HBONE, mTLS, L4 authorization).",
@@ -39,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=f"0.0.0.0:{ports.METRICS}")
     p.add_argument("--ready", default=f"0.0.0.0:{ports.READY}")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let connections finish on exit")
+    p.add_argument("--workers", type=workers_arg, default=os.environ.get(WORKERS_ENV, "auto"),
+                   help="worker processes serving connections (1: one process does everything; N > 1: a "
+                   f"node-level owner and N workers; auto: the cores, at most {MAX_DEFAULT_WORKERS}); "
+                   f"default ${WORKERS_ENV} or auto")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -72,7 +114,12 @@ def main(argv: list[str] | None = None) -> None:
                                     roots=args.ca_root_file.read_bytes(), trust_domain=args.trust_domain)
         else:
             cp = ControlPlaneClient(cfg.control_plane, load_credential(args.credential_dir), args.node)
-        trio.run(lambda: Ztunnel(cfg, cp).run())
+        if args.workers > 1:
+            from .owner import Owner
+            app = Owner(cfg, cp, args.workers, args.log_level)
+        else:
+            app = Ztunnel(cfg, cp)
+        trio.run(app.run)
     except (OSError, ValueError, ImportError) as exc:
         print(f"ztunnel: {exc}", file=sys.stderr)
         sys.exit(1)

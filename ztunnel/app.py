@@ -183,10 +183,11 @@ class Ztunnel:
         self.listeners = listeners = {name: await admin.open_listener(*addr)
                      for name, addr in (("admin", c.admin), ("metrics", c.metrics), ("ready", c.ready))}
         async with trio.open_nursery() as nursery:
-            self.pods = PodManager(self.inputs, nursery)
+            self.pods = self._pod_manager(nursery)
             zds = ZdsServer(self.pods, c.trust_domain, self.on_hello)
             zds_sock = await zds.bind(c.run_dir / "ztunnel.sock")
             await nursery.start(self.certs.run)
+            await self._start_workers(nursery)
             # What a successor must be able to bind: closed first when draining.
             front = await nursery.start(self._front_door, zds, zds_sock)
             self._front_scope = front
@@ -200,6 +201,14 @@ class Ztunnel:
         if self.origdst_fd is not None:
             os.close(self.origdst_fd)
             self.origdst_fd = None
+
+    def _pod_manager(self, nursery: trio.Nursery) -> Any:
+        """Who serves the pods the node agent hands over: here, this process (PodManager);
+        ztunnel.owner.Owner hands them to its worker processes instead."""
+        return PodManager(self.inputs, nursery)
+
+    async def _start_workers(self, nursery: trio.Nursery) -> None:
+        """One process serves everything: nothing to start (see ztunnel.owner.Owner)."""
 
     async def _front_door(self, zds: ZdsServer, zds_sock, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         c = self.config

@@ -158,6 +158,23 @@ class Pod:
                                for l in self.outbound_listeners + self.inbound_listeners if not l.draining])
 
 
+async def already_served(manager, info: PodInfo):
+    """The pod `manager` (a PodManager, or the owner's SharedPods) already serves for an add
+    of the same uid and netns (a node agent restart: `info`'s fds are closed, the running one
+    stays); None otherwise, after removing one whose netns changed (the pod was recreated: the
+    old listeners serve a netns that is gone or about to be)."""
+    old = manager.pods.get(info.uid)
+    if old is None:
+        return None
+    if old.info.netns_id == info.netns_id:
+        os.close(info.netns_fd)
+        info.close()
+        return old
+    log.info("pod %s: network namespace changed; replacing it", info.uid)
+    await manager.remove(info.uid)
+    return None
+
+
 class PodManager:
     """Pods by uid; `add` returns once the pod's listeners are bound (or raises why not)."""
 
@@ -166,17 +183,9 @@ class PodManager:
         self.pods: dict[str, Pod] = {}
 
     async def add(self, info: PodInfo) -> Pod:
-        old = self.pods.get(info.uid)
+        old = await already_served(self, info)
         if old is not None:
-            if old.info.netns_id == info.netns_id:
-                # Same pod handed over again (node agent restart): keep the running one.
-                os.close(info.netns_fd)
-                info.close()
-                return old
-            # Same uid, new network namespace (the pod was recreated): the old one's
-            # listeners serve a netns that is gone or about to be.
-            log.info("pod %s: network namespace changed; replacing it", info.uid)
-            await self.remove(info.uid)
+            return old
         pod = Pod(info, self.inputs)
         try:
             await self.nursery.start(self._run_pod, pod)

@@ -8,26 +8,14 @@ mistyped field is a `WireError` naming it.
 """
 from __future__ import annotations
 
-import array
-import json
-import socket
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Union
+from dataclasses import dataclass
+from typing import ClassVar, Union
 
-from . import WireError
+from .packets import Codec, ancillary, fds_from  # noqa: F401  (ancillary, fds_from: part of this API)
+from .packets import key as _key
 
 MAX_MESSAGE = 64 * 1024  # bytes of JSON per packet
 MAX_FDS = 8              # fds per packet: an add carries the netns and its listeners
-
-# The message's kind; every other key is a dataclass field, spelled as the `key` metadata.
-OP = "op"
-
-
-def _key(name: str, default: Any = None, *, required: bool = True):
-    meta = {"key": name, "required": required}
-    if default is None and required:
-        return field(metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -93,97 +81,19 @@ Request = Union[Hello, AddPod, RemovePod, SnapshotSent]
 REQUESTS: dict[str, type] = {cls.OP: cls for cls in (Hello, AddPod, RemovePod, SnapshotSent)}
 
 
-def _to_dict(msg) -> dict[str, Any]:
-    out: dict[str, Any] = {OP: msg.OP} if hasattr(msg, "OP") else {}
-    for f in fields(msg):
-        value = getattr(msg, f.name)
-        if f.metadata["required"] or value != f.default:
-            out[f.metadata["key"]] = list(value) if isinstance(value, tuple) else value
-    return out
+CODEC = Codec("ZDS", (Hello, AddPod, RemovePod, SnapshotSent), max_message=MAX_MESSAGE, max_fds=MAX_FDS)
 
 
 def encode(msg: Request | Reply) -> bytes:
-    data = json.dumps(_to_dict(msg), separators=(",", ":")).encode()
-    if len(data) > MAX_MESSAGE:
-        raise WireError(f"ZDS {_what(msg)} is {len(data)} bytes, over the limit of {MAX_MESSAGE}")
-    return data
-
-
-def _what(msg) -> str:
-    return f"{getattr(msg, 'OP', 'reply')} message"
-
-
-def _check(value: Any, want: type, what: str, key: str) -> Any:
-    if want is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise WireError(f"ZDS {what}: field {key!r} must be a list of strings, got {value!r}")
-        return tuple(value)
-    if not isinstance(value, want) or (want is str and not value):
-        kind = "a non-empty string" if want is str else want.__name__
-        raise WireError(f"ZDS {what}: field {key!r} must be {kind}, got {value!r}")
-    return value
-
-
-_TYPES = {"str": str, "bool": bool, "tuple[str, ...]": tuple}
-
-
-def _from_dict(cls, obj: dict[str, Any], what: str):
-    kwargs = {}
-    for f in fields(cls):
-        key = f.metadata["key"]
-        if key not in obj:
-            if f.metadata["required"]:
-                raise WireError(f"ZDS {what} is missing field {key!r} (got {sorted(obj)})")
-            continue
-        kwargs[f.name] = _check(obj[key], _TYPES[f.type], what, key)
-    return cls(**kwargs)
-
-
-def _load(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except ValueError as exc:
-        raise WireError(f"ZDS {what} is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise WireError(f"ZDS {what} is not a JSON object: {obj!r:.80}")
-    return obj
+    return CODEC.encode(msg)
 
 
 def decode(data: bytes, nfds: int) -> Request:
     """A request, checked against the number of fds that came with it."""
-    obj = _load(data, "message")
-    op = obj.get(OP)
-    cls = REQUESTS.get(op)
-    if cls is None:
-        raise WireError(f"ZDS message has unknown {OP} {op!r}; expected one of {', '.join(REQUESTS)}")
-    msg = _from_dict(cls, obj, f"{op} message")
-    _check_fds(msg, nfds)
-    return msg
+    return CODEC.decode(data, nfds)
 
 
 def decode_reply(data: bytes, nfds: int = 0) -> Reply:
-    reply = _from_dict(Reply, _load(data, "reply"), "reply")
-    _check_fds(reply, nfds)
+    reply = CODEC.build(Reply, CODEC.load(data, "reply"), "reply")
+    CODEC.check_fds(reply, nfds)
     return reply
-
-
-def _check_fds(msg, nfds: int) -> None:
-    roles = msg.fd_roles()
-    if nfds != len(roles):
-        uid = f" for {msg.uid}" if isinstance(msg, AddPod) else ""
-        raise WireError(f"ZDS {_what(msg)}{uid} needs {len(roles)} fd(s) ({', '.join(roles) or 'none'}), "
-                        f"got {nfds}")
-
-
-def ancillary(fds) -> list[tuple[int, int, bytes]]:
-    """The sendmsg() ancillary data that carries `fds` as SCM_RIGHTS."""
-    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-
-
-def fds_from(ancdata) -> list[int]:
-    """The fds that arrived with a recvmsg() (the caller owns and closes them)."""
-    fds = array.array("i")
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
-    return list(fds)

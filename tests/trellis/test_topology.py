@@ -53,6 +53,10 @@ def with_change(path: str, value, delete: bool = False):
     ("spec.pods.1.address", "10.244.2.999", False, "spec.pods[1].address: '10.244.2.999' is not an IPv4 address"),
     ("spec.pods.1.labels", ["app"], False, "spec.pods[1].labels: must be a map"),
     ("spec.pods.1.namespace", "web", False, None),   # fine: namespace given explicitly
+    ("spec.ztunnelWorkers", 0, False, "spec.ztunnelWorkers: 0 must be a number of worker processes from 1 to 64"),
+    ("spec.ztunnelWorkers", "lots", False, "spec.ztunnelWorkers: 'lots' must be"),
+    ("spec.ztunnelWorkers", 3, False, None),
+    ("spec.ztunnelWorkers", "auto", False, None),
 ])
 def test_validation_names_file_and_field(path, value, delete, expected):
     doc = with_change(path, value, delete)
@@ -62,6 +66,13 @@ def test_validation_names_file_and_field(path, value, delete, expected):
     with pytest.raises(LabConfigError) as err:
         parse_lab(doc, "x/lab.yaml")
     assert any(line.startswith("x/lab.yaml: ") and expected in line for line in err.value.errors), err.value.errors
+
+
+def test_ztunnel_workers_reach_every_ztunnel():
+    from trellis.lab.topology import plan
+    from trellis.lab.up import ztunnel_workers
+    assert ztunnel_workers(plan(parse_lab(with_change("spec.ztunnelWorkers", 3), "x"), "tt")) == ["--workers", "3"]
+    assert ztunnel_workers(plan(parse_lab(copy.deepcopy(GOOD), "x"), "tt")) == []
 
 
 def test_every_error_is_reported_at_once():

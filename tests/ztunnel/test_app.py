@@ -51,9 +51,8 @@ async def http(port, path):
     return int(head.split()[1]), body
 
 
-async def test_ztunnel_end_to_end_in_process(lab, tmp_path):
-    _, a_ip, a_fd = lab.pod("a", 1)
-    _, b_ip, b_fd = lab.pod("b", 2)
+def two_pods(a_ip, b_ip, vip="10.96.0.10"):
+    """client (a_ip) and web (b_ip) in an ambient namespace, web behind a Service at `vip`."""
     text = f"""
 apiVersion: v1
 kind: Namespace
@@ -72,11 +71,17 @@ spec: {{address: {b_ip}, serviceAccount: web, node: n1, labels: {{app: web}}}}
 apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: default}}
-spec: {{clusterIP: 10.96.0.10, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}
+spec: {{clusterIP: {vip}, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}
 """
     loaded = parse_documents(text, "test.yaml")
     assert not loaded.errors, [str(e) for e in loaded.errors]
-    resources = loaded.resources
+    return loaded.resources
+
+
+async def test_ztunnel_end_to_end_in_process(lab, tmp_path):
+    _, a_ip, a_fd = lab.pod("a", 1)
+    _, b_ip, b_fd = lab.pod("b", 2)
+    resources = two_pods(a_ip, b_ip)
     cp = StaticControlPlane(resources, version=7)
     cfg = Config(node="n1", control_plane=("127.0.0.1", 1), credential_dir=tmp_path, run_dir=tmp_path / "run",
                  admin=("127.0.0.1", 0), metrics=("127.0.0.1", 0), ready=("127.0.0.1", 0), drain_timeout=2)

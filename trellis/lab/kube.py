@@ -107,7 +107,8 @@ def start(p: LabPlan, st, sdir: Path, start_proc, check_alive, echo) -> None:
         common = ["--node", n.name, "--control-plane", f"{FABRIC_IP}:{CP_PORT}", "--token-file",
                   str(d / f"token-{n.name}"), "--ca-root-file", str(d / "roots.pem"), "--run-dir", str(nd)]
         echo(f"processes: ztunnel and nodeagent --source kubernetes for {n.name} (kubelet root {root / n.name / 'kubelet'})")
-        start_proc(f"ztunnel/{n.name}", [py, "-m", "ztunnel", *common, "--trust-domain", td], n.netns, cg,
+        workers = ["--workers", p.lab.ztunnel_workers] if p.lab.ztunnel_workers else []
+        start_proc(f"ztunnel/{n.name}", [py, "-m", "ztunnel", *common, "--trust-domain", td, *workers], n.netns, cg,
                    nd / "ztunnel.log")
         start_proc(f"nodeagent/{n.name}", [py, "-m", "nodeagent", *common, "--trust-domain", td, "--source", "kubernetes",
                                            "--kubeconfig", kcfg, "--kubelet-cgroup-root", str(root / n.name / "kubelet")],

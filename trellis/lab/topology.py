@@ -20,7 +20,7 @@ CP_PORT, CP_ADMIN_PORT, ZT_ADMIN_PORT = ports.CONTROL_PLANE, ports.CONTROL_PLANE
 MAX_NODES = 200  # node N takes fabric address .(10+N) and pod subnet 10.244.N.0/24
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _POD_KEYS = {"name", "namespace", "node", "serviceAccount", "labels", "command", "address", "env"}
-_SPEC_KEYS = {"trustDomain", "certTTL", "nodes", "pods"}
+_SPEC_KEYS = {"trustDomain", "certTTL", "ztunnelWorkers", "nodes", "pods"}
 _DURATION = re.compile(r"^[1-9][0-9]*(s|m|h)$")
 
 
@@ -52,6 +52,7 @@ class Lab:
     pods: list[PodSpec]
     source: str = "lab.yaml"
     cert_ttl: str | None = None   # workload certificate lifetime, e.g. "30s" (control plane default: 24h)
+    ztunnel_workers: str | None = None   # each ztunnel's --workers ("auto" or 1-64); None: ztunnel's default
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,12 @@ def parse_lab(doc: Any, source: str = "lab.yaml") -> Lab:
     cert_ttl = spec.get("certTTL")
     if cert_ttl is not None and not (isinstance(cert_ttl, str) and _DURATION.match(cert_ttl)):
         errors.append(f"{source}: spec.certTTL: {cert_ttl!r} must be a duration such as 90s, 10m or 24h")
+    workers = spec.get("ztunnelWorkers")
+    if workers is not None:
+        if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and 1 <= workers <= 64):
+            errors.append(f"{source}: spec.ztunnelWorkers: {workers!r} must be a number of worker processes "
+                          f"from 1 to 64, or auto")
+        workers = str(workers)
     nodes = spec.get("nodes")
     if not isinstance(nodes, list) or not nodes:
         errors.append(f"{source}: spec.nodes: must be a non-empty list of node names, e.g. [node1, node2]")
@@ -190,7 +197,7 @@ def parse_lab(doc: Any, source: str = "lab.yaml") -> Lab:
     if errors:
         raise LabConfigError(errors)
     return Lab(name=str(meta.get("name", "lab")), trust_domain=td, nodes=[str(n) for n in nodes],
-               pods=pods, source=source, cert_ttl=cert_ttl)
+               pods=pods, source=source, cert_ttl=cert_ttl, ztunnel_workers=workers)
 
 
 def load_lab(lab_dir: Path) -> Lab:

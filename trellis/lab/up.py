@@ -6,6 +6,8 @@ Each step records what it is about to create in lab.json before creating it, so
 a plain routed lab without control plane, ztunnel or node agent."""
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import os
 import shutil
@@ -123,6 +125,13 @@ def _start(st: LabState, sdir: Path, name: str, argv: list[str], netns: str, cgr
     state.save(st, sdir)
 
 
+def ztunnel_workers(p: LabPlan) -> list[str]:
+    """`--workers` for every ztunnel: the lab file's spec.ztunnelWorkers (or `lab up
+    --ztunnel-workers`); without it ztunnel's own default ($TRELLIS_ZTUNNEL_WORKERS or auto).
+    kube.py passes the same."""
+    return ["--workers", p.lab.ztunnel_workers] if p.lab.ztunnel_workers else []
+
+
 def _processes(p: LabPlan, st: LabState, sdir: Path, mesh: bool, echo: Echo) -> None:
     root, py, td = Path(st.cgroup_root), sys.executable, p.lab.trust_domain
     if mesh:
@@ -137,7 +146,8 @@ def _processes(p: LabPlan, st: LabState, sdir: Path, mesh: bool, echo: Echo) -> 
             common = ["--node", n.name, "--control-plane", f"{FABRIC_IP}:{CP_PORT}", "--credential-dir", str(nd),
                       "--run-dir", str(nd)]
             echo(f"processes: ztunnel and nodeagent for {n.name}")
-            _start(st, sdir, f"ztunnel/{n.name}", [py, "-m", "ztunnel", *common, "--trust-domain", td],
+            _start(st, sdir, f"ztunnel/{n.name}", [py, "-m", "ztunnel", *common, "--trust-domain", td,
+                                                   *ztunnel_workers(p)],
                    n.netns, cg, nd / "ztunnel.log")
             _start(st, sdir, f"nodeagent/{n.name}", [py, "-m", "nodeagent", *common], n.netns, cg, nd / "nodeagent.log")
     for pod in p.pods:
@@ -188,12 +198,14 @@ def _ready(p: LabPlan, st: LabState, sdir: Path, echo: Echo, timeout: float) -> 
 
 
 def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: float = 60.0,
-       kubernetes: bool = False) -> tuple[LabState, LabPlan]:
+       kubernetes: bool = False, ztunnel_workers: str | None = None) -> tuple[LabState, LabPlan]:
     """kubernetes: shaped like a cluster (kube.py): kubelet cgroups, an API server, the
-    components in Kubernetes mode."""
+    components in Kubernetes mode. ztunnel_workers overrides the lab file's spec.ztunnelWorkers."""
     lab_dir = Path(lab_dir).resolve()
     sdir = state.state_dir()
     lab = load_lab(lab_dir)
+    if ztunnel_workers is not None:
+        lab = dataclasses.replace(lab, ztunnel_workers=ztunnel_workers)
     p = plan(lab, state.prefix())
     if kubernetes:
         if not mesh:

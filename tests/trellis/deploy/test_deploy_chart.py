@@ -84,6 +84,17 @@ def test_values_schema_rejects_a_wrong_type_with_a_clear_message():
         chart.render({"image": {"pullPolicy": "Sometimes"}})
 
 
+def test_ztunnel_worker_count_reaches_the_daemonset():
+    def ztunnel_args(values):
+        ds = next(o for o in chart.render(values) if o["kind"] == "DaemonSet")
+        return next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "ztunnel")["args"]
+    assert "--workers=auto" in ztunnel_args({})
+    assert "--workers=3" in ztunnel_args(chart.user_values(sets=["node.ztunnel.workers=3"]))
+    for bad in ("0", "many"):
+        with pytest.raises(chart.ChartError, match="/node/ztunnel/workers"):
+            chart.render(chart.user_values(sets=[f"node.ztunnel.workers={bad}"]))
+
+
 def test_values_files_then_sets_compose_like_helm(tmp_path):
     f1, f2 = tmp_path / "a.yaml", tmp_path / "b.yaml"
     f1.write_text("controlPlane: {replicas: 3, logLevel: DEBUG}\nimage: {tag: dev}\n")
@@ -211,7 +222,7 @@ def test_every_flag_the_chart_passes_exists_in_the_component(objs):
         for arg in c["args"]:
             assert arg.split("=", 1)[0] in known, f"{c['name']}: {module} has no {arg.split('=', 1)[0]}"
             checked += 1
-    assert checked == 20  # 7 control plane, 6 node agent (one --exclude-port), 7 ztunnel
+    assert checked == 21  # 7 control plane, 6 node agent (one --exclude-port), 8 ztunnel
 
 
 def test_values_schema_is_a_valid_json_schema_and_accepts_the_defaults():
