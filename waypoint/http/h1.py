@@ -180,6 +180,11 @@ class _Side:
     def keep_alive(self) -> bool:
         return self.keep and self.failed is None
 
+    @property
+    def idle(self) -> bool:
+        """Between exchanges: both messages of the last one are complete."""
+        return self.state == self.IDLE and not self.our_done and not self.their_done
+
 
 class HTTP1Server(_Side):
     """The waypoint's side of a client's HTTP/1.1 connection."""
