@@ -11,6 +11,7 @@ client's bytes, so other clients are never affected.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 
 import trio
@@ -19,6 +20,7 @@ from meshcore import authz
 
 from .http.detect import HTTP1, HTTP2, L4
 from .body import BodyError, RequestBody
+from .fastio import fast
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.serverconn import Detected, ServerConnection
 from .h2proxy import serve_http2
@@ -40,6 +42,7 @@ READ_SIZE = 65536
 class ClientConnection:
     def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline):
         self.stream, self.caller, self.target, self.pipeline = stream, caller, target, pipeline
+        self.io = fast(stream)
         self.sc = ServerConnection()
         self.events: deque = deque()
         self.eof = False
@@ -49,23 +52,27 @@ class ClientConnection:
         """Read once more into the adapter; False at EOF."""
         if self.eof:
             return False
-        data = await self.stream.receive_some(READ_SIZE)
+        data = await self.io.receive_some(READ_SIZE)
         self.eof = not data
         self.sc.receive_data(data)
         self.events.extend(self.sc.events())
         return not self.eof
 
     async def _next(self, timeout: float):
+        """The next event; None when `timeout` passed first."""
         if self.events:   # already parsed: no cancel scope, no wait
             return self.events.popleft()
+        if timeout == math.inf:
+            return await self._wait_event()
         with trio.move_on_after(timeout):
-            while not self.events:
-                if not await self._fill():
-                    break
-            if self.events:
-                return self.events.popleft()
-            return ConnectionClosed("peer closed")
+            return await self._wait_event()
         return None   # timed out
+
+    async def _wait_event(self):
+        while not self.events:
+            if not await self._fill():
+                break
+        return self.events.popleft() if self.events else ConnectionClosed("peer closed")
 
     async def serve(self) -> None:
         with trio.move_on_after(SNIFF_WAIT):   # a silent client: server-first L4 after a while
@@ -87,7 +94,7 @@ class ClientConnection:
 
     async def _send_bytes(self, data: bytes) -> None:
         if data:
-            await self.stream.send_all(data)
+            await self.io.send_all(data)
 
     async def _send(self, ev, more: bool = False) -> None:
         self.out += self.sc.send(ev)
@@ -96,8 +103,18 @@ class ClientConnection:
             await self._send_bytes(out)
 
     async def _serve_http1(self) -> None:
+        # one scope for the idle timeout whose deadline moves (cheaper than a scope per request)
+        with trio.CancelScope() as idle:
+            await self._http1_loop(idle)
+
+    async def _http1_loop(self, idle: trio.CancelScope) -> None:
         while True:
-            ev = await self._next(IDLE_TIMEOUT)
+            if self.events:
+                ev = self.events.popleft()
+            else:
+                idle.deadline = trio.current_time() + IDLE_TIMEOUT
+                ev = await self._next(math.inf)
+                idle.deadline = math.inf
             if ev is None or isinstance(ev, (ConnectionClosed, StreamReset)):
                 return
             if isinstance(ev, ProtocolError):

@@ -11,9 +11,11 @@ attempt, kept for a retry up to the replay bound) and a `send(event)` coroutine 
 """
 from __future__ import annotations
 
+import logging
 import os
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import trio
@@ -27,7 +29,7 @@ from .filters.pool import QUEUE, REJECT
 from .filters.retry import ATTEMPT_TIMEOUT, RetryState
 from .filters.timeouts import Deadlines
 from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, without
-from .metrics import Metrics, log_request
+from .metrics import Metrics, access_log, log_request
 from .routing import Backend, apply_response_headers
 from .upstream import PUMP_ERRORS, AttemptFailed, Upstream
 from .view import Target, View
@@ -41,16 +43,23 @@ class Caller:
     address: str
     protocol: str = "http"          # Istio's request_protocol: http | grpc
     security: str = "mutual_tls"    # connection_security_policy
+    # (view, target) -> the request labels that stay the same on this connection (built once per snapshot)
+    labels: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+# Trace and span ids need to be unpredictable-enough and unique, not secret (W3C Trace Context
+# 6.2): a PRNG seeded from the OS, instead of two getrandom() system calls per request.
+_ids = random.Random(os.urandom(32))
 
 
 def traceparent(value: str | None) -> str:
     """W3C Trace Context: keep the trace id and flags, a new span id; a new trace when absent/invalid."""
     parts = (value or "").strip().split("-")
-    span = os.urandom(8).hex()
+    span = f"{_ids.getrandbits(64) or 1:016x}"
     if (len(parts) == 4 and len(parts[0]) == 2 and len(parts[1]) == 32 and len(parts[3]) == 2
             and parts[0] != "ff" and parts[1] != "0" * 32 and all(_hex(p) for p in parts)):
         return f"{parts[0]}-{parts[1]}-{span}-{parts[3]}"
-    return f"00-{os.urandom(16).hex()}-{span}-01"
+    return f"00-{_ids.getrandbits(128) or 1:032x}-{span}-01"
 
 
 def _hex(s: str) -> bool:
@@ -67,20 +76,26 @@ class Pipeline:
         start = self.clock()
         view = self.view_of()
         svc = target.service
-        labels = dict(source_labels(caller.identity, caller.address, view.state), reporter="waypoint",
-                      destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
-                      destination_service_name=svc.name, destination_service_namespace=svc.namespace,
-                      request_protocol="grpc" if req.is_grpc else caller.protocol,
-                      connection_security_policy=caller.security)
+        base = caller.labels.get((view, target))
+        if base is None:
+            if len(caller.labels) > 8:
+                caller.labels.clear()   # old snapshots: let them go
+            base = caller.labels[(view, target)] = dict(
+                source_labels(caller.identity, caller.address, view.state), reporter="waypoint",
+                destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
+                destination_service_name=svc.name, destination_service_namespace=svc.namespace,
+                connection_security_policy=caller.security)
+        labels = dict(base, request_protocol="grpc" if req.is_grpc else caller.protocol)
         info: dict = {}
         status = await self._run(view, req, body, caller, target, send, labels, info)
         info.pop("_status", None)
         labels["response_code"] = str(status)
         millis = (self.clock() - start) * 1000
         self.metrics.request_done(labels, millis)
-        log_request(reporter="waypoint", method=req.method, path=req.target, authority=req.authority,
-                    status=status, duration_ms=round(millis, 1), src=caller.address,
-                    **{"src.identity": caller.identity, "dst.service": svc.key}, **info)
+        if access_log.isEnabledFor(logging.INFO):
+            log_request(reporter="waypoint", method=req.method, path=req.target, authority=req.authority,
+                        status=status, duration_ms=round(millis, 1), src=caller.address,
+                        **{"src.identity": caller.identity, "dst.service": svc.key}, **info)
         return status
 
     async def _respond(self, send: Send, status: int, body: str, extra=()) -> int:
@@ -94,7 +109,9 @@ class Pipeline:
                    labels: dict, info: dict) -> int:
         svc = target.service
         try:
-            req = req.with_(target=normalize_target(req.target))
+            normal = normalize_target(req.target)
+            if normal != req.target:
+                req = req.with_(target=normal)
         except PathRejected as exc:
             return await self._respond(send, exc.status, exc.message)
         verdict = authz.evaluate(view.target_policies(target), caller.identity, target.port,
@@ -277,12 +294,14 @@ class Pipeline:
         # leaves in one write instead of one per event
         await send(Response(resp.status, headers, resp.reason), conn.buffered())
         try:
-            with trio.fail_at(_trio_deadline(deadlines.request_deadline, self.clock) or float("inf")):
+            with trio.CancelScope(deadline=_trio_deadline(deadlines.request_deadline, self.clock)) as scope:
                 async for ev in conn.events():
                     if isinstance(ev, Data):
-                        await send(Data(ev.data), conn.buffered())
+                        await send(ev, conn.buffered())
                     elif isinstance(ev, EndOfMessage):
-                        await send(EndOfMessage(ev.trailers))
+                        await send(ev)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError("the request timeout passed while the response was relayed")
             await self.upstream.release(conn)
         except BaseException:
             await conn.aclose()

@@ -27,6 +27,7 @@ import h2.exceptions
 from meshcore.hbone import HboneClientPool, HboneError
 
 from .body import RequestBody
+from .fastio import fast
 from .filters.retry import CONNECT_FAILURE, RESET_BEFORE_RESPONSE
 from .h2proxy import Backend2, Exchange2
 from .http.events import Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
@@ -53,6 +54,7 @@ class Backend1:
 
     def __init__(self, stream: trio.abc.Stream, endpoint: Endpoint, reused: bool = False):
         self.stream, self.endpoint = stream, endpoint
+        self.io = fast(stream)
         self.h1 = HTTP1Client()
         self.idle_since = 0.0
         self.reused = reused
@@ -69,23 +71,23 @@ class Backend1:
             data = body.whole()
             if data:
                 out += self.h1.send(Data(data))
-            await self.stream.send_all(out + self.h1.send(EndOfMessage(body.trailers)))
+            await self.io.send_all(out + self.h1.send(EndOfMessage(body.trailers)))
         else:
-            await self.stream.send_all(out)
+            await self.io.send_all(out)
             spawn(self)
 
     async def send_data(self, data: bytes) -> None:
-        await self.stream.send_all(self.h1.send(Data(data)))
+        await self.io.send_all(self.h1.send(Data(data)))
 
     async def send_end(self, trailers) -> None:
-        await self.stream.send_all(self.h1.send(EndOfMessage(trailers)))
+        await self.io.send_all(self.h1.send(EndOfMessage(trailers)))
 
     async def next_event(self):
         """The next event from the backend (reading only when none is buffered); None at EOF."""
         while not self._pending:
             if self._eof:
                 return None
-            data = await self.stream.receive_some(READ_SIZE)
+            data = await self.io.receive_some(READ_SIZE)
             self._eof = not data
             self.h1.receive_data(data)
             self._pending.extend(self.h1.events())

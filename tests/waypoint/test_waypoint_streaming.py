@@ -262,3 +262,25 @@ async def test_grpc_bidirectional_streaming_goes_through(wp):
                 outbox.put(f"m{len(replies)}".encode() if len(replies) < 5 else None)
         return replies
     assert await trio.to_thread.run_sync(talk) == [f"echo m{i}".encode() for i in range(5)]
+
+
+async def test_idle_and_stalled_clients_are_cut_off(wp, monkeypatch):
+    """The moving idle deadline between requests, and a body that stops coming (408)."""
+    import waypoint.conn
+    monkeypatch.setattr(waypoint.conn, "IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(waypoint.conn, "REQUEST_READ_TIMEOUT", 0.3)
+    port = await wp.bridge("10.96.0.40:80")
+
+    async def converse(data: bytes) -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        got = b""
+        async with stream:
+            await stream.send_all(data)
+            with trio.fail_after(20):   # a bound for a broken waypoint, not a measurement
+                while chunk := await stream.receive_some(65536):
+                    got += chunk
+        return got
+    idle = await converse(b"POST /i HTTP/1.1\r\nHost: sink\r\nContent-Length: 2\r\n\r\nok")
+    assert idle.startswith(b"HTTP/1.1 200 ") and idle.count(b"HTTP/1.1") == 1   # answered, then closed when idle
+    stalled = await converse(b"POST /s HTTP/1.1\r\nHost: sink\r\nContent-Length: 10\r\n\r\nonly")
+    assert stalled.startswith(b"HTTP/1.1 408 ") and b"slow client" in stalled
