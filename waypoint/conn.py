@@ -54,8 +54,13 @@ class ClientConnection:
             return False
         data = await self.io.receive_some(READ_SIZE)
         self.eof = not data
-        self.sc.receive_data(data)
-        self.events.extend(self.sc.events())
+        http = self.sc.http
+        if http is not None:   # detected: straight to the adapter
+            http.receive_data(data)
+            self.events.extend(http.events())
+        else:
+            self.sc.receive_data(data)
+            self.events.extend(self.sc.events())
         return not self.eof
 
     async def _next(self, timeout: float):
@@ -97,7 +102,7 @@ class ClientConnection:
             await self.io.send_all(data)
 
     async def _send(self, ev, more: bool = False) -> None:
-        self.out += self.sc.send(ev)
+        self.out += self.sc.http.send(ev)
         if not more:
             out, self.out = bytes(self.out), bytearray()
             await self._send_bytes(out)
