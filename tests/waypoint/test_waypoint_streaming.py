@@ -18,26 +18,10 @@ import pytest
 from waypoint.filters.retry import MAX_REPLAY_BYTES
 from waypoint.http.events import Data, EndOfMessage, Request, simple_response
 from waypoint.http.h2 import HTTP2Server
-from wp_process import NAMESPACE, acurl, mesh, service, workload
+from wp_process import NAMESPACE, acurl, grpc_server, mesh, retry_route, service, workload
 
 SINK, FLAKY, H2, GRPC = "127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44"
-ROUTES = """apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: flaky, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: flaky, port: 80}]
-  rules:
-  - backendRefs: [{name: flaky, port: 80}]
-    retry: {attempts: 2, codes: [503], backoff: 10ms}
----
-apiVersion: trellis.dev/v1alpha1
-kind: TrafficPolicy
-metadata: {name: flaky, namespace: default}
-spec:
-  targetRefs: [{kind: Service, name: flaky}]
-  retryBudget: {percent: 100}
----
-"""
+ROUTES = retry_route("flaky")
 
 
 class SinkHandler(http.server.BaseHTTPRequestHandler):
@@ -132,20 +116,12 @@ async def h2_sink(nursery) -> tuple[int, list]:
 
 def grpc_chat(address: str):
     """A grpcio server with a bidirectional-streaming echo (raw bytes, no stubs)."""
-    import concurrent.futures
-
     import grpc
 
     def chat(requests, context):
         for r in requests:
             yield b"echo " + r
-
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "test.Chat", {"Talk": grpc.stream_stream_rpc_method_handler(chat)})])
-    port = server.add_insecure_port(f"{address}:0")
-    server.start()
-    return server, port
+    return grpc_server(address, "test.Chat", "Talk", grpc.stream_stream_rpc_method_handler(chat))
 
 
 @pytest.fixture

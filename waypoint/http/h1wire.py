@@ -73,26 +73,25 @@ def _refuse_bare(data: bytes) -> None:
 
 
 def parse_request(buf: bytes, start: int, end: int, max_fields: int) -> Head:
-    text = buf[start:end].decode("latin-1")
-    m = REQUEST_HEAD.fullmatch(text)
-    if m is None:
-        raise WireError(400, "malformed HTTP/1.1: " + _diagnose(text, "request"))
-    h = Head()
-    h.method, h.target, h.version = m.group(1), m.group(2), m.group(3)
-    h.fields = _fields(m.group(4), max_fields)
-    _framing(h, True)
-    return h
+    return _parse(buf, start, end, max_fields, True)
 
 
 def parse_response(buf: bytes, start: int, end: int, max_fields: int) -> Head:
+    return _parse(buf, start, end, max_fields, False)
+
+
+def _parse(buf: bytes, start: int, end: int, max_fields: int, request: bool) -> Head:
     text = buf[start:end].decode("latin-1")
-    m = STATUS_HEAD.fullmatch(text)
+    m = (REQUEST_HEAD if request else STATUS_HEAD).fullmatch(text)
     if m is None:
-        raise WireError(400, "malformed HTTP/1.1: " + _diagnose(text, "status"))
+        raise WireError(400, "malformed HTTP/1.1: " + _diagnose(text, "request" if request else "status"))
     h = Head()
-    h.version, h.status, h.reason = m.group(1), int(m.group(2)), m.group(3) or ""
+    if request:
+        h.method, h.target, h.version = m.group(1), m.group(2), m.group(3)
+    else:
+        h.version, h.status, h.reason = m.group(1), int(m.group(2)), m.group(3) or ""
     h.fields = _fields(m.group(4), max_fields)
-    _framing(h, False)
+    _framing(h, request)
     return h
 
 
