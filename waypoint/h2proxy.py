@@ -27,7 +27,8 @@ from .http.h2 import HTTP2Client
 
 log = logging.getLogger("trellis.waypoint.h2")
 READ_SIZE = 65536
-SEND_BUFFER = 256 * 1024     # request body bytes queued for a backend stream before the pump waits
+SEND_BUFFER = 256 * 1024     # body bytes queued for a peer's stream window before the sender waits
+ACK_FLUSH = 1024 * 1024     # response bytes read from a backend stream between two flushes of our output
 BODY_IDLE_TIMEOUT = 30.0     # between two DATA frames of a request body (a stalled client)
 
 
@@ -71,6 +72,9 @@ async def serve_http2(conn, idle_timeout: float) -> None:
     lock = trio.Lock()
     bodies: dict[int, trio.MemorySendChannel] = {}   # streams whose request body is still coming
     running: dict[int, trio.CancelScope] = {}
+    # set after each batch read from the client (its WINDOW_UPDATEs): a stream whose response
+    # data waits for the client's window pauses on it, so the relay stops reading the backend
+    progress = [trio.Event()]
 
     async def write(data: bytes = b"") -> None:
         # h2's output is taken under the lock: bytes taken before it could otherwise leave
@@ -95,6 +99,8 @@ async def serve_http2(conn, idle_timeout: float) -> None:
                     data = (sc.send(held.pop()) if held else b"") + sc.send(ev) + sc.data_to_send()
                 if data:
                     await stream.send_all(data)
+            while isinstance(ev, Data) and h2.queued(sid) > SEND_BUFFER and h2.failed is None:
+                await progress[0].wait()
         with trio.CancelScope() as scope:
             running[sid] = scope
             try:
@@ -143,11 +149,14 @@ async def serve_http2(conn, idle_timeout: float) -> None:
                 sc.receive_data(data)
                 done = dispatch(sc.events(), nursery)
                 await write()
+                progress[0].set()
+                progress[0] = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             for ch in bodies.values():
                 ch.close()
+            progress[0].set()
             nursery.cancel_scope.cancel()
 
 
@@ -233,6 +242,7 @@ class Exchange2:
         self.finished = False
         self.broken = False
         self.pump_scope = trio.CancelScope()
+        self.acked = 0   # response bytes acknowledged since the last flush
 
     async def send_data(self, data: bytes) -> None:
         conn = self.conn
@@ -255,6 +265,13 @@ class Exchange2:
         ev = await self.receive.receive()
         if isinstance(ev, Data):
             self.conn.h2.ack(self.sid, len(ev.data))
+            self.acked += len(ev.data)
+            if self.acked >= ACK_FLUSH:   # h2 emits WINDOW_UPDATE past half the window: send it, or a
+                self.acked = 0            # backend out of window waits for a frame nobody writes
+                try:
+                    await self.conn._write()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass   # the reader sees the connection go
         return ev
 
     async def events(self):

@@ -16,10 +16,11 @@ import trio
 import pytest
 
 from waypoint.filters.retry import MAX_REPLAY_BYTES
-from waypoint.http.events import Data, EndOfMessage, Request, simple_response
+from waypoint.http.events import Data, EndOfMessage, Request, Response, simple_response
 from waypoint.http.h2 import HTTP2Server
 from wp_process import NAMESPACE, acurl, grpc_server, mesh, retry_route, service, workload
 
+DOWNLOAD = 16 * 1024 * 1024
 SINK, FLAKY, H2, GRPC = "127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44"
 ROUTES = retry_route("flaky")
 
@@ -81,10 +82,12 @@ def sink(address: str, flaky: bool = False):
     return srv
 
 
-async def h2_sink(nursery) -> tuple[int, list]:
+async def h2_sink(nursery) -> tuple[int, list, list]:
     """An HTTP/2 (prior knowledge) backend on the waypoint's own adapter: hashes each request
-    body, acknowledging DATA as it reads it (so flow control is exercised end to end)."""
+    body, acknowledging DATA as it reads it (so flow control is exercised end to end); a GET
+    gets DOWNLOAD bytes, queued in its adapter as far as the waypoint's window allows."""
     seen: list = []
+    downloads: list = []   # (adapter, stream id) of each download
 
     async def serve(stream):
         h2 = HTTP2Server()
@@ -95,7 +98,12 @@ async def h2_sink(nursery) -> tuple[int, list]:
                 h2.receive_data(data)
                 out = b""
                 for ev in h2.events():
-                    if isinstance(ev, Request):
+                    if isinstance(ev, Request) and ev.method == "GET":   # a download of DOWNLOAD bytes
+                        downloads.append((h2, ev.stream_id))
+                        out += h2.send(Response(200, (("content-length", str(DOWNLOAD)),), stream_id=ev.stream_id))
+                        out += h2.send(Data(b"d" * DOWNLOAD, ev.stream_id))   # queued beyond the window
+                        out += h2.send(EndOfMessage(stream_id=ev.stream_id))
+                    elif isinstance(ev, Request):
                         digests[ev.stream_id] = (hashlib.sha256(), [0])
                     elif isinstance(ev, Data) and ev.stream_id in digests:
                         digests[ev.stream_id][0].update(ev.data)
@@ -111,7 +119,7 @@ async def h2_sink(nursery) -> tuple[int, list]:
                     await stream.send_all(out)
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host=H2))
-    return listeners[0].socket.getsockname()[1], seen
+    return listeners[0].socket.getsockname()[1], seen, downloads
 
 
 def grpc_chat(address: str):
@@ -130,7 +138,7 @@ async def wp(tmp_path):
     port = {k: s.server_address[1] for k, s in servers.items()}
     grpc_server, grpc_port = grpc_chat(GRPC)
     async with mesh(tmp_path) as m:
-        h2_port, m.h2_seen = await h2_sink(m.nursery)
+        h2_port, m.h2_seen, m.h2_downloads = await h2_sink(m.nursery)
         text = (NAMESPACE + service("sink", "10.96.0.40", port["sink"], "sink") + workload("sink", SINK, "sink")
                 + service("flaky", "10.96.0.41", port["flaky"], "flaky") + workload("flaky", FLAKY, "flaky")
                 + ROUTES + service("h2", "10.96.0.42", h2_port, "h2") + workload("h2", H2, "h2")
@@ -214,6 +222,54 @@ async def test_http2_upload_streams_with_flow_control(wp, tmp_path):
     out = await acurl("--http2-prior-knowledge", "--data-binary", f"@{path}", f"http://127.0.0.1:{port}/h2")
     assert out.stdout == expected, out.stderr[-2000:]
     assert wp.h2_seen == [(12 * 1024 * 1024, expected.split()[0])]
+
+
+async def test_a_slow_http2_reader_holds_the_backend_back(wp):
+    """Response backpressure over HTTP/2: while the client keeps its 64 KiB window closed, the
+    waypoint stops reading the backend's stream (so stops acknowledging it) and the backend's
+    bytes wait at the backend; once the client reads, all of it arrives. A waypoint that
+    buffered the response would take the whole 16 MiB from the backend at once."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    port = await wp.bridge("10.96.0.42:80")
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, [(":method", "GET"), (":path", "/download"), (":scheme", "http"),
+                              (":authority", "h2")], end_stream=True)
+    received, ended = 0, False
+
+    def backend_left() -> int:
+        return wp.h2_downloads[0][0].queued(wp.h2_downloads[0][1]) if wp.h2_downloads else DOWNLOAD
+
+    async def pump(ack: bool) -> None:
+        nonlocal received, ended
+        data = await stream.receive_some(65536)
+        for ev in client.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived):
+                received += len(ev.data)
+                if ack:
+                    client.acknowledge_received_data(ev.flow_controlled_length, sid)
+            ended = ended or isinstance(ev, h2.events.StreamEnded)
+        await stream.send_all(client.data_to_send())
+
+    async with stream:
+        await stream.send_all(client.data_to_send())
+        with trio.move_on_after(1.5):   # a while for the bytes to go wherever a waypoint lets them
+            while True:
+                await pump(ack=False)
+        # the backend sent its 4 MiB window toward the waypoint and no more (a buffering
+        # waypoint had taken it all by now: ~13 MiB sat in its queue for the client)
+        assert backend_left() >= DOWNLOAD - 5 * 1024 * 1024
+        assert 0 < received <= 65535 and wp.h2_downloads
+        client.acknowledge_received_data(received, sid)   # the client reads now: everything comes
+        await stream.send_all(client.data_to_send())
+        with trio.fail_after(30):
+            while not ended:
+                await pump(ack=True)
+    assert received == DOWNLOAD and backend_left() == 0
 
 
 async def test_grpc_bidirectional_streaming_goes_through(wp):
