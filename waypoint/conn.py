@@ -132,6 +132,9 @@ class ClientConnection:
             await self.pipeline.handle(ev, body, self.caller, self.target, self._send)
             if not self.sc.keep_alive:
                 return
+            while self.events and isinstance(self.events[0], (Data, EndOfMessage)):
+                self.events.popleft()   # the rest of a body answered without being read (403, 404, 429...)
+            self.events.extend(self.sc.http.events())   # a pipelined request parsed only now the exchange ended
 
     async def _forward_l4(self, initial: bytes) -> None:
         """Not HTTP: relay bytes to one endpoint of the Service. Authorization with L4 semantics

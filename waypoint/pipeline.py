@@ -44,7 +44,7 @@ class Caller:
     address: str
     protocol: str = "http"          # Istio's request_protocol: http | grpc
     security: str = "mutual_tls"    # connection_security_policy
-    # (view, target) -> the request labels that stay the same on this connection (built once per snapshot)
+    # target -> (view, the request labels that stay the same on this connection): built once per snapshot
     labels: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -77,15 +77,16 @@ class Pipeline:
         start = self.clock()
         view = self.view_of()
         svc = target.service
-        base = caller.labels.get((view, target))
-        if base is None:
-            if len(caller.labels) > 8:
-                caller.labels.clear()   # old snapshots: let them go
-            base = caller.labels[(view, target)] = dict(
+        cached = caller.labels.get(target)
+        if cached is not None and cached[0] is view:
+            base = cached[1]
+        else:   # first request to target on this connection, or a new snapshot (the old one is let go)
+            base = dict(
                 source_labels(caller.identity, caller.address, view.state), reporter="waypoint",
                 destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
                 destination_service_name=svc.name, destination_service_namespace=svc.namespace,
                 connection_security_policy=caller.security)
+            caller.labels[target] = (view, base)
         labels = dict(base, request_protocol="grpc" if req.is_grpc else caller.protocol)
         info: dict = {}
         status = await self._run(view, req, body, caller, target, send, labels, info)
