@@ -11,16 +11,20 @@ client's bytes, so other clients are never affected.
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 
 import trio
 
 from meshcore import authz
 
 from .http.detect import HTTP1, HTTP2, L4
-from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, StreamReset, simple_response
+from .body import BodyError, RequestBody
+from .fastio import fast
+from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.serverconn import Detected, ServerConnection
 from .h2proxy import serve_http2
-from .pipeline import MAX_BODY, Caller, Pipeline
+from .pipeline import Caller, Pipeline
 from .upstream import AttemptFailed
 from .view import Target
 
@@ -31,15 +35,16 @@ IDLE_TIMEOUT = 60.0
 # slower than 100 ms, and a client that waits on purpose gains nothing (L4 traffic is
 # authorized with L4 semantics: a DENY with HTTP fields refuses it).
 SNIFF_WAIT = 1.0
-REQUEST_READ_TIMEOUT = 30.0
+REQUEST_READ_TIMEOUT = 30.0   # for a request head, and between two reads of a request body
 READ_SIZE = 65536
 
 
 class ClientConnection:
     def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline):
         self.stream, self.caller, self.target, self.pipeline = stream, caller, target, pipeline
+        self.io = fast(stream)
         self.sc = ServerConnection()
-        self.events: list = []
+        self.events: deque = deque()
         self.eof = False
         self.out = bytearray()   # response bytes held back to leave in one write
 
@@ -47,21 +52,32 @@ class ClientConnection:
         """Read once more into the adapter; False at EOF."""
         if self.eof:
             return False
-        data = await self.stream.receive_some(READ_SIZE)
+        data = await self.io.receive_some(READ_SIZE)
         self.eof = not data
-        self.sc.receive_data(data)
-        self.events.extend(self.sc.events())
+        http = self.sc.http
+        if http is not None:   # detected: straight to the adapter
+            http.receive_data(data)
+            self.events.extend(http.events())
+        else:
+            self.sc.receive_data(data)
+            self.events.extend(self.sc.events())
         return not self.eof
 
     async def _next(self, timeout: float):
+        """The next event; None when `timeout` passed first."""
+        if self.events:   # already parsed: no cancel scope, no wait
+            return self.events.popleft()
+        if timeout == math.inf:
+            return await self._wait_event()
         with trio.move_on_after(timeout):
-            while not self.events:
-                if not await self._fill():
-                    break
-            if self.events:
-                return self.events.pop(0)
-            return ConnectionClosed("peer closed")
+            return await self._wait_event()
         return None   # timed out
+
+    async def _wait_event(self):
+        while not self.events:
+            if not await self._fill():
+                break
+        return self.events.popleft() if self.events else ConnectionClosed("peer closed")
 
     async def serve(self) -> None:
         with trio.move_on_after(SNIFF_WAIT):   # a silent client: server-first L4 after a while
@@ -70,7 +86,7 @@ class ClientConnection:
         if self.sc.protocol is None:
             self.sc.sniff_timeout()
             self.events.extend(self.sc.events())
-        first = self.events.pop(0) if self.events else None
+        first = self.events.popleft() if self.events else None
         if not isinstance(first, Detected):
             return
         self.pipeline.metrics.tunnels.labels(first.protocol).inc()
@@ -83,17 +99,27 @@ class ClientConnection:
 
     async def _send_bytes(self, data: bytes) -> None:
         if data:
-            await self.stream.send_all(data)
+            await self.io.send_all(data)
 
     async def _send(self, ev, more: bool = False) -> None:
-        self.out += self.sc.send(ev)
+        self.out += self.sc.http.send(ev)
         if not more:
             out, self.out = bytes(self.out), bytearray()
             await self._send_bytes(out)
 
     async def _serve_http1(self) -> None:
+        # one scope for the idle timeout whose deadline moves (cheaper than a scope per request)
+        with trio.CancelScope() as idle:
+            await self._http1_loop(idle)
+
+    async def _http1_loop(self, idle: trio.CancelScope) -> None:
         while True:
-            ev = await self._next(IDLE_TIMEOUT)
+            if self.events:
+                ev = self.events.popleft()
+            else:
+                idle.deadline = trio.current_time() + IDLE_TIMEOUT
+                ev = await self._next(math.inf)
+                idle.deadline = math.inf
             if ev is None or isinstance(ev, (ConnectionClosed, StreamReset)):
                 return
             if isinstance(ev, ProtocolError):
@@ -101,31 +127,14 @@ class ClientConnection:
                 return
             if not isinstance(ev, Request):
                 return
-            body = await self._read_body()
-            if isinstance(body, ProtocolError):
-                await self._send_bytes(self.sc.refusal(body) if body.status != 408 else _raw(body))
-                return
+            length = ev.header("content-length")
+            body = RequestBody(_Http1Body(self), int(length) if length is not None else None)
             await self.pipeline.handle(ev, body, self.caller, self.target, self._send)
             if not self.sc.keep_alive:
                 return
-
-    async def _read_body(self) -> bytes | ProtocolError:
-        chunks, size = [], 0
-        with trio.move_on_after(REQUEST_READ_TIMEOUT):
-            while True:
-                ev = await self._next(REQUEST_READ_TIMEOUT)
-                if isinstance(ev, Data):
-                    size += len(ev.data)
-                    if size > MAX_BODY:
-                        return ProtocolError(413, f"request body over {MAX_BODY} bytes")
-                    chunks.append(ev.data)
-                elif isinstance(ev, EndOfMessage):
-                    return b"".join(chunks)
-                elif isinstance(ev, ProtocolError):
-                    return ev
-                elif ev is None or isinstance(ev, ConnectionClosed):
-                    return ProtocolError(400, "client closed the connection mid-request")
-        return ProtocolError(408, f"request not received within {REQUEST_READ_TIMEOUT:g}s (slow client)")
+            while self.events and isinstance(self.events[0], (Data, EndOfMessage)):
+                self.events.popleft()   # the rest of a body answered without being read (403, 404, 429...)
+            self.events.extend(self.sc.http.events())   # a pipelined request parsed only now the exchange ended
 
     async def _forward_l4(self, initial: bytes) -> None:
         """Not HTTP: relay bytes to one endpoint of the Service. Authorization with L4 semantics
@@ -170,7 +179,32 @@ async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
         pass
 
 
-def _raw(err: ProtocolError) -> bytes:
-    resp, data, _ = simple_response(err.status, err.message, (("connection", "close"),))
-    head = f"HTTP/1.1 {err.status} Request Timeout\r\n" + "".join(f"{k}: {v}\r\n" for k, v in resp.headers)
-    return head.encode() + b"\r\n" + data.data
+class _Http1Body:
+    """The request body's events as they come off this connection (body.Source)."""
+
+    def __init__(self, cc: ClientConnection):
+        self.cc = cc
+
+    def poll(self):
+        return _convert(self.cc.events.popleft()) if self.cc.events else None
+
+    async def read(self):
+        ev = await self.cc._next(REQUEST_READ_TIMEOUT)
+        if ev is None:
+            raise BodyError(408, f"request body stalled for {REQUEST_READ_TIMEOUT:g}s (slow client)")
+        return _convert(ev)
+
+    async def begin(self) -> None:
+        http = self.cc.sc.http
+        if getattr(http, "expect_continue", False):   # RFC 9110 10.1.1: the client waits for it
+            await self.cc._send(Response(100, reason="Continue"))
+
+
+def _convert(ev):
+    if isinstance(ev, Data):
+        return ev.data
+    if isinstance(ev, EndOfMessage):
+        return ev
+    if isinstance(ev, ProtocolError):
+        raise BodyError(ev.status, ev.message)
+    raise BodyError(400, "client closed the connection mid-request")

@@ -1,15 +1,17 @@
 """HTTP/2 on both sides of the waypoint (gRPC included).
 
 Client side (`serve_http2`): one reader task drives the HTTP2Server adapter; each stream
-whose request is complete runs through the pipeline in its own task; writes share a lock.
-A stream the client resets cancels its task; the adapter's own guards (rapid reset,
-CONTINUATION, header list size) end only that connection.
+runs through the pipeline in its own task from its HEADERS on, its DATA going to that task
+through a channel (acknowledged to the client only when the pipeline reads it: the
+client's window is the bound); writes share a lock. A stream the client resets cancels its
+task; the adapter's own guards (rapid reset, CONTINUATION, header list size) end only that
+connection.
 
 Backend side (`Backend2`): one multiplexed HTTP/2 connection (prior knowledge) per
 endpoint, kept while it is usable; each request is a stream whose events a reader task
-routes to that stream's channel. Request bodies are whole (the pipeline keeps them for
-retries), so streaming RPCs in both directions at once are not carried; unary and
-server-streaming gRPC are.
+routes to that stream's channel. A request body still coming is pumped by the pipeline
+(`send_data`), pausing while more than SEND_BUFFER bytes wait for the backend's window, so
+streaming RPCs in both directions are carried.
 """
 from __future__ import annotations
 
@@ -19,21 +21,60 @@ import math
 
 import trio
 
+from .body import BodyError, RequestBody
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.h2 import HTTP2Client
 
 log = logging.getLogger("trellis.waypoint.h2")
 READ_SIZE = 65536
+SEND_BUFFER = 256 * 1024     # body bytes queued for a peer's stream window before the sender waits
+ACK_FLUSH = 1024 * 1024     # response bytes read from a backend stream between two flushes of our output
+BODY_IDLE_TIMEOUT = 30.0     # between two DATA frames of a request body (a stalled client)
+
+
+class _H2Body:
+    """One stream's request DATA as the reader task hands it over (body.Source)."""
+
+    def __init__(self, h2, sid: int, receive: trio.MemoryReceiveChannel, flush):
+        self.h2, self.sid, self.receive, self.flush = h2, sid, receive, flush
+
+    def _convert(self, ev):
+        if isinstance(ev, Data):
+            self.h2.ack(self.sid, len(ev.data))   # read now: the client may send as much again
+            return ev.data
+        if isinstance(ev, EndOfMessage):
+            return ev
+        raise BodyError(400, "the client reset the stream or closed the connection mid-request")
+
+    def poll(self):
+        try:
+            return self._convert(self.receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return None
+
+    async def read(self):
+        await self.flush()   # the WINDOW_UPDATEs of what was read so far, or the client may wait forever
+        with trio.move_on_after(BODY_IDLE_TIMEOUT):
+            try:
+                return self._convert(await self.receive.receive())
+            except trio.EndOfChannel:
+                raise BodyError(400, "the client closed the connection mid-request") from None
+        raise BodyError(408, f"request body stalled for {BODY_IDLE_TIMEOUT:g}s (slow client)")
+
+    async def begin(self) -> None:
+        pass
 
 
 async def serve_http2(conn, idle_timeout: float) -> None:
     """`conn`: a waypoint.conn.ClientConnection whose protocol was detected as HTTP/2."""
-    from .pipeline import MAX_BODY
     sc, stream = conn.sc, conn.stream
     h2 = sc.http
     lock = trio.Lock()
-    pending: dict[int, tuple[Request, list[bytes], int]] = {}
+    bodies: dict[int, trio.MemorySendChannel] = {}   # streams whose request body is still coming
     running: dict[int, trio.CancelScope] = {}
+    # set after each batch read from the client (its WINDOW_UPDATEs): a stream whose response
+    # data waits for the client's window pauses on it, so the relay stops reading the backend
+    progress = [trio.Event()]
 
     async def write(data: bytes = b"") -> None:
         # h2's output is taken under the lock: bytes taken before it could otherwise leave
@@ -43,7 +84,7 @@ async def serve_http2(conn, idle_timeout: float) -> None:
             if data:
                 await stream.send_all(data)
 
-    async def handle(sid: int, req: Request, body: bytes) -> None:
+    async def handle(sid: int, req: Request, body: RequestBody) -> None:
         held: list[Response] = []
 
         async def send(ev, more: bool = False) -> None:
@@ -58,6 +99,8 @@ async def serve_http2(conn, idle_timeout: float) -> None:
                     data = (sc.send(held.pop()) if held else b"") + sc.send(ev) + sc.data_to_send()
                 if data:
                     await stream.send_all(data)
+            while isinstance(ev, Data) and h2.queued(sid) > SEND_BUFFER and h2.failed is None:
+                await progress[0].wait()
         with trio.CancelScope() as scope:
             running[sid] = scope
             try:
@@ -67,44 +110,53 @@ async def serve_http2(conn, idle_timeout: float) -> None:
             finally:
                 running.pop(sid, None)
 
+    def dispatch(events, nursery) -> bool:
+        """Route the adapter's events; True when the connection is over."""
+        done = False
+        for ev in events:
+            if isinstance(ev, Request):
+                send_ch, receive_ch = trio.open_memory_channel(math.inf)   # bounded by our window
+                bodies[ev.stream_id] = send_ch
+                length = ev.header("content-length")
+                body = RequestBody(_H2Body(h2, ev.stream_id, receive_ch, write),
+                                   int(length) if length and length.isdigit() else None)
+                nursery.start_soon(handle, ev.stream_id, ev, body)
+            elif isinstance(ev, (Data, EndOfMessage)) and ev.stream_id in bodies:
+                bodies[ev.stream_id].send_nowait(ev)
+                if isinstance(ev, EndOfMessage):
+                    bodies.pop(ev.stream_id).close()
+            elif isinstance(ev, StreamReset):
+                ch = bodies.pop(ev.stream_id, None)
+                if ch is not None:
+                    ch.close()
+                if ev.stream_id in running:
+                    running[ev.stream_id].cancel()
+            elif isinstance(ev, (ConnectionClosed, ProtocolError)):
+                done = done or isinstance(ev, ConnectionClosed) or ev.stream_id in (0, 1) or h2.failed is not None
+        return done
+
     async with trio.open_nursery() as nursery:
         try:
+            # what came with the bytes that settled detection (curl sends its request at once)
+            done = dispatch(list(conn.events), nursery)
+            conn.events.clear()
             await write()
-            while True:
+            while not done:
                 with trio.move_on_after(idle_timeout if not running else math.inf) as idle:
                     data = await stream.receive_some(READ_SIZE)
                 if idle.cancelled_caught or not data:
                     break
                 sc.receive_data(data)
-                done = False
-                for ev in sc.events():
-                    if isinstance(ev, Request):
-                        pending[ev.stream_id] = (ev, [], 0)
-                    elif isinstance(ev, Data) and ev.stream_id in pending:
-                        req, chunks, size = pending[ev.stream_id]
-                        h2.ack(ev.stream_id, len(ev.data))
-                        if size + len(ev.data) > MAX_BODY:
-                            pending.pop(ev.stream_id)
-                            reset = sc.send(StreamReset(ev.stream_id, 0xb))   # ENHANCE_YOUR_CALM
-                            await write(reset)   # a RST_STREAM: its place among other streams' frames is free
-                            continue
-                        chunks.append(ev.data)
-                        pending[ev.stream_id] = (req, chunks, size + len(ev.data))
-                    elif isinstance(ev, EndOfMessage) and ev.stream_id in pending:
-                        req, chunks, _ = pending.pop(ev.stream_id)
-                        nursery.start_soon(handle, ev.stream_id, req, b"".join(chunks))
-                    elif isinstance(ev, StreamReset):
-                        pending.pop(ev.stream_id, None)
-                        if ev.stream_id in running:
-                            running[ev.stream_id].cancel()
-                    elif isinstance(ev, (ConnectionClosed, ProtocolError)):
-                        done = isinstance(ev, ConnectionClosed) or ev.stream_id in (0, 1) or h2.failed is not None
+                done = dispatch(sc.events(), nursery)
                 await write()
-                if done:
-                    break
+                progress[0].set()
+                progress[0] = trio.Event()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            for ch in bodies.values():
+                ch.close()
+            progress[0].set()
             nursery.cancel_scope.cancel()
 
 
@@ -117,6 +169,7 @@ class Backend2:
         self.lock = trio.Lock()
         self.channels: dict[int, trio.MemorySendChannel] = {}
         self.broken: str | None = None
+        self.progress = trio.Event()   # set after each batch from the backend (window updates): pumps wait on it
 
     @property
     def usable(self) -> bool:
@@ -141,12 +194,15 @@ class Backend2:
                         if isinstance(ev, (EndOfMessage, StreamReset)):
                             self.channels.pop(ev.stream_id, None)
                 await self._write()
+                self.progress.set()
+                self.progress = trio.Event()
                 if self.broken:
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.broken = f"backend connection lost: {exc}"
         finally:
             self.broken = self.broken or "closed"
+            self.progress.set()
             log.info("waypoint: HTTP/2 connection to %s ended: %s (%d streams open)", self.endpoint, self.broken,
                      len(self.channels))
             for ch in self.channels.values():
@@ -161,29 +217,61 @@ class Backend2:
             if data:
                 await self.stream.send_all(data)
 
-    async def request(self, req: Request, body: bytes) -> "Exchange2":
+    async def request(self, req: Request, body: RequestBody, spawn=None) -> "Exchange2":
+        """A new stream: the head, with the body when it is all here; else `spawn(exchange)` pumps it."""
         send, receive = trio.open_memory_channel(math.inf)
         async with self.lock:
             sid = self.h2.next_stream_id()
             self.channels[sid] = send
             out = self.h2.send(dataclasses.replace(req, stream_id=sid))
-            if body:
-                out += self.h2.send(Data(body, sid))
-            out += self.h2.send(EndOfMessage(stream_id=sid))
+            if body.complete:
+                data = body.whole()
+                if data:
+                    out += self.h2.send(Data(data, sid))
+                out += self.h2.send(EndOfMessage(body.trailers, stream_id=sid))
             await self.stream.send_all(out)
-        return Exchange2(self, sid, receive)
+        x = Exchange2(self, sid, receive)
+        if not body.complete:
+            spawn(x)
+        return x
 
 
 class Exchange2:
     def __init__(self, conn: Backend2, sid: int, receive: trio.MemoryReceiveChannel):
         self.conn, self.sid, self.receive = conn, sid, receive
         self.finished = False
+        self.broken = False
+        self.pump_scope = trio.CancelScope()
+        self.acked = 0   # response bytes acknowledged since the last flush
+
+    async def send_data(self, data: bytes) -> None:
+        conn = self.conn
+        if conn.broken or self.sid not in conn.channels:
+            raise trio.ClosedResourceError(f"backend stream {self.sid} is over")
+        async with conn.lock:
+            out = conn.h2.send(Data(data, self.sid)) + conn.h2.data_to_send()
+            await conn.stream.send_all(out)
+        while conn.h2.queued(self.sid) > SEND_BUFFER and not conn.broken:   # backpressure: the backend's window
+            await conn.progress.wait()
+
+    async def send_end(self, trailers) -> None:
+        if self.conn.broken or self.sid not in self.conn.channels:
+            raise trio.ClosedResourceError(f"backend stream {self.sid} is over")
+        async with self.conn.lock:   # framed under the lock: see serve_http2's write
+            await self.conn.stream.send_all(self.conn.h2.send(EndOfMessage(trailers, self.sid)))
 
     async def next_event(self):
         """The next event of this stream; None when the connection failed under it."""
         ev = await self.receive.receive()
         if isinstance(ev, Data):
             self.conn.h2.ack(self.sid, len(ev.data))
+            self.acked += len(ev.data)
+            if self.acked >= ACK_FLUSH:   # h2 emits WINDOW_UPDATE past half the window: send it, or a
+                self.acked = 0            # backend out of window waits for a frame nobody writes
+                try:
+                    await self.conn._write()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass   # the reader sees the connection go
         return ev
 
     async def events(self):
@@ -204,6 +292,7 @@ class Exchange2:
         return self.finished
 
     async def aclose(self) -> None:
+        self.pump_scope.cancel()
         if not self.finished and self.conn.broken is None and self.sid in self.conn.channels:
             self.conn.channels.pop(self.sid, None)
             try:

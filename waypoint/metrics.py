@@ -46,7 +46,8 @@ class Metrics:
                                   registry=r)
 
     def request_done(self, labels: dict[str, str], millis: float) -> None:
-        key = tuple(labels.get(k, "unknown") for k in REQUEST_LABELS)
+        get = labels.get
+        key = tuple([get(k, "unknown") for k in REQUEST_LABELS])
         children = self._children.get(key)
         if children is None:   # prometheus_client's labels() lookup is costly per request: keep the children
             children = self._children[key] = (self.requests.labels(*key), self.duration.labels(*key))

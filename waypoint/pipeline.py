@@ -5,14 +5,18 @@ rate limits (429) -> connection-pool limits (503) -> load balancing and outlier
 detection -> upstream attempts with timeouts (504) and retries under the budget ->
 response header filters -> response (streamed), then metrics and one access-log line.
 
-The caller hands a complete request (head and body, bounded by MAX_BODY: the body is kept
-whole so that a retry can send it again) and a `send(event)` coroutine for the answer.
+The caller hands the request head, its body as a `body.RequestBody` (streamed: whatever the
+client already sent goes with the head in one write; the rest is pumped by a task per
+attempt, kept for a retry up to the replay bound) and a `send(event)` coroutine for the answer.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import trio
@@ -20,17 +24,17 @@ import trio
 from meshcore import authz
 from meshcore.telemetry import source_labels
 
+from .body import BodyError, RequestBody
 from .filters.normalize import PathRejected, normalize_target
 from .filters.pool import QUEUE, REJECT
 from .filters.retry import ATTEMPT_TIMEOUT, RetryState
 from .filters.timeouts import Deadlines
 from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, without
-from .metrics import Metrics, log_request
+from .metrics import Metrics, access_log, log_request
 from .routing import Backend, apply_response_headers
-from .upstream import AttemptFailed, Upstream
+from .upstream import PUMP_ERRORS, AttemptFailed, Upstream
 from .view import Target, View
 
-MAX_BODY = 8 * 1024 * 1024
 Send = Callable[..., Awaitable[None]]   # send(event, more=False): more=True may hold it back to batch the write
 
 
@@ -40,16 +44,23 @@ class Caller:
     address: str
     protocol: str = "http"          # Istio's request_protocol: http | grpc
     security: str = "mutual_tls"    # connection_security_policy
+    # target -> (view, the request labels that stay the same on this connection): built once per snapshot
+    labels: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+# Trace and span ids need to be unpredictable-enough and unique, not secret (W3C Trace Context
+# 6.2): a PRNG seeded from the OS, instead of two getrandom() system calls per request.
+_ids = random.Random(os.urandom(32))
 
 
 def traceparent(value: str | None) -> str:
     """W3C Trace Context: keep the trace id and flags, a new span id; a new trace when absent/invalid."""
     parts = (value or "").strip().split("-")
-    span = os.urandom(8).hex()
+    span = f"{_ids.getrandbits(64) or 1:016x}"
     if (len(parts) == 4 and len(parts[0]) == 2 and len(parts[1]) == 32 and len(parts[3]) == 2
             and parts[0] != "ff" and parts[1] != "0" * 32 and all(_hex(p) for p in parts)):
         return f"{parts[0]}-{parts[1]}-{span}-{parts[3]}"
-    return f"00-{os.urandom(16).hex()}-{span}-01"
+    return f"00-{_ids.getrandbits(128) or 1:032x}-{span}-01"
 
 
 def _hex(s: str) -> bool:
@@ -62,23 +73,31 @@ class Pipeline:
         self.view_of, self.upstream, self.metrics, self.clock = view_of, upstream, metrics, clock
         self._queued: dict[int, trio.Event] = {}
 
-    async def handle(self, req: Request, body: bytes, caller: Caller, target: Target, send: Send) -> int:
+    async def handle(self, req: Request, body: RequestBody, caller: Caller, target: Target, send: Send) -> int:
         start = self.clock()
         view = self.view_of()
         svc = target.service
-        labels = dict(source_labels(caller.identity, caller.address, view.state), reporter="waypoint",
-                      destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
-                      destination_service_name=svc.name, destination_service_namespace=svc.namespace,
-                      request_protocol="grpc" if req.is_grpc else caller.protocol,
-                      connection_security_policy=caller.security)
+        cached = caller.labels.get(target)
+        if cached is not None and cached[0] is view:
+            base = cached[1]
+        else:   # first request to target on this connection, or a new snapshot (the old one is let go)
+            base = dict(
+                source_labels(caller.identity, caller.address, view.state), reporter="waypoint",
+                destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
+                destination_service_name=svc.name, destination_service_namespace=svc.namespace,
+                connection_security_policy=caller.security)
+            caller.labels[target] = (view, base)
+        labels = dict(base, request_protocol="grpc" if req.is_grpc else caller.protocol)
         info: dict = {}
         status = await self._run(view, req, body, caller, target, send, labels, info)
+        info.pop("_status", None)
         labels["response_code"] = str(status)
         millis = (self.clock() - start) * 1000
         self.metrics.request_done(labels, millis)
-        log_request(reporter="waypoint", method=req.method, path=req.target, authority=req.authority,
-                    status=status, duration_ms=round(millis, 1), src=caller.address,
-                    **{"src.identity": caller.identity, "dst.service": svc.key}, **info)
+        if access_log.isEnabledFor(logging.INFO):
+            log_request(reporter="waypoint", method=req.method, path=req.target, authority=req.authority,
+                        status=status, duration_ms=round(millis, 1), src=caller.address,
+                        **{"src.identity": caller.identity, "dst.service": svc.key}, **info)
         return status
 
     async def _respond(self, send: Send, status: int, body: str, extra=()) -> int:
@@ -88,11 +107,13 @@ class Pipeline:
         await send(end)
         return status
 
-    async def _run(self, view: View, req: Request, body: bytes, caller: Caller, target: Target, send: Send,
+    async def _run(self, view: View, req: Request, body: RequestBody, caller: Caller, target: Target, send: Send,
                    labels: dict, info: dict) -> int:
         svc = target.service
         try:
-            req = req.with_(target=normalize_target(req.target))
+            normal = normalize_target(req.target)
+            if normal != req.target:
+                req = req.with_(target=normal)
         except PathRejected as exc:
             return await self._respond(send, exc.status, exc.message)
         verdict = authz.evaluate(view.target_policies(target), caller.identity, target.port,
@@ -146,11 +167,53 @@ class Pipeline:
             if handed is not None and handed in self._queued:
                 self._queued[handed].set()
 
-    async def _attempts(self, view, req, body, target, backend, cluster, decision, send, labels, info) -> int:
+    async def _attempts(self, view, req, body: RequestBody, target, backend, cluster, decision, send, labels,
+                        info) -> int:
         retry = RetryState(decision.retry if decision else None, cluster.budget, view.rng)
-        retry.body.add(body)
+        retry.body = body.replay   # what a retry can send again (RetryState refuses once it overflowed)
         deadlines = Deadlines.of(decision.timeouts if decision else None, self.clock())
+        if body.poll():   # all here already: it leaves with the head, no pump task
+            return await self._attempt_loop(view, self._outgoing(req, body), body, target, backend, cluster,
+                                            decision, send, labels, info, retry, deadlines, None)
+        await body.begin()
         out = self._outgoing(req, body)
+        status = failed = None
+        async with trio.open_nursery() as nursery:
+            def spawn(conn) -> None:
+                nursery.start_soon(self._pump, conn, body.cursor(), body, nursery.cancel_scope)
+            try:
+                status = await self._attempt_loop(view, out, body, target, backend, cluster, decision, send, labels,
+                                                  info, retry, deadlines, spawn)
+            except Exception as exc:   # raised as itself below, not wrapped in the nursery's ExceptionGroup
+                failed = exc
+            finally:
+                nursery.cancel_scope.cancel()   # the response is over: a body still coming is not wanted
+        if failed is not None:
+            raise failed
+        if status is not None:
+            return status
+        # the pump cancelled the request: the client's body failed
+        err = body.error or BodyError(400, "request body failed")
+        info["error"] = err.message
+        if "_status" in info:   # the response started: it can only be cut short
+            return info.pop("_status")
+        return await self._respond(send, err.status, err.message)
+
+    async def _pump(self, conn, cursor, body: RequestBody, request_scope: trio.CancelScope) -> None:
+        """One attempt's request body, client -> backend, a chunk at a time (backpressure both ways)."""
+        with conn.pump_scope:
+            try:
+                while (chunk := await cursor.next()) is not None:
+                    await conn.send_data(chunk)
+                await conn.send_end(body.trailers)
+            except BodyError as exc:
+                body.error = exc
+                request_scope.cancel()
+            except PUMP_ERRORS:
+                conn.broken = True   # the backend stopped reading: its answer, if any, still comes back
+
+    async def _attempt_loop(self, view, out, body, target, backend, cluster, decision, send, labels, info, retry,
+                            deadlines, spawn) -> int:
         info["attempts"] = 0
         while True:
             if target.workload is not None:
@@ -172,13 +235,17 @@ class Pipeline:
             now = self.clock()
             failure = status = grpc_status = None
             conn = resp = None
-            with trio.move_on_at(_trio_deadline(deadlines.attempt_deadline(now), self.clock)) as scope:
+            with _scope(_trio_deadline(deadlines.attempt_deadline(now), self.clock)) as scope:
                 try:
-                    conn, resp = await (self.upstream.start2 if req.http_version == "2" else self.upstream.start)(ep, out, body)
+                    conn, resp = await (self.upstream.start2 if out.http_version == "2" else self.upstream.start)(
+                        ep, out, body, spawn)
                 except AttemptFailed as exc:
                     failure, info["error"] = exc.failure, str(exc)
             if scope.cancelled_caught:
                 failure = ATTEMPT_TIMEOUT
+                if conn is not None:
+                    await conn.aclose()
+                    conn = resp = None
             if resp is not None:
                 status = resp.status
                 gs = resp.header("grpc-status")
@@ -203,13 +270,22 @@ class Pipeline:
                     return await self._respond(send, 504, body_text)
                 return await self._respond(send, 503, f"upstream connect error or disconnect/reset before headers: "
                                                       f"{info.get('error')}")
+            info["_status"] = resp.status   # taken out before the access log
             return await self._relay(conn, resp, decision, send, deadlines)
 
-    def _outgoing(self, req: Request, body: bytes) -> Request:
-        headers = without(end_to_end(req.headers), "content-length", "traceparent")
+    def _outgoing(self, req: Request, body: RequestBody) -> Request:
+        """The request as it goes upstream: hop-by-hop fields dropped (Expect too: the waypoint
+        answered it), a new traceparent span, and the body's framing."""
+        headers = without(end_to_end(req.headers), "content-length", "traceparent", "expect")
         headers += (("traceparent", traceparent(req.header("traceparent"))),)
-        if body or req.method in ("POST", "PUT", "PATCH"):
-            headers += (("content-length", str(len(body))),)
+        if body.complete:
+            size = body.replay.size
+            if size or req.method in ("POST", "PUT", "PATCH"):
+                headers += (("content-length", str(size)),)
+        elif body.length is not None:
+            headers += (("content-length", str(body.length)),)
+        elif req.http_version != "2":
+            headers += (("transfer-encoding", "chunked"),)   # length unknown: chunked to the HTTP/1.1 backend
         return req.with_(headers=headers)
 
     async def _relay(self, conn, resp: Response, decision, send: Send, deadlines: Deadlines) -> int:
@@ -220,17 +296,38 @@ class Pipeline:
         # leaves in one write instead of one per event
         await send(Response(resp.status, headers, resp.reason), conn.buffered())
         try:
-            with trio.fail_at(_trio_deadline(deadlines.request_deadline, self.clock) or float("inf")):
+            with _scope(_trio_deadline(deadlines.request_deadline, self.clock)) as scope:
                 async for ev in conn.events():
                     if isinstance(ev, Data):
-                        await send(Data(ev.data), conn.buffered())
+                        await send(ev, conn.buffered())
                     elif isinstance(ev, EndOfMessage):
-                        await send(EndOfMessage(ev.trailers))
+                        await send(ev)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError("the request timeout passed while the response was relayed")
             await self.upstream.release(conn)
         except BaseException:
             await conn.aclose()
             raise
         return resp.status
+
+
+class _NoDeadline:
+    """What `_scope` gives for no deadline (the default: routes without timeouts): entering and
+    leaving a trio CancelScope costs more than the rest of a small filter."""
+    cancelled_caught = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+_NO_DEADLINE = _NoDeadline()
+
+
+def _scope(deadline: float):
+    return _NO_DEADLINE if deadline == math.inf else trio.CancelScope(deadline=deadline)
 
 
 def _trio_deadline(when: float | None, clock: Callable[[], float]) -> float:

@@ -22,8 +22,12 @@ from typing import Callable
 import trio
 
 from meshcore import ports
+import h2.exceptions
+
 from meshcore.hbone import HboneClientPool, HboneError
 
+from .body import RequestBody
+from .fastio import fast
 from .filters.retry import CONNECT_FAILURE, RESET_BEFORE_RESPONSE
 from .h2proxy import Backend2, Exchange2
 from .http.events import Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
@@ -35,6 +39,8 @@ IDLE_PER_ENDPOINT = 16
 IDLE_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 READ_SIZE = 65536
+# what a request-body pump meets when the backend stops reading or goes away
+PUMP_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, HboneError, h2.exceptions.ProtocolError)
 
 
 class AttemptFailed(Exception):
@@ -48,26 +54,40 @@ class Backend1:
 
     def __init__(self, stream: trio.abc.Stream, endpoint: Endpoint, reused: bool = False):
         self.stream, self.endpoint = stream, endpoint
+        self.io = fast(stream)
         self.h1 = HTTP1Client()
         self.idle_since = 0.0
         self.reused = reused
         self.broken = False
         self._pending: deque = deque()
         self._eof = False
+        self.pump_scope = trio.CancelScope()
 
-    async def send_request(self, req: Request, body: bytes) -> None:
+    async def send_request(self, req: Request, body: RequestBody, spawn) -> None:
+        """The head, with the body when it is all here; else `spawn(self)` starts its pump."""
+        self.pump_scope = trio.CancelScope()
         out = self.h1.send(req)
-        if body:
-            out += self.h1.send(Data(body))
-        out += self.h1.send(EndOfMessage())
-        await self.stream.send_all(out)
+        if body.complete:
+            data = body.whole()
+            if data:
+                out += self.h1.send(Data(data))
+            await self.io.send_all(out + self.h1.send(EndOfMessage(body.trailers)))
+        else:
+            await self.io.send_all(out)
+            spawn(self)
+
+    async def send_data(self, data: bytes) -> None:
+        await self.io.send_all(self.h1.send(Data(data)))
+
+    async def send_end(self, trailers) -> None:
+        await self.io.send_all(self.h1.send(EndOfMessage(trailers)))
 
     async def next_event(self):
         """The next event from the backend (reading only when none is buffered); None at EOF."""
         while not self._pending:
             if self._eof:
                 return None
-            data = await self.stream.receive_some(READ_SIZE)
+            data = await self.io.receive_some(READ_SIZE)
             self._eof = not data
             self.h1.receive_data(data)
             self._pending.extend(self.h1.events())
@@ -90,9 +110,10 @@ class Backend1:
 
     @property
     def reusable(self) -> bool:
-        return not self.broken and self.h1.keep_alive
+        return not self.broken and self.h1.keep_alive and self.h1.idle
 
     async def aclose(self) -> None:
+        self.pump_scope.cancel()
         await trio.aclose_forcefully(self.stream)
 
 
@@ -131,7 +152,7 @@ class Upstream:
         self.opened += 1
         return Backend1(await self._open(ep), ep)
 
-    async def start2(self, ep: Endpoint, req: Request, body: bytes) -> tuple[Exchange2, Response]:
+    async def start2(self, ep: Endpoint, req: Request, body: RequestBody, spawn=None) -> tuple[Exchange2, Response]:
         """HTTP/2 (the client spoke it): a stream on the endpoint's multiplexed connection."""
         conn = self.h2conns.get(ep)
         if conn is None or not conn.usable:
@@ -140,7 +161,7 @@ class Upstream:
             assert self.nursery is not None, "Upstream.nursery must be set before HTTP/2 is proxied"
             self.nursery.start_soon(conn.run)
         try:
-            x = await conn.request(req, body)
+            x = await conn.request(req, body, spawn)
             while True:
                 ev = await x.next_event()
                 if ev is None or isinstance(ev, StreamReset):
@@ -164,25 +185,25 @@ class Upstream:
         conn.idle_since = self.clock()
         idle.append(conn)
 
-    async def start(self, ep: Endpoint, req: Request, body: bytes) -> tuple[Backend1, Response]:
+    async def start(self, ep: Endpoint, req: Request, body: RequestBody, spawn=None) -> tuple[Backend1, Response]:
         """Open (or reuse) a connection, send the request, return the response head. A reused
         idle connection the backend had closed meanwhile (a race every keep-alive proxy has)
         is replaced by a fresh one at once: that is no failure of the endpoint's."""
         conn = await self.connection(ep)
         try:
-            return conn, await self._exchange(conn, req, body)
+            return conn, await self._exchange(conn, req, body, spawn)
         except AttemptFailed:
-            if not conn.reused:
+            if not conn.reused or not body.replayable:
                 raise
             self.stale += 1
         conn = Backend1(await self._open(ep), ep)
         self.opened += 1
-        return conn, await self._exchange(conn, req, body)
+        return conn, await self._exchange(conn, req, body, spawn)
 
-    async def _exchange(self, conn: Backend1, req: Request, body: bytes) -> Response:
+    async def _exchange(self, conn: Backend1, req: Request, body: RequestBody, spawn) -> Response:
         ep = conn.endpoint
         try:
-            await conn.send_request(req, body)
+            await conn.send_request(req, body, spawn)
             while True:
                 ev = await conn.next_event()
                 if ev is None:

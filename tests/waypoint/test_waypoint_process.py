@@ -7,7 +7,7 @@ import trio
 
 import pytest
 
-from wp_process import SLEEP_ID, NAMESPACE, acurl, backend, mesh, service, workload
+from wp_process import SLEEP_ID, NAMESPACE, acurl, backend, grpc_server, mesh, retry_route, service, workload
 
 V1, V2, FLAKY, SLOW, GRPC, SHORT = "127.0.0.21", "127.0.0.22", "127.0.0.23", "127.0.0.24", "127.0.0.25", "127.0.0.26"
 
@@ -23,23 +23,7 @@ spec:
     backendRefs: [{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}]
   - backendRefs: [{name: web-v1, port: 80}]
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: flaky, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: flaky, port: 80}]
-  rules:
-  - backendRefs: [{name: flaky, port: 80}]
-    retry: {attempts: 2, codes: [503], backoff: 10ms}
----
-apiVersion: trellis.dev/v1alpha1
-kind: TrafficPolicy                # half the requests need a retry: above the default 20% budget
-metadata: {name: flaky, namespace: default}
-spec:
-  targetRefs: [{kind: Service, name: flaky}]
-  retryBudget: {percent: 100}
----
-apiVersion: gateway.networking.k8s.io/v1
+""" + retry_route("flaky") + """apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: slow, namespace: default}
 spec:
@@ -79,7 +63,6 @@ spec:
 
 def grpc_backend(address: str):
     """A grpcio server (raw bytes, no stubs) whose every other call fails with UNAVAILABLE."""
-    import concurrent.futures
     import threading
 
     import grpc
@@ -93,13 +76,7 @@ def grpc_backend(address: str):
             context.abort(grpc.StatusCode.UNAVAILABLE, "flaky backend")
         return b"hello " + request
 
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})])
-    port = server.add_insecure_port(f"{address}:0")
-    server.start()
-    with grpc.insecure_channel(f"{address}:{port}") as channel:   # serving before the test starts
-        grpc.channel_ready_future(channel).result(timeout=10)
+    server, port = grpc_server(address, "test.Echo", "Say", grpc.unary_unary_rpc_method_handler(say))
     return server, port, calls
 
 

@@ -94,6 +94,44 @@ spec: {{address: {address}, node: node1, serviceAccount: {sa}, labels: {{app: {a
 """
 
 
+def grpc_server(address: str, service: str, method: str, handler):
+    """A grpcio server on address:0 (raw bytes, no stubs) with one method; (server, port),
+    serving before it returns. `handler`: grpc.*_rpc_method_handler(...)."""
+    import concurrent.futures
+
+    import grpc
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: handler})])
+    port = server.add_insecure_port(f"{address}:0")
+    server.start()
+    with grpc.insecure_channel(f"{address}:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    return server, port
+
+
+def retry_route(name: str) -> str:
+    """An HTTPRoute for Service `name` retrying 503 twice (10 ms backoff), with a 100% retry
+    budget: a backend failing every other request needs a retry for half of them, above the
+    default 20% budget."""
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: {name}, port: 80}}]
+  rules:
+  - backendRefs: [{{name: {name}, port: 80}}]
+    retry: {{attempts: 2, codes: [503], backoff: 10ms}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  targetRefs: [{{kind: Service, name: {name}}}]
+  retryBudget: {{percent: 100}}
+---
+"""
+
+
 NAMESPACE = """apiVersion: v1
 kind: Namespace
 metadata: {name: default, labels: {trellis.dev/dataplane-mode: ambient}}

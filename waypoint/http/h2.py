@@ -166,6 +166,10 @@ class _H2Side:
                 q.popleft()
         self._out.pop(stream_id, None)
 
+    def queued(self, stream_id: int) -> int:
+        """Body bytes of stream_id waiting for the peer's window (a sender pauses above a limit)."""
+        return sum(len(item) for item in self._out.get(stream_id, ()) if item is not None)
+
     def _flush_all(self) -> None:
         for sid in list(self._out):
             if sid in self.conn.streams:
