@@ -109,3 +109,41 @@ def test_port_in_use_is_a_clear_error():
         port = busy.getsockname()[1]
         res = subprocess.run([ECHO, "--host", "127.0.0.1", "--port", str(port)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in res.stderr
+
+
+def get_status(port: int, path: bytes = b"/") -> tuple[int, dict]:
+    head, body, s = http(port, b"GET " + path + b" HTTP/1.1\r\nHost: web\r\n\r\n")
+    s.close()
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_fail_every_answers_every_nth_request_with_the_status_and_still_describes_itself():
+    with echo("--fail-every", "2", "--fail-status", "502") as port:
+        got = [get_status(port, b"/r%d" % i) for i in range(6)]
+    assert [status for status, _ in got] == [200, 502, 200, 502, 200, 502]
+    assert all(info["pod"] == "web-1" for _, info in got)   # a failure still says who answered
+
+
+def test_fail_every_one_fails_all_and_posts_count_too():
+    with echo("--fail-every", "1") as port:
+        assert get_status(port)[0] == 503
+        head, body, s = http(port, b"POST / HTTP/1.1\r\nHost: w\r\nContent-Length: 3\r\n\r\nabc")
+        with s:
+            assert head.startswith(b"HTTP/1.1 503") and json.loads(body)["method"] == "POST"
+            s.sendall(b"GET / HTTP/1.1\r\nHost: w\r\n\r\n")   # the body was consumed: the connection goes on
+            assert s.recv(65536).startswith(b"HTTP/1.1 503")
+
+
+def test_delay_holds_the_answer_back():
+    with echo("--delay", "0.5") as port:
+        start = time.monotonic()
+        assert get_status(port)[0] == 200
+        assert time.monotonic() - start >= 0.5   # a lower bound only: load can only make it later
+
+
+@pytest.mark.parametrize("args,message", [(["--fail-every", "-1"], "must be >= 0"),
+                                          (["--delay", "-2"], "must be >= 0"),
+                                          (["--fail-status", "200"], "must be >= 400 and <= 599")])
+def test_bad_knobs_are_refused_naming_the_flag(args, message):
+    res = subprocess.run([ECHO, *args], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and message in res.stderr and args[0] in res.stderr, res.stderr

@@ -1,6 +1,12 @@
 """`trellis-echo`: the lab's sample app. HTTP mode answers who it is and who it sees as the
 client (the address the mesh delivered, which shows whether traffic came through
-ztunnel); `--tcp` echoes bytes back for L4 tests."""
+ztunnel); `--tcp` echoes bytes back for L4 tests.
+
+Misbehaviour on purpose, for the waypoint's tests (retries, outlier detection, timeouts):
+`--fail-every N` answers the Nth, 2Nth, ... request with `--fail-status` (default 503; N=1:
+every request), counted across all connections in arrival order; `--delay S` waits S seconds
+before answering. Every request is logged on stderr (one line), so a test can count what the
+backend really received."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +15,8 @@ import os
 import socket
 import socketserver
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 16 * 1024 * 1024
@@ -35,8 +43,21 @@ class EchoHandler(BaseHTTPRequestHandler):
                 "client": f"{self.client_address[0]}:{self.client_address[1]}", "method": self.command,
                 "path": self.path, "headers": dict(self.headers.items())}
 
+    def _misbehave(self) -> int | None:
+        """The status to fail this request with (after the configured delay), or None."""
+        server = self.server
+        with server.lock:
+            server.count += 1
+            n = server.count
+        if server.delay > 0:
+            time.sleep(server.delay)
+        if server.fail_every and n % server.fail_every == 0:
+            return server.fail_status
+        return None
+
     def do_GET(self) -> None:
-        self._reply(200, (json.dumps(self._describe()) + "\n").encode(), "application/json")
+        status = self._misbehave() or 200
+        self._reply(status, (json.dumps(self._describe()) + "\n").encode(), "application/json")
 
     do_HEAD = do_GET
 
@@ -48,6 +69,8 @@ class EchoHandler(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             return self._reply(413, f"body must be 0..{MAX_BODY} bytes\n".encode(), "text/plain")
         body = self.rfile.read(length)
+        if failed := self._misbehave():
+            return self._reply(failed, (json.dumps(self._describe()) + "\n").encode(), "application/json")
         self._reply(200, body, self.headers.get("content-type", "application/octet-stream"))
 
     do_POST = do_PUT = _echo_body
@@ -67,11 +90,32 @@ class ThreadingTCP(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
-def make_server(host: str, port: int, tcp: bool) -> socketserver.BaseServer:
+class EchoServer(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, address, fail_every: int = 0, fail_status: int = 503, delay: float = 0.0):
+        super().__init__(address, EchoHandler)
+        self.fail_every, self.fail_status, self.delay = fail_every, fail_status, delay
+        self.lock = threading.Lock()
+        self.count = 0   # requests received, in arrival order (what --fail-every counts)
+
+
+def make_server(host: str, port: int, tcp: bool, fail_every: int = 0, fail_status: int = 503,
+                delay: float = 0.0) -> socketserver.BaseServer:
     if tcp:
         return ThreadingTCP((host, port), TcpEcho)
-    ThreadingHTTPServer.allow_reuse_address = True
-    return ThreadingHTTPServer((host, port), EchoHandler)
+    return EchoServer((host, port), fail_every, fail_status, delay)
+
+
+def _bounded(kind, low, high=float("inf")):
+    def parse(text: str):
+        value = kind(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be >= {low}{f' and <= {high}' if high != float('inf') else ''}, "
+                                             f"got {text}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,14 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--tcp", action="store_true", help="raw TCP echo instead of HTTP")
+    ap.add_argument("--fail-every", type=_bounded(int, 0), default=0, metavar="N",
+                    help="answer every Nth request with --fail-status (1: all of them; 0: never)")
+    ap.add_argument("--fail-status", type=_bounded(int, 400, 599), default=503, metavar="CODE",
+                    help="the status of a failed request (400-599, default 503)")
+    ap.add_argument("--delay", type=_bounded(float, 0), default=0.0, metavar="SECONDS",
+                    help="wait this long before answering each request")
     args = ap.parse_args(argv)
     try:
-        server = make_server(args.host, args.port, args.tcp)
+        server = make_server(args.host, args.port, args.tcp, args.fail_every, args.fail_status, args.delay)
     except OSError as exc:
         print(f"trellis-echo: cannot listen on {args.host}:{args.port}: {exc.strerror} "
               f"(is another app using the port in this pod?)", file=sys.stderr)
         return 1
-    print(f"trellis-echo {'tcp' if args.tcp else 'http'} listening on {args.host}:{args.port} as {pod_name()}",
+    quirks = "".join([f", failing every {args.fail_every}th request with {args.fail_status}" if args.fail_every else "",
+                      f", answering after {args.delay:g}s" if args.delay else ""])
+    print(f"trellis-echo {'tcp' if args.tcp else 'http'} listening on {args.host}:{args.port} as {pod_name()}{quirks}",
           file=sys.stderr, flush=True)
     try:
         server.serve_forever()
