@@ -70,6 +70,13 @@ def test_get_describes_pod_and_client():
             assert info["headers"]["X-Test"] == "1"
 
 
+def test_delete_describes_too():
+    with echo() as port:
+        head, body, s = http(port, b"DELETE /items/1 HTTP/1.1\r\nHost: web\r\n\r\n")
+        with s:
+            assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["method"] == "DELETE"
+
+
 def test_post_echoes_body_and_keeps_alive():
     with echo() as port:
         payload = bytes(range(256)) * 100

@@ -59,7 +59,7 @@ class EchoHandler(BaseHTTPRequestHandler):
         status = self._misbehave() or 200
         self._reply(status, (json.dumps(self._describe()) + "\n").encode(), "application/json")
 
-    do_HEAD = do_GET
+    do_HEAD = do_DELETE = do_GET   # DELETE too: method-matching tests see who answered
 
     def _echo_body(self) -> None:
         try:
