@@ -74,6 +74,7 @@ def test_a_90_10_split_then_new_weights_mid_run_without_a_failed_request(lab, tm
         a = [r for r in recs if r["t1"] < t_change_b]
         b = [r for r in recs if r["t0"] > t_b and r["t1"] < t_change_c]
         c = [r for r in recs if r["t0"] > t_c]
+        print(f"{len(recs)} requests, none failed; 90/10: {split(a)}, 50/50: {split(b)}, 0/100: {split(c)}")
         assert len(a) >= PHASE_A and len(b) >= PHASE_B - 20 and len(c) >= PHASE_C, (len(a), len(b), len(c))
         assert_split(a, 0.10, "90/10")
         assert_split(b, 0.50, "50/50")
