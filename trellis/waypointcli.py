@@ -210,8 +210,12 @@ def _text_match(m: dict) -> str:
         parts.append(f"{path.get('type', 'PathPrefix')} {path.get('value', '/')}")
     elif path:
         parts.append(str(path))
-    if m.get("method"):
-        parts.append(str(m["method"]))
+    method = m.get("method")
+    if isinstance(method, dict):   # a GRPCRoute's: service/method, either may be left out
+        op = "~" if method.get("type") == "RegularExpression" else ""
+        parts.append(f"{op}{method.get('service') or '*'}/{method.get('method') or '*'}")
+    elif method:
+        parts.append(str(method))
     for key in ("headers", "queryParams"):
         for h in m.get(key) or []:
             op = "~" if h.get("type") == "RegularExpression" else "="
