@@ -81,7 +81,7 @@ CASES = [
 
 
 def attached(routes):
-    return {f"HTTPRoute default/{r['metadata']['name']}" for r in ROUTES} <= {r["route"] for r in routes}
+    return {f"default/{r['metadata']['name']}" for r in ROUTES} <= {r["route"] for r in routes}
 
 
 def test_rules_take_precedence_as_the_gateway_api_orders_them(lab, tmp_path):

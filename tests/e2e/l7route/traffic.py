@@ -75,17 +75,16 @@ def waypoint_metric(lab, name: str, **labels: str) -> float:
 
 
 def service_routes(lab, service: str) -> list[dict]:
-    """The routes the waypoint applies to default/<service>, as `trellis routes -o json` shows them."""
+    """The rows of `trellis routes -o json` for default/<service>: one per rule of each route
+    the waypoint applies there ({parent, route, rule, matches, backends, timeouts, retry, ...})."""
     rows = json.loads(lab.cli("routes", "-n", "default", "-o", "json").stdout)
-    return [r for row in rows if row["service"] == f"default/{service}" for r in row["routes"]]
+    return [r for r in rows if r["parent"].startswith(f"default/{service}:") and r["route"]]
 
 
-def rule_weights(routes: list[dict], route: str) -> list[list[int]] | None:
+def rule_weights(rows: list[dict], route: str) -> list[list[int]]:
     """Per rule of HTTPRoute default/<route>: its backends' weights as the waypoint applies them."""
-    for r in routes:
-        if r["route"] == f"HTTPRoute default/{route}":
-            return [[b["weight"] for b in rule["backends"]] for rule in r["rules"]]
-    return None
+    return [[b["weight"] for b in r["backends"]]
+            for r in sorted((r for r in rows if r["route"] == f"default/{route}"), key=lambda r: r["rule"])]
 
 
 def apply_and_wait(lab, yaml_text: str, service: str, check, what: str, timeout: float = 30) -> None:
@@ -100,7 +99,7 @@ def applied(lab, yaml_text: str, service: str, check, what: str):
     """The objects in the config for the duration (applied and seen at the waypoint), then
     removed again, and their routes gone from the waypoint, so the next test starts clean."""
     docs = [d for d in yaml.safe_load_all(yaml_text) if d]
-    routes = {f"{d['kind']} default/{d['metadata']['name']}" for d in docs}
+    routes = {f"default/{d['metadata']['name']}" for d in docs if d["kind"].endswith("Route")}
     try:
         apply_and_wait(lab, yaml_text, service, check, what)
         yield
