@@ -7,10 +7,14 @@ request they receive, and the waypoint's /metrics counts the retries it sent.
 - `down` answers 503 always; its route asks for 3 retries on 503 (4x the load without a
   budget) and keeps the default budget: the backend receives at most (1 + 20%) x the
   client's requests plus the floor (3/s over the budget's 10 s window: 30), and the waypoint
-  counts the retries it refused."""
+  counts the retries it refused.
+- `refusing` has no app listening: with no route at all, the waypoint still retries connect
+  failures twice (Istio's default policy: 3x the load without a budget), under the same
+  budget; its node's ztunnel logs every connection it tried, which is what is counted."""
 import uuid
 
-from e2e.l7route.traffic import applied, failures, received, run, waypoint_metric
+from e2e.l7route.traffic import applied, failures, received, run, service_routes, waypoint_metric
+from e2e.labctl import wait_until
 
 RETRIES = "trellis_waypoint_retries_total"
 REFUSED = "trellis_waypoint_retry_budget_exhausted_total"
@@ -81,3 +85,29 @@ def test_a_down_backend_receives_at_most_the_retry_budget_more(lab, tmp_path):
                                     f"{bound:.0f} (without one: {4 * n})")
     assert retries == got - n, f"the waypoint counted {retries} retries; down received {got - n} beyond the requests"
     assert refused > 0, "the waypoint never counted a retry refused by the budget"
+
+
+def refused_tunnels(lab, pod: str) -> int:
+    """Tunnels the pod's node's ztunnel could not connect to the app (its access log)."""
+    p = lab.pod(pod)
+    log = lab.state_dir / "nodes" / p["node"] / "ztunnel.log"
+    needle = f'"dst": "{p["address"]}:8080"'
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if needle in line and "connection refused by the application" in line)
+
+
+def test_connect_failures_are_retried_by_default_within_the_budget(lab, tmp_path):
+    assert service_routes(lab, "refusing") == []   # no route: only the default retry policy applies
+    before = (refused_tunnels(lab, "refusing"),
+              waypoint_metric(lab, RETRIES, destination_service="default/refusing", reason="connect-failure"))
+    recs = run(lab, tmp_path / "refusing.jsonl", "10.96.0.16", count=150, concurrency=4, duration=7)
+    n = len(recs)
+    span = max(r["t1"] for r in recs) - min(r["t0"] for r in recs)
+    assert n >= 50 and span < 9, f"{n} requests in {span:.1f}s: the bound below needs one budget window"
+    assert [r for r in recs if r["status"] != 503 or "refused" not in r.get("body", "")] == []
+    retries = waypoint_metric(lab, RETRIES, destination_service="default/refusing", reason="connect-failure") - before[1]
+    tried = wait_until(lambda: (t := refused_tunnels(lab, "refusing") - before[0]) >= n + retries and t,
+                       "refusing's ztunnel to log every connection it tried", timeout=10)
+    print(f"refusing: {n} requests in {span:.1f}s; its ztunnel tried {tried} connections (budget bound "
+          f"{1.2 * n + 30:.0f}, without a budget {3 * n}); {retries:.0f} retries")
+    assert tried == n + retries and n + 30 <= tried <= n + 0.20 * n + 3 * 10, tried
