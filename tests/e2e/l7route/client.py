@@ -3,8 +3,8 @@ the standard library's http.client over keep-alive connections, one per thread, 
 request recorded as one JSON line in --out as soon as it ends (so a test can watch the
 progress and change the config mid-run):
     {"i", "t0", "t1" (wall clock: the host's, the pod shares it), "status", "pod", "rule", "error"}
-`pod` is the echo backend that answered (its JSON body), `rule` the x-rule header the
-waypoint's RequestHeaderModifier added (the rule that matched). It stops after --count
+`pod` is the echo backend that answered (its JSON body, for GET), `rule` the x-rule header
+a route's ResponseHeaderModifier added (the rule that matched). It stops after --count
 requests, after --duration seconds, or once --stop-file exists, whichever comes first.
 With --cases (a JSON list of {"method", "path", "headers"}), request i is case i modulo the
 list, and --count defaults to its length."""
@@ -59,10 +59,9 @@ def main():
                 conn.request(case["method"], case["path"].replace("{i}", str(i)), headers=case["headers"])
                 resp = conn.getresponse()
                 body = resp.read()
-                rec["status"] = resp.status
+                rec["status"], rec["rule"] = resp.status, resp.getheader("x-rule")
                 if resp.getheader("content-type", "").startswith("application/json"):
-                    info = json.loads(body)
-                    rec["pod"], rec["rule"] = info.get("pod"), info.get("headers", {}).get("x-rule")
+                    rec["pod"] = json.loads(body).get("pod")
                 else:
                     rec["body"] = body[:200].decode("latin-1")
                 if resp.will_close:

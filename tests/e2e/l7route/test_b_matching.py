@@ -4,8 +4,8 @@ across every rule of every route attached to a Service (httproute_types.go, HTTP
 header matches, then the most query-param matches; ties go to the oldest route
 (creationTimestamp), then "{namespace}/{name}" alphabetically, then the first rule of the
 route. RegularExpression precedence is implementation-specific: ours is Istio's (after every
-prefix, the longer expression first). Every rule tags the request with a RequestHeaderModifier
-(`x-rule`), which the echo backend reflects, so each answer says which rule won and which
+prefix, the longer expression first). Every rule tags its answers with a ResponseHeaderModifier
+(`x-rule`), so each answer says which rule won, and the echo backend's JSON (GET) which
 version served it. One request per case from a real client in a meshed pod."""
 import json
 
@@ -17,7 +17,8 @@ VIP = "10.96.0.10"
 
 def rule(tag: str, backend: str, match: dict) -> dict:
     return {"matches": [match], "backendRefs": [{"name": backend, "port": 80}],
-            "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-rule", "value": tag}]}}]}
+            "filters": [{"type": "ResponseHeaderModifier",
+                         "responseHeaderModifier": {"set": [{"name": "x-rule", "value": tag}]}}]}
 
 
 def prefix(value: str, **more) -> dict:
@@ -43,7 +44,7 @@ ROUTES = [
         rule("regex-users", "web-v2", {"path": {"type": "RegularExpression", "value": "/api/v[0-9]+/users"}}),
         rule("regex-png", "web-v2", {"path": {"type": "RegularExpression", "value": "/static/[a-z]+\\.png"}}),
         rule("regex-any", "web-v1", {"path": {"type": "RegularExpression", "value": "/static/.*"}}),
-        rule("method", "web-v2", prefix("/api/v1", method="DELETE")),
+        rule("method", "web-v2", prefix("/api/v1", method="POST")),
         rule("headers-2", "web-v2", prefix("/api/v1", headers=headers(x_a="1", x_b="1"))),
         rule("headers-1", "web-v1", prefix("/api/v1", headers=headers(x_a="1"))),
         rule("query", "web-v2", prefix("/api/v1", queryParams=[{"name": "debug", "value": "1"}])),
@@ -57,20 +58,21 @@ ROUTES = [
 ROUTES_YAML = "---\n".join(json.dumps(r) + "\n" for r in ROUTES)   # JSON is YAML
 
 BOTH = {"x-a": "1", "x-b": "1"}
-# (method, path, headers) -> (the rule that must win, the version that answers)
+# (method, path, headers) -> (the rule that must win, the version that answers; None: a POST,
+# which the echo answers with the body it got, saying nothing of itself)
 CASES = [
     ("GET", "/api/v1/users", {}, "exact", "web-v1"),
     ("GET", "/api/v1/users?debug=1", BOTH, "exact", "web-v1"),            # Exact beats headers and query
-    ("DELETE", "/api/v1/users", {}, "exact", "web-v1"),                   # ... and method
+    ("POST", "/api/v1/users", {}, "exact", None),                       # ... and method
     ("GET", "/api/v1/orders", {}, "long", "web-v1"),                      # longest prefix; first rule; first route
     ("GET", "/api/v2/users", {}, "old-short", "web-v2"),                  # any prefix beats a regex; oldest route
     ("GET", "/api/v1x", {}, "old-short", "web-v2"),                       # prefixes match whole path elements
     ("GET", "/static/logo.png", {}, "regex-png", "web-v2"),               # the longer expression first
     ("GET", "/static/LOGO.png", {}, "regex-any", "web-v1"),               # full, case-sensitive match
     ("GET", "/static/css/site.css", {}, "regex-any", "web-v1"),
-    ("DELETE", "/api/v1/orders", {}, "method", "web-v2"),
-    ("DELETE", "/api/v1/orders", BOTH, "method", "web-v2"),               # method beats headers
-    ("DELETE", "/api/v1/items/special", {}, "items", "web-v1"),           # a longer prefix beats method
+    ("POST", "/api/v1/orders", {}, "method", None),
+    ("POST", "/api/v1/orders", BOTH, "method", None),                   # method beats headers
+    ("POST", "/api/v1/items/special", {}, "items", None),               # a longer prefix beats method
     ("GET", "/api/v1/orders", BOTH, "headers-2", "web-v2"),               # more headers first
     ("GET", "/api/v1/orders?debug=1", {"x-a": "1"}, "headers-1", "web-v1"),   # headers beat query
     ("GET", "/api/v1/orders", {"X-A": "1"}, "headers-1", "web-v1"),       # header names are case-insensitive

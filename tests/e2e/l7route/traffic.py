@@ -33,7 +33,8 @@ def client_argv(host: str, out: Path, *, cases: list[dict] | None = None, **opts
 def records(out: Path) -> list[dict]:
     if not out.exists():
         return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+    # only whole lines: the client may be half way through writing the last one
+    return [json.loads(line) for line in out.read_text().split("\n")[:-1]]
 
 
 def run(lab, out: Path, host: str, *, timeout: float = 90, **opts) -> list[dict]:
