@@ -1,8 +1,7 @@
-"""The waypoint's admin `/routes` (pure): one row per rule of every route attached to each
-Service port the waypoint fronts, in the shape `trellis routes` reads (docs/internals.md,
-"Lab layout", `trellis routes`): parent, route, rule, matches, backends with weights,
-timeouts and retry as Gateway API durations, and the policies in force. A Service port with
-no route gets one row whose backend is the Service itself (unrouted traffic goes there)."""
+"""The routes in the waypoint's admin `/routes` (pure): each attached route with its rules as
+they apply (matches, backends with weights, timeouts and retry as a user writes them), the
+part of the per-Service entries that `trellis routes` turns into one row per rule
+(docs/internals.md, "Lab layout")."""
 from __future__ import annotations
 
 from meshcore.resources.routes import Retry, Timeouts
@@ -55,32 +54,13 @@ def retry_dump(r: Retry | None) -> dict | None:
     return out
 
 
-def policy_refs(namespace: str, **kinds: list[str]) -> list[str]:
-    """"Kind/name" for each "ns/name" of each kind; "Kind/ns/name" when from another namespace
-    (root-namespace AuthorizationPolicies for the GatewayClass)."""
-    out = []
-    for kind, keys in kinds.items():
-        for key in keys:
-            ns, _, name = key.partition("/")
-            out.append(f"{kind}/{name}" if ns == namespace else f"{kind}/{key}")
-    return out
-
-
-def route_rows(service: str, port: int, route, policies: list[str]) -> list[dict]:
-    """One row per rule of `route` (a routing table entry) attached to Service "ns/name" `port`."""
+def route_dump(route) -> dict:
+    """One attached route (a routing table entry) and its rules, as they apply."""
     r = route
-    return [{"parent": f"{service}:{port}", "route": f"{r.ref.namespace}/{r.ref.name}", "kind": r.ref.kind,
-             "rule": i, "matches": [match_dump(m, r.grpc) for m in rule.matches],
-             "backends": [{"name": b.name, "namespace": b.namespace or r.ref.namespace, "port": b.port,
-                           "weight": b.weight} for b in rule.backend_refs],
-             "timeouts": timeouts_dump(getattr(rule, "timeouts", None)),
-             "retry": retry_dump(getattr(rule, "retry", None)), "policies": policies}
-            for i, rule in enumerate(r.spec.rules)]
-
-
-def unrouted_row(service: str, port: int, policies: list[str]) -> dict:
-    """A port without routes: its traffic goes to the Service itself."""
-    ns, _, name = service.partition("/")
-    return {"parent": f"{service}:{port}", "route": None, "kind": None, "rule": None, "matches": [],
-            "backends": [{"name": name, "namespace": ns, "port": port, "weight": 1}],
-            "timeouts": {}, "retry": None, "policies": policies}
+    return {"route": str(r.ref), "rules": [
+        {"rule": i, "matches": [match_dump(m, r.grpc) for m in rule.matches],
+         "backends": [{"service": f"{b.namespace or r.ref.namespace}/{b.name}", "name": b.name,
+                       "namespace": b.namespace or r.ref.namespace, "port": b.port, "weight": b.weight}
+                      for b in rule.backend_refs],
+         "timeouts": timeouts_dump(getattr(rule, "timeouts", None)), "retry": retry_dump(getattr(rule, "retry", None))}
+        for i, rule in enumerate(r.spec.rules)]}

@@ -164,30 +164,20 @@ class View:
         return out
 
     # ---- admin -------------------------------------------------------------------------
-    def dump_routes(self) -> dict:
-        """Admin /routes: `routes`, the rows `trellis routes` shows (routedump.py), and
-        `services`, each fronted Service with its VIP and the policies attached to it."""
-        rows, services = [], []
+    def dump_routes(self) -> list[dict]:
+        """Admin /routes: per fronted Service port, its VIP, policies and attached routes."""
+        out = []
         for svc in self.state.services:
             if svc.waypoint != self.gateway or svc.namespace != self.namespace:
                 continue
-            authz = [a.key for a in self.authz_policies(svc)]
-            limits = [n for n, _ in rate_limits(self.resources, svc.namespace, svc.name)]
-            traffic = traffic_policy(self.resources, svc.namespace, svc.name).name
-            own = routedump.policy_refs(svc.namespace, AuthorizationPolicy=authz, RateLimitPolicy=limits,
-                                        TrafficPolicy=[traffic] if traffic else [])
             for p in svc.ports:
-                attached = self.routes.attached(svc.namespace, svc.name, p.port, svc.namespace)
-                for route in attached:   # a RateLimitPolicy may target the route itself
-                    more = [k for k, _ in rate_limits(self.resources, svc.namespace, svc.name, route.ref)
-                            if k not in limits]
-                    rows += routedump.route_rows(svc.key, p.port, route,
-                                                 own + routedump.policy_refs(svc.namespace, RateLimitPolicy=more))
-                if not attached:
-                    rows.append(routedump.unrouted_row(svc.key, p.port, own))
-            services.append({"service": svc.key, "ports": [p.port for p in svc.ports], "vip": svc.cluster_ip,
-                             "authorization": authz, "rateLimits": limits, "trafficPolicy": traffic})
-        return {"routes": rows, "services": services}
+                routes = self.routes.attached(svc.namespace, svc.name, p.port, svc.namespace)
+                out.append({"service": svc.key, "port": p.port, "vip": svc.cluster_ip,
+                            "authorization": [a.key for a in self.authz_policies(svc)],
+                            "rateLimits": [n for n, _ in rate_limits(self.resources, svc.namespace, svc.name)],
+                            "trafficPolicy": traffic_policy(self.resources, svc.namespace, svc.name).name,
+                            "routes": [routedump.route_dump(r) for r in routes]})
+        return out
 
     def dump_clusters(self) -> list[dict]:
         out = []

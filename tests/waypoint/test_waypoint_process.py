@@ -306,27 +306,20 @@ async def test_admin_routes_clusters_and_config_dump(wp):
     from meshcore.admin import get_json
     port = wp.waypoint.listeners["admin"].socket.getsockname()[1]
     get = lambda path: trio.to_thread.run_sync(get_json, "127.0.0.1", port, path)   # noqa: E731
-    dump = await get("/routes")
-    services = {s["service"]: s for s in dump["services"]}
-    web = services["default/web"]
+    routes = {r["service"]: r for r in await get("/routes")}
+    web = routes["default/web"]
     assert web["authorization"] == ["default/deny-admin"] and web["vip"] == "10.96.0.10"
-    assert services["default/limited"]["rateLimits"] == ["default/limited"]
-    assert services["default/flaky"]["trafficPolicy"] == "default/flaky"
-    assert "default/web-v1" not in services    # not fronted by this waypoint
-    # the rows `trellis routes` shows (docs/internals.md): one per rule
-    rows = {(r["parent"], r["rule"]): r for r in dump["routes"]}
-    split = rows[("default/web:80", 1)]
-    assert split["route"] == "default/web" and split["kind"] == "HTTPRoute"
-    assert split["matches"] == [{"path": {"type": "PathPrefix", "value": "/api"}, "headers": [], "queryParams": []}]
-    assert [(b["name"], b["weight"]) for b in split["backends"]] == [("web-v1", 90), ("web-v2", 10)]
-    assert split["policies"] == ["AuthorizationPolicy/deny-admin"]
-    assert rows[("default/flaky:80", 0)]["retry"] == {"codes": [503], "attempts": 2, "backoff": "10ms"}
-    assert rows[("default/flaky:80", 0)]["policies"] == ["TrafficPolicy/flaky"]
-    assert rows[("default/slow:80", 0)]["timeouts"] == {"request": "3s", "backendRequest": "500ms"}
-    limited = rows[("default/limited:80", None)]   # no route: the Service itself
-    assert limited["route"] is None and limited["backends"] == [{"name": "limited", "namespace": "default",
-                                                                  "port": 80, "weight": 1}]
-    assert limited["policies"] == ["RateLimitPolicy/limited"]
+    split = web["routes"][0]["rules"][1]["backends"]
+    assert [(b["service"], b["weight"]) for b in split] == [("default/web-v1", 90), ("default/web-v2", 10)]
+    assert routes["default/limited"]["rateLimits"] == ["default/limited"]
+    assert routes["default/flaky"]["trafficPolicy"] == "default/flaky"
+    assert "default/web-v1" not in routes    # not fronted by this waypoint
+    # rules as a user wrote them (what `trellis routes` prints)
+    assert web["routes"][0]["rules"][1]["matches"] == [{"path": {"type": "PathPrefix", "value": "/api"},
+                                                        "headers": [], "queryParams": []}]
+    assert routes["default/flaky"]["routes"][0]["rules"][0]["retry"] == {"codes": [503], "attempts": 2,
+                                                                         "backoff": "10ms"}
+    assert routes["default/slow"]["routes"][0]["rules"][0]["timeouts"] == {"request": "3s", "backendRequest": "500ms"}
     clusters = {c["service"]: c for c in await get("/clusters")}
     ep = clusters["default/web-v1"]["endpoints"][f"{V1}:{wp.servers['v1'].server_address[1]}"]
     assert ep["transport"] == "hbone" and ep["ejected"] is False and ep["identity"].endswith("/sa/web")

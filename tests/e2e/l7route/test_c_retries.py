@@ -49,7 +49,7 @@ def route_with_retry(service, attempts, policy=None):
 def test_a_backend_failing_every_other_request_is_hidden_by_retries(lab, tmp_path):
     n, marker = 100, f"flaky-{uuid.uuid4().hex}"
     with applied(lab, retry_route("flaky", 2) + "---\n" + FLAKY_BUDGET, "flaky",
-                 route_with_retry("flaky", 2, "TrafficPolicy/flaky"), "flaky's retry route and budget"):
+                 route_with_retry("flaky", 2, "TrafficPolicy/default/flaky"), "flaky's retry route and budget"):
         before = waypoint_metric(lab, RETRIES, destination_service="default/flaky", reason="status 503")
         recs = run(lab, tmp_path / "flaky.jsonl", "10.96.0.13", path=f"/{marker}/{{i}}", count=n)
         retries = waypoint_metric(lab, RETRIES, destination_service="default/flaky", reason="status 503") - before
