@@ -210,8 +210,12 @@ def _text_match(m: dict) -> str:
         parts.append(f"{path.get('type', 'PathPrefix')} {path.get('value', '/')}")
     elif path:
         parts.append(str(path))
-    if m.get("method"):
-        parts.append(str(m["method"]))
+    method = m.get("method")
+    if isinstance(method, dict):   # a GRPCRoute's: service/method, either may be left out
+        op = "~" if method.get("type") == "RegularExpression" else ""
+        parts.append(f"{op}{method.get('service') or '*'}/{method.get('method') or '*'}")
+    elif method:
+        parts.append(str(method))
     for key in ("headers", "queryParams"):
         for h in m.get(key) or []:
             op = "~" if h.get("type") == "RegularExpression" else "="
@@ -219,11 +223,35 @@ def _text_match(m: dict) -> str:
     return " ".join(parts) or "*"
 
 
+def _service_rows(entry: dict) -> list[dict]:
+    """A waypoint's /routes entry (one Service port: its policies and attached routes, each
+    with its rules) as one row per rule; a port without routes is one row to the Service."""
+    policies = ([f"AuthorizationPolicy/{k}" for k in entry.get("authorization") or []]
+                + [f"RateLimitPolicy/{k}" for k in entry.get("rateLimits") or []]
+                + ([f"TrafficPolicy/{entry['trafficPolicy']}"] if entry.get("trafficPolicy") else []))
+    parent = f"{entry['service']}:{entry.get('port')}"
+    rows = []
+    for route in entry.get("routes") or []:
+        kind, _, name = str(route.get("route", "")).partition(" ")   # "HTTPRoute ns/name"
+        for i, rule in enumerate(route.get("rules") or []):
+            rows.append(dict(rule, parent=parent, route=name or kind, kind=kind if name else None,
+                             rule=rule.get("rule", i), policies=policies))
+    if not rows:
+        ns, _, name = entry["service"].partition("/")
+        rows.append({"parent": parent, "route": None, "kind": None, "rule": None, "matches": [],
+                     "backends": [{"name": name, "namespace": ns, "port": entry.get("port"), "weight": 1}],
+                     "timeouts": {}, "retry": None, "policies": policies})
+    return rows
+
+
 def route_rows(data: Any, waypoint: str) -> list[dict]:
-    """Rows from a waypoint's admin /routes (docs/internals.md "trellis routes" for the shape)."""
+    """Rows from a waypoint's admin /routes (docs/internals.md "trellis routes" for the shape):
+    per-Service entries, or rows already flat."""
     from .inspect import items
     out = []
-    for r in items(data, "routes"):
+    flat = [row for r in items(data, "routes")
+            for row in (_service_rows(r) if "service" in r and "parent" not in r else [r])]
+    for r in flat:
         backends = [f"{b.get('name') or b.get('service')}:{b.get('port')}={b.get('weight', 1)}"
                     for b in r.get("backends") or [] if isinstance(b, dict)]
         retry = r.get("retry") or {}

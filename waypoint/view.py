@@ -19,6 +19,7 @@ from meshcore.state.policies import ROOT_NAMESPACE
 from meshcore.state.services import Service
 from meshcore.state.workloads import Workload
 
+from . import routedump
 from .cluster import Cluster
 from .filters.ratelimit import RateLimiter
 from .policies import rate_limits, traffic_policy
@@ -164,6 +165,7 @@ class View:
 
     # ---- admin -------------------------------------------------------------------------
     def dump_routes(self) -> list[dict]:
+        """Admin /routes: per fronted Service port, its VIP, policies and attached routes."""
         out = []
         for svc in self.state.services:
             if svc.waypoint != self.gateway or svc.namespace != self.namespace:
@@ -174,7 +176,7 @@ class View:
                             "authorization": [a.key for a in self.authz_policies(svc)],
                             "rateLimits": [n for n, _ in rate_limits(self.resources, svc.namespace, svc.name)],
                             "trafficPolicy": traffic_policy(self.resources, svc.namespace, svc.name).name,
-                            "routes": [_route_dump(r) for r in routes]})
+                            "routes": [routedump.route_dump(r) for r in routes]})
         return out
 
     def dump_clusters(self) -> list[dict]:
@@ -187,12 +189,3 @@ class View:
                                                    transport="hbone" if ep.identity else "plaintext")
             out.append(dump)
         return out
-
-
-def _route_dump(r) -> dict:
-    rules = []
-    for rule in r.spec.rules:
-        rules.append({"backends": [{"service": f"{b.namespace or r.ref.namespace}/{b.name}", "port": b.port,
-                                    "weight": b.weight} for b in rule.backend_refs],
-                      "timeouts": repr(getattr(rule, "timeouts", None)), "retry": repr(getattr(rule, "retry", None))})
-    return {"route": str(r.ref), "rules": rules}

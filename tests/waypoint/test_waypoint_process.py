@@ -291,6 +291,12 @@ async def test_admin_routes_clusters_and_config_dump(wp):
     assert routes["default/limited"]["rateLimits"] == ["default/limited"]
     assert routes["default/flaky"]["trafficPolicy"] == "default/flaky"
     assert "default/web-v1" not in routes    # not fronted by this waypoint
+    # rules as a user wrote them (what `trellis routes` prints)
+    assert web["routes"][0]["rules"][1]["matches"] == [{"path": {"type": "PathPrefix", "value": "/api"},
+                                                        "headers": [], "queryParams": []}]
+    assert routes["default/flaky"]["routes"][0]["rules"][0]["retry"] == {"codes": [503], "attempts": 2,
+                                                                         "backoff": "10ms"}
+    assert routes["default/slow"]["routes"][0]["rules"][0]["timeouts"] == {"request": "3s", "backendRequest": "500ms"}
     clusters = {c["service"]: c for c in await get("/clusters")}
     ep = clusters["default/web-v1"]["endpoints"][f"{V1}:{wp.servers['v1'].server_address[1]}"]
     assert ep["transport"] == "hbone" and ep["ejected"] is False and ep["identity"].endswith("/sa/web")
