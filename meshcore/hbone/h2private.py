@@ -41,6 +41,7 @@ STATUS_200 = 0x88   # RFC 7541 appendix A: static table entry 8, ":status: 200",
 CONNECT_PREFIX = b"\x02\x07CONNECT\x01"
 _FRAME_200 = bytes((0, 0, 1, HEADERS, END_HEADERS))
 _OPEN = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+_NEW_STREAM = (ConnectionState.IDLE, ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)   # (with the role)
 _CAN_SEND = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 _CAN_RECEIVE = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
 
@@ -91,10 +92,11 @@ def send_connect(conn: H2Connection, stream_id: int, authority: bytes) -> bool:
     with nothing changed: let h2 do it. The stream is h2's own, opened and moved as h2's
     send_headers does; h2's concurrency check runs first. Only when the encoder owes the peer
     no table size update (RFC 7541 4.2: it would lead the next block)."""
-    if (len(authority) > 126 or conn.state_machine.state is not ConnectionState.CLIENT_OPEN
+    if (len(authority) > 126 or not conn.config.client_side or conn.state_machine.state not in _NEW_STREAM
             or conn.encoder.table_size_changes or stream_id in conn.streams
             or conn.open_outbound_streams + 1 > conn.remote_settings.max_concurrent_streams):
         return False
+    conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)   # IDLE -> CLIENT_OPEN on the first
     stream = conn._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
     stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
     stream._authority, stream.request_method = authority, b"CONNECT"
@@ -126,7 +128,7 @@ def take_connect(conn: H2Connection, stream_id: int) -> bool:
     under the concurrency limit, outside a header block). If so the stream is opened and moved
     in h2's state as h2's receive does; False, with nothing changed: let h2 judge the frame.
     The caller vets the authority (an ip:port) first, which covers h2's inbound value checks."""
-    if (conn.state_machine.state is not ConnectionState.SERVER_OPEN or not stream_id & 1
+    if (conn.config.client_side or conn.state_machine.state not in _NEW_STREAM or not stream_id & 1
             or stream_id <= conn.highest_inbound_stream_id or conn.incoming_buffer._headers_buffer
             or conn.open_inbound_streams + 1 > conn.local_settings.max_concurrent_streams):
         return False
