@@ -73,7 +73,7 @@ def take_status_200(conn: H2Connection, stream_id: int) -> bool:
     `:status: 200`, which leaves the decoder's table as it was) skip h2? Only as a client's
     first response on an open stream, as h2 would take it; if so, record it as h2's receive
     does (the response seen, no content length). h2 took ~35-70 us for this frame."""
-    if conn.state_machine.state is not ConnectionState.CLIENT_OPEN:
+    if conn.state_machine.state is not ConnectionState.CLIENT_OPEN or conn.incoming_buffer._headers_buffer:
         return False
     stream = conn.streams.get(stream_id)
     if stream is None:
@@ -149,8 +149,8 @@ def connect_authority(block: bytes) -> bytes | None:
 def take(conn: H2Connection, stream_id: int, length: int) -> bool:
     """May this flagless DATA frame skip h2? Only when h2 would accept it without a word;
     if so, account it in h2's inbound windows, as h2's own receive would."""
-    if conn.state_machine.state not in _OPEN:
-        return False
+    if conn.state_machine.state not in _OPEN or conn.incoming_buffer._headers_buffer:
+        return False   # (inside a header block any other frame is h2's PROTOCOL_ERROR, RFC 9113 6.2)
     stream = conn.streams.get(stream_id)
     if stream is None or stream.state_machine.state not in _CAN_RECEIVE:
         return False

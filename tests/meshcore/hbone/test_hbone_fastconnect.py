@@ -189,3 +189,23 @@ def test_a_fast_connect_reset_before_the_answer_counts_as_premature():
             cl.reset(sid)
             sv.receive_data(cl.data_to_send())
     assert e.value.limit == "premature_resets"
+
+
+def test_data_or_a_200_inside_another_header_block_is_a_protocol_error():
+    cl, sv = pair()
+    sid = cl.open_tunnel("10.0.0.1:80")
+    sv.receive_data(cl.data_to_send())
+    sv.accept(sid)
+    cl.receive_data(sv.data_to_send())
+    open_block = connect_frame(3, b"10.0.0.2:80")
+    sv.receive_data(open_block[:4] + b"\x00" + open_block[5:])   # HEADERS without END_HEADERS
+    with pytest.raises(RemoteProtocolError):
+        sv.receive_data(b"\x00\x00\x02\x00\x00" + sid.to_bytes(4, "big") + b"hi")   # DATA on the open stream
+    cl2, sv2 = pair()
+    sid = cl2.open_tunnel("10.0.0.1:80")
+    sv2.receive_data(cl2.data_to_send())
+    sv2.accept(sid)
+    answer = sv2.data_to_send()
+    cl2.receive_data(b"\x00\x00\x01\x01\x00" + sid.to_bytes(4, "big") + b"\x88")   # a 200 without END_HEADERS
+    with pytest.raises(RemoteProtocolError):
+        cl2.receive_data(answer)
