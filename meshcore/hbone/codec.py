@@ -18,7 +18,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from . import h2private
+from . import fastheaders, h2private
 from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import DEFAULT_LIMITS, ENHANCE_YOUR_CALM, FrameGuard, LimitExceeded, Limits
 # Re-exported: codec users see one namespace, as with h11.
@@ -91,16 +91,15 @@ class _Base:
             return []
         # h2 drops unsent output when a GOAWAY arrives; keep what tunnels already queued.
         queued = h2private.take_output(self._h2)
-        if queued:
-            if self._pending:
-                self._pending += queued
-            else:
-                self._pending = queued
+        if queued and self._pending:
+            self._pending += queued
+        elif queued:
+            self._pending = queued
         out: list[Event] = []
         try:
             for ev in self._receive(data):
-                if type(ev) is Data or type(ev) is TunnelOpened:
-                    out.append(ev)   # taken by the fast path (h2private), already our event
+                if not isinstance(ev, h2.events.Event):
+                    out.append(ev)   # taken by a fast path (h2private, fastheaders), already our event
                 else:
                     out.extend(self._translate(ev))
         except LimitExceeded as e:
@@ -166,7 +165,7 @@ class _Base:
     def _frames(self, buf: bytes, pos: int, events: list) -> int:
         """Handle every whole frame in buf[pos:]; return where the first partial one starts.
         Fast-path frames (`h2private`) become our events here; h2's are translated later."""
-        conn, guard, client = self._h2, self.guard, self.client_side
+        conn, guard = self._h2, self.guard
         size, slow_from = len(buf), -1
         unpack, take, data_event = h2private.HEADER.unpack_from, h2private.take, Data.parsed
         header_len, data_type = h2private.HEADER_LEN, h2private.DATA
@@ -183,16 +182,17 @@ class _Base:
                     guard.frame(ftype, flags, length)
             if end > size:
                 break
-            # A tunnel's 200 (client side) is always the same frame: HEADERS, END_HEADERS, 0x88.
-            ok = ftype == h2private.HEADERS and length == 1 and flags == h2private.END_HEADERS \
-                and client and buf[pos + header_len] == h2private.STATUS_200
-            if (ftype == data_type and flags == 0 and length) or ok:
+            # The tunnel's own header blocks (a CONNECT, its 200) have a fast path too.
+            heads = ftype == h2private.HEADERS and flags == h2private.END_HEADERS
+            if (ftype == data_type and flags == 0 and length) or heads:
                 if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
                     events.extend(conn.receive_data(buf[slow_from:pos]))
                     slow_from = -1
                 sid &= 0x7FFFFFFF
-                if (h2private.take_status_200(conn, sid) if ok else take(conn, sid, length)):
-                    events.append(TunnelOpened(sid) if ok else data_event(sid, buf[pos + header_len:end]))
+                ev = fastheaders.take(self, sid, buf[pos + header_len:end]) if heads else (
+                    data_event(sid, buf[pos + header_len:end]) if take(conn, sid, length) else None)
+                if ev is not None:
+                    events.append(ev)
                     pos = end
                     continue
             if slow_from < 0:
@@ -333,6 +333,8 @@ class ClientConnection(_Base):
         if self.going_away or self.closed:
             raise LocalProtocolError("connection is going away (GOAWAY); open the tunnel on a new one")
         sid = self._h2.get_next_available_stream_id()
+        if not headers and h2private.send_connect(self._h2, sid, authority.encode()):
+            return sid   # our plain encoding, which the peer's codec takes without h2 (fastheaders)
         hdrs = [(":method", "CONNECT"), (":authority", authority), *headers]
         try:
             h2private.send_headers(self._h2, sid, hdrs, checked=bool(headers))   # the caller's headers are checked
@@ -379,7 +381,7 @@ class ServerConnection(_Base):
     def accept(self, stream_id: int) -> None:
         self._unanswered.discard(stream_id)
         try:
-            self._h2.send_headers(stream_id, [(":status", "200")])
+            h2private.send_status_200(self._h2, stream_id)   # h2's frame machinery only when needed
         except h2.exceptions.ProtocolError as e:
             raise LocalProtocolError(f"cannot accept stream {stream_id}: {e}") from None
 

@@ -10,7 +10,7 @@ from meshcore.hbone import h2private
 
 ROOT = Path(__file__).resolve().parents[3]
 PRIVATE = re.compile(r"\._data_to_send|_window_manager|\.state_machine|_bytes_processed|\.decoder\."
-                     r"|max_inbound_frame_size|_begin_new_stream")
+                     r"|max_inbound_frame_size|_begin_new_stream|_headers_buffer|table_size_changes")
 
 
 def pinned_h2() -> str:
