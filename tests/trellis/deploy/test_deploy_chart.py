@@ -123,6 +123,12 @@ def test_rbac_is_least_privilege(objs):
     for group, res in [("apps", "deployments"), ("", "services"), ("", "serviceaccounts")]:
         for verb in ("create", "update", "delete"):
             assert allowed(cp["rules"], group, res, verb), (res, verb)
+    # waypoints in a cluster: their pods' owners read, the mesh root ConfigMap in every namespace kept
+    assert allowed(cp["rules"], "apps", "replicasets", "get")
+    assert not any(allowed(cp["rules"], "apps", "replicasets", v) for v in ("create", "update", "delete", "list"))
+    for verb in ("get", "list", "watch", "create", "update"):
+        assert allowed(cp["rules"], "", "configmaps", verb), verb
+    assert not any(allowed(cp["rules"], "", "configmaps", v) for v in ("delete", "patch", "deletecollection"))
     # no cluster-wide access to secrets; in its own namespace: create, and get only the CA's
     assert not any("secrets" in x["resources"] for o in objs if o["kind"] == "ClusterRole" for x in o["rules"])
     ca = _one(objs, "Role", "trellis-controlplane-ca")
@@ -211,7 +217,7 @@ def test_every_flag_the_chart_passes_exists_in_the_component(objs):
         for arg in c["args"]:
             assert arg.split("=", 1)[0] in known, f"{c['name']}: {module} has no {arg.split('=', 1)[0]}"
             checked += 1
-    assert checked == 20  # 7 control plane, 6 node agent (one --exclude-port), 7 ztunnel
+    assert checked == 21  # 8 control plane, 6 node agent (one --exclude-port), 7 ztunnel
 
 
 def test_values_schema_is_a_valid_json_schema_and_accepts_the_defaults():
