@@ -9,9 +9,10 @@ watch its own view and only get certificates for workloads that run on it. In a 
 a node, or a waypoint replica, may instead prove who it is with its ServiceAccount token,
 a `"token"` field in the request (controlplane/tokenreview.py, waypointauth.py); the TLS
 client certificate is then optional.
-A waypoint (its replica's workload certificate `spiffe://<td>/ns/<ns>/sa/<sa>`) may watch its own
-Gateway's view and renew its own certificate, only while `<sa>` is the ServiceAccount of a
-Gateway of class trellis-waypoint in `<ns>` (views.waypoint_*_refusal). Every refusal is counted by reason (`trellis_controlplane_requests_refused_total`)."""
+A waypoint (its replica's workload certificate `spiffe://<td>/ns/<ns>/sa/<sa>`, or in a cluster
+its pod's token, which stands for that identity and its one Gateway) may watch its own
+Gateway's view and have its own certificate signed, only while `<sa>` is the ServiceAccount
+of a Gateway of class trellis-waypoint in `<ns>` (views.waypoint_*_refusal). Every refusal is counted by reason (`trellis_controlplane_requests_refused_total`)."""
 from __future__ import annotations
 
 import logging

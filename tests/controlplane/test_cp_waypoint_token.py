@@ -19,13 +19,11 @@ import trio
 from controlplane.api import ApiServer
 from controlplane.ca import CertificateAuthority, build_csr, generate_key
 from controlplane.rootcert import RootCertPublisher, plan as root_plan
-from controlplane.sources.kubernetes import KubernetesSource
-from controlplane.store import VersionedStore
 from controlplane.tokenreview import TokenReviewer
 from controlplane.waypointauth import waypoint_pod_refusal
 from controlplane.waypoints import Settings, WaypointReconciler
-from kube_fixtures import kubeconfig, world
-from kubewatch.client import KubeApi, KubeApiError, load_config
+from kube_fixtures import synced_source, world
+from kubewatch.client import KubeApiError
 from kubewatch.reflector import Backoff
 from meshcore.cpclient import ControlPlaneClient, ControlPlaneError
 from meshcore.identity import CertBundle
@@ -57,12 +55,7 @@ async def cluster(tmp_path):
     standin = world()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", TD)
     async with trio.open_nursery() as nursery:
-        kport = await nursery.start(standin.serve)
-        kube = KubeApi(load_config(kubeconfig(tmp_path, kport)))
-        store = VersionedStore(first_version=1)
-        source = KubernetesSource(kube, store, **FAST)
-        with trio.fail_after(20):
-            await nursery.start(source.run)
+        kube, store = await synced_source(nursery, tmp_path, standin, **FAST)
         await nursery.start(WaypointReconciler(kube, store, Settings(trust_domain=TD), retry=0.05).run)
         publisher = RootCertPublisher(kube, store, ca.roots_pem[0].decode(), retry=0.05)
         await nursery.start(publisher.run)

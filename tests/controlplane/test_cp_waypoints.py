@@ -7,11 +7,9 @@ import copy
 import pytest
 import trio
 
-from controlplane.store import VersionedStore
-from controlplane.sources.kubernetes import Backoff, KubernetesSource
+from controlplane.sources.kubernetes import Backoff
 from controlplane.waypoints import GATEWAY_NAME, MANAGED_BY, MANAGER, Settings, WaypointReconciler, desired, plan
-from kube_fixtures import kubeconfig, world
-from kubewatch.client import KubeApi, load_config
+from kube_fixtures import synced_source, world
 from meshcore import ports
 from waypoint.__main__ import parser as waypoint_parser
 
@@ -32,12 +30,7 @@ def gateway(name, ns="shop", cls="trellis-waypoint", replicas=None):
 @contextlib.asynccontextmanager
 async def running(tmp_path, standin):
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(standin.serve)
-        api = KubeApi(load_config(kubeconfig(tmp_path, port)))
-        store = VersionedStore(first_version=1)
-        source = KubernetesSource(api, store, **FAST)
-        with trio.fail_after(20):
-            await nursery.start(source.run)
+        api, store = await synced_source(nursery, tmp_path, standin, **FAST)
         reconciler = WaypointReconciler(api, store, SETTINGS, retry=0.05)
         await nursery.start(reconciler.run)
         yield reconciler
