@@ -292,11 +292,14 @@ class ApiServerStandIn(PodsSubresources, AuthApis):
         with trio.move_on_after(float(params.get("timeoutSeconds", 1800))):
             sent = since
             while True:
-                for rv, p, kind, obj in list(self.events):
-                    if p == path and rv > sent and _selected(obj, params):
-                        await stream.send_all(conn.send(h11.Data(data=_line(kind, obj))))
-                sent = self.rv
+                # take the change event before the batch: a write made while a line is being
+                # sent (send_all yields) lands after the batch and sets this event
                 changed = self._changed
+                batch = [e for e in self.events if e[0] > sent]
+                for rv, p, kind, obj in batch:
+                    if p == path and _selected(obj, params):
+                        await stream.send_all(conn.send(h11.Data(data=_line(kind, obj))))
+                sent = batch[-1][0] if batch else sent
                 with trio.move_on_after(bookmarks or float("inf")):
                     async with trio.open_nursery() as n:
                         n.start_soon(_set_when, changed, n.cancel_scope)
