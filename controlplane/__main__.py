@@ -106,7 +106,7 @@ async def _ca_from_secret(kubeconfig, context, namespace, trust_domain, ttl) -> 
               help="with --source kubernetes: the image of the waypoint Deployments it creates")
 @click.option("--waypoint-control-plane", metavar="HOST:PORT",
               help="with --source kubernetes: where waypoint pods reach the control plane "
-                   "(default trellis-controlplane.<namespace>.svc:15012)")
+                   f"(default trellis-controlplane.<namespace>.svc:{ports.CONTROL_PLANE})")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--listen", default=f"0.0.0.0:{ports.CONTROL_PLANE}", show_default=True)
 @click.option("--admin", "admin_addr", default=f"127.0.0.1:{ports.CONTROL_PLANE_ADMIN}", show_default=True)
