@@ -36,7 +36,9 @@ def _source(kind: str, store: VersionedStore, config_dir: Path | None, kubeconfi
 
 
 async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admin_addr: tuple[str, int],
-              tokens=None, waypoints=None) -> None:
+              tokens=None, controllers=()) -> None:
+    """`controllers`: in Kubernetes mode, factories (source, store) -> a controller to run
+    once the source has synced (the waypoint Deployments, the root ConfigMaps)."""
     store = VersionedStore()
     source = source_of(store)
     api = ApiServer(ca, store, tokens(source) if tokens else None)
@@ -59,8 +61,8 @@ async def run(ca: CertificateAuthority, source_of, listen: tuple[str, int], admi
         # bind everything first: a port in use fails start-up at once
         admin_listener = await admin.open_listener(*admin_addr)
         await nursery.start(source.run)
-        if waypoints is not None:  # Kubernetes mode: Deployments/Services/ServiceAccounts for waypoint Gateways
-            await nursery.start(waypoints(source, store).run)
+        for controller in controllers:
+            await nursery.start(controller(source, store).run)
         await nursery.start(api.serve, *listen)
         await nursery.start(lambda task_status: admin.serve_http(*admin_addr, {"/healthz": healthz, "/config_dump": config_dump,
                                                                                "/metrics": metrics},
@@ -102,6 +104,9 @@ async def _ca_from_secret(kubeconfig, context, namespace, trust_domain, ttl) -> 
               show_default="$POD_NAMESPACE or trellis-system", help="with --source kubernetes: the control plane's namespace")
 @click.option("--waypoint-image", envvar="TRELLIS_IMAGE", default="trellis:latest", show_default=True,
               help="with --source kubernetes: the image of the waypoint Deployments it creates")
+@click.option("--waypoint-control-plane", metavar="HOST:PORT",
+              help="with --source kubernetes: where waypoint pods reach the control plane "
+                   f"(default trellis-controlplane.<namespace>.svc:{ports.CONTROL_PLANE})")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--listen", default=f"0.0.0.0:{ports.CONTROL_PLANE}", show_default=True)
 @click.option("--admin", "admin_addr", default=f"127.0.0.1:{ports.CONTROL_PLANE_ADMIN}", show_default=True)
@@ -114,7 +119,7 @@ async def _ca_from_secret(kubeconfig, context, namespace, trust_domain, ttl) -> 
               help="with --source kubernetes: NAMESPACE/SERVICEACCOUNT whose pod-bound tokens speak for a node")
 @click.option("--log-level", default="INFO", show_default=True)
 def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain, listen, admin_addr, cert_ttl, issue_node,
-         out, token_audience, node_accounts, log_level, namespace, waypoint_image):
+         out, token_audience, node_accounts, log_level, namespace, waypoint_image, waypoint_control_plane):
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
     try:
@@ -147,17 +152,21 @@ def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain
         except KubeConfigError as exc:
             click.echo(f"controlplane: {exc}", err=True)
             sys.exit(1)
-    tokens = waypoints = None
-    if source_kind == "kubernetes":  # nodes may authenticate with their ServiceAccount token
+    tokens, controllers = None, []
+    if source_kind == "kubernetes":  # nodes and waypoints may authenticate with their ServiceAccount token
+        from .rootcert import RootCertPublisher
         from .tokenreview import TokenReviewer
-        tokens = lambda source: TokenReviewer(source.api, token_audience, tuple(node_accounts))  # noqa: E731
         from .waypoints import Settings, WaypointReconciler
+        tokens = lambda source: TokenReviewer(source.api, token_audience, tuple(node_accounts))  # noqa: E731
         settings = Settings(image=waypoint_image, trust_domain=trust_domain, token_audience=token_audience,
-                            control_plane=f"trellis-controlplane.{namespace}.svc:{ports.CONTROL_PLANE}")
-        waypoints = lambda source, store: WaypointReconciler(source.api, store, settings)  # noqa: E731
+                            control_plane=waypoint_control_plane or
+                            f"trellis-controlplane.{namespace}.svc:{ports.CONTROL_PLANE}")
+        root_pem = b"".join(ca.roots_pem).decode()
+        controllers = [lambda source, store: WaypointReconciler(source.api, store, settings),
+                       lambda source, store: RootCertPublisher(source.api, store, root_pem)]
     try:
         trio.run(run, ca, lambda store: _source(source_kind, store, config_dir, kubeconfig, kube_context),
-                 listen_at, admin_at, tokens, waypoints)
+                 listen_at, admin_at, tokens, controllers)
     except OSError as exc:
         click.echo(f"controlplane: {exc}", err=True)
         sys.exit(1)

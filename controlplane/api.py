@@ -6,11 +6,13 @@
 
 Callers are nodes (node credential `spiffe://<td>/trellis/node/<node>`): a node may only
 watch its own view and only get certificates for workloads that run on it. In a cluster
-a node may instead prove who it is with its ServiceAccount token, a `"token"` field in
-the request (controlplane/tokenreview.py); the TLS client certificate is then optional.
-A waypoint (its replica's workload certificate `spiffe://<td>/ns/<ns>/sa/<sa>`) may watch its own
-Gateway's view and renew its own certificate, only while `<sa>` is the ServiceAccount of a
-Gateway of class trellis-waypoint in `<ns>` (views.waypoint_*_refusal). Every refusal is counted by reason (`trellis_controlplane_requests_refused_total`)."""
+a node, or a waypoint replica, may instead prove who it is with its ServiceAccount token,
+a `"token"` field in the request (controlplane/tokenreview.py, waypointauth.py); the TLS
+client certificate is then optional.
+A waypoint (its replica's workload certificate `spiffe://<td>/ns/<ns>/sa/<sa>`, or in a cluster
+its pod's token, which stands for that identity and its one Gateway) may watch its own
+Gateway's view and have its own certificate signed, only while `<sa>` is the ServiceAccount
+of a Gateway of class trellis-waypoint in `<ns>` (views.waypoint_*_refusal). Every refusal is counted by reason (`trellis_controlplane_requests_refused_total`)."""
 from __future__ import annotations
 
 import logging
@@ -21,7 +23,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter
 
 from meshcore import tls
-from meshcore.identity import node_from_identity, node_identity
+from meshcore.identity import node_from_identity
 from meshcore.jsonlines import FramingError, LineReader
 from meshcore.wire import WireError, watch
 
@@ -72,9 +74,10 @@ class ApiServer:
                 req = await reader.read()
             if req is None:
                 return
-            caller = await self._caller(stream, req, peer)
-            if caller is None:
+            auth = await self._caller(stream, req, peer)
+            if auth is None:
                 return
+            caller, bound_gateway = auth
             node = node_from_identity(caller, self.ca.trust_domain)
             try:
                 request = watch.parse_request(req)
@@ -88,7 +91,7 @@ class ApiServer:
                 else:
                     await self._sign_waypoint(stream, caller, request)
             else:
-                await self._watch(stream, caller, request, peer)
+                await self._watch(stream, caller, request, peer, bound_gateway)
         except (ssl.SSLError, trio.BrokenResourceError) as exc:
             self.stats["tls_failures"] += 1
             cause = exc.__cause__ or exc  # trio wraps the SSL error
@@ -105,21 +108,23 @@ class ApiServer:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _caller(self, stream: trio.SSLStream, req: dict[str, Any], peer: str) -> str | None:
-        """The caller's identity: its node certificate or, in a cluster, the node its
-        ServiceAccount token is bound to. None: refused (and answered)."""
+    async def _caller(self, stream: trio.SSLStream, req: dict[str, Any], peer: str
+                      ) -> tuple[str, tuple[str, str] | None] | None:
+        """(the caller's identity, the Gateway a waypoint's token is bound to): its certificate's,
+        or in a cluster the node or waypoint replica its ServiceAccount token speaks for.
+        None: refused (and answered)."""
         has_cert = bool(stream.getpeercert(binary_form=True))
         if self.tokens is None or (has_cert and "token" not in req):
-            return tls.verify_peer_identity(stream, None, peer)
+            return tls.verify_peer_identity(stream, None, peer), None
         try:
-            node = await self.tokens.node_of(req.get("token"))
+            who = await self.tokens.authenticate(req.get("token"), self.ca.trust_domain)
         except NodeAuthRefused as exc:
             self._refused(req.get("op"), exc.reason)
-            log.warning("event=node_auth_refused peer=%s op=%s reason=%s error=%r", peer, req.get("op"), exc.reason,
+            log.warning("event=token_refused peer=%s op=%s reason=%s error=%r", peer, req.get("op"), exc.reason,
                         str(exc))
             await self._error(stream, str(exc))
             return None
-        return node_identity(self.ca.trust_domain, node)
+        return who.identity, who.gateway
 
     async def _error(self, stream: trio.SSLStream, message: str) -> None:
         try:
@@ -149,32 +154,38 @@ class ApiServer:
         await stream.send_all(watch.encode(watch.SignReply(tuple(c.decode() for c in chain),
                                                            tuple(r.decode() for r in self.ca.roots_pem))))
 
-    async def _refuse_waypoint(self, stream: trio.SSLStream, caller: str, op: str, reason: str) -> None:
+    async def _refuse_waypoint(self, stream: trio.SSLStream, caller: str, op: str, reason: str,
+                               label: str = "waypoint") -> None:
         self.stats["waypoint_refused"] += 1
-        self._refused(op, "waypoint")
+        self._refused(op, label)
         log.warning("event=waypoint_refused caller=%s op=%s reason=%r", caller, op, reason)
         await self._error(stream, reason)
 
     async def _sign_waypoint(self, stream: trio.SSLStream, caller: str, req: watch.SignRequest) -> None:
         """A caller that is not a node: only a waypoint renewing its own certificate."""
         refusal = waypoint_sign_refusal(self.store.current().resources, caller, self.ca.trust_domain)
+        label = "waypoint"
         if refusal is None:
             try:
                 _, uri = self.ca.check_csr(req.csr)
                 if uri != caller:
-                    raise CsrRejected(f"the CSR asks for {uri}")
-                chain = self.ca.sign_workload_csr(req.csr, {caller})
+                    label, refusal = "other_identity", f"the CSR asks for {uri}"
+                else:
+                    chain = self.ca.sign_workload_csr(req.csr, {caller})
             except CsrRejected as exc:
-                refusal = f"waypoint {caller} may only renew its own certificate: {exc}"
+                label, refusal = "bad_csr", str(exc)
+            if refusal is not None:
+                refusal = f"waypoint {caller} may only have its own certificate signed: {refusal}"
         if refusal is not None:
             self.stats["refused"] += 1
-            await self._refuse_waypoint(stream, caller, "sign", refusal)
+            await self._refuse_waypoint(stream, caller, "sign", refusal, label)
             return
         self.stats["signed"] += 1
         log.info("event=csr_signed waypoint=%s", caller)
         await self._send_chain(stream, chain)
 
-    async def _watch(self, stream: trio.SSLStream, caller: str, req: watch.WatchRequest, peer: str) -> None:
+    async def _watch(self, stream: trio.SSLStream, caller: str, req: watch.WatchRequest, peer: str,
+                     bound_gateway: tuple[str, str] | None = None) -> None:
         try:
             view = subscriber_view(caller, self.ca.trust_domain, req.kind, req.name)
         except SubscriptionRefused as exc:
@@ -185,7 +196,14 @@ class ApiServer:
                 await self._error(stream, str(exc))
             return
         if req.kind == watch.WAYPOINT:
-            refusal = waypoint_watch_refusal(self.store.current().resources, caller, *waypoint_gateway(req.name))
+            ns, gateway = waypoint_gateway(req.name)
+            if bound_gateway is not None and ((ns or bound_gateway[0]), gateway) != bound_gateway:
+                # a waypoint's token names its pod, and so its one Gateway
+                await self._refuse_waypoint(stream, caller, "watch", f"{caller}: the token's pod serves waypoint "
+                                            f"{'/'.join(bound_gateway)}, it may not watch {ns or bound_gateway[0]}/{gateway}",
+                                            "other_view")
+                return
+            refusal = waypoint_watch_refusal(self.store.current().resources, caller, ns, gateway)
             if refusal is not None:
                 await self._refuse_waypoint(stream, caller, "watch", refusal)
                 return

@@ -33,7 +33,10 @@ KINDS = {
     "Service": ("v1", "/api/v1/services", "/api/v1/namespaces/{ns}/services"),
     "Deployment": ("apps/v1", "/apis/apps/v1/deployments", "/apis/apps/v1/namespaces/{ns}/deployments"),
 }
-TOKEN_DIR = "/var/run/secrets/trellis"   # the projected ServiceAccount token (audience: the CA's)
+# one projected volume: the pod's ServiceAccount token (audience: the CA's) and the mesh
+# root from the namespace's ConfigMap (controlplane/rootcert.py), for the first certificate
+TOKEN_DIR = "/var/run/secrets/trellis"
+ROOT_CONFIGMAP, ROOT_KEY = "trellis-ca-root-cert", "root-cert.pem"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ def desired(gateway: dict, settings: Settings) -> list[dict] | None:
     pod_labels = {GATEWAY_NAME: name, AMBIENT_LABEL: "none", MANAGED_BY: MANAGER}
     args = ["--namespace", ns, "--gateway", name, "--trust-domain", settings.trust_domain,
             "--service-account", name, "--control-plane", settings.control_plane,
+            "--token-file", f"{TOKEN_DIR}/token", "--ca-root-file", f"{TOKEN_DIR}/{ROOT_KEY}",
             "--hbone-port", str(ports.HBONE), "--admin", f"127.0.0.1:{ports.ZTUNNEL_ADMIN}",
             "--metrics", f"0.0.0.0:{ports.METRICS}", "--ready", f"0.0.0.0:{ports.READY}"]
     container = {
@@ -79,8 +83,10 @@ def desired(gateway: dict, settings: Settings) -> list[dict] | None:
                   {"name": "status-port", "containerPort": ports.READY, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": ports.READY}},
         "volumeMounts": [{"name": "trellis-token", "mountPath": TOKEN_DIR, "readOnly": True}]}
-    token = {"name": "trellis-token", "projected": {"sources": [{"serviceAccountToken": {
-        "path": "token", "audience": settings.token_audience, "expirationSeconds": settings.token_seconds}}]}}
+    token = {"name": "trellis-token", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "audience": settings.token_audience,
+                                 "expirationSeconds": settings.token_seconds}},
+        {"configMap": {"name": ROOT_CONFIGMAP, "items": [{"key": ROOT_KEY, "path": ROOT_KEY}]}}]}}
     return [
         obj("ServiceAccount"),
         obj("Service", spec={"selector": {GATEWAY_NAME: name},

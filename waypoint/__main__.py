@@ -59,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--service-account", default="waypoint")
     p.add_argument("--control-plane", type=host_port, help="HOST:PORT of the control plane API")
     p.add_argument("--credential-dir", type=Path, help="bootstrap cert.pem, key.pem, roots.pem")
+    p.add_argument("--token-file", type=Path, help="in a cluster, instead of --credential-dir: this pod's projected "
+                   "ServiceAccount token (re-read for each request), which the control plane checks with TokenReview")
+    p.add_argument("--ca-root-file", type=Path, help="with --token-file: the mesh root certificate(s), PEM (the "
+                   "namespace's ConfigMap trellis-ca-root-cert), to verify the control plane")
     p.add_argument("--hbone-port", type=int, default=ports.HBONE)
     p.add_argument("--admin", type=host_port, default=("127.0.0.1", ports.ZTUNNEL_ADMIN))
     p.add_argument("--metrics", type=host_port, default=("0.0.0.0", ports.METRICS))
@@ -87,8 +91,11 @@ def build(argv: list[str]) -> Waypoint:
         if a.check:
             raise CheckDone(f"{a.standalone_config}: ok, serving Service {target[0]}/{target[1]} port {target[2]}")
         return wp
-    if not a.control_plane or not a.credential_dir:
-        raise StartupError("--control-plane and --credential-dir are required (or --standalone-config)")
+    if not a.control_plane or (a.credential_dir is None) == (a.token_file is None):
+        raise StartupError("--control-plane and one of --credential-dir or --token-file are required "
+                           "(or --standalone-config)")
+    if a.token_file is not None:
+        return _with_token(cfg, a.token_file, a.ca_root_file)
     bootstrap = load_credential(a.credential_dir)
     if bootstrap.identity != cfg.identity:
         raise StartupError(f"{a.credential_dir / 'cert.pem'} is for {bootstrap.identity}, not {cfg.identity} "
@@ -97,6 +104,25 @@ def build(argv: list[str]) -> Waypoint:
     cp = client_for(cfg, lambda: holder["wp"].bundle())
     wp = holder["wp"] = Waypoint(cfg, bootstrap=bootstrap, control_plane=cp)
     return wp
+
+
+def _with_token(cfg: Config, token_file: Path, ca_root_file: Path | None) -> Waypoint:
+    """In a cluster: no certificate to start with; the first one (and each renewal) is
+    asked for with the pod's ServiceAccount token, over TLS that trusts the mesh root."""
+    if ca_root_file is None:
+        raise StartupError("--token-file needs --ca-root-file (the mesh root, to verify the control plane)")
+    try:
+        roots = tuple(split_pem_chain(ca_root_file.read_bytes()))
+        token_file.read_text()   # the kubelet writes it before the container starts: absent is a mistake
+    except OSError as exc:
+        raise StartupError(f"cannot read {exc.filename}: {exc.strerror}; are the projected token and the "
+                           "trellis-ca-root-cert ConfigMap mounted?") from None
+    except ValueError as exc:
+        raise StartupError(f"{ca_root_file}: {exc}") from None
+    if not roots:
+        raise StartupError(f"{ca_root_file} holds no PEM certificate")
+    cp = client_for(cfg, None, token_file=token_file, roots=b"".join(roots))
+    return Waypoint(cfg, control_plane=cp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,8 +235,11 @@ class Waypoint:
                 self.draining.set()
 
 
-def client_for(config: Config, bootstrap_source) -> Any:
-    """The control-plane client: subscriber kind waypoint, named "<ns>/<gateway>"."""
+def client_for(config: Config, bootstrap_source, *, token_file: Path | None = None, roots: bytes = b"") -> Any:
+    """The control-plane client: subscriber kind waypoint, named "<ns>/<gateway>"; it
+    presents the current certificate, or in a cluster sends the pod's token (`token_file`)
+    and trusts `roots`."""
     from meshcore.cpclient import ControlPlaneClient
     return ControlPlaneClient(config.control_plane, bootstrap_source, f"{config.namespace}/{config.gateway}",
-                              subscriber=watch.WAYPOINT)
+                              subscriber=watch.WAYPOINT, token_file=token_file, roots=roots,
+                              trust_domain=config.trust_domain)

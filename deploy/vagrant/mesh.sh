@@ -14,7 +14,7 @@ kubectl get nodes -o wide
 
 kubectl apply --server-side -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/$gateway_api/standard-install.yaml"
 
-# the CLI installed by ca.sh, which also made the CA Secret and the node credentials
+# the CLI installed by ca.sh; the control plane makes its CA Secret and publishes its root
 /opt/trellis-cli/bin/trellis install --chart /vagrant/deploy/helm/trellis --kubeconfig "$KUBECONFIG" \
   --set image.pullPolicy=Never
 kubectl -n trellis-system rollout status deployment/trellis-controlplane --timeout=300s

@@ -93,6 +93,21 @@ def world(**kw) -> ApiServerStandIn:
     return standin
 
 
+async def synced_source(nursery, tmp_path, standin, **source_options):
+    """Serve `standin`, run a KubernetesSource on it until every collection was listed;
+    returns (the KubeApi, the store). The caller closes the api."""
+    import trio
+    from controlplane.sources.kubernetes import KubernetesSource
+    from controlplane.store import VersionedStore
+    from kubewatch.client import KubeApi, load_config
+    port = await nursery.start(standin.serve)
+    api = KubeApi(load_config(kubeconfig(tmp_path, port)))
+    store = VersionedStore(first_version=1)
+    with trio.fail_after(20):
+        await nursery.start(KubernetesSource(api, store, **source_options).run)
+    return api, store
+
+
 def cluster_pki(d):
     """A cluster CA, the API server's certificate for 127.0.0.1 and a client certificate,
     as kubeadm lays them out (PEM files); the lab makes its own the same way."""

@@ -89,7 +89,8 @@ async def test_a_token_for_node2_cannot_get_a_certificate_for_a_pod_on_node1(tmp
     ("expired", "invalid_token", "does not authenticate .*service account token has expired"),
     ("forged", "invalid_token", "does not authenticate"),
     ("other-audience", "invalid_token", "is invalid for the target audiences"),
-    ("web-pod", "untrusted_account", "ServiceAccount shop/web is not a node account"),
+    ("web-pod", "not_a_waypoint_pod", "ServiceAccount shop/web is not a node account .*, nor of a waypoint: "
+                                      "pod shop/web-1 has no gateway.networking.k8s.io/gateway-name label"),
     ("unbound", "not_pod_bound", "not bound to a pod"),
 ])
 async def test_refused_tokens_say_why_and_are_counted(tmp_path, token, reason, message):
@@ -130,17 +131,17 @@ async def test_a_token_watches_its_own_nodes_view_only(tmp_path):
 
 
 def test_review_answers_are_read_strictly():
-    audience, accounts = "trellis-ca", ("trellis-system/ztunnel",)
+    audience = "trellis-ca"
     ok = {"status": {"authenticated": True, "audiences": ["trellis-ca"], "user": {
         "username": "system:serviceaccount:trellis-system:ztunnel",
         "extra": {"authentication.kubernetes.io/pod-name": ["z"], "authentication.kubernetes.io/node-name": ["n1"]}}}}
-    caller = caller_from_review(ok, audience, accounts)
+    caller = caller_from_review(ok, audience)
     assert (caller.account, caller.pod, caller.node) == ("trellis-system/ztunnel", ("trellis-system", "z"), "n1")
     for bad, reason in [({}, "review_failed"), ({"status": {"authenticated": False}}, "invalid_token"),
                         ({"status": {**ok["status"], "audiences": ["other"]}}, "wrong_audience"),
                         ({"status": {**ok["status"], "user": {"username": "kubernetes-admin"}}}, "untrusted_account")]:
         with pytest.raises(NodeAuthRefused) as exc:
-            caller_from_review(bad, audience, accounts)
+            caller_from_review(bad, audience)
         assert exc.value.reason == reason
 
 

@@ -85,8 +85,8 @@ async def test_what_a_workload_caller_may_not_do(tmp_path):
     async with running_api(tmp_path) as (ca, source, api, port, nursery):
         wp, cart = waypoint_client(ca, port, WP, "wp"), waypoint_client(ca, port, f"{TD}/ns/shop/sa/cart", "wp")
         signs = [
-            (wp, f"{TD}/ns/shop/sa/cart", "may only renew its own certificate: the CSR asks for .*sa/cart"),
-            (wp, f"{TD}/ns/default/sa/web", "may only renew its own certificate"),
+            (wp, f"{TD}/ns/shop/sa/cart", "may only have its own certificate signed: the CSR asks for .*sa/cart"),
+            (wp, f"{TD}/ns/default/sa/web", "may only have its own certificate signed"),
             (cart, f"{TD}/ns/shop/sa/cart", "not a node credential, nor the ServiceAccount of any waypoint"),
         ]
         for client, identity, message in signs:

@@ -7,12 +7,11 @@ import copy
 import pytest
 import trio
 
-from controlplane.store import VersionedStore
-from controlplane.sources.kubernetes import Backoff, KubernetesSource
+from controlplane.sources.kubernetes import Backoff
 from controlplane.waypoints import GATEWAY_NAME, MANAGED_BY, MANAGER, Settings, WaypointReconciler, desired, plan
-from kube_fixtures import kubeconfig, world
-from kubewatch.client import KubeApi, load_config
+from kube_fixtures import synced_source, world
 from meshcore import ports
+from waypoint.__main__ import parser as waypoint_parser
 
 FAST = dict(backoff=lambda: Backoff(initial=0.01, maximum=0.2), batch=0.01, watch_timeout=30)
 DEPLOYMENTS, SERVICES, SAS = "/apis/apps/v1/deployments", "/api/v1/services", "/api/v1/serviceaccounts"
@@ -31,12 +30,7 @@ def gateway(name, ns="shop", cls="trellis-waypoint", replicas=None):
 @contextlib.asynccontextmanager
 async def running(tmp_path, standin):
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(standin.serve)
-        api = KubeApi(load_config(kubeconfig(tmp_path, port)))
-        store = VersionedStore(first_version=1)
-        source = KubernetesSource(api, store, **FAST)
-        with trio.fail_after(20):
-            await nursery.start(source.run)
+        api, store = await synced_source(nursery, tmp_path, standin, **FAST)
         reconciler = WaypointReconciler(api, store, SETTINGS, retry=0.05)
         await nursery.start(reconciler.run)
         yield reconciler
@@ -79,12 +73,21 @@ async def test_a_waypoint_gateway_gets_owned_deployment_serviceaccount_and_servi
         assert args == {"--namespace": "shop", "--gateway": "waypoint", "--trust-domain": "example.org",
                         "--service-account": "waypoint",
                         "--control-plane": "trellis-controlplane.mesh-system.svc:15012",
+                        "--token-file": "/var/run/secrets/trellis/token",
+                        "--ca-root-file": "/var/run/secrets/trellis/root-cert.pem",
                         "--hbone-port": "15008", "--admin": "127.0.0.1:15000", "--metrics": "0.0.0.0:15020",
                         "--ready": "0.0.0.0:15021"}
+        assert waypoint_parser().parse_args(c["args"]).token_file.name == "token"   # the waypoint takes them
         assert {p["containerPort"] for p in c["ports"]} == {ports.HBONE, ports.METRICS, ports.READY}
         assert c["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
         (vol,) = tmpl["spec"]["volumes"]
-        assert vol["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "trellis-ca"
+        (mount,) = c["volumeMounts"]
+        assert mount == {"name": vol["name"], "mountPath": "/var/run/secrets/trellis", "readOnly": True}
+        token, root = vol["projected"]["sources"]
+        assert token["serviceAccountToken"] == {"path": "token", "audience": "trellis-ca", "expirationSeconds": 3600}
+        # the mesh root the control plane publishes in every namespace (controlplane/rootcert.py)
+        assert root["configMap"] == {"name": "trellis-ca-root-cert",
+                                     "items": [{"key": "root-cert.pem", "path": "root-cert.pem"}]}
         assert svc["spec"]["ports"][0]["name"] == "mesh" and svc["spec"]["ports"][0]["port"] == 15008
         assert svc["spec"]["selector"] == {GATEWAY_NAME: "waypoint"}
         # the other class's Gateway got nothing

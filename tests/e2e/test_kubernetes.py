@@ -8,13 +8,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from e2e.labctl import Capture, Lab, running, wait_until
+from e2e.labctl import Capture, Lab, metric_value, running, wait_until
 from trellis.lab import kube
+from trellis.lab.topology import CP_ADMIN_PORT
 
 LAB_DIR = Path(__file__).resolve().parent / "lab"
 STATE, PREFIX = "/run/trellis/e2e-k8s", "ttk8s"
@@ -137,6 +139,113 @@ def test_sigkill_of_a_node_agent_and_restart_leave_one_attachment_per_program(la
     for cg in pods:
         counts = collections.Counter(a["name"] for a in attachments(cg))
         assert set(counts.values()) == {1}, f"{cg}: {counts}"
+    assert lab.curl("sleep", "http://10.96.0.10/").returncode == 0
+
+
+WP_VIP = "10.96.0.30"
+GW = "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways"
+ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"
+SERVICES = "/api/v1/namespaces/default/services"
+WAYPOINT_ID = "spiffe://cluster.local/ns/default/sa/waypoint"
+# what a user applies with kubectl: a waypoint, a Service that uses it, a route and an L7 policy on that Service
+WAYPOINT_OBJECTS = [
+    (GW, {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "waypoint", "namespace": "default"},
+          "spec": {"gatewayClassName": "trellis-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}),
+    (SERVICES, {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web-wp", "namespace": "default", "labels": {"trellis.dev/use-waypoint": "waypoint"}},
+                "spec": {"clusterIP": WP_VIP, "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    (ROUTES, {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "web-wp", "namespace": "default"},
+              "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web-wp", "port": 80}],
+                       "rules": [{"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                           "add": [{"name": "x-trellis-route", "value": "web-wp"}]}}],
+                                  "backendRefs": [{"name": "web-wp", "port": 80}]}]}}),
+    (POLICIES, {"apiVersion": "trellis.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "web-wp-deny-admin", "namespace": "default"},
+                "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "web-wp"}], "action": "DENY",
+                         "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}}),
+]
+# a client of the control plane, run in the fabric netns with a token file, as a waypoint would ask
+SIGN = """
+import sys, trio
+from controlplane.ca import build_csr, generate_key
+from meshcore.cpclient import ControlPlaneClient, ControlPlaneError
+token, roots, uri = sys.argv[1:4]
+c = ControlPlaneClient(("10.100.0.1", 15012), None, "default/waypoint", subscriber="waypoint",
+                       token_file=token, roots=open(roots, "rb").read())
+async def main():
+    try:
+        await c.sign(build_csr(generate_key(), uri))
+        print("SIGNED")
+    except ControlPlaneError as exc:
+        print("REFUSED", exc)
+trio.run(main)
+"""
+
+
+def sign_with(lab, token_file: Path, uri: str) -> str:
+    res = subprocess.run(["ip", "netns", "exec", lab.fabric_netns(), sys.executable, "-c", SIGN, str(token_file),
+                          str(lab.state_dir / "kube" / "roots.pem"), uri], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def refused_total(lab, reason: str) -> float:
+    """The control plane's refusal counter, from its admin port's /metrics."""
+    out = subprocess.run(["ip", "netns", "exec", lab.fabric_netns(), "curl", "-sS", "--max-time", "5",
+                          f"http://127.0.0.1:{CP_ADMIN_PORT}/metrics"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "trellis_controlplane_requests_refused" in out.stdout, out.stderr
+    return metric_value(out.stdout, "trellis_controlplane_requests_refused_total", op="sign", reason=reason)
+
+
+def test_a_gateway_becomes_a_waypoint_pod_that_gets_its_certificate_by_token_and_carries_traffic(lab, tmp_path):
+    """The control plane makes the Deployment; the lab's kubelet runs its pod with a
+    TokenRequest-projected token and the root ConfigMap; the waypoint's first certificate
+    comes from TokenReview of that token; a request to the Service passes through it."""
+    try:
+        for path, obj in WAYPOINT_OBJECTS:
+            code, body = lab.api("POST", path, obj)
+            assert code == 201, body
+        dep = wait_until(lambda: (r := lab.api("GET", "/apis/apps/v1/namespaces/default/deployments/waypoint"))[0] == 200
+                         and r[1], "the control plane to create the waypoint Deployment", timeout=30)
+        assert dep["metadata"]["ownerReferences"][0]["kind"] == "Gateway"
+        pod = wait_until(lambda: next((p for p in lab.state()["pods"] if p.get("waypoint") == "waypoint"), None),
+                         "the lab's kubelet to run the waypoint pod", timeout=60)
+        code, obj = lab.api("GET", f"/api/v1/namespaces/default/pods/{pod['name']}")
+        assert code == 200 and obj["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+        argv = lab.proc(f"waypoint/default/{pod['name']}")["argv"]
+        assert "--token-file" in argv and "--credential-dir" not in argv
+        token_file = Path(argv[argv.index("--token-file") + 1])
+        cp_log = lab.state_dir / "controlplane.log"
+        wait_until(lambda: f"event=csr_signed waypoint={WAYPOINT_ID}" in cp_log.read_text(),
+                   "the waypoint's first certificate, signed for its token", timeout=60)
+        # the route's filter and the policy show that a request passed the waypoint
+        seen = wait_until(lambda: (r := lab.curl("sleep", f"http://{WP_VIP}/hi")).returncode == 0 and
+                          '"x-trellis-route": "web-wp"' in r.stdout and json.loads(r.stdout),
+                          "a request to the waypoint-fronted Service to pass the waypoint", timeout=60)
+        assert seen["client"].rsplit(":", 1)[0] == pod["address"]   # the app's caller is the waypoint
+        denied = lab.curl("sleep", f"http://{WP_VIP}/admin", "-o", "/dev/null", "-w", "%{http_code}")
+        assert denied.stdout.strip() == "403"
+        # its token is its own identity and nothing else; a non-waypoint pod's token gets nothing
+        before = refused_total(lab, "other_identity"), refused_total(lab, "not_a_waypoint_pod")
+        assert sign_with(lab, token_file, WAYPOINT_ID) == "SIGNED"
+        got = sign_with(lab, token_file, "spiffe://cluster.local/ns/default/sa/web")
+        assert got.startswith("REFUSED") and "may only have its own certificate signed" in got, got
+        code, sleep_pod = lab.api("GET", "/api/v1/namespaces/default/pods/sleep")
+        code, req = lab.api("POST", "/api/v1/namespaces/default/serviceaccounts/sleep/token", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": ["trellis-ca"], "expirationSeconds": 600, "boundObjectRef": {
+                "kind": "Pod", "apiVersion": "v1", "name": "sleep", "uid": sleep_pod["metadata"]["uid"]}}})
+        assert code == 201, req
+        (tmp_path / "sleep-token").write_text(req["status"]["token"])
+        got = sign_with(lab, tmp_path / "sleep-token", "spiffe://cluster.local/ns/default/sa/sleep")
+        assert got.startswith("REFUSED") and "nor of a waypoint: pod default/sleep has no " in got, got
+        assert refused_total(lab, "other_identity") == before[0] + 1
+        assert refused_total(lab, "not_a_waypoint_pod") == before[1] + 1
+    finally:
+        for path, obj in reversed(WAYPOINT_OBJECTS):
+            lab.api("DELETE", f"{path}/{obj['metadata']['name']}")
+    # the Gateway's objects go (the reconciler deletes what it owns), and so does the pod
+    wait_until(lambda: not [p for p in lab.state()["pods"] if p.get("waypoint")], "the waypoint pod to go", timeout=60)
     assert lab.curl("sleep", "http://10.96.0.10/").returncode == 0
 
 

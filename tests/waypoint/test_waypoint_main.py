@@ -40,3 +40,19 @@ def test_standalone_check_and_errors(tmp_path):
     assert res.returncode == 2 and "bad.yaml" in res.stderr and "portz" in res.stderr
     res = run("--standalone-config", str(bad))
     assert res.returncode == 2 and "--listen" in res.stderr
+
+
+def test_token_mode_flags_are_checked_and_files_named(tmp_path):
+    """In a cluster: --token-file with --ca-root-file, instead of --credential-dir."""
+    base = ["--namespace", "default", "--gateway", "waypoint", "--control-plane", "127.0.0.1:15012"]
+    token, root = tmp_path / "token", tmp_path / "root-cert.pem"
+    token.write_text("a-token")
+    res = run(*base, "--token-file", str(token))
+    assert res.returncode == 2 and "--token-file needs --ca-root-file" in res.stderr
+    res = run(*base, "--token-file", str(token), "--ca-root-file", str(root))
+    assert res.returncode == 2 and f"cannot read {root}" in res.stderr and "trellis-ca-root-cert" in res.stderr
+    root.write_text("not a certificate\n")
+    res = run(*base, "--token-file", str(token), "--ca-root-file", str(root))
+    assert res.returncode == 2 and f"{root}: no PEM CERTIFICATE block found" in res.stderr
+    res = run(*base, "--token-file", str(token), "--ca-root-file", str(root), "--credential-dir", str(tmp_path))
+    assert res.returncode == 2 and "one of --credential-dir or --token-file" in res.stderr

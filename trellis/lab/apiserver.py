@@ -12,9 +12,10 @@ these machines; this serves what a client sees of one:
   carrying a Status (code 410, reason Expired) or as an HTTP 410 with a Status body;
 - faults on demand: HTTP 500s, watches dropped mid-stream;
 - TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`) for the tokens in
-  `tokens`, answering as kube-apiserver does (authenticated false with an error for an
-  unknown or expired token, or one for other audiences; the pod-bound extras), GET of
-  one pod, and GET/POST of Secrets (409 AlreadyExists on a second create);
+  `tokens`, and TokenRequest (`POST .../serviceaccounts/SA/token`, as the kubelet asks
+  for a pod's projected token), answering as kube-apiserver does (apiserver_auth.py),
+  GET of one object of a listed kind, and GET/POST of Secrets (409 AlreadyExists on a
+  second create);
 - writes of the listed kinds, as kubectl makes them: POST to the namespaced collection
   (`/apis/G/V/namespaces/NS/PLURAL`, 201, 409 if it exists), PUT and DELETE of one object
   (`.../PLURAL/NAME`, 200, 404 if absent); each becomes a watch event;
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from .apiserver_auth import AuthApis, Token  # noqa: F401 - Token is part of this module's interface
 from .apiserver_pods import COLLECTIONS, PATH_OF, PodsSubresources, _selected, _status
 
 
@@ -46,35 +48,7 @@ class Request:
 
 
 @dataclass
-class Token:
-    """What the API server knows of a ServiceAccount token (bound to a pod on a node)."""
-    namespace: str
-    service_account: str
-    pod: str | None = None
-    node: str | None = None
-    audiences: tuple = ("trellis-ca",)
-    expired: bool = False
-
-    def review(self, audiences: list) -> dict:
-        if self.expired:
-            return {"authenticated": False, "error": "[invalid bearer token, service account token has expired]"}
-        if audiences and not set(audiences) & set(self.audiences):
-            return {"authenticated": False, "error": "[invalid bearer token, token audiences "
-                                                     f"{list(self.audiences)} is invalid for the target audiences {audiences}]"}
-        extra = {}
-        if self.pod:
-            extra["authentication.kubernetes.io/pod-name"] = [self.pod]
-            extra["authentication.kubernetes.io/pod-uid"] = [str(uuid.uuid5(uuid.NAMESPACE_DNS, self.pod))]
-        if self.node:
-            extra["authentication.kubernetes.io/node-name"] = [self.node]
-        return {"authenticated": True, "audiences": list(audiences or self.audiences),
-                "user": {"username": f"system:serviceaccount:{self.namespace}:{self.service_account}",
-                         "groups": ["system:serviceaccounts", f"system:serviceaccounts:{self.namespace}",
-                                    "system:authenticated"], "extra": extra}}
-
-
-@dataclass
-class ApiServerStandIn(PodsSubresources):
+class ApiServerStandIn(PodsSubresources, AuthApis):
     gone_as: str = "event"              # how a too-old resourceVersion is refused: "event" or "http"
     bookmark_every: float | None = None  # seconds between BOOKMARKs on each watch, if asked for
     token: str | None = None            # the bearer token every request must carry, if set
@@ -176,7 +150,8 @@ class ApiServerStandIn(PodsSubresources):
                 self._requested.set()
                 self._requested = trio.Event()
                 auth = "x509" if client_cert else dict(event.headers).get(b"authorization", b"").decode()
-                if event.method != b"GET" or url.path.startswith(("/api/v1/namespaces/", "/apis/authentication")):
+                if event.method != b"GET" or url.path.startswith(("/api/v1/namespaces/", "/apis/authentication")) \
+                        or _named(url.path.strip("/").split("/")):
                     await self._object(conn, stream, event.method.decode(), url.path, body, auth, params)
                 else:
                     await self._route(conn, stream, url.path, params, auth)
@@ -236,11 +211,10 @@ class ApiServerStandIn(PodsSubresources):
         parts = path.strip("/").split("/")
         req = json.loads(body) if body else {}
         if method == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
-            spec = req.get("spec") or {}
-            token = self.tokens.get(spec.get("token"))
-            status = token.review(spec.get("audiences") or []) if token else \
-                {"authenticated": False, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}
-            await self._send_json(conn, stream, 201, {**req, "status": status})
+            await self._send_json(conn, stream, *self.token_review(req))
+        elif method == "POST" and len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] \
+                and parts[4] == "serviceaccounts" and parts[6] == "token":
+            await self._send_json(conn, stream, *self.token_request(parts[3], parts[5], req))
         elif method == "GET" and parts[:3] == ["api", "v1", "namespaces"] and parts[4:5] == ["pods"] and len(parts) != 6:
             await self._pods(conn, stream, parts, params)
         elif method == "GET" and parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and parts[4] == "pods":
@@ -257,6 +231,10 @@ class ApiServerStandIn(PodsSubresources):
                 await self._missing_release.wait()
             await self._send_json(conn, stream, *((200, secret) if secret else
                                                   (404, _status(404, "NotFound", f'secrets "{parts[5]}" not found'))))
+        elif method == "GET" and _named(parts):
+            obj = self.objects.get(_collection(parts), {}).get((parts[-3], parts[-1]))
+            await self._send_json(conn, stream, *((200, obj) if obj else
+                                                  (404, _status(404, "NotFound", f'{parts[-2]} "{parts[-1]}" not found'))))
         elif method in ("POST", "PUT", "DELETE") and _collection(parts) in COLLECTIONS:
             await self._write(conn, stream, method, parts, req)
         elif method == "POST" and len(parts) == 5 and parts[4] == "secrets":
@@ -314,11 +292,14 @@ class ApiServerStandIn(PodsSubresources):
         with trio.move_on_after(float(params.get("timeoutSeconds", 1800))):
             sent = since
             while True:
-                for rv, p, kind, obj in list(self.events):
-                    if p == path and rv > sent and _selected(obj, params):
-                        await stream.send_all(conn.send(h11.Data(data=_line(kind, obj))))
-                sent = self.rv
+                # take the change event before the batch: a write made while a line is being
+                # sent (send_all yields) lands after the batch and sets this event
                 changed = self._changed
+                batch = [e for e in self.events if e[0] > sent]
+                for rv, p, kind, obj in batch:
+                    if p == path and _selected(obj, params):
+                        await stream.send_all(conn.send(h11.Data(data=_line(kind, obj))))
+                sent = batch[-1][0] if batch else sent
                 with trio.move_on_after(bookmarks or float("inf")):
                     async with trio.open_nursery() as n:
                         n.start_soon(_set_when, changed, n.cancel_scope)
@@ -339,6 +320,11 @@ def _collection(parts: list[str]) -> str:
         return ""
     i = parts.index("namespaces")
     return "/" + "/".join(parts[:i] + [parts[i + 2]])
+
+
+def _named(parts: list[str]) -> bool:
+    """`.../namespaces/NS/PLURAL/NAME` of a listed kind: one namespaced object."""
+    return "namespaces" in parts and len(parts) == parts.index("namespaces") + 4 and _collection(parts) in COLLECTIONS
 
 
 async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:

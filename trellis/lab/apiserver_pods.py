@@ -11,8 +11,14 @@ from controlplane.sources.kubernetes import COLLECTIONS as SOURCE_COLLECTIONS
 from meshcore import admin
 
 # the collections are Kubernetes' own API paths, the same the source reads, plus the
-# Deployments the control plane writes for waypoints (controlplane/waypoints.py)
-COLLECTIONS = {**SOURCE_COLLECTIONS, "/apis/apps/v1/deployments": ("apps/v1", "Deployment")}
+# Deployments the control plane writes for waypoints (controlplane/waypoints.py), the
+# ReplicaSets the lab's Deployment controller makes for them (trellis/lab/kubelet.py) and
+# the ConfigMaps the control plane publishes the mesh root in (controlplane/rootcert.py)
+COLLECTIONS = {**SOURCE_COLLECTIONS, "/apis/apps/v1/deployments": ("apps/v1", "Deployment"),
+               "/apis/apps/v1/replicasets": ("apps/v1", "ReplicaSet"), "/api/v1/configmaps": ("v1", "ConfigMap")}
+FIELDS = {"spec.nodeName": lambda o: (o.get("spec") or {}).get("nodeName"),
+          "metadata.name": lambda o: (o.get("metadata") or {}).get("name"),
+          "metadata.namespace": lambda o: (o.get("metadata") or {}).get("namespace")}
 PATH_OF = {kind: path for path, (_, kind) in COLLECTIONS.items()}
 
 
@@ -57,19 +63,19 @@ class PodsSubresources:
 
 
 def _selected(obj: dict, params: dict) -> bool:
-    """fieldSelector, as far as the node agent uses it: `spec.nodeName=<node>`; labelSelector
-    of equality terms `k=v,k2=v2`."""
+    """fieldSelector of equality terms on the fields clients here use (`spec.nodeName`,
+    `metadata.name`, `metadata.namespace`); labelSelector of equality terms `k=v,k2=v2`."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
     for term in filter(None, params.get("labelSelector", "").split(",")):
         key, _, value = term.partition("=")
         if labels.get(key) != value:
             return False
-    selector = params.get("fieldSelector")
-    if not selector:
-        return True
-    field_path, _, value = selector.partition("=")
-    assert field_path == "spec.nodeName", f"the stand-in knows no field selector {selector!r}"
-    return (obj.get("spec") or {}).get("nodeName") == value
+    for term in filter(None, params.get("fieldSelector", "").split(",")):
+        field_path, _, value = term.partition("=")
+        assert field_path in FIELDS, f"the stand-in knows no field selector {term!r}"
+        if FIELDS[field_path](obj) != value:
+            return False
+    return True
 
 
 def _status(code: int, reason: str, message: str) -> dict:

@@ -95,6 +95,8 @@ def start(p: LabPlan, st, sdir: Path, start_proc, check_alive, echo) -> None:
     _wait("the API server to answer", lambda: _answers(sdir, p.fabric_netns), check_alive)
     echo(f"processes: control plane --source kubernetes in {p.fabric_netns} at {FABRIC_IP}:{CP_PORT}")
     start_proc("controlplane", [py, "-m", "controlplane", "--source", "kubernetes", "--kubeconfig", kcfg,
+                                # the lab has no cluster DNS: waypoint pods reach it by address
+                                "--waypoint-control-plane", f"{FABRIC_IP}:{CP_PORT}",
                                 "--trust-domain", td, "--listen", f"{FABRIC_IP}:{CP_PORT}",
                                 "--admin", f"127.0.0.1:{CP_ADMIN_PORT}",
                                 *(["--cert-ttl", p.lab.cert_ttl] if p.lab.cert_ttl else [])],

@@ -53,6 +53,7 @@ class LabState:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
     mesh: bool = True
+    kubernetes: bool = False             # `lab up --kubernetes`: waypoint pods follow the API (kubelet.py)
     phase: str = "creating"              # creating -> up
     supervisor: Proc | None = None       # restarts components that exit (started once up)
 

@@ -13,7 +13,8 @@ left down until `trellis lab start`.
 
 It also runs the lab's waypoint controller (trellis/lab/waypointpods.py): once a second it
 starts and stops waypoint pods as Gateways of class `trellis-waypoint` come and go in the
-live config.
+live config; in a lab up with --kubernetes, as the control plane's waypoint Deployments
+come and go in the API server (trellis/lab/kubelet.py).
 """
 from __future__ import annotations
 
@@ -77,8 +78,13 @@ class Supervisor:
         self.stopping = False
         self.controller = None
         if waypoints:
-            from .waypointpods import WaypointController
-            self.controller = WaypointController(sdir)
+            st = state.load(sdir)
+            if st is not None and st.kubernetes:   # waypoint Deployments in the API server
+                from .kubelet import KubeletController
+                self.controller = KubeletController(sdir)
+            else:                                  # Gateways in the live config
+                from .waypointpods import WaypointController
+                self.controller = WaypointController(sdir)
         self.next_reconcile = 0.0
 
     def _open(self, p: Proc) -> int | None:

@@ -225,7 +225,7 @@ def up(lab_dir: Path, *, mesh: bool = True, echo: Echo = print, ready_timeout: f
     echo("preflight: root, cgroup2, ip" + (", bcc" if mesh else ""))
     mount = preflight(mesh)
     st = LabState(lab_dir=str(lab_dir), prefix=p.prefix, trust_domain=lab.trust_domain, cgroup_mount=str(mount),
-                  cgroup_root=str(mount / p.cgroup_root), mesh=mesh,
+                  cgroup_root=str(mount / p.cgroup_root), mesh=mesh, kubernetes=kubernetes,
                   nodes=[{"name": n.name, "netns": n.netns, "fabricIP": n.fabric_ip, "podCIDR": n.pod_cidr}
                          for n in p.nodes],
                   pods=[{"name": q.spec.name, "namespace": q.spec.namespace, "node": q.spec.node,

@@ -102,7 +102,8 @@ class WaypointController:
         self._report(errors)
         return todo
 
-    def create(self, st: LabState, pod: WaypointPod) -> None:
+    def sandbox(self, st: LabState, pod: WaypointPod) -> Path:
+        """The pod's netns, veth, address, route and cgroup (recorded first); its cgroup path."""
         root = Path(st.cgroup_root or "")
         node = next(n for n in st.nodes if n["name"] == pod.node)
         st.pods.append(pod.record(str(root)))
@@ -112,6 +113,11 @@ class WaypointController:
         net.add_netns(pod.netns)
         net.link_pod(node["netns"], pod.host_veth, pod.netns, pod.address, pod.gateway_ip)
         cgroups.create(root / pod.cgroup)
+        return root / pod.cgroup
+
+    def create(self, st: LabState, pod: WaypointPod) -> None:
+        root = Path(st.cgroup_root or "")
+        self.sandbox(st, pod)
         creds = credential_dir(self.sdir, pod.namespace, pod.name)
         credentials.issue_workload(self.sdir / "ca", st.trust_domain, pod.namespace, pod.service_account, creds)
         env = {"POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace, "POD_IP": pod.address, "NODE_NAME": pod.node}

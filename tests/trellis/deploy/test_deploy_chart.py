@@ -134,13 +134,19 @@ def test_rbac_is_least_privilege(objs):
     for group, res in [("apps", "deployments"), ("", "services"), ("", "serviceaccounts")]:
         for verb in ("create", "update", "delete"):
             assert allowed(cp["rules"], group, res, verb), (res, verb)
+    # waypoints in a cluster: their pods' owners read, the mesh root ConfigMap in every namespace kept
+    assert allowed(cp["rules"], "apps", "replicasets", "get")
+    assert not any(allowed(cp["rules"], "apps", "replicasets", v) for v in ("create", "update", "delete", "list"))
+    for verb in ("get", "list", "watch", "create", "update"):
+        assert allowed(cp["rules"], "", "configmaps", verb), verb
+    assert not any(allowed(cp["rules"], "", "configmaps", v) for v in ("delete", "patch", "deletecollection"))
     # no cluster-wide access to secrets; in its own namespace: create, and get only the CA's
     assert not any("secrets" in x["resources"] for o in objs if o["kind"] == "ClusterRole" for x in o["rules"])
     ca = _one(objs, "Role", "trellis-controlplane-ca")
     assert ca["metadata"]["namespace"] == chart.NAMESPACE
     secret_rules = [x for x in ca["rules"] if "secrets" in x["resources"]]
     assert {(tuple(x["verbs"]), tuple(x.get("resourceNames", ()))) for x in secret_rules} == {
-        (("create",), ()), (("get",), ("trellis-ca",))}
+        (("create",), ()), (("get",), ("cacerts", "trellis-ca"))}
 
 
 def test_daemonset_shape(objs):
@@ -161,7 +167,18 @@ def test_daemonset_shape(objs):
         assert x["resources"]["requests"] and x["resources"]["limits"]
     token = next(v for v in spec["volumes"] if v["name"] == "token")["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "trellis-controlplane" and token["path"] == "trellis-token"
-    assert any(m["name"] == "token" for m in c["ztunnel"]["volumeMounts"])
+    root = next(v for v in spec["volumes"] if v["name"] == "ca-root")["configMap"]
+    assert root == {"name": "trellis-ca-root-cert", "optional": True}   # published by the control plane
+    # both authenticate with the token and trust the published root: no node certificate on the host
+    for name in ("ztunnel", "node-agent"):
+        args = c[name]["args"]
+        assert "--token-file=/var/run/secrets/tokens/trellis-token" in args, name
+        assert "--ca-root-file=/var/run/trellis/ca-root/root-cert.pem" in args, name
+        assert not [a for a in args if a.startswith("--credential-dir")], name
+        assert {m["name"]: m["mountPath"] for m in c[name]["volumeMounts"]}["token"] == "/var/run/secrets/tokens"
+    assert {"--source=kubernetes", "--node-address=$(NODE_IP)"} <= set(c["node-agent"]["args"])
+    cp = _one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--token-audience=trellis-controlplane" in cp   # the audience the tokens are projected for
 
 
 def test_control_plane_pdb_selects_its_pods(objs):
@@ -171,11 +188,11 @@ def test_control_plane_pdb_selects_its_pods(objs):
     assert dep["spec"]["replicas"] == 1 and pdb["spec"] == {"maxUnavailable": 1, "selector": pdb["spec"]["selector"]}
     three = chart.render({"controlPlane": {"replicas": 3}})
     assert _one(three, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
-    # every replica signs with the CA from the Secret, copied in before the control plane starts
+    # every replica signs with the one CA the control plane keeps in Secrets (controlplane/casecret.py)
     spec = dep["spec"]["template"]["spec"]
-    assert spec["initContainers"][0]["volumeMounts"][1]["mountPath"] == "/etc/trellis/cacerts"
-    assert {"name": "cacerts", "secret": {"secretName": "trellis-ca", "optional": True, "defaultMode": 0o440}} \
-        in spec["volumes"]
+    args = spec["containers"][0]["args"]
+    assert "--source=kubernetes" in args and not [a for a in args if a.startswith("--ca-dir")]
+    assert "initContainers" not in spec
     svc = _one(objs, "Service")
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert svc["spec"]["ports"][0]["port"] == 15012
@@ -222,7 +239,7 @@ def test_every_flag_the_chart_passes_exists_in_the_component(objs):
         for arg in c["args"]:
             assert arg.split("=", 1)[0] in known, f"{c['name']}: {module} has no {arg.split('=', 1)[0]}"
             checked += 1
-    assert checked == 21  # 7 control plane, 6 node agent (one --exclude-port), 8 ztunnel
+    assert checked == 26  # 7 control plane, 10 node agent (one --exclude-port), 9 ztunnel
 
 
 def test_values_schema_is_a_valid_json_schema_and_accepts_the_defaults():
