@@ -10,7 +10,6 @@ whole so that a retry can send it again) and a `send(event)` coroutine for the a
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -27,6 +26,7 @@ from .filters.timeouts import Deadlines
 from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, without
 from .metrics import Metrics, log_request
 from .routing import Backend, apply_response_headers
+from .tracing import Tracer
 from .upstream import AttemptFailed, Upstream
 from .view import Target, View
 
@@ -42,24 +42,11 @@ class Caller:
     security: str = "mutual_tls"    # connection_security_policy
 
 
-def traceparent(value: str | None) -> str:
-    """W3C Trace Context: keep the trace id and flags, a new span id; a new trace when absent/invalid."""
-    parts = (value or "").strip().split("-")
-    span = os.urandom(8).hex()
-    if (len(parts) == 4 and len(parts[0]) == 2 and len(parts[1]) == 32 and len(parts[3]) == 2
-            and parts[0] != "ff" and parts[1] != "0" * 32 and all(_hex(p) for p in parts)):
-        return f"{parts[0]}-{parts[1]}-{span}-{parts[3]}"
-    return f"00-{os.urandom(16).hex()}-{span}-01"
-
-
-def _hex(s: str) -> bool:
-    return all(c in "0123456789abcdef" for c in s)
-
-
 class Pipeline:
     def __init__(self, view_of: Callable[[], View], upstream: Upstream, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, tracer: Tracer | None = None):
         self.view_of, self.upstream, self.metrics, self.clock = view_of, upstream, metrics, clock
+        self.tracer = tracer or Tracer()
         self._queued: dict[int, trio.Event] = {}
 
     async def handle(self, req: Request, body: bytes, caller: Caller, target: Target, send: Send) -> int:
@@ -71,7 +58,8 @@ class Pipeline:
                       destination_service_name=svc.name, destination_service_namespace=svc.namespace,
                       request_protocol="grpc" if req.is_grpc else caller.protocol,
                       connection_security_policy=caller.security)
-        info: dict = {}
+        span = self.tracer.begin(req.header("traceparent"), req.header("tracestate"))
+        info: dict = {"traceparent": span.traceparent}
         status = await self._run(view, req, body, caller, target, send, labels, info)
         labels["response_code"] = str(status)
         millis = (self.clock() - start) * 1000
@@ -79,6 +67,7 @@ class Pipeline:
         log_request(reporter="waypoint", method=req.method, path=req.target, authority=req.authority,
                     status=status, duration_ms=round(millis, 1), src=caller.address,
                     **{"src.identity": caller.identity, "dst.service": svc.key}, **info)
+        self.tracer.end(span, req, status, caller, target, labels, info)
         return status
 
     async def _respond(self, send: Send, status: int, body: str, extra=()) -> int:
@@ -150,7 +139,7 @@ class Pipeline:
         retry = RetryState(decision.retry if decision else None, cluster.budget, view.rng)
         retry.body.add(body)
         deadlines = Deadlines.of(decision.timeouts if decision else None, self.clock())
-        out = self._outgoing(req, body)
+        out = self._outgoing(req, body, info["traceparent"])
         info["attempts"] = 0
         while True:
             if target.workload is not None:
@@ -205,9 +194,9 @@ class Pipeline:
                                                       f"{info.get('error')}")
             return await self._relay(conn, resp, decision, send, deadlines)
 
-    def _outgoing(self, req: Request, body: bytes) -> Request:
+    def _outgoing(self, req: Request, body: bytes, traceparent: str) -> Request:
         headers = without(end_to_end(req.headers), "content-length", "traceparent")
-        headers += (("traceparent", traceparent(req.header("traceparent"))),)
+        headers += (("traceparent", traceparent),)
         if body or req.method in ("POST", "PUT", "PATCH"):
             headers += (("content-length", str(len(body))),)
         return req.with_(headers=headers)
