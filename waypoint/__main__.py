@@ -88,7 +88,9 @@ def build(argv: list[str]) -> Waypoint:
         if not a.listen:
             raise StartupError("--standalone-config needs --listen HOST:PORT")
         cfg.standalone_listen = a.listen
-        cfg.metrics = cfg.ready = None if a.metrics == ("0.0.0.0", ports.METRICS) else a.metrics
+        # metrics and readiness only when asked for (the bench runs beside other processes)
+        cfg.metrics = None if a.metrics == ("0.0.0.0", ports.METRICS) else a.metrics
+        cfg.ready = None if a.ready == ("0.0.0.0", ports.READY) else a.ready
         wp = Waypoint(cfg, resources=load_standalone(a.standalone_config))
         try:
             target = wp._only_target()
