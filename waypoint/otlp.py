@@ -50,7 +50,12 @@ class SpanRecord:
 
 
 # ---- protobuf wire format (https://protobuf.dev/programming-guides/encoding/) -------------
+_SMALL = [bytes((i,)) for i in range(128)]   # most varints are one byte: tags, short lengths
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL[n]
     n &= (1 << 64) - 1          # int64: negative numbers as their 64-bit two's complement
     out = bytearray()
     while n > 0x7F:
@@ -101,9 +106,17 @@ def any_value(v: Value) -> bytes:
     return _message(1, str(v).encode())
 
 
+_KEYS: dict[str, bytes] = {}   # the attribute names are a small fixed set: encode each once
+
+
 def key_value(key: str, v: Value) -> bytes:
     """common.v1.KeyValue: key 1, value 2."""
-    return _str(1, key) + _message(2, any_value(v))
+    k = _KEYS.get(key)
+    if k is None:
+        k = _str(1, key)
+        if len(_KEYS) < 256:
+            _KEYS[key] = k
+    return k + _message(2, any_value(v))
 
 
 def _attributes(field: int, attrs: Iterable[tuple[str, Value]]) -> bytes:
