@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -173,6 +172,7 @@ def server_span(req, status: int, caller, target, labels: Mapping[str, str], inf
 
 # ---- span context -------------------------------------------------------------------------
 _HEX = frozenset("0123456789abcdef")
+_ids = random.Random()
 
 
 def _hex(s: str, n: int) -> bool:
@@ -202,14 +202,17 @@ def child_of(traceparent: str | None, tracestate: str | None, sample_new: float 
     """W3C Trace Context level 1: keep a valid parent's trace id, flags and tracestate; else a
     new trace, sampled with probability sample_new percent. A version above 00 is read by its
     first four fields, as the spec asks; version ff and all-zero ids are invalid."""
-    span_id = os.urandom(8).hex()
+    # random, not os.urandom: ids need to be unique, not secret (the OpenTelemetry SDK does
+    # the same), and urandom costs a getrandom() system call per id on every request
+    r = rng or _ids
+    span_id = f"{r.getrandbits(64) or 1:016x}"
     parts = (traceparent or "").strip().split("-")
     if (len(parts) >= 4 and len(parts[0]) == 2 and set(parts[0]) <= _HEX and parts[0] != "ff"
             and (len(parts) == 4 or parts[0] != "00") and _hex(parts[1], 32) and _hex(parts[2], 16)
             and len(parts[3]) == 2 and set(parts[3]) <= _HEX):
         return Span(parts[1], span_id, parts[2], int(parts[3], 16), (tracestate or "").strip())
-    sampled = sample_new >= 100 or (rng or random).random() * 100 < sample_new
-    return Span(os.urandom(16).hex(), span_id, "", 1 if sampled else 0, "")
+    sampled = sample_new >= 100 or r.random() * 100 < sample_new
+    return Span(f"{r.getrandbits(128) or 1:032x}", span_id, "", 1 if sampled else 0, "")
 
 
 class Tracer:
