@@ -236,10 +236,7 @@ class Bench:
     def trellis_l7(self, zt: list[int]) -> None:
         """Through the mesh and the waypoint: the same wrk, to the waypoint-fronted VIP. The
         waypoint's own requests counters tell the split that really happened."""
-        wp = self.pids(f"waypoint/{WAYPOINT_POD[0]}/{WAYPOINT_POD[1]}")
-        if not wp:
-            raise RuntimeError(f"no waypoint pod {WAYPOINT_POD[0]}/{WAYPOINT_POD[1]} in the lab (bench/lab/config/l7.yaml)")
-        self._wait_through(MESH_CLIENT, f"http://{L7_VIP}/", timeout=60)
+        wp = self._wait_through(MESH_CLIENT, f"http://{L7_VIP}/", timeout=90)
         before = self._split()
         rss_waypoint = sum(measure.rss_kib(p) for p in measure.tree(wp[0])) / 1024
         row = self.request_response("trellis-l7", "ztunnel x2 + waypoint (HBONE)", "1 process each", MESH_CLIENT,
@@ -255,16 +252,20 @@ class Bench:
         text = self.exec(WAYPOINT_POD, "curl", "-s", "--max-time", "10", f"http://127.0.0.1:{ports.METRICS}/metrics")
         return {b: measure.prometheus_sum(text, "istio_requests_total", destination_service_name=b) for b in L7_BACKENDS}
 
-    def _wait_through(self, pod, url: str, timeout: float) -> None:
-        """Until a request through `url` is answered (the waypoint pod starts after `lab up`)."""
+    def _wait_through(self, pod, url: str, timeout: float) -> list[int]:
+        """Until the waypoint pod runs (the lab's supervisor starts it after `lab up`) and a
+        request through `url` is answered; its pids."""
+        name = f"waypoint/{WAYPOINT_POD[0]}/{WAYPOINT_POD[1]}"
         deadline = time.monotonic() + timeout
         while True:
+            wp = self.pids(name)
             res = self.cli("lab", "exec", pod[1], "-n", pod[0], "--", "curl", "-s", "--max-time", "2", url, timeout=30)
-            if res.returncode == 0 and res.stdout.strip() == "ok":
-                return
+            if wp and res.returncode == 0 and res.stdout.strip() == "ok":
+                return wp
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing answered through {url} within {timeout:g} s: {res.stdout[-200:]}"
-                                   f"{res.stderr[-200:]} (see the waypoint's log in {self.opts.state_dir})")
+                raise RuntimeError(f"no waypoint pod {name} answering through {url} within {timeout:g} s "
+                                   f"(bench/lab/config/l7.yaml; logs in {self.opts.state_dir}): "
+                                   f"{res.stdout[-200:]}{res.stderr[-200:]}")
             time.sleep(0.5)
 
     def churn(self, zt: list[int]) -> None:
