@@ -243,7 +243,11 @@ class Tracer:
     def configure(self, annotations: Mapping[str, str]) -> None:
         """A new snapshot: the Gateway's annotations over the process's settings."""
         before = self.settings.endpoint
-        self.settings = for_gateway(self.base, annotations)
+        try:
+            self.settings = for_gateway(self.base, annotations)
+        except ValueError as exc:   # validated with the Gateway already; never let a snapshot stop us
+            log.warning("waypoint: ignoring the Gateway's tracing annotations: %s", exc)
+            self.settings = self.base
         if self.settings.endpoint != before:
             log.info("waypoint: span export %s", f"to {self.settings.endpoint.url}" if self.settings.endpoint
                      else "off")

@@ -150,3 +150,12 @@ def test_bad_tracing_annotations_name_the_file_object_and_field():
     assert "gw.yaml" in text and "waypoint" in text
     assert "metadata.annotations.trellis.dev/otlp-endpoint" in text and "'c:4318'" in text
     assert "metadata.annotations.trellis.dev/trace-sampling" in text and "'all'" in text
+
+
+def test_a_bad_annotation_at_runtime_keeps_the_process_settings(caplog):
+    base = settings_from({}, "http://process:4318")
+    t = Tracer("w.ns", "ns", base)
+    t.configure({"trellis.dev/otlp-endpoint": "http://gw:4318"})
+    assert t.settings.endpoint.url == "http://gw:4318/v1/traces"
+    t.configure({"trellis.dev/otlp-endpoint": "not a url", "trellis.dev/trace-sampling": "5"})
+    assert t.settings == base and "ignoring the Gateway's tracing annotations" in caplog.text
