@@ -159,3 +159,14 @@ def test_a_bad_annotation_at_runtime_keeps_the_process_settings(caplog):
     assert t.settings.endpoint.url == "http://gw:4318/v1/traces"
     t.configure({"trellis.dev/otlp-endpoint": "not a url", "trellis.dev/trace-sampling": "5"})
     assert t.settings == base and "ignoring the Gateway's tracing annotations" in caplog.text
+
+
+def test_the_readme_tracing_example_is_a_valid_gateway():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("#### Tracing: one OTLP span per request", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    res = parse_documents(block, "README.md")
+    assert res.errors == [], res.errors
+    (gw,) = res.resources
+    s = for_gateway(Settings(), gw.annotations)
+    assert (s.endpoint.url, s.sampling) == ("http://otel-collector.observability:4318/v1/traces", 10.0)
