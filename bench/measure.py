@@ -90,3 +90,10 @@ def tree(pid: int) -> list[int]:
         out.append(p)
         todo += children.get(p, [])
     return out
+
+
+def prometheus_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of a sample over the series carrying these labels, in Prometheus text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))

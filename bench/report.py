@@ -83,17 +83,23 @@ def ratios(rows: list[Row]) -> str:
 
 
 def l7(rows: list[Row]) -> str:
-    """The L7 peers against the direct path; Trellis has no L7 row until the waypoint exists."""
+    """The L7 peers and trellis-l7 against the direct path; trellis-l7 against trellis-l4
+    (issue 11's target: at least half its req/s)."""
     rows = _with_figures(rows)
     by = {r.scenario: r for r in rows}
-    direct, measured = by.get("direct"), [by[p] for p in L7_PEERS if p in by]
+    direct = by.get("direct")
+    measured = [by[p] for p in (*L7_PEERS, "trellis-l7") if p in by]
     out = []
     if measured:
         out.append("L7: HTTP/1.1 proxies with retries, one worker each (req/s and p99 vs direct; CPU ms/req):")
         for r in measured:
             out.append(f"  {r.scenario:<14} {_ratio(r.rps, direct and direct.rps):>7} "
                        f"{_ratio(r.p99_ms, direct and direct.p99_ms):>7} {_fmt(r.cpu_ms_per_req):>7}")
-    out.append(f"  {'trellis-l7':<14} waypoint not built yet (a later issue)")
+    mesh_l7, l4 = by.get("trellis-l7"), by.get("trellis-l4")
+    if mesh_l7 and l4:
+        verdict = "PASS" if mesh_l7.rps >= 0.5 * l4.rps else "MISS"
+        out.append(f"trellis-l7 vs trellis-l4 (req/s, p99): {_ratio(mesh_l7.rps, l4.rps)} "
+                   f"{_ratio(mesh_l7.p99_ms, l4.p99_ms)}   {verdict}  L7 req/s >= 0.5x trellis-l4 (issue 11)")
     return "\n".join(out)
 
 
@@ -159,5 +165,7 @@ def render(rows: list[Row]) -> str:
     t = targets(rows)
     if t:
         parts += ["", TARGETS_HEADER] + [f"  {v:<4}  {name}  ({fig})" for name, v, fig in t]
-    parts += ["", l7(rows)]
+    block = l7(rows)
+    if block:
+        parts += ["", block]
     return "\n".join(parts)

@@ -24,10 +24,12 @@ LAB_DIR = Path(__file__).parent / "lab"
 TRELLIS = str(Path(sys.executable).parent / "trellis")
 L4_PEERS = ["stunnel", "envoy-hbone"]
 L7_PEERS = list(l7peers.NAMES)
-ALL = ["direct", "trellis-l4", *L4_PEERS, *L7_PEERS, "churn", "idle-1k", "idle-10k", "config-push-10k"]
+ALL = ["direct", "trellis-l4", *L4_PEERS, *L7_PEERS, "trellis-l7", "churn", "idle-1k", "idle-10k", "config-push-10k"]
 QUICK = ["direct", "trellis-l4", "stunnel"]
 PLAIN_CLIENT, MESH_CLIENT = ("plain", "client"), ("mesh", "client")
 VIP, WEB_PORT = "10.96.0.10", 8080
+# trellis-l7 (bench/lab/config/l7.yaml): the waypoint-fronted VIP, its pod, the split's backends
+L7_VIP, WAYPOINT_POD, L7_BACKENDS = "10.96.0.20", ("mesh", "waypoint-0"), ("web-v1", "web-v2")
 # stunnel holds two descriptors per connection on each side: idle-10k needs more than 20,000
 FD_LIMIT = 65536
 
@@ -227,6 +229,8 @@ class Bench:
                 self.rows.append(self.request_response(
                     name, l7peers.PROXY[name], peer.workers, PLAIN_CLIENT, f"http://127.0.0.1:{port}/", None,
                     _pids(peer)))
+        elif name == "trellis-l7":
+            self.trellis_l7(zt)
         elif name == "churn":
             self.churn(zt)
         elif name.startswith("idle-"):
@@ -235,6 +239,41 @@ class Bench:
             self.config_push(int(name.rsplit("-", 1)[1].replace("k", "000")), zt)
         else:
             raise ValueError(f"unknown scenario {name!r} (known: {', '.join(ALL)})")
+
+    def trellis_l7(self, zt: list[int]) -> None:
+        """Through the mesh and the waypoint: the same wrk, to the waypoint-fronted VIP. The
+        waypoint's own requests counters tell the split that really happened."""
+        wp = self._wait_through(MESH_CLIENT, f"http://{L7_VIP}/", timeout=90)
+        before = self._split()
+        rss_waypoint = sum(measure.rss_kib(p) for p in measure.tree(wp[0])) / 1024
+        row = self.request_response("trellis-l7", "ztunnel x2 + waypoint (HBONE)", "1 process each", MESH_CLIENT,
+                                    f"http://{L7_VIP}/", None, zt + wp)
+        after = self._split()
+        v1, v2 = (after[b] - before[b] for b in L7_BACKENDS)
+        row.extra.update(waypoint_rss_idle_mib=rss_waypoint, requests=int(v1 + v2),
+                         v2_share=v2 / (v1 + v2) if v1 + v2 else None)
+        self.rows.append(row)
+
+    def _split(self) -> dict[str, float]:
+        """Requests the waypoint sent to each backend Service so far (its /metrics)."""
+        text = self.exec(WAYPOINT_POD, "curl", "-s", "--max-time", "10", f"http://127.0.0.1:{ports.METRICS}/metrics")
+        return {b: measure.prometheus_sum(text, "istio_requests_total", destination_service_name=b) for b in L7_BACKENDS}
+
+    def _wait_through(self, pod, url: str, timeout: float) -> list[int]:
+        """Until the waypoint pod runs (the lab's supervisor starts it after `lab up`) and a
+        request through `url` is answered; its pids."""
+        name = f"waypoint/{WAYPOINT_POD[0]}/{WAYPOINT_POD[1]}"
+        deadline = time.monotonic() + timeout
+        while True:
+            wp = self.pids(name)
+            res = self.cli("lab", "exec", pod[1], "-n", pod[0], "--", "curl", "-s", "--max-time", "2", url, timeout=30)
+            if wp and res.returncode == 0 and res.stdout.strip() == "ok":
+                return wp
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no waypoint pod {name} answering through {url} within {timeout:g} s "
+                                   f"(bench/lab/config/l7.yaml; logs in {self.opts.state_dir}): "
+                                   f"{res.stdout[-200:]}{res.stderr[-200:]}")
+            time.sleep(0.5)
 
     def churn(self, zt: list[int]) -> None:
         """A new connection per request: the handshake and tunnel setup cost."""
@@ -268,6 +307,7 @@ class Bench:
     def _idle_row(self, scenario: str, proxy: str, workers: str, pod, dest: tuple[str, int], server_pod,
                   pids: list[int], n: int) -> None:
         _, rss0 = self._usage(pids)
+        already = self._established(server_pod)   # e.g. a waypoint's kept-alive connections to the app
         deadline = time.monotonic() + 60 + n / 100
         proc = subprocess.Popen([TRELLIS, "lab", "exec", pod[1], "-n", pod[0], "--", "python3", "-c", idle_client(n, *dest)],
                                 env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -279,7 +319,7 @@ class Bench:
                 raise RuntimeError(f"{scenario}: the client could not open {n} connections to {dest[0]}:{dest[1]} "
                                    f"in time: {line} {proc.stderr.read()[-500:]}")
             # the proxies accept at once and tunnel behind: count them arrived at the app
-            while (seen := self._established(server_pod)) < n:
+            while (seen := self._established(server_pod) - already) < n:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{scenario}: only {seen} of {n} connections reached the app "
                                        f"in {server_pod[0]}/{server_pod[1]} in time")

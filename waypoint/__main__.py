@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from meshcore.identity import CertBundle, split_pem_chain
 from meshcore.resources.loader import load_file
 
 from .app import Config, Waypoint, client_for
+from .tracing import settings_from
 
 CREDENTIAL_FILES = ("cert.pem", "key.pem", "roots.pem")
 
@@ -70,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone-config", type=Path, help="plaintext mode (bench): resources from this YAML file")
     p.add_argument("--listen", type=host_port, help="standalone mode: the plaintext listener")
     p.add_argument("--check", action="store_true", help="standalone mode: validate the config and exit")
+    p.add_argument("--otlp-endpoint", help="export a span per request to this OTLP/HTTP collector, e.g. "
+                   "http://otel-collector:4318 (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+                   "$OTEL_EXPORTER_OTLP_ENDPOINT; the Gateway's trellis.dev/otlp-endpoint overrides)")
+    p.add_argument("--trace-sampling", type=float, help="percent of new traces recorded (default 100)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -78,11 +84,17 @@ def build(argv: list[str]) -> Waypoint:
     a = parser().parse_args(argv)
     cfg = Config(a.namespace, a.gateway, a.trust_domain, a.service_account, a.control_plane, a.credential_dir,
                  ("0.0.0.0", a.hbone_port), a.admin, a.metrics, a.ready)
+    try:
+        cfg.tracing = settings_from(os.environ, a.otlp_endpoint, a.trace_sampling)
+    except ValueError as exc:
+        raise StartupError(f"span export: {exc}") from None
     if a.standalone_config:
         if not a.listen:
             raise StartupError("--standalone-config needs --listen HOST:PORT")
         cfg.standalone_listen = a.listen
-        cfg.metrics = cfg.ready = None if a.metrics == ("0.0.0.0", ports.METRICS) else a.metrics
+        # metrics and readiness only when asked for (the bench runs beside other processes)
+        cfg.metrics = None if a.metrics == ("0.0.0.0", ports.METRICS) else a.metrics
+        cfg.ready = None if a.ready == ("0.0.0.0", ports.READY) else a.ready
         wp = Waypoint(cfg, resources=load_standalone(a.standalone_config))
         try:
             target = wp._only_target()

@@ -29,6 +29,7 @@ from meshcore.wire import watch
 from .conn import ClientConnection
 from .metrics import Metrics
 from .pipeline import Caller, Pipeline
+from .tracing import Settings, Tracer
 from .upstream import Upstream
 from .view import Target, View
 
@@ -50,6 +51,7 @@ class Config:
     standalone_listen: tuple[str, int] | None = None   # plaintext mode (bench)
     standalone_target: tuple[str, str, int] | None = None   # (ns, service, port) the listener serves
     drain_timeout: float = 10.0
+    tracing: Settings | None = None   # span export (--otlp-endpoint, OTEL_*); the Gateway's annotations override
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -64,13 +66,16 @@ class Waypoint:
         self.certs = certs if certs is not None else (CertificateManager(control_plane, config.trust_domain)
                                                       if control_plane is not None else None)
         self.metrics = Metrics()
+        # service.name as Istio names a waypoint's traces: <name>.<namespace>
+        self.tracer = Tracer(f"{config.gateway}.{config.namespace}", config.namespace, config.tracing,
+                             self.metrics.registry)
         self.view = View((), trust_domain=config.trust_domain, namespace=config.namespace, gateway=config.gateway)
         self.snapshots = 0
         if resources is not None:
             self.on_update(resources, 0)
         self.pool: HboneClientPool | None = None
         self.upstream = Upstream(None, config.identity)
-        self.pipeline = Pipeline(lambda: self.view, self.upstream, self.metrics)
+        self.pipeline = Pipeline(lambda: self.view, self.upstream, self.metrics, tracer=self.tracer)
         self.draining = trio.Event()
         self.listeners: dict[str, Any] = {}
 
@@ -80,6 +85,9 @@ class Waypoint:
                          gateway=self.config.gateway, version=version, previous=self.view)
         self.snapshots += 1
         self.metrics.config_version.set(version or 0)
+        gateway = next((r for r in self.view.resources if r.kind == "Gateway" and r.name == self.config.gateway
+                        and r.namespace == self.config.namespace), None)
+        self.tracer.configure(gateway.annotations if gateway is not None else {})
         log.info("waypoint %s/%s: applied config version %s (%d services)", self.config.namespace,
                  self.config.gateway, version, len(self.view.state.services))
 
@@ -191,6 +199,7 @@ class Waypoint:
                   "ready": {"/healthz/ready": self._ready}}
         async with trio.open_nursery() as nursery:
             self.upstream.nursery = nursery
+            nursery.start_soon(self.tracer.run)
             for name in ("admin", "metrics", "ready"):
                 if name in self.listeners:
                     await nursery.start(functools.partial(admin.serve_http, "", 0, routes[name],

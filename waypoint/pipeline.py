@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -32,6 +30,7 @@ from .filters.timeouts import Deadlines
 from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, without
 from .metrics import Metrics, access_log, log_request
 from .routing import Backend, apply_response_headers
+from .tracing import Tracer
 from .upstream import PUMP_ERRORS, AttemptFailed, Upstream
 from .view import Target, View
 
@@ -48,29 +47,11 @@ class Caller:
     labels: dict = field(default_factory=dict, repr=False, compare=False)
 
 
-# Trace and span ids need to be unpredictable-enough and unique, not secret (W3C Trace Context
-# 6.2): a PRNG seeded from the OS, instead of two getrandom() system calls per request.
-_ids = random.Random(os.urandom(32))
-
-
-def traceparent(value: str | None) -> str:
-    """W3C Trace Context: keep the trace id and flags, a new span id; a new trace when absent/invalid."""
-    parts = (value or "").strip().split("-")
-    span = f"{_ids.getrandbits(64) or 1:016x}"
-    if (len(parts) == 4 and len(parts[0]) == 2 and len(parts[1]) == 32 and len(parts[3]) == 2
-            and parts[0] != "ff" and parts[1] != "0" * 32 and all(_hex(p) for p in parts)):
-        return f"{parts[0]}-{parts[1]}-{span}-{parts[3]}"
-    return f"00-{_ids.getrandbits(128) or 1:032x}-{span}-01"
-
-
-def _hex(s: str) -> bool:
-    return all(c in "0123456789abcdef" for c in s)
-
-
 class Pipeline:
     def __init__(self, view_of: Callable[[], View], upstream: Upstream, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, tracer: Tracer | None = None):
         self.view_of, self.upstream, self.metrics, self.clock = view_of, upstream, metrics, clock
+        self.tracer = tracer or Tracer()
         self._queued: dict[int, trio.Event] = {}
 
     async def handle(self, req: Request, body: RequestBody, caller: Caller, target: Target, send: Send) -> int:
@@ -88,7 +69,8 @@ class Pipeline:
                 connection_security_policy=caller.security)
             caller.labels[target] = (view, base)
         labels = dict(base, request_protocol="grpc" if req.is_grpc else caller.protocol)
-        info: dict = {}
+        span = self.tracer.begin(req.header("traceparent"), req.header("tracestate"))
+        info: dict = {"traceparent": span.traceparent}
         status = await self._run(view, req, body, caller, target, send, labels, info)
         info.pop("_status", None)
         labels["response_code"] = str(status)
@@ -98,6 +80,7 @@ class Pipeline:
             log_request(reporter="waypoint", method=req.method, path=req.target, authority=req.authority,
                         status=status, duration_ms=round(millis, 1), src=caller.address,
                         **{"src.identity": caller.identity, "dst.service": svc.key}, **info)
+        self.tracer.end(span, req, status, caller, target, labels, info)
         return status
 
     async def _respond(self, send: Send, status: int, body: str, extra=()) -> int:
@@ -173,10 +156,10 @@ class Pipeline:
         retry.body = body.replay   # what a retry can send again (RetryState refuses once it overflowed)
         deadlines = Deadlines.of(decision.timeouts if decision else None, self.clock())
         if body.poll():   # all here already: it leaves with the head, no pump task
-            return await self._attempt_loop(view, self._outgoing(req, body), body, target, backend, cluster,
+            return await self._attempt_loop(view, self._outgoing(req, body, info["traceparent"]), body, target, backend, cluster,
                                             decision, send, labels, info, retry, deadlines, None)
         await body.begin()
-        out = self._outgoing(req, body)
+        out = self._outgoing(req, body, info["traceparent"])
         status = failed = None
         async with trio.open_nursery() as nursery:
             def spawn(conn) -> None:
@@ -273,11 +256,11 @@ class Pipeline:
             info["_status"] = resp.status   # taken out before the access log
             return await self._relay(conn, resp, decision, send, deadlines)
 
-    def _outgoing(self, req: Request, body: RequestBody) -> Request:
+    def _outgoing(self, req: Request, body: RequestBody, traceparent: str) -> Request:
         """The request as it goes upstream: hop-by-hop fields dropped (Expect too: the waypoint
-        answered it), a new traceparent span, and the body's framing."""
+        answered it), the traceparent of this hop's span, and the body's framing."""
         headers = without(end_to_end(req.headers), "content-length", "traceparent", "expect")
-        headers += (("traceparent", traceparent(req.header("traceparent"))),)
+        headers += (("traceparent", traceparent),)
         if body.complete:
             size = body.replay.size
             if size or req.method in ("POST", "PUT", "PATCH"):

@@ -7,11 +7,17 @@ Replicas: Istio leaves them to `kubectl scale`/HPA on the generated Deployment (
 parametersRef ConfigMap); the lab has no Deployment to scale, so the Gateway carries the
 annotation `trellis.dev/replicas` (default 1). Gateways of other classes are accepted and
 ignored (another controller may own them).
+
+Tracing: Istio points a waypoint at a collector with a Telemetry resource naming a
+MeshConfig extension provider; Trellis has no MeshConfig, so a waypoint Gateway carries the
+two settings that matter as annotations, `trellis.dev/otlp-endpoint` (an OTLP/HTTP base URL,
+or `none`) and `trellis.dev/trace-sampling` (Istio's randomSamplingPercentage, 0-100).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from .schema import F, Problems, enum, integer, ip_address, labels, list_of, obj, port, str_map, string
 from ..ports import HBONE
@@ -19,6 +25,8 @@ from ..ports import HBONE
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 WAYPOINT_CLASS = "trellis-waypoint"
 REPLICAS_ANNOTATION = "trellis.dev/replicas"
+OTLP_ENDPOINT_ANNOTATION = "trellis.dev/otlp-endpoint"
+TRACE_SAMPLING_ANNOTATION = "trellis.dev/trace-sampling"
 HBONE_PORT = HBONE
 
 # Patterns from apis/v1/shared_types.go, verbatim.
@@ -214,16 +222,41 @@ def gateway_spec(v, path, problems):
 
 
 def waypoint_replicas(annotations: dict) -> int:
-    """Replicas from the Gateway's annotation (checked by `check_replicas`)."""
+    """Replicas from the Gateway's annotation (checked by `check_annotations`)."""
     return int(annotations.get(REPLICAS_ANNOTATION, "1"))
 
 
 _replicas = integer(1, 16, "a replica count")
 
 
-def check_replicas(meta: dict, problems: Problems) -> None:
-    """The metadata check of the Gateway kind: the replicas annotation is a count."""
-    raw = (meta.get("annotations") or {}).get(REPLICAS_ANNOTATION)
+def check_annotations(meta: dict, problems: Problems) -> None:
+    """The metadata check of the Gateway kind: replicas, and the tracing settings."""
+    annotations = meta.get("annotations") or {}
+    _check_replicas(annotations.get(REPLICAS_ANNOTATION), problems)
+    url = annotations.get(OTLP_ENDPOINT_ANNOTATION)
+    if url is not None and url.strip() != "none":
+        parts = urlsplit(url.strip())
+        try:
+            parts.port
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append((f"metadata.annotations.{OTLP_ENDPOINT_ANNOTATION}",
+                             f"must be an OTLP/HTTP URL (http:// or https://, e.g. http://otel-collector.obs:4318) "
+                             f"or none, got {url!r}"))
+    pct = annotations.get(TRACE_SAMPLING_ANNOTATION)
+    if pct is not None:
+        try:
+            ok = 0 <= float(pct) <= 100
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append((f"metadata.annotations.{TRACE_SAMPLING_ANNOTATION}",
+                             f"must be a percentage 0-100 (a quoted number), got {pct!r}"))
+
+
+def _check_replicas(raw: str | None, problems: Problems) -> None:
     if raw is None:
         return
     path = f"metadata.annotations.{REPLICAS_ANNOTATION}"

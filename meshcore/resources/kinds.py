@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from ..identity import SpiffeId
 from . import kube
-from .gateway import TargetRef, check_replicas, gateway_spec
+from .gateway import TargetRef, check_annotations, gateway_spec
 from .policies import rate_limit_policy_spec, traffic_policy_spec
 from .routes import grpc_route_spec, http_route_spec
 from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_of, obj, port, string, str_map
@@ -243,7 +243,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
         "action": F("action", enum("ALLOW", "DENY"), default="ALLOW"),
         "rules": F("rules", list_of(_rule), default=tuple)}), spec_required=False),
     Kind(TRELLIS, "PeerAuthentication", True, _peer_auth, spec_required=False),
-    Kind(GATEWAY, "Gateway", True, gateway_spec, meta_check=check_replicas),
+    Kind(GATEWAY, "Gateway", True, gateway_spec, meta_check=check_annotations),
     Kind(GATEWAY, "HTTPRoute", True, http_route_spec),
     Kind(GATEWAY, "GRPCRoute", True, grpc_route_spec),
     Kind(TRELLIS, "TrafficPolicy", True, traffic_policy_spec),

@@ -44,7 +44,7 @@ def test_l7_peers_have_their_own_block_against_direct():
     block = _block(text, "L7:")
     assert re.search(r"envoy-l7\s+0\.25x\s+5\.00x\s+0\.08", block)
     assert re.search(r"haproxy-l7\s+0\.50x\s+2\.00x\s+0\.04", block)
-    assert re.search(r"trellis-l7\s+waypoint not built yet", block)
+    assert "trellis-l7" not in block, "not measured: no row"
     # and they are not repeated in the L4 "vs direct" block
     assert "envoy-l7" not in _block(text, "vs direct")
 
@@ -65,9 +65,22 @@ def test_the_idle_target_judges_trellis_only():
     assert not any("stunnel:" in name or "envoy-hbone:" in name for name in targets)
 
 
-def test_without_l7_peers_the_report_still_says_the_waypoint_is_missing():
+def test_without_l7_rows_there_is_no_l7_block():
     text = report.render([r for r in _rows() if r.scenario not in L7_PEERS])
-    assert "L7:" not in text and re.search(r"trellis-l7\s+waypoint not built yet", text)
+    assert "L7:" not in text and "trellis-l7" not in text
+
+
+def test_trellis_l7_is_compared_to_direct_and_judged_against_trellis_l4():
+    rows = _rows() + [Row("trellis-l7", "ztunnel x2 + waypoint", "1 process each", rps=2400, p99_ms=16.0,
+                          cpu_ms_per_req=0.5, extra={"v2_share": 0.1, "requests": 24000})]
+    text = report.render(rows)
+    assert re.search(r"trellis-l7\s+0\.06x\s+32\.00x\s+0\.5", _block(text, "L7:"))
+    assert re.search(r"trellis-l7 vs trellis-l4 \(req/s, p99\): 0\.60x 2\.00x\s+PASS\s+L7 req/s >= 0\.5x", text)
+    rows[-1].rps = 1900
+    assert re.search(r"trellis-l7 vs trellis-l4 .*: 0\.47x .*MISS", report.render(rows))
+    assert "trellis-l7: v2_share=0.1, requests=24000" in text
+    failed = _rows() + [Row("trellis-l7", "-", "-", extra={"failed": "no waypoint"})]
+    assert "trellis-l7 vs trellis-l4" not in report.render(failed)
 
 
 def test_scenarios_and_the_quick_smoke():

@@ -170,9 +170,9 @@ class Mesh:
         self.pool: HboneClientPool | None = None
         self.hbone_port = 0
 
-    async def start(self, text: str, ztunnel_addresses: list[str]) -> None:
+    async def start(self, text: str, ztunnel_addresses: list[str], **config) -> None:
         cfg = Config("default", "waypoint", TD, "waypoint", hbone=("127.0.0.1", 0), admin=("127.0.0.1", 0),
-                     metrics=None, ready=None)
+                     metrics=None, ready=None, **config)
         self.waypoint = Waypoint(cfg, bootstrap=self.certs[WAYPOINT_ID], resources=resources(text))
         self.waypoint.upstream.hbone_port = await self._ztunnels(ztunnel_addresses)
         await self.nursery.start(functools.partial(self.waypoint.run, handle_signals=False))
