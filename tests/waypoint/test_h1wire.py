@@ -120,6 +120,8 @@ def test_mangled_requests_are_refused_or_parsed_as_h11_does(wire, edits):
     (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n1\r\nab\r\n", "not followed by CRLF"),
     (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n1\nab", "bare CR or LF"),
     (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx : y\r\n\r\n", "illegal header line"),
+    (b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n0\r\ncontent-length: 5\r\n\r\n",
+     "content-length field in the trailers"),
     (b" GET / HTTP/1.1\r\n", "whitespace"),
     (b"GET http://a/ HTTP/1.1\r\nhost: a\r\n\r\n", "origin form"),
 ])

@@ -98,7 +98,16 @@ def _parse(buf: bytes, start: int, end: int, max_fields: int, request: bool) -> 
 def parse_trailers(text: str, max_fields: int) -> Fields:
     if not TRAILERS.fullmatch(text):
         raise WireError(400, "malformed HTTP/1.1: " + _diagnose("x\r\n" + text, "trailer"))
-    return _fields("\r\n" + text, max_fields)
+    fields = _fields("\r\n" + text, max_fields)
+    for name, _ in fields:
+        # RFC 9110 6.5.1: framing cannot arrive after the content; a hop that merged such a
+        # trailer into the head would reframe the message (a smuggling vector), so refuse it.
+        if name in FRAMING_TRAILERS:
+            raise WireError(400, f"malformed HTTP/1.1: a {name} field in the trailers")
+    return fields
+
+
+FRAMING_TRAILERS = frozenset(("content-length", "transfer-encoding", "host"))
 
 
 def _fields(block: str, max_fields: int) -> Fields:
