@@ -109,3 +109,61 @@ def test_port_in_use_is_a_clear_error():
         port = busy.getsockname()[1]
         res = subprocess.run([ECHO, "--host", "127.0.0.1", "--port", str(port)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in res.stderr
+
+
+def status_of(port: int, method: str = "GET", path: str = "/") -> tuple[int, bytes]:
+    head, body, s = http(port, f"{method} {path} HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n".encode())
+    s.close()
+    return int(head.split()[1]), body
+
+
+def test_fail_every_other_request_and_count_them():
+    with echo("--fail-status", "503", "--fail-every", "2") as port:
+        got = [status_of(port, method)[0] for method in ("GET", "GET", "POST", "GET")]
+        assert got == [200, 503, 200, 503]
+        config = json.loads(status_of(port, path="/_echo/config")[1])
+        assert config == {"fail_status": 503, "fail_every": 2, "delay": 0.0, "requests": 4, "failed": 2}
+
+
+def test_knobs_change_at_runtime_from_the_pod_only():
+    with echo() as port:
+        assert status_of(port)[0] == 200
+        code, body = status_of(port, "PUT", "/_echo/config?fail_status=502")
+        assert code == 200 and json.loads(body)["fail_status"] == 502
+        assert status_of(port)[0] == 502 and status_of(port)[0] == 502
+        assert status_of(port, "PUT", "/_echo/config?fail_status=0")[0] == 200
+        assert status_of(port)[0] == 200
+        # the control requests are not counted: 4 app requests, 2 failed
+        assert json.loads(status_of(port, path="/_echo/config")[1])["failed"] == 2
+        for bad, why in (("fail_status=700", b"not an HTTP status"), ("fail_every=0", b"at least 1"),
+                         ("delay=x", b"not a number"), ("colour=red", b"unknown knob 'colour'")):
+            code, body = status_of(port, "PUT", f"/_echo/config?{bad}")
+            assert code == 400 and why in body, (bad, body)
+
+
+def test_control_refused_to_other_addresses():
+    host = "127.0.0.2"   # any address but the pod's own 127.0.0.1 (mesh traffic arrives from pod IPs)
+    port = free_port()
+    proc = subprocess.Popen([ECHO, "--host", "0.0.0.0", "--port", str(port)], stderr=subprocess.PIPE)
+    try:
+        connect(port).close()
+        with socket.create_connection((host, port), timeout=5, source_address=(host, 0)) as s:
+            s.sendall(b"PUT /_echo/config?fail_status=503 HTTP/1.1\r\nHost: w\r\nContent-Length: 0\r\n\r\n")
+            assert s.recv(65536).split()[1] == b"403"
+        assert status_of(port)[0] == 200   # unchanged
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stderr.close()
+
+
+def test_delay_holds_the_answer():
+    with echo("--delay", "0.3") as port:
+        start = time.monotonic()
+        assert status_of(port)[0] == 200
+        assert time.monotonic() - start >= 0.3   # a lower bound only: never flaky under load
+
+
+def test_bad_knob_on_the_command_line():
+    res = subprocess.run([ECHO, "--fail-every", "0"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "fail_every=0 must be at least 1" in res.stderr

@@ -1,6 +1,14 @@
 """`trellis-echo`: the lab's sample app. HTTP mode answers who it is and who it sees as the
 client (the address the mesh delivered, which shows whether traffic came through
-ztunnel); `--tcp` echoes bytes back for L4 tests."""
+ztunnel); `--tcp` echoes bytes back for L4 tests.
+
+Knobs, to play a misbehaving backend in L7 tests (outlier detection, retries, timeouts):
+`--fail-status 503 [--fail-every N]` answers that status to every Nth request (N=1: all,
+2: every other), `--delay S` answers every request S seconds late. `/_echo/config` reads
+(GET) and changes (PUT `?fail_status=503&fail_every=2&delay=0.5`; 0 turns a knob off) them
+at runtime, and counts the requests served and failed. It answers only the pod itself
+(loopback, e.g. `trellis lab exec web-1 -- curl -X PUT ...`): mesh traffic neither reaches
+it nor changes the counts."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +17,66 @@ import os
 import socket
 import socketserver
 import sys
+import threading
+import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 16 * 1024 * 1024
+CONTROL_PATH = "/_echo/config"
 
 
 def pod_name() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+class Behaviour:
+    """The knobs and counters (thread-safe: the server answers each connection on a thread)."""
+
+    KNOBS = {"fail_status": int, "fail_every": int, "delay": float}
+
+    def __init__(self, fail_status: int = 0, fail_every: int = 1, delay: float = 0.0):
+        self._lock = threading.Lock()
+        self.fail_status, self.fail_every, self.delay = 0, 1, 0.0
+        self.requests = self.failed = 0
+        problem = self.set({"fail_status": fail_status, "fail_every": fail_every, "delay": delay})
+        if problem:
+            raise ValueError(problem)
+
+    def set(self, values: dict) -> str | None:
+        """Change the knobs named in `values` (strings or numbers); the problem, or None."""
+        parsed = {}
+        for name, raw in values.items():
+            kind = self.KNOBS.get(name)
+            if kind is None:
+                return f"unknown knob {name!r}; knobs: {', '.join(self.KNOBS)}"
+            try:
+                parsed[name] = kind(raw)
+            except (TypeError, ValueError):
+                return f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}"
+        if parsed.get("fail_status", 0) and not 100 <= parsed["fail_status"] <= 599:
+            return f"fail_status={parsed['fail_status']} is not an HTTP status (100-599, 0: off)"
+        if parsed.get("fail_every", 1) < 1:
+            return f"fail_every={parsed['fail_every']} must be at least 1 (1: every request)"
+        if not 0 <= parsed.get("delay", 0) <= 600:
+            return f"delay={parsed['delay']} must be 0..600 seconds"
+        with self._lock:
+            for name, value in parsed.items():
+                setattr(self, name, value)
+        return None
+
+    def next_request(self) -> tuple[int | None, float]:
+        """Count one request: (the status to fail it with, or None; the delay before answering)."""
+        with self._lock:
+            self.requests += 1
+            fail = self.fail_status if self.fail_status and self.requests % self.fail_every == 0 else None
+            self.failed += fail is not None
+            return fail, self.delay
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"fail_status": self.fail_status, "fail_every": self.fail_every, "delay": self.delay,
+                    "requests": self.requests, "failed": self.failed}
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -35,12 +96,50 @@ class EchoHandler(BaseHTTPRequestHandler):
                 "client": f"{self.client_address[0]}:{self.client_address[1]}", "method": self.command,
                 "path": self.path, "headers": dict(self.headers.items())}
 
+    def _json(self, status: int, doc: dict) -> None:
+        self._reply(status, (json.dumps(doc) + "\n").encode(), "application/json")
+
+    def _control(self) -> bool:
+        """Answer /_echo/config; False when the request is for the app."""
+        url = urllib.parse.urlsplit(self.path)
+        if url.path != CONTROL_PATH:
+            return False
+        if self.client_address[0] not in ("127.0.0.1", "::1"):
+            self._reply(403, f"{CONTROL_PATH} answers only the pod itself (loopback)\n".encode(), "text/plain")
+        elif self.command == "PUT":
+            query = dict(urllib.parse.parse_qsl(url.query))
+            problem = self.server.behaviour.set(query)
+            if problem:
+                self._reply(400, f"{CONTROL_PATH}: {problem}\n".encode(), "text/plain")
+            else:
+                self._json(200, self.server.behaviour.snapshot())
+        elif self.command in ("GET", "HEAD"):
+            self._json(200, self.server.behaviour.snapshot())
+        else:
+            self._reply(405, f"{CONTROL_PATH}: GET or PUT\n".encode(), "text/plain")
+        return True
+
+    def _misbehave(self) -> bool:
+        """Apply the knobs; True when the request was answered with the failure status."""
+        fail, delay = self.server.behaviour.next_request()
+        if delay:
+            time.sleep(delay)
+        if fail is None:
+            return False
+        self._reply(fail, f"trellis-echo {pod_name()}: failing with {fail} on purpose (--fail-status)\n".encode(),
+                    "text/plain")
+        return True
+
     def do_GET(self) -> None:
-        self._reply(200, (json.dumps(self._describe()) + "\n").encode(), "application/json")
+        if self._control() or self._misbehave():
+            return
+        self._json(200, self._describe())
 
     do_HEAD = do_GET
 
     def _echo_body(self) -> None:
+        if self._control():
+            return
         try:
             length = int(self.headers.get("content-length", "0"))
         except ValueError:
@@ -48,6 +147,8 @@ class EchoHandler(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             return self._reply(413, f"body must be 0..{MAX_BODY} bytes\n".encode(), "text/plain")
         body = self.rfile.read(length)
+        if self._misbehave():
+            return
         self._reply(200, body, self.headers.get("content-type", "application/octet-stream"))
 
     do_POST = do_PUT = _echo_body
@@ -67,11 +168,18 @@ class ThreadingTCP(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
-def make_server(host: str, port: int, tcp: bool) -> socketserver.BaseServer:
+class EchoServer(ThreadingHTTPServer):
+    allow_reuse_address = True
+
+    def __init__(self, address, behaviour: Behaviour):
+        self.behaviour = behaviour
+        super().__init__(address, EchoHandler)
+
+
+def make_server(host: str, port: int, tcp: bool, behaviour: Behaviour | None = None) -> socketserver.BaseServer:
     if tcp:
         return ThreadingTCP((host, port), TcpEcho)
-    ThreadingHTTPServer.allow_reuse_address = True
-    return ThreadingHTTPServer((host, port), EchoHandler)
+    return EchoServer((host, port), behaviour or Behaviour())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,9 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--tcp", action="store_true", help="raw TCP echo instead of HTTP")
+    ap.add_argument("--fail-status", type=int, default=0, metavar="CODE",
+                    help="answer CODE instead (to every --fail-every'th request); 0: never")
+    ap.add_argument("--fail-every", type=int, default=1, metavar="N", help="fail every Nth request (default 1: all)")
+    ap.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="answer every request this late")
     args = ap.parse_args(argv)
     try:
-        server = make_server(args.host, args.port, args.tcp)
+        behaviour = Behaviour(args.fail_status, args.fail_every, args.delay)
+    except ValueError as exc:
+        ap.error(str(exc))
+    try:
+        server = make_server(args.host, args.port, args.tcp, behaviour)
     except OSError as exc:
         print(f"trellis-echo: cannot listen on {args.host}:{args.port}: {exc.strerror} "
               f"(is another app using the port in this pod?)", file=sys.stderr)
