@@ -10,6 +10,7 @@ whole so that a retry can send it again) and a `send(event)` coroutine for the a
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -115,11 +116,15 @@ class Pipeline:
                 return await self._respond(send, decision.status, decision.reason)
             req = decision.request
             backend = decision.backend or Backend(svc.namespace, svc.name, target.port)
+        limit_headers: tuple = ()
         for lim in view.limiters(svc, decision.route if decision else None):
             rl = lim.check(caller.identity)
             if not rl.allowed:
                 self.metrics.rate_limited.labels(svc.key, lim.name).inc()
                 return await self._respond(send, rl.status, rl.body, rl.headers)
+            limit_headers += rl.headers
+        if limit_headers:   # admitted answers carry the quota too (the IETF draft), so a client can pace itself
+            send = _adding_headers(send, limit_headers)
         dest = view.service(backend.namespace, backend.name)
         if dest is None:
             return await self._respond(send, 500, f"backend Service {backend.namespace}/{backend.name} does not exist")
@@ -231,6 +236,15 @@ class Pipeline:
             await conn.aclose()
             raise
         return resp.status
+
+
+def _adding_headers(send: Send, extra: tuple) -> Send:
+    """`send` with `extra` appended to the response head."""
+    async def wrapped(ev, more: bool = False) -> None:
+        if isinstance(ev, Response):
+            ev = dataclasses.replace(ev, headers=tuple(ev.headers) + extra)
+        await send(ev, more)
+    return wrapped
 
 
 def _trio_deadline(when: float | None, clock: Callable[[], float]) -> float:

@@ -175,6 +175,10 @@ async def test_rate_limit_429_with_headers(wp):
     out = await acurl("-i", *[f"http://127.0.0.1:{port}/{i}" for i in range(5)])
     statuses = re.findall(r"^HTTP/1.1 (\d+)", out.stdout, re.M)
     assert statuses == ["200", "200", "200", "429", "429"]
+    # admitted answers carry the draft's fields as well, with the quota left after them
+    admitted = [h.lower() for h in out.stdout.split("HTTP/1.1 ")[1:4]]
+    assert [re.search(r'^ratelimit: "default/limited";r=(\d)', h, re.M)[1] for h in admitted] == ["2", "1", "0"]
+    assert all('ratelimit-policy: "default/limited";q=3;w=60' in h for h in admitted)
     last = out.stdout.rsplit("HTTP/1.1 429", 1)[1].lower()
     assert "retry-after:" in last and "ratelimit-policy:" in last and "ratelimit:" in last
     assert wp.waypoint.metrics.value("trellis_waypoint_rate_limited_total") == 2
