@@ -121,7 +121,7 @@ class Waypoint:
             return
         stream = await tunnel.accept()
         caller = Caller(tunnel.peer_identity, str(tunnel.peer_address[0]))
-        await ClientConnection(stream, caller, target, self.pipeline).serve()
+        await ClientConnection(stream, caller, target, self.pipeline, self.draining).serve()
 
     async def handle_plain(self, stream: trio.SocketStream) -> None:
         ns, name, port = self.config.standalone_target or self._only_target()

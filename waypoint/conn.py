@@ -10,6 +10,7 @@ client's bytes, so other clients are never affected.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import trio
@@ -17,7 +18,8 @@ import trio
 from meshcore import authz
 
 from .http.detect import HTTP1, HTTP2, L4
-from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, StreamReset, simple_response
+from .http.events import (ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset,
+                          simple_response)
 from .http.serverconn import Detected, ServerConnection
 from .h2proxy import serve_http2
 from .pipeline import MAX_BODY, Caller, Pipeline
@@ -36,8 +38,10 @@ READ_SIZE = 65536
 
 
 class ClientConnection:
-    def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline):
+    def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline,
+                 draining: trio.Event | None = None):
         self.stream, self.caller, self.target, self.pipeline = stream, caller, target, pipeline
+        self.draining = draining
         self.sc = ServerConnection()
         self.events: list = []
         self.eof = False
@@ -86,6 +90,11 @@ class ClientConnection:
             await self.stream.send_all(data)
 
     async def _send(self, ev, more: bool = False) -> None:
+        if isinstance(ev, Response) and self.draining is not None and self.draining.is_set():
+            # the waypoint is shutting down: this answer ends the keep-alive connection, so the
+            # client's next request opens a new one (elsewhere) instead of meeting a closed
+            # socket when the drain deadline cuts this one (Envoy's drain does the same)
+            ev = dataclasses.replace(ev, headers=tuple(ev.headers) + (("connection", "close"),))
         self.out += self.sc.send(ev)
         if not more:
             out, self.out = bytes(self.out), bytearray()

@@ -359,3 +359,21 @@ async def test_a_keepalive_connection_the_backend_closed_is_replaced_not_failed(
     assert (await acurl(f"http://127.0.0.1:{port}/b")).stdout == "short\n"
     assert wp.waypoint.upstream.stale == 1
     assert wp.waypoint.metrics.value("trellis_waypoint_retries_total", destination_service="default/short") == 0
+
+
+async def test_draining_closes_keep_alive_connections_after_their_next_answer(wp):
+    port = await wp.bridge("10.96.0.10:80")
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        async def exchange() -> bytes:
+            await stream.send_all(b"GET /other HTTP/1.1\r\nHost: web\r\n\r\n")
+            got = b""
+            while not got.endswith(b"v1\n"):
+                got += await stream.receive_some(65536)
+            return got.lower()
+        assert b"connection: close" not in await exchange()
+        wp.waypoint.draining.set()   # what SIGTERM does
+        # the request in the open tunnel is still served, and says the connection ends with it
+        assert b"connection: close" in await exchange()
+        with trio.fail_after(5):
+            assert await stream.receive_some(65536) == b""
