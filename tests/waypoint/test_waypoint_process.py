@@ -377,3 +377,7 @@ async def test_draining_closes_keep_alive_connections_after_their_next_answer(wp
         assert b"connection: close" in await exchange()
         with trio.fail_after(5):
             assert await stream.receive_some(65536) == b""
+    # callers whose ztunnel has not yet heard that the waypoint is going are still served
+    # during the grace period (new HBONE connections and tunnels), each answer closing
+    late = await acurl("-i", f"http://127.0.0.1:{port}/other")
+    assert late.stdout.startswith("HTTP/1.1 200") and "connection: close" in late.stdout.lower()
