@@ -18,12 +18,17 @@ import logging
 import math
 
 import trio
+from hyperframe.frame import GoAwayFrame
 
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.h2 import HTTP2Client
 
 log = logging.getLogger("trellis.waypoint.h2")
 READ_SIZE = 65536
+# RFC 9113 6.8's shutdown notice: GOAWAY NO_ERROR with the largest stream id, so the client
+# opens no new stream here (it reconnects) while the streams it has open finish. Framed by
+# hand: h2's close_connection() would close our side too, failing those streams.
+GOAWAY_NOTICE = GoAwayFrame(0, last_stream_id=2**31 - 1, error_code=0).serialize()
 
 
 async def serve_http2(conn, idle_timeout: float) -> None:
@@ -67,17 +72,33 @@ async def serve_http2(conn, idle_timeout: float) -> None:
             finally:
                 running.pop(sid, None)
 
+    async def goaway_when_draining() -> None:
+        await conn.draining.wait()
+        try:
+            await write(GOAWAY_NOTICE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
     async with trio.open_nursery() as nursery:
+        if conn.draining is not None:
+            nursery.start_soon(goaway_when_draining)
         try:
             await write()
+            # what arrived with the preface: a client that does not wait for our SETTINGS
+            # (curl --http2-prior-knowledge) sends its first request in the same segment
+            backlog, conn.events = conn.events, []
             while True:
-                with trio.move_on_after(idle_timeout if not running else math.inf) as idle:
-                    data = await stream.receive_some(READ_SIZE)
-                if idle.cancelled_caught or not data:
-                    break
-                sc.receive_data(data)
+                if backlog:
+                    events, backlog = backlog, []
+                else:
+                    with trio.move_on_after(idle_timeout if not running else math.inf) as idle:
+                        data = await stream.receive_some(READ_SIZE)
+                    if idle.cancelled_caught or not data:
+                        break
+                    sc.receive_data(data)
+                    events = sc.events()
                 done = False
-                for ev in sc.events():
+                for ev in events:
                     if isinstance(ev, Request):
                         pending[ev.stream_id] = (ev, [], 0)
                     elif isinstance(ev, Data) and ev.stream_id in pending:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import trio
 
@@ -381,3 +382,37 @@ async def test_draining_closes_keep_alive_connections_after_their_next_answer(wp
     # during the grace period (new HBONE connections and tunnels), each answer closing
     late = await acurl("-i", f"http://127.0.0.1:{port}/other")
     assert late.stdout.startswith("HTTP/1.1 200") and "connection: close" in late.stdout.lower()
+
+
+
+async def test_draining_sends_http2_clients_a_shutdown_notice(wp):
+    import grpc
+    port = await wp.bridge("10.96.0.16:80")
+    from waypoint.http.detect import HTTP2
+
+    def tunnels() -> float:
+        return wp.waypoint.metrics.value("trellis_waypoint_tunnels_total", protocol=HTTP2)
+
+    def call(channel) -> bytes:
+        return channel.unary_unary("/test.Echo/Say")(b"x", timeout=10)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert await trio.to_thread.run_sync(call, channel) == b"hello x"
+        before = tunnels()
+        wp.waypoint.draining.set()
+        await trio.sleep(0.5)   # the GOAWAY (NO_ERROR, last stream 2^31-1) reaches the client
+        # the next call works, on a new connection: the client heeded the notice
+        assert await trio.to_thread.run_sync(call, channel) == b"hello x"
+        assert tunnels() == before + 1
+
+
+async def test_http2_request_in_the_preface_segment_is_served(wp, tmp_path):
+    # curl --http2-prior-knowledge sends its request with the preface, before our SETTINGS;
+    # it used to wait unanswered
+    frame = tmp_path / "req.bin"
+    frame.write_bytes(b"\x00" + (2).to_bytes(4, "big") + b"hi")
+    port = await wp.bridge("10.96.0.16:80")
+    out = await trio.to_thread.run_sync(lambda: subprocess.run(
+        ["curl", "-s", "--max-time", "10", "--http2-prior-knowledge", "-H", "content-type: application/grpc",
+         "-H", "te: trailers", "--data-binary", f"@{frame}", f"http://127.0.0.1:{port}/test.Echo/Say"],
+        capture_output=True, timeout=30))
+    assert out.returncode == 0 and out.stdout.endswith(b"hello hi"), out
