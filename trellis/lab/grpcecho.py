@@ -1,8 +1,9 @@
 """`python -m trellis.lab.grpcecho`: the lab's sample gRPC app (grpcio, no generated stubs).
 
 Every unary method of every service answers a JSON document (bytes): the pod, the full
-method name (`/pkg.Service/Method`), the call's number at this process and the request it
-got, so a test sees which backend a route picked. `--fail-every N --fail-code UNAVAILABLE`
+method name (`/pkg.Service/Method`), the call's number at this process, the caller's
+address (grpcio's `ipv4:IP:PORT`) and the request it got, so a test sees which backend a
+route picked and which path (waypoint or not) the call took. `--fail-every N --fail-code UNAVAILABLE`
 aborts every Nth call with that status instead (N=2: every other one), to play a flaky
 backend for retry tests. grpcio comes with the test extras (`pip install trellis-mesh[test]`)."""
 from __future__ import annotations
@@ -42,7 +43,7 @@ def handler(grpc, calls: Calls, fail_code):
                 n, fail = calls.next()
                 if fail:
                     context.abort(fail_code, f"{pod_name()}: call {n} fails on purpose (--fail-every {calls.fail_every})")
-                return json.dumps({"pod": pod_name(), "method": method, "call": n,
+                return json.dumps({"pod": pod_name(), "method": method, "call": n, "peer": context.peer(),
                                    "request": request.decode("utf-8", "replace")}).encode()
             return grpc.unary_unary_rpc_method_handler(unary)
     return Echo()

