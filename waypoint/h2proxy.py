@@ -86,7 +86,8 @@ async def serve_http2(conn, idle_timeout: float) -> None:
             await write()
             # what arrived with the preface: a client that does not wait for our SETTINGS
             # (curl --http2-prior-knowledge) sends its first request in the same segment
-            backlog, conn.events = conn.events, []
+            backlog = list(conn.events)
+            conn.events.clear()
             while True:
                 if backlog:
                     events, backlog = backlog, []
