@@ -199,6 +199,23 @@ def test_answering_a_stream_the_client_reset_is_silent():
     assert server.keep_alive
 
 
+def test_answering_a_reset_stream_h2_has_already_forgotten_is_silent():
+    # h2 prunes closed streams when more are opened: answering one then is a "new" stream
+    # below the highest id (StreamIDTooLowError), which used to end the whole connection
+    client, server = peer(), HTTP2Server()
+    pump(client, server)
+    get = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+    client.send_headers(1, get, end_stream=True)
+    client.reset_stream(1)
+    for sid in (3, 5, 7):
+        client.send_headers(sid, get, end_stream=True)
+    pump(client, server)
+    server.events()
+    assert server.send(Response(200, (), stream_id=1)) == b"" and server.send(Data(b"x", 1)) == b""
+    assert server.send_headers_only(Response(200, (), stream_id=1)) == b""
+    assert server.keep_alive and server.send(Response(200, (), stream_id=3)) != b""
+
+
 def test_client_side_grpc_trailers_and_a_large_request_body():
     backend, ours = peer(client_side=False), HTTP2Client()
     backend.receive_data(ours.data_to_send())

@@ -229,7 +229,7 @@ class HTTP2Server(_H2Side):
             self.conn.send_headers(ev.stream_id, [(b":status", str(ev.status).encode())] + _regular(ev.headers),
                                    end_stream=True)
             self._stream_done(ev.stream_id)
-        except h2.exceptions.StreamClosedError:
+        except _GONE:
             pass
         return self.conn.data_to_send()
 
@@ -241,9 +241,15 @@ class HTTP2Server(_H2Side):
                 self.conn.send_headers(ev.stream_id, headers)
                 return self.conn.data_to_send()
             return self._send_body(ev)
-        except h2.exceptions.StreamClosedError:
+        except _GONE:
             self._out.pop(ev.stream_id, None)
             return self.conn.data_to_send()
+
+
+# A stream the client reset: closed, or already pruned by h2 (then our HEADERS would open a
+# "new" stream below the highest id). Either way there is nothing to say on it; raising would
+# end the connection's other streams (a client cancelling a call could do that at will).
+_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError)
 
 
 class HTTP2Client(_H2Side):
