@@ -204,6 +204,12 @@ class HTTP2Server(_H2Side):
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         super().__init__(False, clock)
 
+    @property
+    def closed(self) -> bool:
+        """GOAWAY sent or received: h2 refuses to frame anything more (other streams' answers
+        then would raise out of their tasks and cut the connection before our GOAWAY left)."""
+        return self.conn.state_machine.state is h2.connection.ConnectionState.CLOSED
+
     def _other(self, ev) -> None:
         if isinstance(ev, h2.events.RequestReceived):
             pseudo = {k: v for k, v in _text(ev.headers) if k.startswith(":")}
@@ -225,6 +231,8 @@ class HTTP2Server(_H2Side):
     def send_headers_only(self, ev: Response) -> bytes:
         """A response without body or trailers in one HEADERS frame with END_STREAM (gRPC's
         trailers-only form: a DATA frame ending the stream instead would break gRPC clients)."""
+        if self.closed:
+            return self.conn.data_to_send()
         try:
             self.conn.send_headers(ev.stream_id, [(b":status", str(ev.status).encode())] + _regular(ev.headers),
                                    end_stream=True)
@@ -234,7 +242,10 @@ class HTTP2Server(_H2Side):
         return self.conn.data_to_send()
 
     def send(self, ev) -> bytes:
-        """Bytes to write now; b"" for a stream the client has already reset (nothing to say)."""
+        """Bytes to write now; b"" for a stream the client has already reset, or once the
+        connection is closed (a GOAWAY either way: nothing more to say on it)."""
+        if self.closed:
+            return self.conn.data_to_send()
         try:
             if isinstance(ev, Response):
                 headers = [(b":status", str(ev.status).encode())] + _regular(ev.headers)
