@@ -88,18 +88,48 @@ def waypoint() -> None:
 @NAME
 @click.option("--enroll-namespace", is_flag=True, help="label the namespace trellis.dev/use-waypoint: NAME")
 @click.option("--replicas", type=click.IntRange(1, 16), help="pods to run (annotation trellis.dev/replicas)")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="in a running lab, label the namespace only once a replica is ready (istioctl's --wait)")
+@click.option("--timeout", type=click.IntRange(1, 3600), default=120, show_default=True, help="seconds to wait")
 @CONFIG_DIR
-def apply_cmd(namespace: str, name: str, enroll_namespace: bool, replicas: int | None, config_dir: Path | None) -> None:
+def apply_cmd(namespace: str, name: str, enroll_namespace: bool, replicas: int | None, wait: bool, timeout: int,
+              config_dir: Path | None) -> None:
     """Create or update the waypoint NAME in NAMESPACE."""
     d = _config_dir(config_dir)
     resources = _load(d)
     old = _find(resources, "Gateway", namespace, name)
     docs = [wc.gateway(namespace, name, replicas, old.to_dict() if old else None)]
+    if enroll_namespace and wait and config_dir is None:
+        # the label sends the namespace's traffic to the waypoint at once, and a waypoint with
+        # no ready replica refuses it (fail closed): let the lab list a ready replica first
+        _echo_applied(_apply(d, docs))
+        docs = []
+        _wait_listed(d, namespace, name, timeout)
     if enroll_namespace:
         ns = _find(resources, "Namespace", None, namespace)
         docs.append(wc.enroll(namespace, name, ns.to_dict() if ns else None))
-    for r, verb in _apply(d, docs):
+    _echo_applied(_apply(d, docs) if docs else [])
+
+
+def _echo_applied(applied) -> None:
+    for r, verb in applied:
         click.echo(f"{r.kind.lower()}/{r.name} {'labeled' if r.kind == 'Namespace' else verb}")
+
+
+def _wait_listed(d: Path, namespace: str, name: str, timeout: int) -> None:
+    """Until a replica of the waypoint is in the config (the lab lists a pod once it is ready)."""
+    import time
+
+    from meshcore.mesh import GATEWAY_NAME_LABEL
+    click.echo(f"waiting for a ready replica of {namespace}/{name} ...", err=True)
+    deadline = time.monotonic() + timeout
+    while not any(r.kind == "WorkloadEntry" and r.namespace == namespace
+                  and (r.labels or {}).get(GATEWAY_NAME_LABEL) == name for r in _load(d)):
+        if time.monotonic() > deadline:
+            _fail(f"waypoint {namespace}/{name} has no ready replica after {timeout}s, so namespace/{namespace} "
+                  f"was not labeled; see `trellis waypoint status -n {namespace}` and the pod's log "
+                  f"(`trellis lab status`), or pass --no-wait to label it now")
+        time.sleep(0.25)
 
 
 @waypoint.command("delete")

@@ -52,6 +52,10 @@ class Config:
     standalone_target: tuple[str, str, int] | None = None   # (ns, service, port) the listener serves
     drain_timeout: float = 10.0
     tracing: Settings | None = None   # span export (--otlp-endpoint, OTEL_*); the Gateway's annotations override
+    # after SIGTERM, keep accepting tunnels this long (not ready, each HTTP/1.1 answer closing
+    # its connection) before GOAWAY: callers' ztunnels send new connections here until the
+    # config without this waypoint reaches them (Istio's terminationDrainDuration, 5 s there)
+    drain_grace: float = 3.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -129,7 +133,7 @@ class Waypoint:
             return
         stream = await tunnel.accept()
         caller = Caller(tunnel.peer_identity, str(tunnel.peer_address[0]))
-        await ClientConnection(stream, caller, target, self.pipeline).serve()
+        await ClientConnection(stream, caller, target, self.pipeline, self.draining).serve()
 
     async def handle_plain(self, stream: trio.SocketStream) -> None:
         ns, name, port = self.config.standalone_target or self._only_target()
@@ -217,12 +221,12 @@ class Waypoint:
                     self.certs.want(c.identity)
                 if self.cp is not None:
                     nursery.start_soon(keep_watching, self.cp, self.on_update, f"waypoint {c.namespace}/{c.gateway}")
-                drained = trio.Event()
+                drained, goaway = trio.Event(), trio.Event()
 
                 async def hbone(task_status=trio.TASK_STATUS_IGNORED):
                     try:
                         await serve_hbone([self.listeners["hbone"]], lambda: self.ssl_context_for(c.identity, server=True),
-                                          self.handle_tunnel, drain=self.draining, task_status=task_status)
+                                          self.handle_tunnel, drain=goaway, task_status=task_status)
                     finally:
                         drained.set()
                 await nursery.start(hbone)
@@ -231,6 +235,8 @@ class Waypoint:
                 task_status.started(self)
                 await self.draining.wait()
                 with trio.move_on_after(c.drain_timeout):
+                    await trio.sleep(min(c.drain_grace, c.drain_timeout))
+                    goaway.set()
                     await drained.wait()   # every tunnel finished (GOAWAY sent to each connection)
                 nursery.cancel_scope.cancel()
 
@@ -240,7 +246,8 @@ class Waypoint:
                 if self.draining.is_set() or self.config.standalone_listen:
                     scope.cancel()
                     return
-                log.info("waypoint: draining for up to %.0fs", self.config.drain_timeout)
+                log.info("waypoint: draining for up to %.0fs (accepting for %.0fs more)", self.config.drain_timeout,
+                         self.config.drain_grace)
                 self.draining.set()
 
 

@@ -10,6 +10,7 @@ client's bytes, so other clients are never affected.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -40,9 +41,11 @@ READ_SIZE = 65536
 
 
 class ClientConnection:
-    def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline):
+    def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline,
+                 draining: trio.Event | None = None):
         self.stream, self.caller, self.target, self.pipeline = stream, caller, target, pipeline
         self.io = fast(stream)
+        self.draining = draining
         self.sc = ServerConnection()
         self.events: deque = deque()
         self.eof = False
@@ -102,6 +105,11 @@ class ClientConnection:
             await self.io.send_all(data)
 
     async def _send(self, ev, more: bool = False) -> None:
+        if isinstance(ev, Response) and self.draining is not None and self.draining.is_set():
+            # the waypoint is shutting down: this answer ends the keep-alive connection, so the
+            # client's next request opens a new one (elsewhere) instead of meeting a closed
+            # socket when the drain deadline cuts this one (Envoy's drain does the same)
+            ev = dataclasses.replace(ev, headers=tuple(ev.headers) + (("connection", "close"),))
         self.out += self.sc.http.send(ev)
         if not more:
             out, self.out = bytes(self.out), bytearray()

@@ -20,6 +20,7 @@ import logging
 import math
 
 import trio
+from hyperframe.frame import GoAwayFrame
 
 from .body import BodyError, RequestBody
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
@@ -63,6 +64,10 @@ class _H2Body:
 
     async def begin(self) -> None:
         pass
+# RFC 9113 6.8's shutdown notice: GOAWAY NO_ERROR with the largest stream id, so the client
+# opens no new stream here (it reconnects) while the streams it has open finish. Framed by
+# hand: h2's close_connection() would close our side too, failing those streams.
+GOAWAY_NOTICE = GoAwayFrame(0, last_stream_id=2**31 - 1, error_code=0).serialize()
 
 
 async def serve_http2(conn, idle_timeout: float) -> None:
@@ -135,7 +140,16 @@ async def serve_http2(conn, idle_timeout: float) -> None:
                 done = done or isinstance(ev, ConnectionClosed) or ev.stream_id in (0, 1) or h2.failed is not None
         return done
 
+    async def goaway_when_draining() -> None:
+        await conn.draining.wait()
+        try:
+            await write(GOAWAY_NOTICE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
     async with trio.open_nursery() as nursery:
+        if conn.draining is not None:
+            nursery.start_soon(goaway_when_draining)
         try:
             # what came with the bytes that settled detection (curl sends its request at once)
             done = dispatch(list(conn.events), nursery)

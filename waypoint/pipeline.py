@@ -11,6 +11,7 @@ attempt, kept for a retry up to the replay bound) and a `send(event)` coroutine 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -119,11 +120,15 @@ class Pipeline:
                 return await self._respond(send, decision.status, decision.reason)
             req = decision.request
             backend = decision.backend or Backend(svc.namespace, svc.name, target.port)
+        limit_headers: tuple = ()
         for lim in view.limiters(svc, decision.route if decision else None):
             rl = lim.check(caller.identity)
             if not rl.allowed:
                 self.metrics.rate_limited.labels(svc.key, lim.name).inc()
                 return await self._respond(send, rl.status, rl.body, rl.headers)
+            limit_headers += rl.headers
+        if limit_headers:   # admitted answers carry the quota too (the IETF draft), so a client can pace itself
+            send = _adding_headers(send, limit_headers)
         dest = view.service(backend.namespace, backend.name)
         if dest is None:
             return await self._respond(send, 500, f"backend Service {backend.namespace}/{backend.name} does not exist")
@@ -311,6 +316,15 @@ _NO_DEADLINE = _NoDeadline()
 
 def _scope(deadline: float):
     return _NO_DEADLINE if deadline == math.inf else trio.CancelScope(deadline=deadline)
+
+
+def _adding_headers(send: Send, extra: tuple) -> Send:
+    """`send` with `extra` appended to the response head."""
+    async def wrapped(ev, more: bool = False) -> None:
+        if isinstance(ev, Response):
+            ev = dataclasses.replace(ev, headers=tuple(ev.headers) + extra)
+        await send(ev, more)
+    return wrapped
 
 
 def _trio_deadline(when: float | None, clock: Callable[[], float]) -> float:

@@ -134,3 +134,18 @@ async def test_routes_from_a_waypoint_admin_port(nursery):
     assert code == 0 and json.loads(out)[0]["backends"] == routes[0]["backends"]
     code, _, err = await trellis("routes", "--admin", "127.0.0.1:1")
     assert code == 1 and "connection refused" in err
+
+
+def test_apply_waits_for_a_listed_replica_before_labelling(tmp_path):
+    import click
+    import pytest
+
+    from trellis.lab.waypointplan import workload_entry
+    from trellis.waypointcli import _wait_listed
+    with pytest.raises(click.ClickException) as err:
+        _wait_listed(tmp_path, "default", "waypoint", timeout=1)
+    assert "no ready replica after 1s, so namespace/default was not labeled" in err.value.message
+    entry = workload_entry({"name": "waypoint-0", "namespace": "default", "waypoint": "waypoint", "address": "10.244.1.9",
+                            "serviceAccount": "waypoint", "node": "node1", "netns": "x"})
+    (tmp_path / "lab-waypoints.yaml").write_text(yaml.safe_dump(entry))
+    _wait_listed(tmp_path, "default", "waypoint", timeout=1)   # listed: returns at once

@@ -120,6 +120,26 @@ def test_rapid_reset_closes_the_connection_with_enhance_your_calm():
     assert sum(isinstance(e, StreamReset) for e in evs) == MAX_EARLY_RESETS + 1
 
 
+def test_answers_after_our_goaway_are_silent():
+    # a stream's task still answering once the connection is closed must not raise: that
+    # ended the connection before the rapid-reset GOAWAY was written
+    client, server = peer(), HTTP2Server(Clock())
+    pump(client, server)
+    get = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+    client.send_headers(1, get, end_stream=True)
+    pump(client, server)
+    wire = b""
+    for i in range(MAX_EARLY_RESETS + 1):   # a rapid-reset flood on other streams
+        client.send_headers(3 + 2 * i, get, end_stream=True)
+        client.reset_stream(3 + 2 * i)
+        wire += client.data_to_send()
+    server.receive_data(wire)
+    assert any(isinstance(e, ProtocolError) for e in server.events()) and server.closed
+    goaway = server.send(Response(200, (), stream_id=1))
+    assert hyperframe.frame.Frame.parse_frame_header(goaway[:9])[0].type == 0x7   # still the GOAWAY, whoever writes it
+    assert server.send(Data(b"x", 1)) == b"" and server.send_headers_only(Response(200, (), stream_id=1)) == b""
+
+
 def test_resets_spread_over_time_or_after_the_response_are_fine():
     clock = Clock()
     client, server = peer(), HTTP2Server(clock)
@@ -197,6 +217,23 @@ def test_answering_a_stream_the_client_reset_is_silent():
     assert isinstance(server.events()[-1], StreamReset)
     assert server.send(Response(200, (), stream_id=1)) == b"" and server.send(Data(b"x", 1)) == b""
     assert server.keep_alive
+
+
+def test_answering_a_reset_stream_h2_has_already_forgotten_is_silent():
+    # h2 prunes closed streams when more are opened: answering one then is a "new" stream
+    # below the highest id (StreamIDTooLowError), which used to end the whole connection
+    client, server = peer(), HTTP2Server()
+    pump(client, server)
+    get = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+    client.send_headers(1, get, end_stream=True)
+    client.reset_stream(1)
+    for sid in (3, 5, 7):
+        client.send_headers(sid, get, end_stream=True)
+    pump(client, server)
+    server.events()
+    assert server.send(Response(200, (), stream_id=1)) == b"" and server.send(Data(b"x", 1)) == b""
+    assert server.send_headers_only(Response(200, (), stream_id=1)) == b""
+    assert server.keep_alive and server.send(Response(200, (), stream_id=3)) != b""
 
 
 def test_client_side_grpc_trailers_and_a_large_request_body():

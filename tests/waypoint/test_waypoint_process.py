@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import trio
 
@@ -152,6 +153,10 @@ async def test_rate_limit_429_with_headers(wp):
     out = await acurl("-i", *[f"http://127.0.0.1:{port}/{i}" for i in range(5)])
     statuses = re.findall(r"^HTTP/1.1 (\d+)", out.stdout, re.M)
     assert statuses == ["200", "200", "200", "429", "429"]
+    # admitted answers carry the draft's fields as well, with the quota left after them
+    admitted = [h.lower() for h in out.stdout.split("HTTP/1.1 ")[1:4]]
+    assert [re.search(r'^ratelimit: "default/limited";r=(\d)', h, re.M)[1] for h in admitted] == ["2", "1", "0"]
+    assert all('ratelimit-policy: "default/limited";q=3;w=60' in h for h in admitted)
     last = out.stdout.rsplit("HTTP/1.1 429", 1)[1].lower()
     assert "retry-after:" in last and "ratelimit-policy:" in last and "ratelimit:" in last
     assert wp.waypoint.metrics.value("trellis_waypoint_rate_limited_total") == 2
@@ -338,3 +343,39 @@ async def test_a_keepalive_connection_the_backend_closed_is_replaced_not_failed(
     assert (await acurl(f"http://127.0.0.1:{port}/b")).stdout == "short\n"
     assert wp.waypoint.upstream.stale == 1
     assert wp.waypoint.metrics.value("trellis_waypoint_retries_total", destination_service="default/short") == 0
+
+
+async def test_draining_closes_keep_alive_connections_after_their_next_answer(wp):
+    port = await wp.bridge("10.96.0.10:80")
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        async def exchange() -> bytes:
+            await stream.send_all(b"GET /other HTTP/1.1\r\nHost: web\r\n\r\n")
+            got = b""
+            while not got.endswith(b"v1\n"):
+                got += await stream.receive_some(65536)
+            return got.lower()
+        assert b"connection: close" not in await exchange()
+        wp.waypoint.draining.set()   # what SIGTERM does
+        # the request in the open tunnel is still served, and says the connection ends with it
+        assert b"connection: close" in await exchange()
+        with trio.fail_after(5):
+            assert await stream.receive_some(65536) == b""
+    # callers whose ztunnel has not yet heard that the waypoint is going are still served
+    # during the grace period (new HBONE connections and tunnels), each answer closing
+    late = await acurl("-i", f"http://127.0.0.1:{port}/other")
+    assert late.stdout.startswith("HTTP/1.1 200") and "connection: close" in late.stdout.lower()
+
+
+
+async def test_http2_request_in_the_preface_segment_is_served(wp, tmp_path):
+    # curl --http2-prior-knowledge sends its request with the preface, before our SETTINGS;
+    # it used to wait unanswered
+    frame = tmp_path / "req.bin"
+    frame.write_bytes(b"\x00" + (2).to_bytes(4, "big") + b"hi")
+    port = await wp.bridge("10.96.0.16:80")
+    out = await trio.to_thread.run_sync(lambda: subprocess.run(
+        ["curl", "-s", "--max-time", "10", "--http2-prior-knowledge", "-H", "content-type: application/grpc",
+         "-H", "te: trailers", "--data-binary", f"@{frame}", f"http://127.0.0.1:{port}/test.Echo/Say"],
+        capture_output=True, timeout=30))
+    assert out.returncode == 0 and out.stdout.endswith(b"hello hi"), out

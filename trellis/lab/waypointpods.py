@@ -19,13 +19,13 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from meshcore import ports
 
-from . import cgroups, credentials, net, procs, state
+from . import cgroups, credentials, net, procs, state, status
 from .state import LabState
 from .topology import CP_PORT, FABRIC_IP
 from .waypointplan import Plan, WaypointPod, plan, waypoints_in, workload_entry
@@ -54,9 +54,11 @@ def credential_dir(sdir: Path, namespace: str, name: str) -> Path:
 
 
 class WaypointController:
-    def __init__(self, sdir: Path) -> None:
+    def __init__(self, sdir: Path, ready: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.sdir = sdir
         self.shown: set[str] = set()   # problems logged already (a broken Gateway is not logged every second)
+        self.ready = ready or (lambda pod: status.waypoint_ready(pod)[0])
+        self.listed: set[tuple[str, str]] = set()   # pods with a WorkloadEntry: ready once, listed while they run
 
     def _report(self, errors: list[str]) -> None:
         for e in errors:
@@ -160,10 +162,20 @@ class WaypointController:
         return []
 
     def write_entries(self, st: LabState, skip: set[tuple[str, str]] = frozenset()) -> None:
-        """lab-waypoints.yaml: a WorkloadEntry per running waypoint pod (rewritten only on change)."""
+        """lab-waypoints.yaml: a WorkloadEntry per running waypoint pod once it has been ready
+        (rewritten only on change). As an EndpointSlice lists only ready pods: callers' ztunnels
+        send a listed replica their connections at once, and one still starting (no certificate
+        yet) left them waiting for seconds after `trellis waypoint apply`."""
         live = {p.name for p in st.procs}
-        docs = [workload_entry(r) for r in st.pods if r.get("waypoint") and (r["namespace"], r["name"]) not in skip
-                and proc_name(r["namespace"], r["name"]) in live]
+        docs, listed = [], set()
+        for r in st.pods:
+            key = (r["namespace"], r["name"])
+            if not r.get("waypoint") or key in skip or proc_name(*key) not in live:
+                continue
+            if key in self.listed or self.ready(r):
+                listed.add(key)
+                docs.append(workload_entry(r))
+        self.listed = listed
         path = self.sdir / "config" / ENTRIES_FILE
         text = yaml.safe_dump_all(docs, sort_keys=False) if docs else ""
         try:

@@ -208,6 +208,12 @@ class HTTP2Server(_H2Side):
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         super().__init__(False, clock)
 
+    @property
+    def closed(self) -> bool:
+        """GOAWAY sent or received: h2 refuses to frame anything more (other streams' answers
+        then would raise out of their tasks and cut the connection before our GOAWAY left)."""
+        return self.conn.state_machine.state is h2.connection.ConnectionState.CLOSED
+
     def _other(self, ev) -> None:
         if isinstance(ev, h2.events.RequestReceived):
             pseudo = {k: v for k, v in _text(ev.headers) if k.startswith(":")}
@@ -229,25 +235,36 @@ class HTTP2Server(_H2Side):
     def send_headers_only(self, ev: Response) -> bytes:
         """A response without body or trailers in one HEADERS frame with END_STREAM (gRPC's
         trailers-only form: a DATA frame ending the stream instead would break gRPC clients)."""
+        if self.closed:
+            return self.conn.data_to_send()
         try:
             self.conn.send_headers(ev.stream_id, [(b":status", str(ev.status).encode())] + _regular(ev.headers),
                                    end_stream=True)
             self._stream_done(ev.stream_id)
-        except h2.exceptions.StreamClosedError:
+        except _GONE:
             pass
         return self.conn.data_to_send()
 
     def send(self, ev) -> bytes:
-        """Bytes to write now; b"" for a stream the client has already reset (nothing to say)."""
+        """Bytes to write now; b"" for a stream the client has already reset, or once the
+        connection is closed (a GOAWAY either way: nothing more to say on it)."""
+        if self.closed:
+            return self.conn.data_to_send()
         try:
             if isinstance(ev, Response):
                 headers = [(b":status", str(ev.status).encode())] + _regular(ev.headers)
                 self.conn.send_headers(ev.stream_id, headers)
                 return self.conn.data_to_send()
             return self._send_body(ev)
-        except h2.exceptions.StreamClosedError:
+        except _GONE:
             self._out.pop(ev.stream_id, None)
             return self.conn.data_to_send()
+
+
+# A stream the client reset: closed, or already pruned by h2 (then our HEADERS would open a
+# "new" stream below the highest id). Either way there is nothing to say on it; raising would
+# end the connection's other streams (a client cancelling a call could do that at will).
+_GONE = (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError)
 
 
 class HTTP2Client(_H2Side):
