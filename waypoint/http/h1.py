@@ -241,7 +241,9 @@ class HTTP1Server(_Side):
                 self.out_chunked = not self.out_nobody
             elif not self.out_nobody:
                 self.keep = False
-        if not self.keep and not any(k == "connection" and "close" in v for k, v in headers):
+        if any(k == "connection" and "close" in v.lower() for k, v in headers):
+            self.keep = False   # our answer says this exchange is the last (RFC 9112 9.6), as h11 did
+        elif not self.keep:
             headers = [(k, v) for k, v in headers if k != "connection"] + [("connection", "close")]
         return serialize_head(f"HTTP/1.1 {ev.status} {ev.reason}", headers)
 
