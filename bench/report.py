@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from .run import L4_PEERS, L7_PEERS, Row
 
-TARGETS_HEADER = "targets (issues 3 and 14):"
+TARGETS_HEADER = "targets (issues 3, 11 and 14):"
 
 COLUMNS = [("scenario", "SCENARIO"), ("workers", "WORKERS"), ("rps", "REQ/S"), ("p50_ms", "P50 MS"),
            ("p99_ms", "P99 MS"), ("max_ms", "MAX MS"), ("gbps_1", "GBIT/S x1"), ("gbps_4", "GBIT/S x4"),
@@ -126,7 +126,7 @@ class Target:
 
 
 def measured_targets(rows: list[Row]) -> list[Target]:
-    """Every target of issues 3 and 14 that these rows (one run, or one round) measured."""
+    """Every target of issues 3, 11 and 14 that these rows (one run, or one round) measured."""
     rows = _with_figures(rows)
     by = {r.scenario: r for r in rows}
     l4, st, en = by.get("trellis-l4"), by.get("stunnel"), by.get("envoy-hbone")
@@ -149,6 +149,17 @@ def measured_targets(rows: list[Row]) -> list[Target]:
     if churn and churn.cpu_ms_per_req:
         out.append(Target("ztunnel CPU per new connection <= 0.6 ms", churn.cpu_ms_per_req, 0.6, False,
                           "ms (both ztunnels)"))
+    wp, en7, ng7 = by.get("waypoint"), by.get("envoy-l7"), by.get("nginx-l7")
+    if wp and en7:   # issue 11: the waypoint alone against the L7 peers, same app and wrk
+        out.append(Target("waypoint req/s >= 1.0x envoy-l7", wp.rps / en7.rps, 1.0, True))
+        out.append(Target("waypoint p99 <= 1.5x envoy-l7", wp.p99_ms / en7.p99_ms, 1.5, False))
+    if wp and ng7:
+        out.append(Target("waypoint req/s >= 0.5x nginx-l7", wp.rps / ng7.rps, 0.5, True))
+    if wp and wp.rss_idle_mib:
+        out.append(Target("waypoint RSS idle <= 45 MiB", wp.rss_idle_mib, 45, False, "MiB", idle=True))
+    mesh_l7 = by.get("trellis-l7")
+    if mesh_l7 and l4:
+        out.append(Target("trellis-l7 req/s >= 0.5x trellis-l4", mesh_l7.rps / l4.rps, 0.5, True))
     for size in _idle_sizes(rows):  # the target is Trellis's; peer idle rows are for comparison
         kib = by[size].extra["kib_per_connection"]
         out.append(Target(f"{size}: <= 16 KiB per idle connection", kib, 16, False, "KiB (both ztunnels)"))

@@ -74,3 +74,22 @@ def test_single_run_targets_keep_their_shape():
     assert t["ztunnel RSS idle <= 40 MiB"] == ("PASS", "38.0 MiB each")
     assert t["ztunnel CPU per new connection <= 0.6 ms"] == ("PASS", "0.500 ms (both ztunnels)")
     assert report.TARGETS_HEADER in report.render(rows)
+
+
+def test_issue_11_targets_are_summarised_per_round_too():
+    # the waypoint against envoy-l7 is 0.30x, 0.50x, 0.40x within the rounds: median 0.40x MISS;
+    # trellis-l7 against trellis-l4 is 0.60x in every round: PASS
+    rows = []
+    for n, (wp, envoy) in enumerate([(3000, 10000), (5000, 10000), (4000, 10000)], start=1):
+        rows += [Row("trellis-l4", "ztunnel x2", "1", rps=10000, p99_ms=3.0, extra={"round": n}),
+                 Row("trellis-l7", "mesh", "1", rps=6000, p99_ms=9.0, extra={"round": n}),
+                 Row("waypoint", "trio", "1", rps=wp, p99_ms=10.0, rss_idle_mib=35.0, extra={"round": n}),
+                 Row("envoy-l7", "envoy", "1", rps=envoy, p99_ms=4.0, extra={"round": n}),
+                 Row("nginx-l7", "nginx", "1", rps=20000, p99_ms=2.0, extra={"round": n})]
+    spreads = {name: (verdict, fig) for name, verdict, fig in repeat.target_spreads(repeat.by_round(rows))}
+    verdict, fig = spreads["waypoint req/s >= 1.0x envoy-l7"]
+    assert verdict == "MISS" and "median 0.40x" in fig and "0.30x - 0.50x" in fig, fig
+    assert spreads["trellis-l7 req/s >= 0.5x trellis-l4"][0] == "PASS"
+    assert spreads["waypoint p99 <= 1.5x envoy-l7"][0] == "MISS"          # 2.5x in every round
+    assert spreads["waypoint req/s >= 0.5x nginx-l7"][0] == "MISS"        # 0.20x median
+    assert spreads["waypoint RSS idle <= 45 MiB"][0] == "PASS"
