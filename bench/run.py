@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import select
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from meshcore import admin, ports
 from trellis.lab import procs
 from trellis.lab.state import alive
 
-from . import l7peers, measure, peers
+from . import idleclient, l7peers, measure, peers
 
 LAB_DIR = Path(__file__).parent / "lab"
 TRELLIS = str(Path(sys.executable).parent / "trellis")
@@ -309,11 +308,11 @@ class Bench:
         _, rss0 = self._usage(pids)
         already = self._established(server_pod)   # e.g. a waypoint's kept-alive connections to the app
         deadline = time.monotonic() + 60 + n / 100
-        proc = subprocess.Popen([TRELLIS, "lab", "exec", pod[1], "-n", pod[0], "--", "python3", "-c", idle_client(n, *dest)],
+        proc = subprocess.Popen([TRELLIS, "lab", "exec", pod[1], "-n", pod[0], "--", "python3", "-c", idleclient.script(n, *dest)],
                                 env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         try:
-            line = _readline(proc, deadline)
+            line = idleclient.readline(proc, deadline)
             if line != "ready":
                 os.killpg(proc.pid, signal.SIGKILL)  # the whole group, so that stderr reaches EOF
                 raise RuntimeError(f"{scenario}: the client could not open {n} connections to {dest[0]}:{dest[1]} "
@@ -327,7 +326,7 @@ class Bench:
             time.sleep(1.0)
             _, rss1 = self._usage(pids)
         finally:
-            _end(proc)
+            idleclient.end(proc)
         per_conn_kib = (rss1 - rss0) * 1024 / n
         self.echo(f"  {scenario}: {proxy} {rss0:.1f} MiB -> {rss1:.1f} MiB, {per_conn_kib:.1f} KiB per connection")
         self.rows.append(Row(scenario, proxy, workers, rss_idle_mib=rss0, rss_load_mib=rss1,
@@ -368,36 +367,6 @@ class Bench:
         self.rows.append(Row(f"config-push-{n}", "control plane -> ztunnel x2", "-", rss_load_mib=rss,
                              extra={"seconds_to_apply": seconds, "workloads": n}))
         (cfg / "bench-push.yaml").unlink()
-
-
-def idle_client(n: int, host: str, port: int) -> str:
-    """A client that opens n connections to host:port, proves the last one carries a request,
-    says `ready` and holds them all until its stdin closes."""
-    return ("import socket,sys,resource\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE,(resource.getrlimit(resource.RLIMIT_NOFILE)[1],)*2)\n"
-            "socks=[]\n"
-            f"for i in range({n}):\n"
-            f"    socks.append(socket.create_connection(({host!r},{port}),timeout=10))\n"
-            "s=socks[-1]; s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); assert b'200' in s.recv(1000)\n"
-            "print('ready',flush=True); sys.stdin.read()\n")
-
-
-def _readline(proc: subprocess.Popen, deadline: float) -> str:
-    ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-    return proc.stdout.readline().strip() if ready else ""
-
-
-def _end(proc: subprocess.Popen) -> None:
-    """Close the idle client's stdin (it exits and drops its connections); kill its group if it hangs."""
-    try:
-        proc.stdin.close()
-        proc.wait(timeout=60)
-    except (subprocess.TimeoutExpired, OSError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
 
 
 def _pids(peer: peers.Peer) -> list[int]:

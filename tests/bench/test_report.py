@@ -2,7 +2,8 @@
 import re
 
 from bench import report
-from bench.run import ALL, L4_PEERS, L7_PEERS, QUICK, Row, idle_client
+from bench.idleclient import script as idle_client
+from bench.run import ALL, L4_PEERS, L7_PEERS, QUICK, Row
 
 
 def _rows() -> list[Row]:
