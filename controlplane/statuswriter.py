@@ -1,0 +1,93 @@
+"""Gateway API status in a cluster: the control plane writes what controlplane/status.py
+computes through each object's status subresource.
+
+After every snapshot the Kubernetes source publishes, and every `resync` seconds (a
+waypoint replica becoming ready is not a config change), it lists GatewayClasses,
+Gateways, HTTPRoutes and GRPCRoutes as served (with their status and generation), computes
+each one's status from the snapshot and sends a JSON merge patch to `.../NAME/status` for
+those whose status differs, carrying the metadata.resourceVersion it read: a write made in
+between (another controller's parents entry, another replica) is a 409, and the object is
+read again next round instead of being overwritten.
+
+No leader: every control plane replica computes the same status from the same objects, and
+keeps the served lastTransitionTime of each condition whose status holds, so once one
+replica has written, the others find nothing left to write."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Callable
+
+import trio
+
+from .status import new_status, problems_by_object
+
+log = logging.getLogger("trellis.controlplane.statuswriter")
+
+GROUP = "/apis/gateway.networking.k8s.io/v1"
+# plural -> kind; GatewayClass is cluster-scoped
+KINDS = {"gatewayclasses": "GatewayClass", "gateways": "Gateway", "httproutes": "HTTPRoute", "grpcroutes": "GRPCRoute"}
+API_VERSION = "gateway.networking.k8s.io/v1"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_path(plural: str, obj: dict) -> str:
+    meta = obj.get("metadata") or {}
+    if plural == "gatewayclasses":
+        return f"{GROUP}/gatewayclasses/{meta['name']}/status"
+    return f"{GROUP}/namespaces/{meta['namespace']}/{plural}/{meta['name']}/status"
+
+
+class StatusWriter:
+    def __init__(self, api, store, *, clock: Callable[[], str] = utc_now, resync: float = 10.0,
+                 retry: float = 1.0) -> None:
+        self.api, self.store, self.clock, self.resync, self.retry = api, store, clock, resync, retry
+        self.stats = {"rounds": 0, "written": 0, "conflicts": 0, "errors": 0}
+
+    async def reconcile(self) -> int:
+        """One round: the number of status writes made."""
+        from kubewatch.client import KubeApiError
+        snap = self.store.current()
+        problems = problems_by_object(snap.errors)
+        written = 0
+        for plural, kind in KINDS.items():
+            items, _ = await self.api.list(f"{GROUP}/{plural}")
+            for item in items:
+                obj = {"apiVersion": API_VERSION, "kind": kind, **item}
+                status = new_status(obj, snap.resources, problems, self.clock())
+                if status is None or status == obj.get("status"):
+                    continue
+                meta = obj["metadata"]
+                patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": status}
+                try:
+                    await self.api.patch(status_path(plural, obj), patch)
+                except KubeApiError as exc:
+                    if exc.code not in (404, 409):
+                        raise
+                    # gone, or written in between: what is served now is read next round
+                    self.stats["conflicts"] += 1
+                    continue
+                written += 1
+                log.info("event=status_written kind=%s object=%s/%s", kind, meta.get("namespace", ""), meta["name"])
+        self.stats["rounds"] += 1
+        self.stats["written"] += written
+        return written
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from httpx2 import HTTPError
+
+        from kubewatch.client import KubeApiError, describe
+        task_status.started()
+        seen = -1
+        while True:
+            with trio.move_on_after(self.resync):
+                seen = (await self.store.wait_for_change(seen)).version
+            try:
+                await self.reconcile()
+            except (KubeApiError, HTTPError, OSError) as exc:
+                self.stats["errors"] += 1
+                log.warning("event=status_write_failed error=%s", describe(exc))
+                await trio.sleep(self.retry)
