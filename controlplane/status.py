@@ -169,8 +169,8 @@ def gateway_status(gw: Resource | None, resources: Mapping[tuple, Resource], pro
     return out
 
 
-def gateway_class_status(gc: Resource) -> dict:
-    if gc.name == WAYPOINT_CLASS:
+def gateway_class_status(name: str) -> dict:
+    if name == WAYPOINT_CLASS:
         return {"conditions": [cond("Accepted", True, "Accepted", "trellis waypoints")]}
     return {"conditions": [cond("Accepted", False, "Unsupported",
                                 f"trellis implements one GatewayClass, {WAYPOINT_CLASS}")]}
@@ -207,11 +207,10 @@ def new_status(raw: dict, resources: Mapping[tuple, Resource], problems: Mapping
         gw = resources.get(key)
         return merge_object(old, gateway_status(gw if gw is not None and not problems.get(describe(raw)) else None,
                                                 resources, mine), generation, now)
-    if kind == "GatewayClass":
-        gc = resources.get(("GatewayClass", "", name))
-        if gc is None or not gc.spec.ours:
+    if kind == "GatewayClass":   # read as served: a class just created is ours before the snapshot has it
+        if (raw.get("spec") or {}).get("controllerName") != CONTROLLER_NAME:
             return None
-        return merge_object(old, gateway_class_status(gc), generation, now)
+        return merge_object(old, gateway_class_status(name), generation, now)
     return None
 
 

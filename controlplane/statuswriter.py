@@ -4,7 +4,8 @@ computes through each object's status subresource.
 After every snapshot the Kubernetes source publishes, and every `resync` seconds (a
 waypoint replica becoming ready is not a config change), it lists GatewayClasses,
 Gateways, HTTPRoutes and GRPCRoutes as served (with their status and generation), computes
-each one's status from the snapshot and sends a JSON merge patch to `.../NAME/status` for
+each one's status from the snapshot (creating the GatewayClass trellis-waypoint if there is
+none, as istiod creates istio-waypoint) and sends a JSON merge patch to `.../NAME/status` for
 those whose status differs, carrying the metadata.resourceVersion it read: a write made in
 between (another controller's parents entry, another replica) is a 409, and the object is
 read again next round instead of being overwritten.
@@ -19,6 +20,9 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import trio
+
+from meshcore.resources.gateway import WAYPOINT_CLASS
+from meshcore.resources.grants import CONTROLLER_NAME
 
 from .status import new_status, problems_by_object
 
@@ -55,6 +59,8 @@ class StatusWriter:
         written = 0
         for plural, kind in KINDS.items():
             items, _ = await self.api.list(f"{GROUP}/{plural}")
+            if plural == "gatewayclasses" and not any(i["metadata"]["name"] == WAYPOINT_CLASS for i in items):
+                items.append(await self._create_class())
             for item in items:
                 obj = {"apiVersion": API_VERSION, "kind": kind, **item}
                 status = new_status(obj, snap.resources, problems, self.clock())
@@ -75,6 +81,22 @@ class StatusWriter:
         self.stats["rounds"] += 1
         self.stats["written"] += written
         return written
+
+    async def _create_class(self) -> dict:
+        """The GatewayClass trellis-waypoint, as istiod creates istio-waypoint: Gateways of the
+        class work without it, but `kubectl get gatewayclass` should show who implements it."""
+        from kubewatch.client import KubeApiError
+        body = {"apiVersion": API_VERSION, "kind": "GatewayClass", "metadata": {"name": WAYPOINT_CLASS},
+                "spec": {"controllerName": CONTROLLER_NAME,
+                         "description": "Trellis waypoints: per-namespace L7 proxies for GAMMA routes"}}
+        try:
+            out = await self.api.post(f"{GROUP}/gatewayclasses", body)
+        except KubeApiError as exc:
+            if exc.code != 409:   # another replica made it first
+                raise
+            out = await self.api.get(f"{GROUP}/gatewayclasses/{WAYPOINT_CLASS}") or body
+        log.info("event=gatewayclass_created name=%s", WAYPOINT_CLASS)
+        return out
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         from httpx2 import HTTPError

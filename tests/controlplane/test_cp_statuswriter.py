@@ -26,9 +26,10 @@ OTHER = {"parentRef": {"name": "ingress"}, "controllerName": "example.net/gatewa
 
 
 @contextlib.asynccontextmanager
-async def cluster(tmp_path):
+async def cluster(tmp_path, with_class=True):
     standin = world()
-    standin.put(copy.deepcopy(CLASS))
+    if with_class:
+        standin.put(copy.deepcopy(CLASS))
     async with trio.open_nursery() as nursery:
         api, store = await synced_source(nursery, tmp_path, standin, **FAST)
         yield standin, api, store
@@ -133,3 +134,11 @@ async def test_two_control_planes_writing_at_once_converge(tmp_path):
             assert await w.reconcile() == 0
         assert route(standin)["status"] == settled and len(settled["parents"]) == 1
         assert len({c["lastTransitionTime"] for c in settled["parents"][0]["conditions"]}) == 1
+
+
+async def test_the_gateway_class_is_created_when_missing_and_accepted(tmp_path):
+    async with cluster(tmp_path, with_class=False) as (standin, api, store):
+        assert await StatusWriter(api, store, clock=lambda: "2026-12-02T10:00:00Z").reconcile() == 3
+        gc = standin.objects["/apis/gateway.networking.k8s.io/v1/gatewayclasses"][("", "trellis-waypoint")]
+        assert gc["spec"]["controllerName"] == CONTROLLER_NAME
+        assert (gc["status"]["conditions"][0]["type"], gc["status"]["conditions"][0]["status"]) == ("Accepted", "True")

@@ -243,6 +243,8 @@ class ApiServerStandIn(PodsSubresources, AuthApis, StatusSubresource):
             obj = self.objects.get(_collection(parts), {}).get((parts[-3], parts[-1]))
             await self._send_json(conn, stream, *((200, obj) if obj else
                                                   (404, _status(404, "NotFound", f'{parts[-2]} "{parts[-1]}" not found'))))
+        elif method == "POST" and path in COLLECTIONS and COLLECTIONS[path][1] == "GatewayClass":
+            await self._create_cluster_scoped(conn, stream, path, req)
         elif method in ("POST", "PUT", "DELETE") and _collection(parts) in COLLECTIONS:
             await self._write(conn, stream, method, parts, req)
         elif method == "POST" and len(parts) == 5 and parts[4] == "secrets":

@@ -68,6 +68,14 @@ class StatusSubresource:
         self._record(path, "MODIFIED", stored)
         return stored
 
+    async def _create_cluster_scoped(self, conn, stream, path: str, req: dict) -> None:
+        """POST of a cluster-scoped kind (a GatewayClass): 201, or 409 if it exists."""
+        name = (req.get("metadata") or {}).get("name")
+        if ("", name) in self.objects.get(path, {}):
+            await self._send_json(conn, stream, 409, _status(409, "AlreadyExists", f'"{name}" already exists'))
+            return
+        await self._send_json(conn, stream, 201, self.put(req))
+
     async def _status(self, conn, stream, method: str, parts: list[str], req: dict, content_type: str) -> None:
         """PUT or PATCH of `.../PLURAL/NAME/status` (namespaced, or a cluster-scoped kind)."""
         plural, name = parts[-3], parts[-2]
