@@ -106,7 +106,7 @@ def resolved_refs(kind: str, namespace: str, spec: dict, resources, parent: tupl
                                             "(only Services)"))
             continue
         if not backend_permitted(grants, kind, namespace, bns, name, parent):
-            problems.append(("RefNotPermitted", f"backendRef {bns}/{name} is not open to a {kind} of namespace "
+            problems.append(("RefNotPermitted", f"backendRef {bns}/{name} is not open to {kind}s of namespace "
                                                 f"{namespace}: add a ReferenceGrant in {bns}"))
             continue
         svc = resources.get(("Service", bns, name))
