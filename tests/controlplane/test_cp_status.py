@@ -220,3 +220,13 @@ def test_gateway_class_accepted_when_its_controller_is_ours(name, controller, ex
         assert st is None
     else:
         assert (st["conditions"][0]["status"], st["conditions"][0]["reason"]) == expected
+
+
+def test_grpc_route_needs_a_grant_for_grpc_routes_not_http_routes():
+    text = route(kind="GRPCRoute", backends="[{name: db, namespace: other, port: 5432}]")
+    entry = status_of(text, GRANT, kind="GRPCRoute")["parents"][0]     # GRANT opens other to HTTPRoutes only
+    c = next(c for c in entry["conditions"] if c["type"] == "ResolvedRefs")
+    assert (c["status"], c["reason"]) == ("False", "RefNotPermitted") and "GRPCRoutes of namespace mesh" in c["message"]
+    grpc_grant = GRANT.replace("kind: HTTPRoute", "kind: GRPCRoute")
+    entry = status_of(text, grpc_grant, kind="GRPCRoute")["parents"][0]
+    assert conditions(entry)["ResolvedRefs"] == ("True", "ResolvedRefs")
