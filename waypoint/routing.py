@@ -21,7 +21,8 @@ Routes attached but none matches: 404, as the spec and GAMMA conformance require
 
 Backends: weighted (weight/sum); weight 0 is never chosen; all weights 0, no backendRefs, a
 backend of another kind than Service, a Service that does not exist (or lacks the port) or
-one that no ReferenceGrant opens to the route (meshcore.resources.grants.backend_permitted) gives 500 for its share.
+one not open to the route (meshcore.resources.grants.backend_permitted: its ReferenceGrant
+rule) gives 500 for its share.
 """
 from __future__ import annotations
 
