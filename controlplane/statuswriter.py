@@ -1,8 +1,9 @@
 """Gateway API status in a cluster: the control plane writes what controlplane/status.py
 computes through each object's status subresource.
 
-After every snapshot the Kubernetes source publishes, and every `resync` seconds (a
-waypoint replica becoming ready is not a config change), it lists GatewayClasses,
+After every snapshot the Kubernetes source publishes (a waypoint replica that starts is one:
+its Pod becomes a workload), a second after a lost race, and every `resync` seconds (someone
+else's edit of a status), it lists GatewayClasses,
 Gateways, HTTPRoutes and GRPCRoutes as served (with their status and generation), computes
 each one's status from the snapshot (creating the GatewayClass trellis-waypoint if there is
 none, as istiod creates istio-waypoint) and sends a JSON merge patch to `.../NAME/status` for
@@ -46,7 +47,7 @@ def status_path(plural: str, obj: dict) -> str:
 
 
 class StatusWriter:
-    def __init__(self, api, store, *, clock: Callable[[], str] = utc_now, resync: float = 10.0,
+    def __init__(self, api, store, *, clock: Callable[[], str] = utc_now, resync: float = 30.0,
                  retry: float = 1.0) -> None:
         self.api, self.store, self.clock, self.resync, self.retry = api, store, clock, resync, retry
         self.stats = {"rounds": 0, "written": 0, "conflicts": 0, "errors": 0}
@@ -103,10 +104,14 @@ class StatusWriter:
 
         from kubewatch.client import KubeApiError, describe
         task_status.started()
-        seen = -1
+        seen, conflicts = -1, 0
         while True:
-            with trio.move_on_after(self.resync):
-                seen = (await self.store.wait_for_change(seen)).version
+            if self.stats["conflicts"] > conflicts:   # lost a race: read again soon, not at the next change
+                conflicts = self.stats["conflicts"]
+                await trio.sleep(self.retry)
+            else:
+                with trio.move_on_after(self.resync):
+                    seen = (await self.store.wait_for_change(seen)).version
             try:
                 await self.reconcile()
             except (KubeApiError, HTTPError, OSError) as exc:

@@ -142,3 +142,17 @@ async def test_the_gateway_class_is_created_when_missing_and_accepted(tmp_path):
         gc = standin.objects["/apis/gateway.networking.k8s.io/v1/gatewayclasses"][("", "trellis-waypoint")]
         assert gc["spec"]["controllerName"] == CONTROLLER_NAME
         assert (gc["status"]["conditions"][0]["type"], gc["status"]["conditions"][0]["status"]) == ("Accepted", "True")
+
+
+async def test_the_running_writer_follows_config_changes(tmp_path):
+    async with cluster(tmp_path) as (standin, api, store):
+        async with trio.open_nursery() as n:
+            writer = StatusWriter(api, store, resync=3600)    # only config changes wake it
+            await n.start(writer.run)
+            await until(lambda: route(standin).get("status"))
+            body = copy.deepcopy(route(standin))
+            body["spec"]["parentRefs"][0]["name"] = "nope"
+            standin.put(body)
+            await until(lambda: conds(route(standin)["status"]["parents"][0])["Accepted"]["reason"]
+                        == "NoMatchingParent")
+            n.cancel_scope.cancel()
