@@ -34,6 +34,7 @@ HEADER = struct.Struct(">BHBBI")   # 24-bit length as 8+16 bits, type, flags, st
 HEADER_LEN = 9
 DATA = 0
 HEADERS, END_HEADERS = 1, 0x4
+END_STREAM = 0x1   # on DATA (and HEADERS) frames
 STATUS_200 = 0x88   # RFC 7541 appendix A: static table entry 8, ":status: 200", indexed
 # RFC 7541 6.2.2, literal header field without indexing, name from the static table (entry 2
 # `:method`, entry 1 `:authority`), value a plain (not Huffman) string of 7-bit length: neither
@@ -83,6 +84,35 @@ def take_status_200(conn: H2Connection, stream_id: int) -> bool:
         return False
     machine.headers_received = True
     stream._expected_content_length = None
+    return True
+
+
+def end_stream(conn: H2Connection, stream_id: int) -> None:
+    """h2's end_stream(stream_id): an empty DATA frame with END_STREAM, written here when the
+    stream may send (the plain case: the frame is always the same nine bytes) and moved in h2's
+    state machine as h2's end_stream moves it (~2 us instead of h2's 16-18: frame object, two
+    state machines, debug formatting); anything else by h2 (raising what it raises)."""
+    stream = conn.streams.get(stream_id)
+    if stream is None or conn.state_machine.state not in _OPEN or stream.state_machine.state not in _CAN_SEND:
+        conn.end_stream(stream_id)
+        return
+    stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)   # OPEN -> HALF_CLOSED_LOCAL, or CLOSED
+    conn._data_to_send += HEADER.pack(0, 0, DATA, END_STREAM, stream_id)
+
+
+def take_end_stream(conn: H2Connection, stream_id: int) -> bool:
+    """May this empty DATA frame with END_STREAM alone skip h2? Only on a stream open in our
+    receiving direction whose headers came (h2 would take it without a word: no window to
+    consume, no content-length to check); if so, move the stream as h2's receive does."""
+    if conn.state_machine.state not in _OPEN or conn.incoming_buffer._headers_buffer:
+        return False
+    stream = conn.streams.get(stream_id)
+    if stream is None or stream._expected_content_length is not None:
+        return False
+    machine = stream.state_machine
+    if machine.state not in _CAN_RECEIVE or not machine.headers_received:
+        return False
+    machine.process_input(StreamInputs.RECV_END_STREAM)   # OPEN -> HALF_CLOSED_REMOTE, or CLOSED
     return True
 
 
