@@ -275,7 +275,9 @@ class HboneStream(trio.abc.HalfCloseableStream):
                         codec.reset(self.stream_id)
                 except LocalProtocolError:
                     codec.reset(self.stream_id)
-                self._mux.push()
+                # With the writer's next batch, as the END_STREAM the relay queued just before:
+                # the tunnels that end in the same round share one TLS record and one write().
+                self._mux.defer()
             codec.ack(self.stream_id, st.discard_received())   # give the connection window back
             st.notify()
             self._mux.wake_senders()
