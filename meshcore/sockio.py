@@ -91,6 +91,15 @@ def close(sock: socket.socket | None) -> None:
     sock.close()
 
 
+def close_unwatched(sock: socket.socket | None) -> None:
+    """Close a socket no task can be waiting on any more (a proxy's own socket once its relay
+    has ended: the relay machinery wakes its backlog writer when it detaches). trio's
+    notify_closing costs an exception object and a failing epoll_ctl() for a socket trio
+    never waited on, which is every new connection's."""
+    if sock is not None:
+        sock.close()
+
+
 def reset_on_close(sock: socket.socket | None) -> None:
     """Make the next close() send an RST (SO_LINGER 0) instead of a FIN: how a proxy passes
     on a reset. A socket already gone needs nothing."""

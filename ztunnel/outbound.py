@@ -105,7 +105,7 @@ class Outbound:
         started = time.monotonic()
         found = self._route(peer)
         if found is None:
-            sockio.close(sock)
+            sockio.close_unwatched(sock)
             return
         src, dst, r = found
         labels = _labels(self.pod, r, isinstance(r, route.Hbone), self._labels)
@@ -135,8 +135,8 @@ class Outbound:
             self.active -= 1
             if tunnel is not None:
                 tunnel.close()
-            sockio.close(plain)
-            sockio.close(sock)
+            sockio.close_unwatched(plain)   # the relay ended: nothing waits on them
+            sockio.close_unwatched(sock)
             log_connection(direction="outbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,
                            route=type(r).__name__, endpoint=_endpoint(r), waypoint=getattr(r, "waypoint", None),
