@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import resource
@@ -85,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+GC_YOUNG = 10_000   # container allocations between young collections (CPython's default: 700)
+
+
+def tune_gc() -> None:
+    """Call once everything is imported. ztunnel's hot path makes no reference cycles (0
+    collected over 4,000 new connections), yet the cyclic GC cost ~20 us per connection on
+    each side, most of it full collections walking the ~35,000 objects the imports made, and
+    a young collection every 700 allocations: those objects are left out of collections
+    (gc.freeze) and young collections run every GC_YOUNG allocations."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+
+
 def configure_logging(level: str, fmt: str) -> None:
     """Log to stderr in `fmt`, which names no thread or process: LogRecords then skip asking
     for them (a getpid() and two lookups per record; a new connection logs one record)."""
@@ -126,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             app = Owner(cfg, cp, args.workers, args.log_level)
         else:
             app = Ztunnel(cfg, cp)
+        tune_gc()
         trio.run(app.run)
     except (OSError, ValueError, ImportError) as exc:
         print(f"ztunnel: {exc}", file=sys.stderr)
