@@ -7,6 +7,7 @@ the source pod's IP, so they must never be shared between pods of one identity.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -26,6 +27,12 @@ from .outbound import Outbound
 from .podinfo import PodInfo
 
 log = logging.getLogger("trellis.ztunnel.pods")
+# accept() errors that concern only the connection being accepted (Linux hands a new socket's
+# pending network error to accept()): skipped, as trio's SocketListener skips the same list.
+ACCEPT_SKIP = {getattr(errno, name) for name in (
+    "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
+    "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT", "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET")
+    if hasattr(errno, name)}
 # How long a pod's listeners stay unserved waiting for its first certificate; past it,
 # connections are served (and fail with advice) rather than held without an answer.
 CERT_WAIT = 10.0
@@ -150,6 +157,8 @@ class Pod:
                     except OSError as exc:
                         if listener.draining:
                             break
+                        if exc.errno in ACCEPT_SKIP:
+                            continue
                         log.error("pod %s: outbound accept failed (%s); backing off", self.info.uid, exc)
                         await trio.sleep(0.1)
                         continue
