@@ -28,7 +28,7 @@ from .filters.normalize import PathRejected, normalize_target
 from .filters.pool import QUEUE, REJECT
 from .filters.retry import ATTEMPT_TIMEOUT, RetryState
 from .filters.timeouts import Deadlines
-from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, without
+from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, trusted_response, without
 from .metrics import Metrics, access_log, log_request
 from .routing import Backend, apply_response_headers
 from .tracing import Tracer
@@ -44,7 +44,7 @@ class Caller:
     address: str
     protocol: str = "http"          # Istio's request_protocol: http | grpc
     security: str = "mutual_tls"    # connection_security_policy
-    # target -> (view, the request labels that stay the same on this connection): built once per snapshot
+    # id(target) -> (view, the request labels that stay the same on this connection, target): built once per snapshot
     labels: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -59,8 +59,9 @@ class Pipeline:
         start = self.clock()
         view = self.view_of()
         svc = target.service
-        cached = caller.labels.get(target)
-        if cached is not None and cached[0] is view:
+        # by identity: a connection keeps its Target object, and hashing one hashes its whole Service
+        cached = caller.labels.get(id(target))
+        if cached is not None and cached[0] is view and cached[2] is target:
             base = cached[1]
         else:   # first request to target on this connection, or a new snapshot (the old one is let go)
             base = dict(
@@ -68,7 +69,7 @@ class Pipeline:
                 destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
                 destination_service_name=svc.name, destination_service_namespace=svc.namespace,
                 connection_security_policy=caller.security)
-            caller.labels[target] = (view, base)
+            caller.labels[id(target)] = (view, base, target)
         labels = dict(base, request_protocol="grpc" if req.is_grpc else caller.protocol)
         span = self.tracer.begin(req.header("traceparent"), req.header("tracestate"))
         info: dict = {"traceparent": span.traceparent}
@@ -100,9 +101,10 @@ class Pipeline:
                 req = req.with_(target=normal)
         except PathRejected as exc:
             return await self._respond(send, exc.status, exc.message)
-        verdict = authz.evaluate(view.target_policies(target), caller.identity, target.port,
-                                 authz.Request(req.method, req.path, req.host))
-        if isinstance(verdict, authz.Deny):
+        policies = view.target_policies(target)
+        verdict = authz.evaluate(policies, caller.identity, target.port,
+                                 authz.Request(req.method, req.path, req.host)) if policies else None
+        if isinstance(verdict, authz.Deny):   # no policy at all: allowed (evaluate's "no ALLOW policy applies")
             self.metrics.authz_denied.labels(svc.key, verdict.policy or "").inc()
             info["authz"] = verdict.reason
             return await self._respond(send, 403, f"RBAC: access denied ({verdict.reason})")
@@ -274,24 +276,37 @@ class Pipeline:
             headers += (("content-length", str(body.length)),)
         elif req.http_version != "2":
             headers += (("transfer-encoding", "chunked"),)   # length unknown: chunked to the HTTP/1.1 backend
-        return req.with_(headers=headers)
+        return req.trusted(headers=headers)   # validated already: the client's fields, ours added
 
     async def _relay(self, conn, resp: Response, decision, send: Send, deadlines: Deadlines) -> int:
         headers = end_to_end(resp.headers)
-        if decision is not None and decision.response_headers:
-            headers = apply_response_headers(headers, decision.response_headers)
+        if decision is not None and decision.response_headers:   # values from the config: checked
+            head = Response(resp.status, apply_response_headers(headers, decision.response_headers), resp.reason)
+        else:   # the backend's own fields, validated when parsed
+            head = trusted_response(resp.status, headers, resp.reason)
         # `more` while the backend's bytes already read hold further events: a small response
         # leaves in one write instead of one per event
-        await send(Response(resp.status, headers, resp.reason), conn.buffered())
+        await send(head, conn.buffered())
         try:
-            with _scope(_trio_deadline(deadlines.request_deadline, self.clock)) as scope:
-                async for ev in conn.events():
-                    if isinstance(ev, Data):
-                        await send(ev, conn.buffered())
-                    elif isinstance(ev, EndOfMessage):
+            # the whole response already read (a small one nearly always is): nothing to wait
+            # for from the backend, so no deadline scope (entering one costs more than the relay)
+            pending = getattr(conn, "_pending", None)
+            if pending and isinstance(pending[-1], EndOfMessage):
+                while True:   # Data..., EndOfMessage: taken as conn.events() would, without the generator
+                    ev = pending.popleft()
+                    if isinstance(ev, EndOfMessage):
                         await send(ev)
-            if scope.cancelled_caught:
-                raise trio.TooSlowError("the request timeout passed while the response was relayed")
+                        break
+                    await send(ev, True)
+            else:
+                with _scope(_trio_deadline(deadlines.request_deadline, self.clock)) as scope:
+                    async for ev in conn.events():
+                        if isinstance(ev, Data):
+                            await send(ev, conn.buffered())
+                        elif isinstance(ev, EndOfMessage):
+                            await send(ev)
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError("the request timeout passed while the response was relayed")
             await self.upstream.release(conn)
         except BaseException:
             await conn.aclose()

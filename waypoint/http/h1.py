@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from .events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, simple_response
+from .events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, simple_response, \
+    trusted_request, trusted_response
 from .h1wire import WireError, find_head, parse_chunk_head, parse_request, parse_response, parse_trailers, \
     serialize_head
 
@@ -202,7 +203,7 @@ class HTTP1Server(_Side):
         if head.close:
             self.keep = False
         try:
-            req = Request(head.method, head.target, head.host or "", tuple(head.fields), http_version=head.version)
+            req = trusted_request(head.method, head.target, head.host or "", tuple(head.fields), head.version)
         except ValueError as exc:
             raise WireError(400, f"bad request: {exc}") from None
         out.append(req)
@@ -273,10 +274,9 @@ class HTTP1Client(_Side):
             head = parse_response(buf, start, end, MAX_HEADERS)
         except WireError as exc:
             raise WireError(502, f"backend response refused: {exc.message}") from None
-        try:
-            resp = Response(head.status, tuple(head.fields), head.reason, head.version)
-        except ValueError as exc:
-            raise WireError(502, f"backend response refused: {exc}") from None
+        if not 100 <= head.status <= 999:
+            raise WireError(502, f"backend response refused: status {head.status} is not a 3-digit code")
+        resp = trusted_response(head.status, tuple(head.fields), head.reason, head.version)
         out.append(resp)
         if head.status < 200:
             return   # informational: the final response follows
