@@ -54,6 +54,7 @@ class Pipeline:
         self.view_of, self.upstream, self.metrics, self.clock = view_of, upstream, metrics, clock
         self.tracer = tracer or Tracer()
         self._queued: dict[int, trio.Event] = {}
+        self._endpoint_facts: dict = {}   # Endpoint -> (str, destination_workload, its namespace, principal)
 
     async def handle(self, req: Request, body: RequestBody, caller: Caller, target: Target, send: Send) -> int:
         start = self.clock()
@@ -159,8 +160,8 @@ class Pipeline:
 
     async def _attempts(self, view, req, body: RequestBody, target, backend, cluster, decision, send, labels,
                         info) -> int:
-        retry = RetryState(decision.retry if decision else None, cluster.budget, view.rng)
-        retry.body = body.replay   # what a retry can send again (RetryState refuses once it overflowed)
+        # body.replay: what a retry can send again (RetryState refuses once it overflowed)
+        retry = RetryState(decision.retry if decision else None, cluster.budget, view.rng, body.replay)
         deadlines = Deadlines.of(decision.timeouts if decision else None, self.clock())
         if body.poll():   # all here already: it leaves with the head, no pump task
             return await self._attempt_loop(view, self._outgoing(req, body, info["traceparent"]), body, target, backend, cluster,
@@ -217,10 +218,16 @@ class Pipeline:
             if ep is None:
                 return await self._respond(send, 503, "no healthy upstream: every endpoint is ejected")
             info["attempts"] += 1
-            info["upstream"] = str(ep)
-            wl_ns, _, wl_name = ep.workload.partition("/")
-            labels["destination_workload"], labels["destination_workload_namespace"] = wl_name or "unknown", wl_ns or "unknown"
-            labels["destination_principal"] = ep.identity or "unknown"
+            facts = self._endpoint_facts.get(ep)
+            if facts is None:   # once per endpoint: its address and labels (a View's endpoints are kept per snapshot)
+                if len(self._endpoint_facts) >= 4096:
+                    self._endpoint_facts.clear()
+                wl_ns, _, wl_name = ep.workload.partition("/")
+                facts = self._endpoint_facts[ep] = (str(ep), wl_name or "unknown", wl_ns or "unknown",
+                                                    ep.identity or "unknown")
+            info["upstream"] = facts[0]
+            labels["destination_workload"], labels["destination_workload_namespace"] = facts[1], facts[2]
+            labels["destination_principal"] = facts[3]
             cluster.started(ep)
             now = self.clock()
             failure = status = grpc_status = None
