@@ -54,6 +54,8 @@ class Pipeline:
         self.view_of, self.upstream, self.metrics, self.clock = view_of, upstream, metrics, clock
         self.tracer = tracer or Tracer()
         self._queued: dict[int, trio.Event] = {}
+        self._dest_view: View | None = None
+        self._dests: dict[tuple[str, str], tuple] = {}   # for _dest_view: (ns, name) -> _destination()
         self._endpoint_facts: dict = {}   # Endpoint -> (str, destination_workload, its namespace, principal)
 
     async def handle(self, req: Request, body: RequestBody, caller: Caller, target: Target, send: Send) -> int:
@@ -132,12 +134,11 @@ class Pipeline:
             limit_headers += rl.headers
         if limit_headers:   # admitted answers carry the quota too (the IETF draft), so a client can pace itself
             send = _adding_headers(send, limit_headers)
-        dest = view.service(backend.namespace, backend.name)
-        if dest is None:
+        found = self._destination(view, backend.namespace, backend.name)
+        if found is None:
             return await self._respond(send, 500, f"backend Service {backend.namespace}/{backend.name} does not exist")
-        labels["destination_service"] = f"{dest.name}.{dest.namespace}.svc.cluster.local"
+        dest, cluster, labels["destination_service"] = found
         labels["destination_service_name"], labels["destination_service_namespace"] = dest.name, dest.namespace
-        cluster = view.cluster(backend.namespace, backend.name)
         admission = cluster.pool.acquire()
         if admission.outcome == REJECT:
             self.metrics.overflows.labels(dest.key).inc()
@@ -157,6 +158,19 @@ class Pipeline:
             handed = cluster.pool.release()
             if handed is not None and handed in self._queued:
                 self._queued[handed].set()
+
+    def _destination(self, view: View, namespace: str, name: str):
+        """(Service, its Cluster, its FQDN label) for a backend, looked up once per snapshot."""
+        if self._dest_view is not view:
+            self._dest_view, self._dests = view, {}
+        found = self._dests.get((namespace, name))
+        if found is None:
+            dest = view.service(namespace, name)
+            if dest is None:
+                return None
+            found = self._dests[(namespace, name)] = (dest, view.cluster(namespace, name),
+                                                      f"{dest.name}.{dest.namespace}.svc.cluster.local")
+        return found
 
     async def _attempts(self, view, req, body: RequestBody, target, backend, cluster, decision, send, labels,
                         info) -> int:
