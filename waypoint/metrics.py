@@ -67,6 +67,10 @@ class Metrics:
         return sample_total(self.registry, name, **labels)
 
 
+# json.dumps builds an encoder per call when given `default`: one, made once, says the same
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def log_request(**fields) -> None:
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info(json.dumps(fields, separators=(",", ":"), default=str))
+        access_log.info(_ENCODE(fields))
