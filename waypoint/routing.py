@@ -247,7 +247,7 @@ class RouteTable:
     def decide(self, req: Request, namespace: str, name: str, port: int, client_namespace: str,
                pick: Callable[[], float] = random.random) -> Decision:
         http, grpc = self._entries(namespace, name, port, client_namespace)
-        entries = grpc if (req.is_grpc and grpc) else http
+        entries = grpc if (grpc and req.is_grpc) else http   # no GRPCRoute: no content-type scan
         if not entries:
             return Decision("default", req)
         view = _View(req)

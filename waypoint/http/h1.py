@@ -242,7 +242,7 @@ class HTTP1Server(_Side):
                 self.out_chunked = not self.out_nobody
             elif not self.out_nobody:
                 self.keep = False
-        if any(k == "connection" and "close" in v.lower() for k, v in headers):
+        if "connection" in names and any(k == "connection" and "close" in v.lower() for k, v in headers):
             self.keep = False   # our answer says this exchange is the last (RFC 9112 9.6), as h11 did
         elif not self.keep:
             headers = [(k, v) for k, v in headers if k != "connection"] + [("connection", "close")]
@@ -294,8 +294,9 @@ class HTTP1Client(_Side):
     def send(self, ev) -> bytes:
         if isinstance(ev, Request):
             self.method = ev.method
-            headers = ev.headers if any(k == "host" for k, _ in ev.headers) else (("host", ev.authority),) + ev.headers
-            self.out_chunked = any(k == "transfer-encoding" for k, _ in headers)
+            names = {k for k, _ in ev.headers}
+            headers = ev.headers if "host" in names else (("host", ev.authority),) + ev.headers
+            self.out_chunked = "transfer-encoding" in names
             self.out_nobody = False
             self.state, self.our_done, self.their_done = HEAD, False, False
             return serialize_head(f"{ev.method} {ev.target} HTTP/1.1", headers)
