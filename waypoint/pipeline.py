@@ -32,7 +32,7 @@ from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simp
 from .metrics import Metrics, access_log, log_request
 from .routing import Backend, apply_response_headers
 from .tracing import Tracer
-from .upstream import PUMP_ERRORS, AttemptFailed, Upstream
+from .upstream import PUMP_ERRORS, AttemptFailed, Backend1, Upstream
 from .view import Target, View
 
 Send = Callable[..., Awaitable[None]]   # send(event, more=False): more=True may hold it back to batch the write
@@ -311,7 +311,7 @@ class Pipeline:
         try:
             # the whole response already read (a small one nearly always is): nothing to wait
             # for from the backend, so no deadline scope (entering one costs more than the relay)
-            pending = getattr(conn, "_pending", None)
+            pending = conn._pending if type(conn) is Backend1 else None   # HTTP/1.1: its parsed, untaken events
             if pending and isinstance(pending[-1], EndOfMessage):
                 while True:   # Data..., EndOfMessage: taken as conn.events() would, without the generator
                     ev = pending.popleft()
