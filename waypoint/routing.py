@@ -19,8 +19,10 @@ then the same tie-breaks. Requests with a gRPC content-type use the GRPCRoutes w
 attach (Istio merges both kinds the same way); other requests only ever use HTTPRoutes.
 Routes attached but none matches: 404, as the spec and GAMMA conformance require.
 
-Backends: weighted (weight/sum); weight 0 is never chosen; all weights 0, no backendRefs or a
-backend Service that does not exist (or lacks the port) gives 500 for its share.
+Backends: weighted (weight/sum); weight 0 is never chosen; all weights 0, no backendRefs, a
+backend of another kind than Service, a Service that does not exist (or lacks the port) or
+one not open to the route (meshcore.resources.grants.backend_permitted: its ReferenceGrant
+rule) gives 500 for its share.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from urllib.parse import unquote
 
 from meshcore.resources import Resource
 from meshcore.resources.filters import HeaderModifier
+from meshcore.resources.grants import backend_permitted
 from meshcore.resources.routes import BackendRef, Retry, RouteFilter, Timeouts
 
 from . import rewrite
@@ -209,8 +212,11 @@ class RouteTable:
     def __init__(self, resources: Iterable[Resource], services: Mapping[tuple[str, str], Iterable[int]]):
         self.services = {k: dict(v) if isinstance(v, Mapping) else {p: "" for p in v} for k, v in services.items()}
         self.routes: list[_Route] = []
+        self.grants: list[Resource] = []
         for r in resources:
-            if r.kind in ("HTTPRoute", "GRPCRoute"):
+            if r.kind == "ReferenceGrant":
+                self.grants.append(r)
+            elif r.kind in ("HTTPRoute", "GRPCRoute"):
                 created = ((r.raw.get("metadata") or {}).get("creationTimestamp")) or FOREVER
                 self.routes.append(_Route(RouteRef(r.kind, r.namespace, r.name), str(created), r.spec,
                                           r.kind == "GRPCRoute"))
@@ -253,12 +259,12 @@ class RouteTable:
         view = _View(req)
         for e in entries:
             if e.match is None or (_grpc_ok(e.match, view) if e.route.grpc else _http_ok(e.match, view)):
-                return self._apply(req, e, port, pick)
+                return self._apply(req, e, port, pick, (namespace, name))
         return Decision("respond", req, 404, f"no route of Service {namespace}/{name} matches "
                                              f"{req.method} {req.path}")
 
-    def _apply(self, req: Request, e: _Entry, port: int, pick) -> Decision:
-        rule, prefix, common, targets = self._plan(e)
+    def _apply(self, req: Request, e: _Entry, port: int, pick, parent: tuple[str, str]) -> Decision:
+        rule, prefix, common, targets = self._plan(e, parent)
         if rule.filters:
             req, response_mods = _run_filters(req, rule.filters, prefix)
             for f in rule.filters:
@@ -272,19 +278,20 @@ class RouteTable:
         if chosen is None:
             why = "has no backendRefs" if not rule.backend_refs else "gives every backendRef weight 0"
             return Decision("respond", req, 500, f"{e.route.ref} rule {e.rule_index} {why}", **common)
-        backend, missing = targets[id(chosen)]
-        if missing:
-            return Decision("respond", req, 500, f"backend Service {backend.namespace}/{backend.name} {missing} "
-                                                 f"({e.route.ref})", **common)
+        backend, refused = targets[id(chosen)]
+        if refused:
+            return Decision("respond", req, 500, refused, **common)
         if chosen.filters:
             req, more = _run_filters(req, chosen.filters, prefix)
             response_mods += more
         return Decision("forward", req, backend=backend, response_headers=response_mods, **common)
 
-    def _plan(self, e: _Entry) -> tuple:
+    def _plan(self, e: _Entry, parent: tuple[str, str]) -> tuple:
         """What `_apply` needs of an entry that does not depend on the request, worked out
-        once per snapshot: its rule, the prefix a rewrite replaces, the Decision's common
-        fields and, per backendRef, the Backend and why it is invalid ("" when it is valid)."""
+        once per snapshot (an entry belongs to one parent Service): its rule, the prefix a
+        rewrite replaces, the Decision's common fields and, per backendRef, the Backend and
+        the 500 answer's reason when it cannot be used ("" when it can), checked in this order:
+        its kind, its ReferenceGrant, the Service and its port."""
         plan = self._plans.get(id(e))
         if plan is None:
             rule = e.route.spec.rules[e.rule_index]
@@ -292,15 +299,22 @@ class RouteTable:
                                             and e.match.path.type == "PathPrefix") else None
             common = dict(route=e.route.ref, rule=e.rule_index, timeouts=getattr(rule, "timeouts", None),
                           retry=getattr(rule, "retry", None))
-            targets = {}
-            for ref in rule.backend_refs:
-                backend = Backend(ref.namespace or e.route.ref.namespace, ref.name, ref.port)
-                ports = self.services.get((backend.namespace, backend.name))
-                missing = ("does not exist" if ports is None else
-                           f"has no port {backend.port}" if backend.port not in ports else "")
-                targets[id(ref)] = (backend, missing)
+            targets = {id(ref): self._target(e.route.ref, ref, parent) for ref in rule.backend_refs}
             plan = self._plans[id(e)] = (rule, prefix, common, targets)
         return plan
+
+    def _target(self, route: RouteRef, ref: BackendRef, parent: tuple[str, str]) -> tuple[Backend | None, str]:
+        if (ref.group, ref.kind) != ("", "Service"):
+            return None, f"backendRef {ref.name} of {route}: kind {ref.group or 'core'}/{ref.kind} is not supported"
+        backend = Backend(ref.namespace or route.namespace, ref.name, ref.port)
+        where = f"backend Service {backend.namespace}/{backend.name}"
+        if not backend_permitted(self.grants, route.kind, route.namespace, backend.namespace, backend.name, parent):
+            return backend, f"{where} is not open to {route} (no ReferenceGrant)"
+        ports = self.services.get((backend.namespace, backend.name))
+        if ports is None or backend.port not in ports:
+            missing = "does not exist" if ports is None else f"has no port {backend.port}"
+            return backend, f"{where} {missing} ({route})"
+        return backend, ""
 
 
 def _run_filters(req: Request, filters: tuple[RouteFilter, ...], prefix: str | None):
