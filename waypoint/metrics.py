@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -17,6 +18,7 @@ REQUEST_LABELS = ("reporter", "source_workload", "source_workload_namespace", "s
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
            1800000, 3600000)
 access_log = logging.getLogger("trellis.access")
+_ALL_LABELS = operator.itemgetter(*REQUEST_LABELS)
 
 
 class Metrics:
@@ -46,8 +48,11 @@ class Metrics:
                                   registry=r)
 
     def request_done(self, labels: dict[str, str], millis: float) -> None:
-        get = labels.get
-        key = tuple([get(k, "unknown") for k in REQUEST_LABELS])
+        try:
+            key = _ALL_LABELS(labels)   # every label set: the usual request that reached a backend
+        except KeyError:
+            get = labels.get
+            key = tuple([get(k, "unknown") for k in REQUEST_LABELS])
         children = self._children.get(key)
         if children is None:   # prometheus_client's labels() lookup is costly per request: keep the children
             children = self._children[key] = (self.requests.labels(*key), self.duration.labels(*key))
@@ -62,6 +67,10 @@ class Metrics:
         return sample_total(self.registry, name, **labels)
 
 
+# json.dumps builds an encoder per call when given `default`: one, made once, says the same
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def log_request(**fields) -> None:
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info(json.dumps(fields, separators=(",", ":"), default=str))
+        access_log.info(_ENCODE(fields))

@@ -28,11 +28,11 @@ from .filters.normalize import PathRejected, normalize_target
 from .filters.pool import QUEUE, REJECT
 from .filters.retry import ATTEMPT_TIMEOUT, RetryState
 from .filters.timeouts import Deadlines
-from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, without
+from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, trusted_response, without
 from .metrics import Metrics, access_log, log_request
 from .routing import Backend, apply_response_headers
 from .tracing import Tracer
-from .upstream import PUMP_ERRORS, AttemptFailed, Upstream
+from .upstream import PUMP_ERRORS, AttemptFailed, Backend1, Upstream
 from .view import Target, View
 
 Send = Callable[..., Awaitable[None]]   # send(event, more=False): more=True may hold it back to batch the write
@@ -44,7 +44,7 @@ class Caller:
     address: str
     protocol: str = "http"          # Istio's request_protocol: http | grpc
     security: str = "mutual_tls"    # connection_security_policy
-    # target -> (view, the request labels that stay the same on this connection): built once per snapshot
+    # id(target) -> (view, the request labels that stay the same on this connection, target): built once per snapshot
     labels: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -54,13 +54,17 @@ class Pipeline:
         self.view_of, self.upstream, self.metrics, self.clock = view_of, upstream, metrics, clock
         self.tracer = tracer or Tracer()
         self._queued: dict[int, trio.Event] = {}
+        self._dest_view: View | None = None
+        self._dests: dict[tuple[str, str], tuple] = {}   # for _dest_view: (ns, name) -> _destination()
+        self._endpoint_facts: dict = {}   # Endpoint -> (str, destination_workload, its namespace, principal)
 
     async def handle(self, req: Request, body: RequestBody, caller: Caller, target: Target, send: Send) -> int:
         start = self.clock()
         view = self.view_of()
         svc = target.service
-        cached = caller.labels.get(target)
-        if cached is not None and cached[0] is view:
+        # by identity: a connection keeps its Target object, and hashing one hashes its whole Service
+        cached = caller.labels.get(id(target))
+        if cached is not None and cached[0] is view and cached[2] is target:
             base = cached[1]
         else:   # first request to target on this connection, or a new snapshot (the old one is let go)
             base = dict(
@@ -68,7 +72,7 @@ class Pipeline:
                 destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
                 destination_service_name=svc.name, destination_service_namespace=svc.namespace,
                 connection_security_policy=caller.security)
-            caller.labels[target] = (view, base)
+            caller.labels[id(target)] = (view, base, target)
         labels = dict(base, request_protocol="grpc" if req.is_grpc else caller.protocol)
         span = self.tracer.begin(req.header("traceparent"), req.header("tracestate"))
         info: dict = {"traceparent": span.traceparent}
@@ -100,9 +104,10 @@ class Pipeline:
                 req = req.with_(target=normal)
         except PathRejected as exc:
             return await self._respond(send, exc.status, exc.message)
-        verdict = authz.evaluate(view.target_policies(target), caller.identity, target.port,
-                                 authz.Request(req.method, req.path, req.host))
-        if isinstance(verdict, authz.Deny):
+        policies = view.target_policies(target)
+        verdict = authz.evaluate(policies, caller.identity, target.port,
+                                 authz.Request(req.method, req.path, req.host)) if policies else None
+        if isinstance(verdict, authz.Deny):   # no policy at all: allowed (evaluate's "no ALLOW policy applies")
             self.metrics.authz_denied.labels(svc.key, verdict.policy or "").inc()
             info["authz"] = verdict.reason
             return await self._respond(send, 403, f"RBAC: access denied ({verdict.reason})")
@@ -129,12 +134,11 @@ class Pipeline:
             limit_headers += rl.headers
         if limit_headers:   # admitted answers carry the quota too (the IETF draft), so a client can pace itself
             send = _adding_headers(send, limit_headers)
-        dest = view.service(backend.namespace, backend.name)
-        if dest is None:
+        found = self._destination(view, backend.namespace, backend.name)
+        if found is None:
             return await self._respond(send, 500, f"backend Service {backend.namespace}/{backend.name} does not exist")
-        labels["destination_service"] = f"{dest.name}.{dest.namespace}.svc.cluster.local"
+        dest, cluster, labels["destination_service"] = found
         labels["destination_service_name"], labels["destination_service_namespace"] = dest.name, dest.namespace
-        cluster = view.cluster(backend.namespace, backend.name)
         admission = cluster.pool.acquire()
         if admission.outcome == REJECT:
             self.metrics.overflows.labels(dest.key).inc()
@@ -155,10 +159,23 @@ class Pipeline:
             if handed is not None and handed in self._queued:
                 self._queued[handed].set()
 
+    def _destination(self, view: View, namespace: str, name: str):
+        """(Service, its Cluster, its FQDN label) for a backend, looked up once per snapshot."""
+        if self._dest_view is not view:
+            self._dest_view, self._dests = view, {}
+        found = self._dests.get((namespace, name))
+        if found is None:
+            dest = view.service(namespace, name)
+            if dest is None:
+                return None
+            found = self._dests[(namespace, name)] = (dest, view.cluster(namespace, name),
+                                                      f"{dest.name}.{dest.namespace}.svc.cluster.local")
+        return found
+
     async def _attempts(self, view, req, body: RequestBody, target, backend, cluster, decision, send, labels,
                         info) -> int:
-        retry = RetryState(decision.retry if decision else None, cluster.budget, view.rng)
-        retry.body = body.replay   # what a retry can send again (RetryState refuses once it overflowed)
+        # body.replay: what a retry can send again (RetryState refuses once it overflowed)
+        retry = RetryState(decision.retry if decision else None, cluster.budget, view.rng, body.replay)
         deadlines = Deadlines.of(decision.timeouts if decision else None, self.clock())
         if body.poll():   # all here already: it leaves with the head, no pump task
             return await self._attempt_loop(view, self._outgoing(req, body, info["traceparent"]), body, target, backend, cluster,
@@ -215,10 +232,16 @@ class Pipeline:
             if ep is None:
                 return await self._respond(send, 503, "no healthy upstream: every endpoint is ejected")
             info["attempts"] += 1
-            info["upstream"] = str(ep)
-            wl_ns, _, wl_name = ep.workload.partition("/")
-            labels["destination_workload"], labels["destination_workload_namespace"] = wl_name or "unknown", wl_ns or "unknown"
-            labels["destination_principal"] = ep.identity or "unknown"
+            facts = self._endpoint_facts.get(ep)
+            if facts is None:   # once per endpoint: its address and labels (a View's endpoints are kept per snapshot)
+                if len(self._endpoint_facts) >= 4096:
+                    self._endpoint_facts.clear()
+                wl_ns, _, wl_name = ep.workload.partition("/")
+                facts = self._endpoint_facts[ep] = (str(ep), wl_name or "unknown", wl_ns or "unknown",
+                                                    ep.identity or "unknown")
+            info["upstream"] = facts[0]
+            labels["destination_workload"], labels["destination_workload_namespace"] = facts[1], facts[2]
+            labels["destination_principal"] = facts[3]
             cluster.started(ep)
             now = self.clock()
             failure = status = grpc_status = None
@@ -274,24 +297,37 @@ class Pipeline:
             headers += (("content-length", str(body.length)),)
         elif req.http_version != "2":
             headers += (("transfer-encoding", "chunked"),)   # length unknown: chunked to the HTTP/1.1 backend
-        return req.with_(headers=headers)
+        return req.trusted(headers=headers)   # validated already: the client's fields, ours added
 
     async def _relay(self, conn, resp: Response, decision, send: Send, deadlines: Deadlines) -> int:
         headers = end_to_end(resp.headers)
-        if decision is not None and decision.response_headers:
-            headers = apply_response_headers(headers, decision.response_headers)
+        if decision is not None and decision.response_headers:   # values from the config: checked
+            head = Response(resp.status, apply_response_headers(headers, decision.response_headers), resp.reason)
+        else:   # the backend's own fields, validated when parsed
+            head = trusted_response(resp.status, headers, resp.reason)
         # `more` while the backend's bytes already read hold further events: a small response
         # leaves in one write instead of one per event
-        await send(Response(resp.status, headers, resp.reason), conn.buffered())
+        await send(head, conn.buffered())
         try:
-            with _scope(_trio_deadline(deadlines.request_deadline, self.clock)) as scope:
-                async for ev in conn.events():
-                    if isinstance(ev, Data):
-                        await send(ev, conn.buffered())
-                    elif isinstance(ev, EndOfMessage):
+            # the whole response already read (a small one nearly always is): nothing to wait
+            # for from the backend, so no deadline scope (entering one costs more than the relay)
+            pending = conn._pending if type(conn) is Backend1 else None   # HTTP/1.1: its parsed, untaken events
+            if pending and isinstance(pending[-1], EndOfMessage):
+                while True:   # Data..., EndOfMessage: taken as conn.events() would, without the generator
+                    ev = pending.popleft()
+                    if isinstance(ev, EndOfMessage):
                         await send(ev)
-            if scope.cancelled_caught:
-                raise trio.TooSlowError("the request timeout passed while the response was relayed")
+                        break
+                    await send(ev, True)
+            else:
+                with _scope(_trio_deadline(deadlines.request_deadline, self.clock)) as scope:
+                    async for ev in conn.events():
+                        if isinstance(ev, Data):
+                            await send(ev, conn.buffered())
+                        elif isinstance(ev, EndOfMessage):
+                            await send(ev)
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError("the request timeout passed while the response was relayed")
             await self.upstream.release(conn)
         except BaseException:
             await conn.aclose()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Callable, Iterable, Mapping
 from urllib.parse import unquote
 
@@ -136,28 +136,46 @@ def _path_ok(m, path: str) -> bool:
 
 
 class _View:
-    """One request's facts, computed once for all the matches tried."""
+    """One request's facts, computed once for all the matches tried (and only those a match
+    looks at: a route matching on the path alone never builds the header or query maps)."""
 
     def __init__(self, req: Request):
         self.req = req
         self.path = req.path
-        self.headers: dict[str, str] = {}
-        for k, v in req.headers:
-            self.headers[k] = f"{self.headers[k]},{v}" if k in self.headers else v
-        self.query: dict[str, str] = {}
-        for part in req.query.split("&") if req.query else ():
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for k, v in self.req.headers:
+            headers[k] = f"{headers[k]},{v}" if k in headers else v
+        return headers
+
+    @cached_property
+    def query(self) -> dict[str, str]:
+        query: dict[str, str] = {}
+        q = self.req.query
+        for part in q.split("&") if q else ():
             name, _, value = part.partition("=")
-            self.query.setdefault(unquote(name), unquote(value))  # the first value, as the spec recommends
-        service, _, method = self.path[1:].partition("/")
-        self.grpc_service, self.grpc_method = service, method
+            query.setdefault(unquote(name), unquote(value))  # the first value, as the spec recommends
+        return query
+
+    @property
+    def grpc_service(self) -> str:
+        return self.path[1:].partition("/")[0]
+
+    @property
+    def grpc_method(self) -> str:
+        return self.path[1:].partition("/")[2]
 
     def headers_ok(self, matches) -> bool:
         return all(_value_ok(m.type, m.value, self.headers.get(m.name.lower())) for m in _first_by_name(matches, True))
 
 
 def _http_ok(m, v: _View) -> bool:
-    return (_path_ok(m.path, v.path) and (m.method is None or m.method == v.req.method) and v.headers_ok(m.headers)
-            and all(_value_ok(q.type, q.value, v.query.get(q.name)) for q in _first_by_name(m.query_params, False)))
+    return (_path_ok(m.path, v.path) and (m.method is None or m.method == v.req.method)
+            and (not m.headers or v.headers_ok(m.headers))
+            and (not m.query_params or
+                 all(_value_ok(q.type, q.value, v.query.get(q.name)) for q in _first_by_name(m.query_params, False))))
 
 
 def _grpc_ok(m, v: _View) -> bool:
@@ -203,6 +221,7 @@ class RouteTable:
                 self.routes.append(_Route(RouteRef(r.kind, r.namespace, r.name), str(created), r.spec,
                                           r.kind == "GRPCRoute"))
         self._cache: dict[tuple, tuple[list[_Entry], list[_Entry]]] = {}
+        self._plans: dict[int, tuple] = {}   # id(entry) -> _plan(entry); entries live as long as _cache
 
     def attached(self, namespace: str, name: str, port: int, client_namespace: str) -> list[_Route]:
         """The routes that apply to this caller of Service namespace/name:port (GAMMA)."""
@@ -234,7 +253,7 @@ class RouteTable:
     def decide(self, req: Request, namespace: str, name: str, port: int, client_namespace: str,
                pick: Callable[[], float] = random.random) -> Decision:
         http, grpc = self._entries(namespace, name, port, client_namespace)
-        entries = grpc if (req.is_grpc and grpc) else http
+        entries = grpc if (grpc and req.is_grpc) else http   # no GRPCRoute: no content-type scan
         if not entries:
             return Decision("default", req)
         view = _View(req)
@@ -245,36 +264,57 @@ class RouteTable:
                                              f"{req.method} {req.path}")
 
     def _apply(self, req: Request, e: _Entry, port: int, pick, parent: tuple[str, str]) -> Decision:
-        rule = e.route.spec.rules[e.rule_index]
-        prefix = e.match.path.value if (e.match is not None and not e.route.grpc
-                                        and e.match.path.type == "PathPrefix") else None
-        common = dict(route=e.route.ref, rule=e.rule_index, timeouts=getattr(rule, "timeouts", None),
-                      retry=getattr(rule, "retry", None))
-        req, response_mods = _run_filters(req, rule.filters, prefix)
-        for f in rule.filters:
-            if f.request_redirect is not None:
-                loc = rewrite.redirect_location(req, f.request_redirect, prefix, port)
-                return Decision("redirect", req, f.request_redirect.status_code, location=loc,
-                                response_headers=response_mods, **common)
+        rule, prefix, common, targets = self._plan(e, parent)
+        if rule.filters:
+            req, response_mods = _run_filters(req, rule.filters, prefix)
+            for f in rule.filters:
+                if f.request_redirect is not None:
+                    loc = rewrite.redirect_location(req, f.request_redirect, prefix, port)
+                    return Decision("redirect", req, f.request_redirect.status_code, location=loc,
+                                    response_headers=response_mods, **common)
+        else:
+            response_mods = ()
         chosen = choose_backend(rule.backend_refs, pick)
         if chosen is None:
             why = "has no backendRefs" if not rule.backend_refs else "gives every backendRef weight 0"
             return Decision("respond", req, 500, f"{e.route.ref} rule {e.rule_index} {why}", **common)
-        if (chosen.group, chosen.kind) != ("", "Service"):
-            return Decision("respond", req, 500, f"backendRef {chosen.name} of {e.route.ref}: kind "
-                                                 f"{chosen.group or 'core'}/{chosen.kind} is not supported", **common)
-        backend = Backend(chosen.namespace or e.route.ref.namespace, chosen.name, chosen.port)
+        backend, refused = targets[id(chosen)]
+        if refused:
+            return Decision("respond", req, 500, refused, **common)
+        if chosen.filters:
+            req, more = _run_filters(req, chosen.filters, prefix)
+            response_mods += more
+        return Decision("forward", req, backend=backend, response_headers=response_mods, **common)
+
+    def _plan(self, e: _Entry, parent: tuple[str, str]) -> tuple:
+        """What `_apply` needs of an entry that does not depend on the request, worked out
+        once per snapshot (an entry belongs to one parent Service): its rule, the prefix a
+        rewrite replaces, the Decision's common fields and, per backendRef, the Backend and
+        the 500 answer's reason when it cannot be used ("" when it can), checked in this order:
+        its kind, its ReferenceGrant, the Service and its port."""
+        plan = self._plans.get(id(e))
+        if plan is None:
+            rule = e.route.spec.rules[e.rule_index]
+            prefix = e.match.path.value if (e.match is not None and not e.route.grpc
+                                            and e.match.path.type == "PathPrefix") else None
+            common = dict(route=e.route.ref, rule=e.rule_index, timeouts=getattr(rule, "timeouts", None),
+                          retry=getattr(rule, "retry", None))
+            targets = {id(ref): self._target(e.route.ref, ref, parent) for ref in rule.backend_refs}
+            plan = self._plans[id(e)] = (rule, prefix, common, targets)
+        return plan
+
+    def _target(self, route: RouteRef, ref: BackendRef, parent: tuple[str, str]) -> tuple[Backend | None, str]:
+        if (ref.group, ref.kind) != ("", "Service"):
+            return None, f"backendRef {ref.name} of {route}: kind {ref.group or 'core'}/{ref.kind} is not supported"
+        backend = Backend(ref.namespace or route.namespace, ref.name, ref.port)
+        where = f"backend Service {backend.namespace}/{backend.name}"
+        if not backend_permitted(self.grants, route.kind, route.namespace, backend.namespace, backend.name, parent):
+            return backend, f"{where} is not open to {route} (no ReferenceGrant)"
         ports = self.services.get((backend.namespace, backend.name))
-        if not backend_permitted(self.grants, e.route.ref.kind, e.route.ref.namespace, backend.namespace,
-                                 backend.name, parent):
-            return Decision("respond", req, 500, f"backend Service {backend.namespace}/{backend.name} is not open "
-                                                 f"to {e.route.ref} (no ReferenceGrant)", **common)
         if ports is None or backend.port not in ports:
             missing = "does not exist" if ports is None else f"has no port {backend.port}"
-            return Decision("respond", req, 500, f"backend Service {backend.namespace}/{backend.name} {missing} "
-                                                 f"({e.route.ref})", **common)
-        req, more = _run_filters(req, chosen.filters, prefix)
-        return Decision("forward", req, backend=backend, response_headers=response_mods + more, **common)
+            return backend, f"{where} {missing} ({route})"
+        return backend, ""
 
 
 def _run_filters(req: Request, filters: tuple[RouteFilter, ...], prefix: str | None):

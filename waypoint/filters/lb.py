@@ -30,9 +30,14 @@ class Balancer:
         return ea if self.active[ea] <= self.active[eb] else eb
 
     def start(self, ep: Hashable) -> None:
-        self.active[ep] += 1
+        active = self.active
+        active[ep] = active.get(ep, 0) + 1
 
     def finish(self, ep: Hashable) -> None:
-        self.active[ep] -= 1
-        if self.active[ep] <= 0:
-            del self.active[ep]
+        # one lookup and one store (an Endpoint's hash is computed from all its fields each time)
+        active = self.active
+        n = active.get(ep, 0) - 1
+        if n <= 0:
+            active.pop(ep, None)
+        else:
+            active[ep] = n

@@ -18,6 +18,8 @@ _ESCAPED_SLASH = re.compile(r"%(2f|5c)", re.IGNORECASE)
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _SLASHES = re.compile(r"/{2,}")
+# what any step below could change: an escape, a backslash, a run of slashes, a dot segment
+_NEEDS_WORK = re.compile(r"[%\\]|//|/\.").search
 
 
 class PathRejected(ValueError):
@@ -68,4 +70,6 @@ def normalize_path(path: str, allow_escaped_slashes: bool = False) -> str:
 def normalize_target(target: str, allow_escaped_slashes: bool = False) -> str:
     """A request target (path and query): the path normalised, the query kept as sent."""
     path, sep, query = target.partition("?")
+    if path[:1] == "/" and _NEEDS_WORK(path) is None:
+        return target   # nearly every request: nothing to normalise (one search instead of four passes)
     return normalize_path(path, allow_escaped_slashes) + sep + query

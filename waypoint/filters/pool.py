@@ -20,6 +20,9 @@ class Admission:
     body: str = ""
 
 
+_ADMITTED = Admission(ADMIT)   # no limit set: the ticket is never used (only QUEUE waits on one)
+
+
 class PoolLimits:
     def __init__(self, service: str, spec: ConnectionPool, policy: str = "", multiplexed: bool = False):
         self.service = service
@@ -32,6 +35,10 @@ class PoolLimits:
         self.overflows = 0
 
     @property
+    def _limited(self) -> bool:
+        return self.spec.max_requests is not None or (self.spec.max_connections is not None and not self.multiplexed)
+
+    @property
     def capacity(self) -> int | None:
         limits = [x for x in (self.spec.max_requests,
                               None if self.multiplexed else self.spec.max_connections) if x is not None]
@@ -39,10 +46,10 @@ class PoolLimits:
 
     def acquire(self) -> Admission:
         self._next += 1
-        cap = self.capacity
+        cap = self.capacity if self._limited else None
         if cap is None or (self.active < cap and not self.pending):
             self.active += 1
-            return Admission(ADMIT, self._next)
+            return _ADMITTED if cap is None else Admission(ADMIT, self._next)
         max_pending = self.spec.max_pending_requests
         if max_pending is None or len(self.pending) < max_pending:
             self.pending.append(self._next)

@@ -64,13 +64,14 @@ class Verdict:
 class RetryState:
     """One client request across its attempts. Call `outcome()` after each attempt."""
 
-    def __init__(self, policy: Retry | None, budget: Budget, rng: random.Random | None = None):
+    def __init__(self, policy: Retry | None, budget: Budget, rng: random.Random | None = None,
+                 body: ReplayBody | None = None):
         self.explicit = policy is not None
         self.policy = policy if policy is not None else ISTIO_DEFAULT
         self.budget = budget
         self.rng = rng or random.Random()
         self.retries = 0
-        self.body = ReplayBody()
+        self.body = body if body is not None else ReplayBody()   # the request's own, when the caller has it
         budget.record_request()
 
     @property

@@ -79,6 +79,11 @@ class Request:
     def with_(self, **changes) -> "Request":
         return replace(self, **changes)
 
+    def trusted(self, **changes) -> "Request":
+        """`with_` without validation, for changes the waypoint made itself from fields that
+        were validated already (the outgoing request's headers): the hot path's copy."""
+        return _copy(self, changes)
+
 
 @dataclass(frozen=True)
 class Response:
@@ -128,6 +133,33 @@ class ProtocolError:
     status: int
     message: str
     stream_id: int = 1
+
+
+def _copy(obj, changes: dict):
+    new = object.__new__(type(obj))
+    d = new.__dict__
+    d.update(obj.__dict__)
+    d.update(changes)
+    return new
+
+
+def trusted_response(status: int, headers: Headers, reason: str = "", http_version: str = "1.1") -> Response:
+    """A Response whose fields are known valid (parsed by h1wire, or copied from one that
+    was validated): built without `__post_init__`'s per-header regexes."""
+    new = object.__new__(Response)
+    new.__dict__.update(status=status, headers=headers, reason=reason, http_version=http_version, stream_id=1)
+    return new
+
+
+def trusted_request(method: str, target: str, authority: str, headers: Headers, http_version: str = "1.1") -> Request:
+    """A Request from h1wire's parser, which already holds method and field names to tokens
+    and values free of CR, LF and NUL (its regex): only the target's form is checked here."""
+    if not (target.startswith("/") or target == "*" or method == "CONNECT"):
+        raise ValueError(f"request target {target!r} is not in origin form")
+    new = object.__new__(Request)
+    new.__dict__.update(method=method, target=target, authority=authority, headers=headers, scheme="http",
+                        http_version=http_version, stream_id=1)
+    return new
 
 
 def simple_response(status: int, body: str, extra: Headers = (), stream_id: int = 1) -> tuple[Response, Data, EndOfMessage]:

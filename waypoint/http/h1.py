@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from .events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, simple_response
+from .events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, simple_response, \
+    trusted_request, trusted_response
 from .h1wire import WireError, find_head, parse_chunk_head, parse_request, parse_response, parse_trailers, \
     serialize_head
 
@@ -202,7 +203,7 @@ class HTTP1Server(_Side):
         if head.close:
             self.keep = False
         try:
-            req = Request(head.method, head.target, head.host or "", tuple(head.fields), http_version=head.version)
+            req = trusted_request(head.method, head.target, head.host or "", tuple(head.fields), head.version)
         except ValueError as exc:
             raise WireError(400, f"bad request: {exc}") from None
         out.append(req)
@@ -241,7 +242,7 @@ class HTTP1Server(_Side):
                 self.out_chunked = not self.out_nobody
             elif not self.out_nobody:
                 self.keep = False
-        if any(k == "connection" and "close" in v.lower() for k, v in headers):
+        if "connection" in names and any(k == "connection" and "close" in v.lower() for k, v in headers):
             self.keep = False   # our answer says this exchange is the last (RFC 9112 9.6), as h11 did
         elif not self.keep:
             headers = [(k, v) for k, v in headers if k != "connection"] + [("connection", "close")]
@@ -273,10 +274,9 @@ class HTTP1Client(_Side):
             head = parse_response(buf, start, end, MAX_HEADERS)
         except WireError as exc:
             raise WireError(502, f"backend response refused: {exc.message}") from None
-        try:
-            resp = Response(head.status, tuple(head.fields), head.reason, head.version)
-        except ValueError as exc:
-            raise WireError(502, f"backend response refused: {exc}") from None
+        if not 100 <= head.status <= 999:
+            raise WireError(502, f"backend response refused: status {head.status} is not a 3-digit code")
+        resp = trusted_response(head.status, tuple(head.fields), head.reason, head.version)
         out.append(resp)
         if head.status < 200:
             return   # informational: the final response follows
@@ -294,8 +294,9 @@ class HTTP1Client(_Side):
     def send(self, ev) -> bytes:
         if isinstance(ev, Request):
             self.method = ev.method
-            headers = ev.headers if any(k == "host" for k, _ in ev.headers) else (("host", ev.authority),) + ev.headers
-            self.out_chunked = any(k == "transfer-encoding" for k, _ in headers)
+            names = {k for k, _ in ev.headers}
+            headers = ev.headers if "host" in names else (("host", ev.authority),) + ev.headers
+            self.out_chunked = "transfer-encoding" in names
             self.out_nobody = False
             self.state, self.our_done, self.their_done = HEAD, False, False
             return serialize_head(f"{ev.method} {ev.target} HTTP/1.1", headers)

@@ -163,6 +163,11 @@ def _framing(h: Head, request: bool) -> None:
 def _content_length(value: str, previous: int | None) -> int:
     """RFC 9110 8.6: digits; a list of identical values (`5, 5`) or a repeated identical
     field is one value (as h11); anything else is refused."""
+    if value.isdigit() and value.isascii() and len(value) <= 19:   # the usual single value, as the regex reads it
+        n = int(value)
+        if previous is not None and previous != n:
+            raise WireError(400, "conflicting Content-Length headers")
+        return n
     values = {v.strip() for v in value.split(",")}
     if len(values) != 1 or not _DIGITS.fullmatch(v := values.pop()):
         raise WireError(400, f"bad Content-Length {value[:40]!r}" if len(values) <= 1 else
