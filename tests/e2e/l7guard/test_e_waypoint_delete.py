@@ -36,6 +36,8 @@ def test_waypoint_delete_returns_to_l4_without_a_failed_request(lab):
         kept = lab.start("watcher", "loop", f"http://{WEB}/", "--keepalive", "--duration", "9")
         fresh = lab.start("client", "loop", f"http://{WEB}/", "--duration", "9")
         grpc = lab.start("batch", "grpcloop", f"{GRPC_V2}:9090", "/trellis.lab.Echo/Say", "--duration", "9")
+        for proc in (kept, fresh, grpc):
+            lab.started(proc)
         time.sleep(3.0)
         lab.cli("waypoint", "delete", "-n", "default")
         kept, fresh, grpc = lab.result(kept), lab.result(fresh), lab.result(grpc)
