@@ -54,7 +54,8 @@ def test_waypoint_delete_and_apply_repeated_without_a_failed_request(lab):
         new_wp = lab.waypoint_pod()["address"]
         new = [e for e in errors_logged(lab) if e not in seen_before]
         for pod, res in results.items():
-            assert res["failures"] == [], (cycle, pod, res["failures"][:5], "\n".join(new[-40:]))
+            assert res["failures"] == [], (f"cycle {cycle}, {pod}: {res['failures'][:5]}; the ztunnels' and "
+                                           "waypoint's log:\n" + "\n".join(new[-40:]))
             # both switches happened while the loop ran: waypoint, the pod itself, waypoint
             path = [c[0] for c in res["clients"]]
             assert path == [wp_ip, lab.ip(pod), new_wp], (cycle, pod, res["clients"], f"apply took {applied_in:.1f}s")
