@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import signal
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -56,6 +58,11 @@ class Config:
     # its connection) before GOAWAY: callers' ztunnels send new connections here until the
     # config without this waypoint reaches them (Istio's terminationDrainDuration, 5 s there)
     drain_grace: float = 3.0
+    # the config reaches this waypoint and the callers' ztunnels at different moments: a
+    # Service that stopped using it is still served this long (its binding drains, as a
+    # removed listener's does), and a tunnel for one it does not serve yet waits this long
+    # for a snapshot that says it does, before either is refused
+    config_grace: float = 3.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -75,6 +82,8 @@ class Waypoint:
                              self.metrics.registry)
         self.view = View((), trust_domain=config.trust_domain, namespace=config.namespace, gateway=config.gateway)
         self.snapshots = 0
+        self.released: dict[str, float] = {}   # Service key -> when it stopped using this waypoint
+        self.updated = trio.Event()   # set (and replaced) on each snapshot
         if resources is not None:
             self.on_update(resources, 0)
         self.pool: HboneClientPool | None = None
@@ -85,8 +94,15 @@ class Waypoint:
 
     # ---- inputs -----------------------------------------------------------------------
     def on_update(self, resources, version) -> None:
+        before = self._bound()
         self.view = View(resources, trust_domain=self.config.trust_domain, namespace=self.config.namespace,
                          gateway=self.config.gateway, version=version, previous=self.view)
+        now, bound = time.monotonic(), self._bound()
+        self.released = {k: t for k, t in self.released.items()
+                         if k not in bound and now - t < self.config.config_grace}
+        self.released.update((k, now) for k in before - bound)
+        self.updated.set()
+        self.updated = trio.Event()
         self.snapshots += 1
         self.metrics.config_version.set(version or 0)
         gateway = next((r for r in self.view.resources if r.kind == "Gateway" and r.name == self.config.gateway
@@ -115,19 +131,38 @@ class Waypoint:
         return tls.server_context(b, alpn=["h2"]) if server else tls.client_context(b, alpn=["h2"])
 
     # ---- HBONE in ---------------------------------------------------------------------
+    def _bound(self) -> set[str]:
+        """The Services that use this waypoint in the current view."""
+        c = self.config
+        return {s.key for s in self.view.state.services if s.waypoint == c.gateway and s.namespace == c.namespace}
+
     def target_of(self, host: str, port: int) -> tuple[Target | None, str]:
         t = self.view.target(host, port)
         if t is None:
             return None, f"{host}:{port} is neither a Service port nor a Service endpoint this waypoint knows"
         svc = t.service
         if svc.waypoint != self.config.gateway or svc.namespace != self.config.namespace:
+            if time.monotonic() - self.released.get(svc.key, -math.inf) < self.config.config_grace:
+                return t, ""   # it left moments ago: callers' ztunnels may not know yet
             return None, (f"Service {svc.key} does not use waypoint {self.config.namespace}/{self.config.gateway} "
                           f"(it uses {svc.waypoint or 'none'})")
         return t, ""
 
+    async def _target_after_catch_up(self, host: str, port: int) -> tuple[Target | None, str]:
+        """target_of, waiting up to config_grace for snapshots while it refuses: the caller's
+        ztunnel may have had the config that sends this Service here before we did."""
+        target, why = self.target_of(host, port)
+        with trio.move_on_after(self.config.config_grace):
+            while target is None:
+                await self.updated.wait()
+                target, why = self.target_of(host, port)
+        return target, why
+
     async def handle_tunnel(self, tunnel: InboundTunnel) -> None:
         host, port = tunnel.authority
         target, why = self.target_of(host, port)
+        if target is None:
+            target, why = await self._target_after_catch_up(host, port)
         if target is None:
             await tunnel.refuse(404, why)
             return

@@ -80,12 +80,14 @@ async def serve_http2(conn, idle_timeout: float) -> None:
     # set after each batch read from the client (its WINDOW_UPDATEs): a stream whose response
     # data waits for the client's window pauses on it, so the relay stops reading the backend
     progress = [trio.Event()]
+    answered = trio.Event()   # a stream has been handled
 
     async def write(data: bytes = b"") -> None:
         # h2's output is taken under the lock: bytes taken before it could otherwise leave
-        # after another task's later frames (a SETTINGS after a HEADERS: a broken connection)
+        # after another task's later frames (a SETTINGS after a HEADERS: a broken connection);
+        # `data` (the GOAWAY notice) goes after it: our preface SETTINGS must come first
         async with lock:
-            data += sc.data_to_send()
+            data = sc.data_to_send() + data
             if data:
                 await stream.send_all(data)
 
@@ -114,6 +116,7 @@ async def serve_http2(conn, idle_timeout: float) -> None:
                 pass
             finally:
                 running.pop(sid, None)
+                answered.set()
 
     def dispatch(events, nursery) -> bool:
         """Route the adapter's events; True when the connection is over."""
@@ -141,6 +144,11 @@ async def serve_http2(conn, idle_timeout: float) -> None:
         return done
 
     async def goaway_when_draining() -> None:
+        if conn.draining.is_set():
+            # accepted during the drain grace (the caller's ztunnel still sends here): its
+            # first request is served before the notice, as Envoy's drain does, or a client
+            # that reconnects on GOAWAY would only come back here until the config moves it
+            await answered.wait()
         await conn.draining.wait()
         try:
             await write(GOAWAY_NOTICE)

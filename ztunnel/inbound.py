@@ -7,7 +7,10 @@ pod address when that is verified and the pod's netns routes replies back
 from __future__ import annotations
 
 import logging
+import math
 import time
+
+import trio
 
 from meshcore import authz, sockio
 from meshcore.hbone.server import InboundTunnel
@@ -26,6 +29,16 @@ log = logging.getLogger("trellis.ztunnel.inbound")
 
 
 CACHE_ENTRIES = 4096   # per pod and snapshot: (caller identity, address) labels, (identity, port) decisions
+SNAPSHOT_POLL = 0.05   # how often a tunnel waiting out the config grace looks for a new snapshot
+
+
+def _fronts_key(fronts: list) -> tuple:
+    return tuple((w.namespace, w.name, getattr(w, "identities", None)) for w in fronts)
+
+
+def _admitted(fronts: list, peer: str | None) -> bool:
+    """The waypoint rule: no waypoint in front of the pod, or the peer is one's replica."""
+    return not fronts or any(isinstance(w, waypoints.Waypoint) and peer in w.identities for w in fronts)
 
 
 class PodView:
@@ -60,6 +73,9 @@ class Inbound:
         self.active = 0
         self.delivery = Delivery(pod.uid)
         self._view: PodView | None = None
+        # the view before the last snapshot that changed the waypoints in front of the pod, and when
+        self._before: PodView | None = None
+        self._fronts_changed = -math.inf
 
     def view(self) -> PodView:
         """The pod as the current snapshot describes it (labels for policy; if the control
@@ -69,8 +85,27 @@ class Inbound:
             w = state.workload_by_uid(self.pod.uid) or Workload(
                 namespace=self.pod.namespace, name=self.pod.name, address=self.pod.address,
                 service_account=self.pod.service_account, in_mesh=True, trust_domain=self.pod.trust_domain)
-            self._view = PodView(state, w)
+            view = PodView(state, w)
+            if self._view is not None and _fronts_key(self._view.fronts) != _fronts_key(view.fronts):
+                self._before, self._fronts_changed = self._view, time.monotonic()
+            self._view = view
         return self._view
+
+    async def _settle(self, view: PodView, peer: str | None) -> tuple[PodView, bool]:
+        """For a tunnel the waypoint rule refuses: (the view to decide with, whether the
+        grace admits it). The config reaches this ztunnel and the caller's at different
+        moments: a waypoint put in front of the pod moments ago does not yet refuse those
+        it did not refuse before (the caller's ztunnel may not know it yet; the policies of
+        that snapshot decide), and one taken away that we still see may be gone in the next
+        snapshot (the caller's knew first)."""
+        grace, before = self.inputs.config_grace, self._before
+        if before is not None and time.monotonic() - self._fronts_changed < grace and _admitted(before.fronts, peer):
+            return before, True
+        with trio.move_on_after(grace):
+            while not _admitted(view.fronts, peer):
+                await trio.sleep(SNAPSHOT_POLL)
+                view = self.view()
+        return view, False
 
     def caller(self, view: PodView, peer: str | None, peer_ip: str) -> tuple[ConnLabels, tuple[str | None, str]]:
         """The caller's metric labels, and the address the app sees it from (and why)."""
@@ -92,7 +127,7 @@ class Inbound:
         behind a waypoint (its own, or a waypoint-fronted Service's) only takes tunnels
         from that waypoint's replicas, so a stale or hostile client cannot skip its L7
         policy by dialling the pod IP; a waypoint that does not exist admits no one."""
-        if not fronts or any(isinstance(w, waypoints.Waypoint) and peer in w.identities for w in fronts):
+        if _admitted(fronts, peer):
             return None
         missing = [w.reason for w in fronts if isinstance(w, waypoints.WaypointMissing)]
         names = ", ".join(w.uid if isinstance(w, waypoints.Waypoint) else f"{w.namespace}/{w.name}" for w in fronts)
@@ -102,12 +137,12 @@ class Inbound:
         return f"{why}; {'; '.join(missing)}" if missing else why
 
     def _refusal(self, tunnel: InboundTunnel, view: PodView, ip: str, port: int,
-                 dst: str) -> tuple[int, str, str] | None:
+                 dst: str, in_grace: bool = False) -> tuple[int, str, str] | None:
         """(HTTP status, reason, outcome) when this tunnel must be refused before the app is dialled."""
         if ip != self.pod.address:
             return (400, f"tunnel authority {dst} is not this pod's address {self.pod.address} "
                          f"({self.pod.uid}); the client's endpoint data is stale", "bad_authority")
-        bypass = self._bypass(view.fronts, tunnel.peer_identity)
+        bypass = None if in_grace else self._bypass(view.fronts, tunnel.peer_identity)
         if bypass is not None:
             log.warning("inbound to %s port %d: waypoint bypass refused: %s", self.pod.uid, port, bypass)
             return 403, bypass, "waypoint_bypass"
@@ -131,7 +166,10 @@ class Inbound:
         transfer, outcome, app, app_src = Transfer(), "ok", None, None
         self.active += 1
         try:
-            refusal = self._refusal(tunnel, view, ip, port, dst)
+            in_grace = False
+            if not _admitted(view.fronts, tunnel.peer_identity):
+                view, in_grace = await self._settle(view, tunnel.peer_identity)
+            refusal = self._refusal(tunnel, view, ip, port, dst, in_grace)
             if refusal is None:
                 sock, app_src = self.delivery.socket_for(self.pod.netns_fd, view.state, tunnel.peer_identity,
                                                          str(tunnel.peer_address[0]), self.pod.address, origin)

@@ -126,3 +126,15 @@ def test_workload_entry_is_a_valid_replica_of_its_gateway_kept_out_of_capture():
     assert not in_mesh(res.resources + ns)["default/waypoint-0"].in_mesh
     assert doc["metadata"]["labels"][GATEWAY_LABEL] == "waypoint"
     assert doc["spec"]["serviceAccount"] == "waypoint" and doc["spec"]["address"] == p.create[0].address
+
+
+def test_addresses_go_on_after_the_last_one_handed_out_so_a_freed_one_is_not_reused_at_once():
+    wp = Waypoint("default", "waypoint", 1, "waypoint")
+    first = plan([wp], STATIC, NODES, "t").create[0]
+    last = {first.node: first.address}
+    again = plan([wp], STATIC, NODES, "t", last).create[0]   # after a delete: its address is free again
+    prefix = first.address.rsplit(".", 1)[0]
+    assert (first.address, again.address) == (f"{prefix}.3", f"{prefix}.4")
+    # at the end of the subnet it wraps round, skipping what is taken (.2 is a static pod's)
+    wrapped = plan([wp], STATIC, NODES, "t", {first.node: f"{prefix}.254"}).create[0]
+    assert wrapped.address == f"{prefix}.3"

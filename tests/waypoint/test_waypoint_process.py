@@ -191,6 +191,7 @@ async def test_pod_ip_behind_the_service_keeps_its_policy_without_routes(wp):
 async def test_unknown_authority_and_foreign_services_are_refused(wp):
     from meshcore.hbone import HboneTunnelRefused
     from wp_process import WAYPOINT_ID
+    wp.waypoint.config.config_grace = 0.1   # how long a refusal waits for a snapshot that binds it
     for authority, why in (("10.96.0.99:80", "neither a Service port"), ("10.96.0.11:80", "does not use waypoint")):
         with pytest.raises(HboneTunnelRefused) as err:
             await wp.pool.connect(("127.0.0.1", wp.hbone_port), authority, WAYPOINT_ID, SLEEP_ID)

@@ -93,7 +93,8 @@ async def test_service_with_waypoint_goes_through_it_and_pods_behind_it_refuse_o
     metrics = Metrics()
     certs = CertificateManager(TestCA(), "cluster.local")
     inputs = ProxyInputs(state=lambda: current["state"], certs=certs, metrics=metrics,
-                         origdst_fd=lambda: map_fd, pick=route.RoundRobin(), drain_timeout=2, connect_timeout=3)
+                         origdst_fd=lambda: map_fd, pick=route.RoundRobin(), drain_timeout=2, connect_timeout=3,
+                         config_grace=0.3)   # a refused bypass waits this long for a newer snapshot
     seen: list[tuple[tuple, str]] = []
     # what the fake waypoint dials: the backend it picked (web's pod), as Istio's would
     to_web = lambda: ((b_ip, 15008), f"{b_ip}:8080", WEB)  # noqa: E731

@@ -12,8 +12,11 @@ Rules, as a Deployment of the waypoint would behave:
 - replicas are spread round robin over the nodes, starting at a node that depends on the
   gateway (so two single-replica waypoints do not both land on the first node);
 - a pod whose ServiceAccount changed is replaced (a new identity needs a new pod);
-- an address is the lowest free one of the node's pod subnet (static lab pods included),
-  a host veth the lowest free `vwN` on the node.
+- an address is the next free one of the node's pod subnet after the last one handed out
+  there (`last`; static lab pods included), wrapping round, as the CNI host-local IPAM
+  allocates: an address just freed is not reused at once, since the pods on that node
+  still hold its old MAC in their neighbour caches (a new pod with that address was out
+  of their reach for seconds); a host veth is the lowest free `vwN` on the node.
 """
 from __future__ import annotations
 
@@ -111,10 +114,14 @@ def _first_node(w: Waypoint, n: int) -> int:
     return zlib.crc32(f"{w.namespace}/{w.name}".encode()) % n
 
 
-def _free_address(node: dict[str, Any], used: set[str]) -> str | None:
+def _free_address(node: dict[str, Any], used: set[str], last: str | None = None) -> str | None:
     net = ipaddress.ip_network(node["podCIDR"])
-    for host in range(2, net.num_addresses - 1):   # .0 network, .1 cni0, last broadcast
-        addr = str(net[host])
+    hosts = range(2, net.num_addresses - 1)   # .0 network, .1 cni0, last broadcast
+    start = 0
+    if last is not None and ipaddress.ip_address(last) in net:
+        start = int(ipaddress.ip_address(last)) - int(net.network_address) - 1   # the one after `last`
+    for i in range(len(hosts)):
+        addr = str(net[hosts[(start + i) % len(hosts)]])
         if addr not in used:
             return addr
     return None
@@ -127,9 +134,11 @@ def _free_veth(taken: set[str]) -> str:
     return f"vw{i}"
 
 
-def plan(waypoints: list[Waypoint], pods: list[dict[str, Any]], nodes: list[dict[str, Any]], prefix: str) -> Plan:
+def plan(waypoints: list[Waypoint], pods: list[dict[str, Any]], nodes: list[dict[str, Any]], prefix: str,
+         last: dict[str, str] | None = None) -> Plan:
     """`pods`: lab.json's pod records (static pods and waypoint pods, the latter carrying
-    `waypoint`); `nodes`: lab.json's nodes (name, netns, podCIDR)."""
+    `waypoint`); `nodes`: lab.json's nodes (name, netns, podCIDR); `last`: per node, the
+    address last handed out there (allocation goes on after it)."""
     out = Plan()
     if not nodes:
         out.errors.append("the lab has no nodes to run waypoint pods on")
@@ -159,7 +168,7 @@ def plan(waypoints: list[Waypoint], pods: list[dict[str, Any]], nodes: list[dict
         if key in have:
             continue
         node = nodes[(_first_node(w, len(nodes)) + i) % len(nodes)]
-        addr = _free_address(node, used[node["name"]])
+        addr = _free_address(node, used[node["name"]], (last or {}).get(node["name"]))
         if addr is None:
             out.errors.append(f"waypoint {w.namespace}/{w.name}: node {node['name']}'s pod subnet "
                               f"{node['podCIDR']} is full")

@@ -59,6 +59,7 @@ class WaypointController:
         self.shown: set[str] = set()   # problems logged already (a broken Gateway is not logged every second)
         self.ready = ready or (lambda pod: status.waypoint_ready(pod)[0])
         self.listed: set[tuple[str, str]] = set()   # pods with a WorkloadEntry: ready once, listed while they run
+        self.last_address: dict[str, str] = {}   # per node, the address last given to a waypoint pod
 
     def _report(self, errors: list[str]) -> None:
         for e in errors:
@@ -83,7 +84,7 @@ class WaypointController:
                 errors += self.remove(st, rec)
             waypoints, more = waypoints_in(load_dir(self.sdir / "config").resources)
             errors += more
-            todo = plan(waypoints, st.pods, st.nodes, st.prefix)
+            todo = plan(waypoints, st.pods, st.nodes, st.prefix, self.last_address)
             errors += todo.errors
             if todo.delete:   # callers' ztunnels stop choosing a pod before it goes away
                 self.write_entries(st, skip={(r["namespace"], r["name"]) for r in todo.delete})
@@ -92,6 +93,7 @@ class WaypointController:
                 errors += self.remove(st, rec)
             for pod in todo.create:
                 log.info("waypoint pod %s: creating on %s at %s", pod.key, pod.node, pod.address)
+                self.last_address[pod.node] = pod.address
                 try:
                     self.create(st, pod)
                 except (OSError, RuntimeError, ValueError) as exc:   # NetError, CgroupError are RuntimeErrors

@@ -28,6 +28,16 @@ class GuardLab(Lab):
                                 stderr=subprocess.PIPE, text=True)
 
     @staticmethod
+    def started(proc: subprocess.Popen) -> subprocess.Popen:
+        """Once a loop of podclient.py runs (its imports done: grpcio's take a second or more
+        on a busy machine), so that what a test does next happens inside the loop."""
+        before = []
+        while (line := proc.stderr.readline()).strip() != "started":
+            assert line, f"podclient ended before its loop started: {''.join(before)[-2000:]}"
+            before.append(line)
+        return proc
+
+    @staticmethod
     def result(proc: subprocess.Popen, timeout: float = 60) -> dict[str, Any]:
         out, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, f"podclient exited {proc.returncode}: {err[-2000:]}"

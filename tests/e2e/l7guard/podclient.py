@@ -56,6 +56,7 @@ def loop(url: str, duration: float, interval: float, keepalive: bool) -> dict:
     seen, failures, statuses, pods, conns = [], [], {}, {}, 0
     start = time.monotonic()
     conn = None
+    print("started", file=sys.stderr, flush=True)   # the loop runs: tests time their change from here
     while (t := time.monotonic() - start) < duration:
         if conn is None:
             conn, conns = http.client.HTTPConnection(host, timeout=5), conns + 1
@@ -200,6 +201,7 @@ def grpc_loop(target: str, method: str, duration: float, interval: float) -> dic
     start = time.monotonic()
     with grpc.insecure_channel(target) as channel:
         call = channel.unary_unary(method)
+        print("started", file=sys.stderr, flush=True)
         while (t := time.monotonic() - start) < duration:
             try:
                 peer = json.loads(call(b"loop", timeout=5))["peer"].rsplit(":", 1)[0].removeprefix("ipv4:")

@@ -36,6 +36,8 @@ def test_waypoint_delete_returns_to_l4_without_a_failed_request(lab):
         kept = lab.start("watcher", "loop", f"http://{WEB}/", "--keepalive", "--duration", "9")
         fresh = lab.start("client", "loop", f"http://{WEB}/", "--duration", "9")
         grpc = lab.start("batch", "grpcloop", f"{GRPC_V2}:9090", "/trellis.lab.Echo/Say", "--duration", "9")
+        for proc in (kept, fresh, grpc):
+            lab.started(proc)
         time.sleep(3.0)
         lab.cli("waypoint", "delete", "-n", "default")
         kept, fresh, grpc = lab.result(kept), lab.result(fresh), lab.result(grpc)
@@ -44,8 +46,10 @@ def test_waypoint_delete_returns_to_l4_without_a_failed_request(lab):
         # through the waypoint first, then straight from the pod, never back
         assert [c[0] for c in res["clients"]] == [wp_ip, lab.ip(pod)], (who, res["clients"])
         assert all(c[2] >= 20 for c in res["clients"]), (who, res["clients"])
-    # the kept-alive client needed one new connection: the draining waypoint said close
-    assert kept["connections"] == 2
+    # the kept-alive client needed a new connection: the draining waypoint said close (and
+    # says it after each answer on a new one while the client's ztunnel still sends it there:
+    # the lab stops the waypoint as its ztunnels get the config without it, not after)
+    assert kept["connections"] >= 2
     wait_until(lambda: not [p for p in lab.state()["pods"] if p.get("waypoint")], "the waypoint pod removed", timeout=30)
     after = echo(lab, "client")
     assert after["client"].startswith(lab.ip("client") + ":") and "x-trellis-route" not in after["headers"]

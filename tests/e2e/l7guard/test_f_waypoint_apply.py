@@ -9,7 +9,7 @@ from e2e.l7guard.guardlab import WEB
 
 def test_waypoint_apply_under_traffic_without_a_failed_request(lab):
     assert not [p for p in lab.state()["pods"] if p.get("waypoint")], "test_e should have removed the waypoint"
-    loop = lab.start("watcher", "loop", f"http://{WEB}/", "--duration", "14")
+    loop = lab.started(lab.start("watcher", "loop", f"http://{WEB}/", "--duration", "14"))
     time.sleep(2.0)
     lab.cli("waypoint", "apply", "-n", "default", "--enroll-namespace", "--timeout", "60")
     res = lab.result(loop)
