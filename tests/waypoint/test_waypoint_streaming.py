@@ -141,8 +141,8 @@ async def wp(tmp_path):
         h2_port, m.h2_seen, m.h2_downloads = await h2_sink(m.nursery)
         text = (NAMESPACE + service("sink", "10.96.0.40", port["sink"], "sink") + workload("sink", SINK, "sink")
                 + service("flaky", "10.96.0.41", port["flaky"], "flaky") + workload("flaky", FLAKY, "flaky")
-                + ROUTES + service("h2", "10.96.0.42", h2_port, "h2") + workload("h2", H2, "h2")
-                + service("chat", "10.96.0.43", grpc_port, "chat") + workload("chat", GRPC, "chat"))
+                + ROUTES + service("h2", "10.96.0.42", h2_port, "h2", port_name="http2") + workload("h2", H2, "h2")
+                + service("chat", "10.96.0.43", grpc_port, "chat", port_name="grpc") + workload("chat", GRPC, "chat"))
         await m.start(text, [SINK, FLAKY, H2, GRPC])
         m.servers = servers
         yield m

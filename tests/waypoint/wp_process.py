@@ -75,12 +75,15 @@ def backend(address: str, name: str, mode: str = "ok", idle_timeout: float | Non
     return srv
 
 
-def service(name: str, vip: str, target_port: int, app: str, waypoint: bool = True) -> str:
+def service(name: str, vip: str, target_port: int, app: str, waypoint: bool = True, port_name: str = "http",
+            app_protocol: str | None = None) -> str:
+    """Port 80 named `port_name` ("http" declares HTTP/1.1 upstream, "grpc"/"http2" h2c, "web" nothing)."""
     label = "{trellis.dev/use-waypoint: waypoint}" if waypoint else "{}"
+    proto = f", appProtocol: {app_protocol}" if app_protocol else ""
     return f"""apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: default, labels: {label}}}
-spec: {{clusterIP: {vip}, selector: {{app: {app}}}, ports: [{{name: http, port: 80, targetPort: {target_port}}}]}}
+spec: {{clusterIP: {vip}, selector: {{app: {app}}}, ports: [{{name: {port_name}, port: 80, targetPort: {target_port}{proto}}}]}}
 ---
 """
 
