@@ -21,11 +21,11 @@ from meshcore import authz
 
 from .http.detect import HTTP1, HTTP2, L4
 from .body import BodyError, RequestBody
-from .fastio import fast
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.serverconn import Detected, ServerConnection
 from .h2proxy import serve_http2
 from .pipeline import Caller, Pipeline
+from .tunnelio import io_for
 from .upstream import AttemptFailed
 from .view import Target
 
@@ -44,7 +44,7 @@ class ClientConnection:
     def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline,
                  draining: trio.Event | None = None):
         self.stream, self.caller, self.target, self.pipeline = stream, caller, target, pipeline
-        self.io = fast(stream)
+        self.io = io_for(stream)
         self.draining = draining
         self.sc = ServerConnection()
         self.events: deque = deque()

@@ -27,11 +27,11 @@ import h2.exceptions
 from meshcore.hbone import HboneClientPool, HboneError
 
 from .body import RequestBody
-from .fastio import fast
 from .filters.retry import CONNECT_FAILURE, RESET_BEFORE_RESPONSE
 from .h2proxy import Backend2, Exchange2
 from .http.events import Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.h1 import HTTP1Client
+from .tunnelio import io_for
 from .view import Endpoint
 
 log = logging.getLogger("trellis.waypoint.upstream")
@@ -54,7 +54,7 @@ class Backend1:
 
     def __init__(self, stream: trio.abc.Stream, endpoint: Endpoint, reused: bool = False):
         self.stream, self.endpoint = stream, endpoint
-        self.io = fast(stream)
+        self.io = io_for(stream)
         self.h1 = HTTP1Client()
         self.idle_since = 0.0
         self.reused = reused
