@@ -13,6 +13,7 @@ from meshcore import ports
 from meshcore.identity import CertBundle, split_pem_chain
 from meshcore.resources.loader import load_file
 
+from . import accesslog
 from .app import Config, Waypoint, client_for
 from .tracing import settings_from
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     level = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "--log-level"), "INFO")
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+                        format=accesslog.FORMAT)   # the access log's fast path writes this format itself
     try:
         wp = build(argv)
     except StartupError as exc:
