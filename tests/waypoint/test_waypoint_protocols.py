@@ -10,7 +10,6 @@ it) behind the destination ztunnel.
 - undeclared (`web`): the client's protocol (Istio's for sniffed ports)."""
 from __future__ import annotations
 
-import functools
 import http.server
 import subprocess
 import threading
@@ -19,8 +18,7 @@ import pytest
 import trio
 
 from waypoint.http.events import Data, EndOfMessage, Request, Response
-from waypoint.http.h2 import HTTP2Server
-from wp_process import NAMESPACE, acurl, mesh, service, workload
+from wp_process import NAMESPACE, acurl, h2_backend, mesh, service, workload
 
 H1, H2 = "127.0.0.51", "127.0.0.52"
 
@@ -59,34 +57,26 @@ class H1Handler(http.server.BaseHTTPRequestHandler):
 async def h2c_backend(nursery) -> int:
     """Prior-knowledge HTTP/2 only: answers `h2 METHOD PATH BODYLEN`, without content-length
     (an HTTP/1.1 client then gets it chunked)."""
-    async def serve(stream):
-        h2 = HTTP2Server()
+    def connection():
         sizes: dict[int, int] = {}
         heads: dict[int, Request] = {}
-        async with stream:
-            await stream.send_all(h2.data_to_send())
-            while data := await stream.receive_some(65536):
-                h2.receive_data(data)
-                out = b""
-                for ev in h2.events():
-                    if isinstance(ev, Request):
-                        heads[ev.stream_id], sizes[ev.stream_id] = ev, 0
-                    elif isinstance(ev, Data) and ev.stream_id in sizes:
-                        sizes[ev.stream_id] += len(ev.data)
-                        h2.ack(ev.stream_id, len(ev.data))
-                    elif isinstance(ev, EndOfMessage) and ev.stream_id in heads:
-                        req = heads.pop(ev.stream_id)
-                        text = f"h2 {req.method} {req.target} {sizes.pop(ev.stream_id)}\n".encode()
-                        out += h2.send(Response(200, (("content-type", "text/plain"),), stream_id=ev.stream_id))
-                        out += h2.send(Data(text, ev.stream_id)) + h2.send(EndOfMessage(stream_id=ev.stream_id))
-                out += h2.data_to_send()
-                if out:
-                    await stream.send_all(out)
-                if h2.failed is not None:   # not HTTP/2: the adapter refused the connection
-                    return
 
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host=H2))
-    return listeners[0].socket.getsockname()[1]
+        def answer(h2, events) -> bytes:
+            out = b""
+            for ev in events:
+                if isinstance(ev, Request):
+                    heads[ev.stream_id], sizes[ev.stream_id] = ev, 0
+                elif isinstance(ev, Data) and ev.stream_id in sizes:
+                    sizes[ev.stream_id] += len(ev.data)
+                    h2.ack(ev.stream_id, len(ev.data))
+                elif isinstance(ev, EndOfMessage) and ev.stream_id in heads:
+                    req = heads.pop(ev.stream_id)
+                    text = f"h2 {req.method} {req.target} {sizes.pop(ev.stream_id)}\n".encode()
+                    out += h2.send(Response(200, (("content-type", "text/plain"),), stream_id=ev.stream_id))
+                    out += h2.send(Data(text, ev.stream_id)) + h2.send(EndOfMessage(stream_id=ev.stream_id))
+            return out
+        return answer
+    return await h2_backend(nursery, H2, connection)
 
 
 @pytest.fixture
