@@ -92,14 +92,21 @@ class AccessLog:
             trio.lowlevel.spawn_system_task(self._flusher, run)
 
     async def _flusher(self, run) -> None:
+        # a system task: what it raises would end the whole run, so a failing write is dropped
         try:
             while self._run is run:
                 await trio.sleep(FLUSH_INTERVAL)
-                self.flush()
+                self._flush_quietly()
         finally:
-            self.flush()
+            self._flush_quietly()
             if self._run is run:
                 self._run = None
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:   # noqa: BLE001 (logging's own rule: a broken log never stops the proxy)
+            self.buf, self.size = [], 0
 
 
 def _plain_handler(logger: logging.Logger) -> logging.StreamHandler | None:

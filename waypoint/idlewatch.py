@@ -26,30 +26,34 @@ class Watched:
 
 class IdleWatch:
     def __init__(self) -> None:
-        self.watched: set[Watched] = set()
-        self._run = None
+        self.runs: dict[object, set[Watched]] = {}   # per trio run (its root task): the watched connections
 
     def watch(self, scope: trio.CancelScope, timeout: float) -> Watched:
         run = trio.lowlevel.current_root_task()
-        if run is not self._run:   # the first connection of this trio run: start its sweeper
-            self._run = run
-            self.watched = set()
-            trio.lowlevel.spawn_system_task(self._sweep, run)
+        watched = self.runs.get(run)
+        if watched is None:   # the first connection of this trio run: start its sweeper
+            watched = self.runs[run] = set()
+            trio.lowlevel.spawn_system_task(self._sweep, run, watched)
         w = Watched(scope, timeout)
-        self.watched.add(w)
+        watched.add(w)
         return w
 
     def forget(self, w: Watched) -> None:
-        self.watched.discard(w)
+        watched = self.runs.get(trio.lowlevel.current_root_task())
+        if watched is not None:
+            watched.discard(w)
 
-    async def _sweep(self, run) -> None:
-        while self._run is run:
-            period = min([1.0] + [w.timeout / 4 for w in self.watched])
-            await trio.sleep(period if period > 0 and period != math.inf else 1.0)
-            now = trio.current_time()
-            for w in self.watched:
-                if w.idle_since is not None and now - w.idle_since >= w.timeout:
-                    w.scope.cancel()
+    async def _sweep(self, run, watched: set[Watched]) -> None:
+        try:
+            while True:
+                period = min([1.0] + [w.timeout / 4 for w in watched])
+                await trio.sleep(period if period > 0 and period != math.inf else 1.0)
+                now = trio.current_time()
+                for w in watched:
+                    if w.idle_since is not None and now - w.idle_since >= w.timeout:
+                        w.scope.cancel()
+        finally:   # the run ends
+            self.runs.pop(run, None)
 
 
 WATCH = IdleWatch()
