@@ -157,3 +157,22 @@ def test_an_http2_request_as_http1_carries_one_cookie_field_and_frames_a_streame
     assert _as_http1(req.with_(headers=()), streamed).headers == (("transfer-encoding", "chunked"),)
     sized = req.with_(headers=(("content-length", "9"),))
     assert _as_http1(sized, streamed).headers == sized.headers
+
+
+def test_the_view_gives_each_endpoint_the_http_version_its_service_port_declares():
+    from meshcore.resources import parse_documents
+    from waypoint.routing import Backend
+    from waypoint.view import View
+    text = (NAMESPACE + workload("app", "10.0.0.5", "app")
+            + service("grpc", "10.96.0.60", 9000, "app", port_name="grpc")
+            + service("plain", "10.96.0.61", 9001, "app")
+            + service("web", "10.96.0.62", 9002, "app", port_name="web"))
+    res = parse_documents(text, "view.yaml")
+    assert res.errors == []
+    view = View(res.resources, trust_domain="cluster.local", namespace="default", gateway="waypoint")
+    versions = {name: [ep.http_version for ep in view.endpoints(Backend("default", name, 80))]
+                for name in ("grpc", "plain", "web")}
+    assert versions == {"grpc": ["2"], "plain": ["1.1"], "web": [None]}
+    wl = view.state.workload_by_address("10.0.0.5")
+    # a pod dialled directly: the port's protocol from the Service that targets it
+    assert [view.endpoint_of(wl, p).http_version for p in (9000, 9001, 9002, 9999)] == ["2", "1.1", None, None]
