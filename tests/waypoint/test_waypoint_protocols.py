@@ -116,13 +116,19 @@ async def test_an_http2_client_reaches_an_http1_only_backend_on_an_http_port(wp,
     assert headers.get("host") == f"127.0.0.1:{port}"   # :authority became Host
 
 
-async def test_an_http1_client_reaches_an_h2c_backend_the_port_declares(wp):
+async def test_an_http1_client_reaches_an_h2c_backend_the_port_declares(wp, tmp_path):
     for vip in ("10.96.0.52", "10.96.0.53"):   # appProtocol kubernetes.io/h2c (name http), name http2-api
         port = await wp.bridge(f"{vip}:80")
         out = await acurl("-i", "--http1.1", "-d", "hello", f"http://127.0.0.1:{port}/y")
         head, _, body = out.stdout.partition("\n\n")   # text mode: CRLF read as LF
         assert head.startswith("HTTP/1.1 200") and body == "h2 POST /y 5\n", out
         assert "transfer-encoding: chunked" in head.lower()   # no length from the backend: chunked to the client
+    # a chunked upload (no length) becomes DATA frames: HTTP/2 has no transfer-encoding
+    body = tmp_path / "up"
+    body.write_bytes(b"u" * 200_000)
+    out = await acurl("--http1.1", "-H", "transfer-encoding: chunked", "--data-binary", f"@{body}",
+                      f"http://127.0.0.1:{port}/c")
+    assert out.stdout == "h2 POST /c 200000\n", out.stderr
     assert wp.waypoint.upstream.dump()["http2"]   # multiplexed connections, no HTTP/1.1 ones
     assert not any("127.0.0.52" in ep for ep in wp.waypoint.upstream.dump()["idle"])
 
