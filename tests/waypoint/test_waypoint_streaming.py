@@ -290,7 +290,7 @@ async def test_grpc_bidirectional_streaming_goes_through(wp):
 
 
 async def test_idle_and_stalled_clients_are_cut_off(wp, monkeypatch):
-    """The moving idle deadline between requests, and a body that stops coming (408)."""
+    """The idle timeout between requests (the idle watch), and a body that stops coming (408)."""
     import waypoint.conn
     monkeypatch.setattr(waypoint.conn, "IDLE_TIMEOUT", 0.3)
     monkeypatch.setattr(waypoint.conn, "REQUEST_READ_TIMEOUT", 0.3)
