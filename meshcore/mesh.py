@@ -12,7 +12,9 @@ disagree. Each rule follows Istio ambient, with `trellis.dev/` labels:
   UNSET inheriting from the next level;
 - waypoint use: `trellis.dev/use-waypoint: <name>` on a Service (or workload) overrides its
   namespace's; the value `none` opts out. A waypoint's own pods (labelled
-  `gateway.networking.k8s.io/gateway-name: <gateway>`, as Istio's) never use a waypoint.
+  `gateway.networking.k8s.io/gateway-name: <gateway>`, as Istio's) never use a waypoint;
+- a Service port's protocol: its `appProtocol`, else its name's `<protocol>[-<suffix>]`
+  prefix (Istio's protocol selection); undeclared ports are sniffed.
 """
 from __future__ import annotations
 
@@ -112,6 +114,41 @@ def waypoint_for(namespace_labels: Labels | None, own_labels: Labels | None) -> 
     own = (own_labels or {}).get(WAYPOINT_LABEL)
     name = own if own is not None else (namespace_labels or {}).get(WAYPOINT_LABEL)
     return None if name in (None, "", NONE) else name
+
+
+# ---- a Service port's declared protocol -------------------------------------------------
+# Istio's protocol names (matched case-insensitively) and Kubernetes' standard appProtocols.
+PROTOCOLS = {p.lower(): p for p in ("TCP", "UDP", "GRPC", "GRPC-Web", "HTTP", "HTTP_PROXY", "HTTP2", "HTTPS",
+                                    "TLS", "Mongo", "Redis", "MySQL")}
+KUBERNETES_APP_PROTOCOLS = {"kubernetes.io/h2c": "HTTP2", "kubernetes.io/ws": "HTTP", "kubernetes.io/wss": "HTTPS"}
+HTTP2_PROTOCOLS = frozenset({"HTTP2", "GRPC"})
+
+
+def port_protocol(name: str, app_protocol: str | None = None, transport: str = "TCP") -> str | None:
+    """What a Service port declares it speaks (Istio's protocol selection): `appProtocol` when
+    set (`kubernetes.io/h2c` is HTTP2, `kubernetes.io/ws` HTTP), else the port name's
+    prefix before the first '-' (`http-web`, `grpc`, `grpc-web-ui`); None when it declares
+    nothing Istio knows (the traffic is sniffed)."""
+    if transport != "TCP":
+        return transport
+    value = app_protocol if app_protocol is not None else name
+    if value in KUBERNETES_APP_PROTOCOLS:
+        return KUBERNETES_APP_PROTOCOLS[value]
+    value = value.lower()
+    if value.startswith("grpc-web"):
+        return PROTOCOLS["grpc-web"]
+    return PROTOCOLS.get(value.partition("-")[0])
+
+
+def upstream_http_version(protocol: str | None) -> str | None:
+    """The HTTP version a waypoint speaks to a port declaring `protocol` (Istio's cluster
+    protocol options): "2" (h2c prior knowledge) for HTTP2 and gRPC, "1.1" for HTTP, None to
+    speak what the client spoke (Envoy's USE_DOWNSTREAM_PROTOCOL, Istio's choice for ports
+    it sniffs). gRPC-Web is carried as the client sent it: Istio turns it into gRPC with a
+    filter the waypoint does not have."""
+    if protocol in HTTP2_PROTOCOLS:
+        return "2"
+    return "1.1" if protocol in ("HTTP", "HTTP_PROXY") else None
 
 
 # ---- principals and namespaces in policies --------------------------------------------

@@ -21,11 +21,12 @@ from meshcore import authz
 
 from .http.detect import HTTP1, HTTP2, L4
 from .body import BodyError, RequestBody
-from .fastio import fast
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.serverconn import Detected, ServerConnection
+from .idlewatch import WATCH, Watched
 from .h2proxy import serve_http2
 from .pipeline import Caller, Pipeline
+from .tunnelio import io_for
 from .upstream import AttemptFailed
 from .view import Target
 
@@ -44,7 +45,7 @@ class ClientConnection:
     def __init__(self, stream: trio.abc.Stream, caller: Caller, target: Target, pipeline: Pipeline,
                  draining: trio.Event | None = None):
         self.stream, self.caller, self.target, self.pipeline = stream, caller, target, pipeline
-        self.io = fast(stream)
+        self.io = io_for(stream)
         self.draining = draining
         self.sc = ServerConnection()
         self.events: deque = deque()
@@ -116,18 +117,22 @@ class ClientConnection:
             await self._send_bytes(out)
 
     async def _serve_http1(self) -> None:
-        # one scope for the idle timeout whose deadline moves (cheaper than a scope per request)
-        with trio.CancelScope() as idle:
-            await self._http1_loop(idle)
+        # one scope for the idle timeout, cancelled by the idle watch (no deadline moved per request)
+        with trio.CancelScope() as scope:
+            idle = WATCH.watch(scope, IDLE_TIMEOUT)
+            try:
+                await self._http1_loop(idle)
+            finally:
+                WATCH.forget(idle)
 
-    async def _http1_loop(self, idle: trio.CancelScope) -> None:
+    async def _http1_loop(self, idle: Watched) -> None:
         while True:
             if self.events:
                 ev = self.events.popleft()
             else:
-                idle.deadline = trio.current_time() + IDLE_TIMEOUT
+                idle.idle_since = trio.current_time()
                 ev = await self._next(math.inf)
-                idle.deadline = math.inf
+                idle.idle_since = None
             if ev is None or isinstance(ev, (ConnectionClosed, StreamReset)):
                 return
             if isinstance(ev, ProtocolError):

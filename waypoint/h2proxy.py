@@ -25,6 +25,7 @@ from hyperframe.frame import GoAwayFrame
 from .body import BodyError, RequestBody
 from .http.events import ConnectionClosed, Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.h2 import HTTP2Client
+from .tunnelio import io_for
 
 log = logging.getLogger("trellis.waypoint.h2")
 READ_SIZE = 65536
@@ -72,7 +73,7 @@ GOAWAY_NOTICE = GoAwayFrame(0, last_stream_id=2**31 - 1, error_code=0).serialize
 
 async def serve_http2(conn, idle_timeout: float) -> None:
     """`conn`: a waypoint.conn.ClientConnection whose protocol was detected as HTTP/2."""
-    sc, stream = conn.sc, conn.stream
+    sc, stream = conn.sc, conn.io   # io_for(conn.stream): writes without a needless checkpoint
     h2 = sc.http
     lock = trio.Lock()
     bodies: dict[int, trio.MemorySendChannel] = {}   # streams whose request body is still coming
@@ -187,6 +188,7 @@ class Backend2:
 
     def __init__(self, stream: trio.abc.Stream, endpoint):
         self.stream, self.endpoint = stream, endpoint
+        self.io = io_for(stream)
         self.h2 = HTTP2Client()
         self.lock = trio.Lock()
         self.channels: dict[int, trio.MemorySendChannel] = {}
@@ -202,7 +204,7 @@ class Backend2:
         try:
             await self._write()
             while True:
-                data = await self.stream.receive_some(READ_SIZE)
+                data = await self.io.receive_some(READ_SIZE)
                 if not data:
                     self.broken = "backend closed the connection"
                     break
@@ -237,7 +239,7 @@ class Backend2:
         async with self.lock:
             data += self.h2.data_to_send()
             if data:
-                await self.stream.send_all(data)
+                await self.io.send_all(data)
 
     async def request(self, req: Request, body: RequestBody, spawn=None) -> "Exchange2":
         """A new stream: the head, with the body when it is all here; else `spawn(exchange)` pumps it."""
@@ -251,7 +253,7 @@ class Backend2:
                 if data:
                     out += self.h2.send(Data(data, sid))
                 out += self.h2.send(EndOfMessage(body.trailers, stream_id=sid))
-            await self.stream.send_all(out)
+            await self.io.send_all(out)
         x = Exchange2(self, sid, receive)
         if not body.complete:
             spawn(x)
@@ -272,7 +274,7 @@ class Exchange2:
             raise trio.ClosedResourceError(f"backend stream {self.sid} is over")
         async with conn.lock:
             out = conn.h2.send(Data(data, self.sid)) + conn.h2.data_to_send()
-            await conn.stream.send_all(out)
+            await conn.io.send_all(out)
         while conn.h2.queued(self.sid) > SEND_BUFFER and not conn.broken:   # backpressure: the backend's window
             await conn.progress.wait()
 
@@ -280,7 +282,7 @@ class Exchange2:
         if self.conn.broken or self.sid not in self.conn.channels:
             raise trio.ClosedResourceError(f"backend stream {self.sid} is over")
         async with self.conn.lock:   # framed under the lock: see serve_http2's write
-            await self.conn.stream.send_all(self.conn.h2.send(EndOfMessage(trailers, self.sid)))
+            await self.conn.io.send_all(self.conn.h2.send(EndOfMessage(trailers, self.sid)))
 
     async def next_event(self):
         """The next event of this stream; None when the connection failed under it."""

@@ -2,13 +2,14 @@
 and its structured access log (one JSON line per request, logger `trellis.access`)."""
 from __future__ import annotations
 
-import json
 import logging
 import operator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from meshcore.telemetry import sample_total
+
+from . import accesslog
 
 REQUEST_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_principal",
                   "destination_service", "destination_service_name", "destination_service_namespace",
@@ -17,7 +18,7 @@ REQUEST_LABELS = ("reporter", "source_workload", "source_workload_namespace", "s
 # Istio's default buckets for istio_request_duration_milliseconds
 BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
            1800000, 3600000)
-access_log = logging.getLogger("trellis.access")
+access_log = accesslog.access_log
 _ALL_LABELS = operator.itemgetter(*REQUEST_LABELS)
 
 
@@ -67,10 +68,6 @@ class Metrics:
         return sample_total(self.registry, name, **labels)
 
 
-# json.dumps builds an encoder per call when given `default`: one, made once, says the same
-_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
-
-
 def log_request(**fields) -> None:
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info(_ENCODE(fields))
+        accesslog.LOG.write(fields)

@@ -248,8 +248,7 @@ class Pipeline:
             conn = resp = None
             with _scope(_trio_deadline(deadlines.attempt_deadline(now), self.clock)) as scope:
                 try:
-                    conn, resp = await (self.upstream.start2 if out.http_version == "2" else self.upstream.start)(
-                        ep, out, body, spawn)
+                    conn, resp = await self.upstream.start(ep, out, body, spawn)
                 except AttemptFailed as exc:
                     failure, info["error"] = exc.failure, str(exc)
             if scope.cancelled_caught:

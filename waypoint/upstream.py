@@ -27,11 +27,11 @@ import h2.exceptions
 from meshcore.hbone import HboneClientPool, HboneError
 
 from .body import RequestBody
-from .fastio import fast
 from .filters.retry import CONNECT_FAILURE, RESET_BEFORE_RESPONSE
 from .h2proxy import Backend2, Exchange2
 from .http.events import Data, EndOfMessage, ProtocolError, Request, Response, StreamReset
 from .http.h1 import HTTP1Client
+from .tunnelio import io_for
 from .view import Endpoint
 
 log = logging.getLogger("trellis.waypoint.upstream")
@@ -54,7 +54,7 @@ class Backend1:
 
     def __init__(self, stream: trio.abc.Stream, endpoint: Endpoint, reused: bool = False):
         self.stream, self.endpoint = stream, endpoint
-        self.io = fast(stream)
+        self.io = io_for(stream)
         self.h1 = HTTP1Client()
         self.idle_since = 0.0
         self.reused = reused
@@ -66,6 +66,8 @@ class Backend1:
     async def send_request(self, req: Request, body: RequestBody, spawn) -> None:
         """The head, with the body when it is all here; else `spawn(self)` starts its pump."""
         self.pump_scope = trio.CancelScope()
+        if req.http_version == "2":
+            req = _as_http1(req, body)
         out = self.h1.send(req)
         if body.complete:
             data = body.whole()
@@ -185,8 +187,17 @@ class Upstream:
         conn.idle_since = self.clock()
         idle.append(conn)
 
-    async def start(self, ep: Endpoint, req: Request, body: RequestBody, spawn=None) -> tuple[Backend1, Response]:
-        """Open (or reuse) a connection, send the request, return the response head. A reused
+    def start(self, ep: Endpoint, req: Request, body: RequestBody, spawn=None):
+        """One attempt: the exchange and its response head, in the HTTP version the endpoint's
+        Service port declares (`Endpoint.http_version`), else in the client's (Istio's
+        protocol selection: an HTTP/2 client reaches an `http` port over HTTP/1.1, an
+        HTTP/1.1 client a `grpc`/`http2`/`kubernetes.io/h2c` port over h2c)."""
+        if (ep.http_version or req.http_version) == "2":
+            return self.start2(ep, req, body, spawn)
+        return self.start1(ep, req, body, spawn)
+
+    async def start1(self, ep: Endpoint, req: Request, body: RequestBody, spawn=None) -> tuple[Backend1, Response]:
+        """HTTP/1.1: open (or reuse) a connection, send the request, return the response head. A reused
         idle connection the backend had closed meanwhile (a race every keep-alive proxy has)
         is replaced by a fresh one at once: that is no failure of the endpoint's."""
         conn = await self.connection(ep)
@@ -225,6 +236,18 @@ class Upstream:
     def dump(self) -> dict:
         return {"opened": self.opened, "stale": self.stale, "idle": {str(ep): len(v) for ep, v in self.idle.items() if v},
                 "http2": {str(ep): {"streams": len(c.channels), "broken": c.broken} for ep, c in self.h2conns.items()}}
+
+
+def _as_http1(req: Request, body: RequestBody) -> Request:
+    """An HTTP/2 client's request as HTTP/1.1 carries it: its cookie fields in one (RFC 9113
+    8.2.3) and, for a body of unknown length still coming, chunked framing."""
+    headers = req.headers
+    cookies = [v for k, v in headers if k == "cookie"]
+    if len(cookies) > 1:
+        headers = tuple(h for h in headers if h[0] != "cookie") + (("cookie", "; ".join(cookies)),)
+    if not body.complete and not any(k in ("content-length", "transfer-encoding") for k, _ in headers):
+        headers += (("transfer-encoding", "chunked"),)
+    return req.with_(headers=headers)
 
 
 def _host(address: str) -> str:

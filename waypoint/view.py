@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from meshcore.mesh import port_protocol, upstream_http_version
 from meshcore.state import State
 from meshcore.state.policies import ROOT_NAMESPACE
 from meshcore.state.services import Service
@@ -36,6 +37,8 @@ class Endpoint:
     identity: str | None       # its SPIFFE ID when in the mesh (HBONE), None: plaintext TCP
     workload: str = ""          # ns/name, for metrics and /clusters
     service_account: str = ""
+    # the HTTP version the Service port declares ("2": h2c prior knowledge, "1.1"); None: the client's
+    http_version: str | None = None
 
     def __str__(self) -> str:
         return f"{self.address}:{self.port}"
@@ -67,6 +70,7 @@ class View:
         self._policy_cache: dict[str, list] = {}
         # per-request lookups, computed once per snapshot (a View never changes)
         self._endpoint_cache: dict[Backend, list[Endpoint]] = {}
+        self._direct_cache: dict[tuple[str, int], Endpoint] = {}
         self._limit_cache: dict[tuple, list[tuple[str, Any]]] = {}
         # a Cluster keeps its state across snapshots but takes the new TrafficPolicy
         for key, c in list(self.clusters.items()):
@@ -132,15 +136,30 @@ class View:
         sp = svc.port(backend.port) if svc else None
         if sp is None:
             return []
+        version = upstream_http_version(port_protocol(sp.name, sp.app_protocol, sp.protocol))
         out = []
         for wl in self.state.endpoints(svc):
             port = sp.target_on(wl.ports)
             if port is not None:
-                out.append(self.endpoint_of(wl, port))
+                out.append(Endpoint(wl.address, port, wl.identity if wl.in_mesh else None, wl.uid,
+                                    wl.service_account, version))
         return out
 
     def endpoint_of(self, wl: Workload, port: int) -> Endpoint:
-        return Endpoint(wl.address, port, wl.identity if wl.in_mesh else None, wl.uid, wl.service_account)
+        """A pod dialled directly: the protocol its port declares in the Services this waypoint
+        fronts (the first that targets it, as `target` picks)."""
+        found = self._direct_cache.get((wl.uid, port))
+        if found is not None:
+            return found
+        version = None
+        for svc in sorted(self.state.services_of(wl), key=lambda s: s.waypoint != self.gateway):
+            sp = next((p for p in svc.ports if p.target_on(wl.ports) == port), None)
+            if sp is not None:
+                version = upstream_http_version(port_protocol(sp.name, sp.app_protocol, sp.protocol))
+                break
+        found = self._direct_cache[(wl.uid, port)] = Endpoint(wl.address, port, wl.identity if wl.in_mesh else None,
+                                                              wl.uid, wl.service_account, version)
+        return found
 
     def cluster(self, namespace: str, name: str) -> Cluster:
         key = f"{namespace}/{name}"

@@ -64,6 +64,12 @@ class HboneStream(trio.abc.HalfCloseableStream):
         await checkpoint()   # the Stream contract; relay() calls _send, which yields only to wait
         await self._send(data)
 
+    async def send_eager(self, data: bytes | bytearray | memoryview) -> None:
+        """send_all without its leading checkpoint: it yields only when it must wait (window,
+        congestion). For a task whose next step waits anyway (a proxy that reads the answer
+        next), the checkpoint is a scheduler round trip that buys nothing."""
+        await self._send(data)
+
     async def _send(self, data: bytes | bytearray | memoryview) -> None:
         self._claim_send()
         self._sending = True
@@ -142,8 +148,9 @@ class HboneStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("HBONE stream was closed")
         self._receiving = True
         try:
-            await checkpoint()
             st = self._st
+            if st.received or st.recv_ended or self._broken():
+                await checkpoint()   # the Stream contract; otherwise waiting below is the checkpoint
             while not st.received:
                 if st.recv_ended:
                     return b""

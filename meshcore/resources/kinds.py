@@ -1,7 +1,8 @@
 """The resource kinds and their typed specs (field names snake_case; YAML camelCase).
 
 - v1 Namespace: labels `trellis.dev/dataplane-mode: ambient`, `trellis.dev/use-waypoint`.
-- v1 Service: ServiceSpec(cluster_ip, selector, ports[ServicePort(name, port, target_port, protocol)]).
+- v1 Service: ServiceSpec(cluster_ip, selector, ports[ServicePort(name, port, target_port, protocol,
+  app_protocol)]).
 - trellis.dev/v1alpha1 WorkloadEntry: WorkloadEntrySpec(address, labels, service_account,
   node, network_namespace, ports).
 - trellis.dev/v1alpha1 AuthorizationPolicy: AuthorizationPolicySpec(selector, target_refs,
@@ -44,6 +45,7 @@ class ServicePort:
     target_port: int | str  # a number, or a port name each endpoint resolves (Kubernetes semantics)
     name: str = ""
     protocol: str = "TCP"
+    app_protocol: str | None = None   # `appProtocol`: what the port speaks (meshcore.mesh.port_protocol reads it)
 
     def target_on(self, endpoint_ports: Mapping[str, int]) -> int | None:
         """The port to reach on one endpoint: a named targetPort is looked up in that
@@ -126,6 +128,8 @@ _port_obj = obj(ServicePort, {"name": F("name", string(DNS_LABEL, "port name"), 
                               "port": F("port", port, required=True),
                               "targetPort": F("target_port", kube.target_port, required=True),
                               "protocol": F("protocol", enum(*kube.PROTOCOLS), default="TCP"),
+                              "appProtocol": F("app_protocol", string(kube.APP_PROTOCOL, "appProtocol (an IANA "
+                                               "service name, or a prefixed name such as kubernetes.io/h2c)")),
                               **kube.SERVICE_PORT_IGNORED})
 
 

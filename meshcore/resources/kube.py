@@ -1,6 +1,6 @@
 """Kubernetes' own kinds as users write them and as the API server returns them.
 
-Real manifests carry many fields the mesh never reads (a Service's `appProtocol`,
+Real manifests carry many fields the mesh never reads (a Service's
 `sessionAffinity`, `ipFamilies`; a Pod's whole container spec; every object's `status`).
 These kinds accept every field of the Kubernetes schema (as of v1.34) and ignore what the
 mesh does not use, so `kubectl get -o yaml` output and Helm-rendered manifests load; a
@@ -45,7 +45,11 @@ SERVICE_IGNORED = ignored(
     "healthCheckNodePort", "internalTrafficPolicy", "ipFamilies", "ipFamilyPolicy", "loadBalancerClass",
     "loadBalancerIP", "loadBalancerSourceRanges", "publishNotReadyAddresses", "sessionAffinity",
     "sessionAffinityConfig", "trafficDistribution", "type")
-SERVICE_PORT_IGNORED = ignored("appProtocol", "nodePort")
+SERVICE_PORT_IGNORED = ignored("nodePort")
+# A Service port's `appProtocol` (Kubernetes validates it as a qualified name: an optional DNS
+# subdomain prefix and '/', then a name of at most 63 characters).
+APP_PROTOCOL = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                          r"(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
 # -- Pod ---------------------------------------------------------------------------------

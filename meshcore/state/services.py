@@ -6,7 +6,7 @@ from typing import Any
 
 from typing import Mapping
 
-from ..mesh import Labels, waypoint_for
+from ..mesh import Labels, port_protocol, waypoint_for
 from ..resources import Resource, ServicePort  # noqa: F401 (re-exported)
 
 
@@ -28,8 +28,9 @@ class Service:
 
     def dump(self) -> dict[str, Any]:
         return {"name": self.key, "clusterIP": self.cluster_ip, "selector": dict(self.selector),
-                "ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port,
-                           "protocol": p.protocol} for p in self.ports], "waypoint": self.waypoint}
+                "ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol,
+                           "appProtocol": p.app_protocol,
+                           "declared": port_protocol(p.name, p.app_protocol, p.protocol)} for p in self.ports], "waypoint": self.waypoint}
 
 
 def from_resource(res: Resource, *, namespaces: Mapping[str, Labels]) -> Service:

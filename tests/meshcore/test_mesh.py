@@ -101,3 +101,30 @@ def test_namespace_matches_uses_the_identitys_namespace():
     assert mesh.namespace_matches(["shop"], cart) and mesh.namespace_matches(["sh*"], cart)
     assert not mesh.namespace_matches(["ns"], cart)   # no matching on a path segment by accident
     assert not mesh.namespace_matches(["*"], "spiffe://cluster.local/trellis/node/n1")
+
+
+@pytest.mark.parametrize("name,app_protocol,transport,declared,version", [
+    ("http", None, "TCP", "HTTP", "1.1"),
+    ("http-web", None, "TCP", "HTTP", "1.1"),
+    ("HTTP2", None, "TCP", "HTTP2", "2"),
+    ("http2-api", None, "TCP", "HTTP2", "2"),
+    ("grpc", None, "TCP", "GRPC", "2"),
+    ("grpc-backend", None, "TCP", "GRPC", "2"),
+    ("grpc-web", None, "TCP", "GRPC-Web", None),       # carried as the client sent it (no grpc-web filter)
+    ("grpc-web-ui", None, "TCP", "GRPC-Web", None),
+    ("tcp-db", None, "TCP", "TCP", None),
+    ("https", None, "TCP", "HTTPS", None),
+    ("web", None, "TCP", None, None),                   # undeclared: sniffed, the client's protocol
+    ("", None, "TCP", None, None),
+    ("httpx", None, "TCP", None, None),                 # a prefix only up to the first '-'
+    ("http", "kubernetes.io/h2c", "TCP", "HTTP2", "2"),  # appProtocol wins over the name
+    ("web", "grpc", "TCP", "GRPC", "2"),
+    ("grpc", "http", "TCP", "HTTP", "1.1"),
+    ("web", "kubernetes.io/ws", "TCP", "HTTP", "1.1"),
+    ("web", "kubernetes.io/wss", "TCP", "HTTPS", None),
+    ("web", "example.com/custom", "TCP", None, None),
+    ("http", None, "UDP", "UDP", None),
+])
+def test_port_protocol_follows_istio(name, app_protocol, transport, declared, version):
+    assert mesh.port_protocol(name, app_protocol, transport) == declared
+    assert mesh.upstream_http_version(declared) == version

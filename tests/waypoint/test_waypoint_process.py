@@ -96,7 +96,7 @@ async def wp(tmp_path):
             + service("limited", "10.96.0.15", port["v2"], "v2")
             + workload("v1", V1, "v1") + workload("v2", V2, "v2") + workload("flaky", FLAKY, "flaky")
             + workload("slow", SLOW, "slow") + ROUTES
-            + service("grpc", "10.96.0.16", port["grpc"], "grpc") + workload("grpc", GRPC, "grpc") + GRPC_BUDGET
+            + service("grpc", "10.96.0.16", port["grpc"], "grpc", port_name="grpc") + workload("grpc", GRPC, "grpc") + GRPC_BUDGET
             + service("short", "10.96.0.17", port["short"], "short") + workload("short", SHORT, "short"))
     async with mesh(tmp_path) as m:
         await m.start(text, [V1, V2, FLAKY, SLOW, GRPC, SHORT])

@@ -5,7 +5,6 @@ DATA both ways, and retries that replay a body within the replay bound but never
 streamed past it."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import http.server
 import os
@@ -17,8 +16,7 @@ import pytest
 
 from waypoint.filters.retry import MAX_REPLAY_BYTES
 from waypoint.http.events import Data, EndOfMessage, Request, Response, simple_response
-from waypoint.http.h2 import HTTP2Server
-from wp_process import NAMESPACE, acurl, grpc_server, mesh, retry_route, service, workload
+from wp_process import NAMESPACE, acurl, grpc_server, h2_backend, mesh, retry_route, service, workload
 
 DOWNLOAD = 16 * 1024 * 1024
 SINK, FLAKY, H2, GRPC = "127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44"
@@ -89,37 +87,32 @@ async def h2_sink(nursery) -> tuple[int, list, list]:
     seen: list = []
     downloads: list = []   # (adapter, stream id) of each download
 
-    async def serve(stream):
-        h2 = HTTP2Server()
+    def connection():
         digests: dict[int, tuple] = {}
-        async with stream:
-            await stream.send_all(h2.data_to_send())
-            while data := await stream.receive_some(65536):
-                h2.receive_data(data)
-                out = b""
-                for ev in h2.events():
-                    if isinstance(ev, Request) and ev.method == "GET":   # a download of DOWNLOAD bytes
-                        downloads.append((h2, ev.stream_id))
-                        out += h2.send(Response(200, (("content-length", str(DOWNLOAD)),), stream_id=ev.stream_id))
-                        out += h2.send(Data(b"d" * DOWNLOAD, ev.stream_id))   # queued beyond the window
-                        out += h2.send(EndOfMessage(stream_id=ev.stream_id))
-                    elif isinstance(ev, Request):
-                        digests[ev.stream_id] = (hashlib.sha256(), [0])
-                    elif isinstance(ev, Data) and ev.stream_id in digests:
-                        digests[ev.stream_id][0].update(ev.data)
-                        digests[ev.stream_id][1][0] += len(ev.data)
-                        h2.ack(ev.stream_id, len(ev.data))
-                    elif isinstance(ev, EndOfMessage) and ev.stream_id in digests:
-                        d, n = digests.pop(ev.stream_id)
-                        seen.append((n[0], d.hexdigest()))
-                        for part in simple_response(200, f"{d.hexdigest()} {n[0]}", stream_id=ev.stream_id):
-                            out += h2.send(part)
-                out += h2.data_to_send()
-                if out:
-                    await stream.send_all(out)
 
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host=H2))
-    return listeners[0].socket.getsockname()[1], seen, downloads
+        def answer(h2, events) -> bytes:
+            out = b""
+            for ev in events:
+                if isinstance(ev, Request) and ev.method == "GET":   # a download of DOWNLOAD bytes
+                    downloads.append((h2, ev.stream_id))
+                    out += h2.send(Response(200, (("content-length", str(DOWNLOAD)),), stream_id=ev.stream_id))
+                    out += h2.send(Data(b"d" * DOWNLOAD, ev.stream_id))   # queued beyond the window
+                    out += h2.send(EndOfMessage(stream_id=ev.stream_id))
+                elif isinstance(ev, Request):
+                    digests[ev.stream_id] = (hashlib.sha256(), [0])
+                elif isinstance(ev, Data) and ev.stream_id in digests:
+                    digests[ev.stream_id][0].update(ev.data)
+                    digests[ev.stream_id][1][0] += len(ev.data)
+                    h2.ack(ev.stream_id, len(ev.data))
+                elif isinstance(ev, EndOfMessage) and ev.stream_id in digests:
+                    d, n = digests.pop(ev.stream_id)
+                    seen.append((n[0], d.hexdigest()))
+                    for part in simple_response(200, f"{d.hexdigest()} {n[0]}", stream_id=ev.stream_id):
+                        out += h2.send(part)
+            return out
+        return answer
+
+    return await h2_backend(nursery, H2, connection), seen, downloads
 
 
 def grpc_chat(address: str):
@@ -141,8 +134,8 @@ async def wp(tmp_path):
         h2_port, m.h2_seen, m.h2_downloads = await h2_sink(m.nursery)
         text = (NAMESPACE + service("sink", "10.96.0.40", port["sink"], "sink") + workload("sink", SINK, "sink")
                 + service("flaky", "10.96.0.41", port["flaky"], "flaky") + workload("flaky", FLAKY, "flaky")
-                + ROUTES + service("h2", "10.96.0.42", h2_port, "h2") + workload("h2", H2, "h2")
-                + service("chat", "10.96.0.43", grpc_port, "chat") + workload("chat", GRPC, "chat"))
+                + ROUTES + service("h2", "10.96.0.42", h2_port, "h2", port_name="http2") + workload("h2", H2, "h2")
+                + service("chat", "10.96.0.43", grpc_port, "chat", port_name="grpc") + workload("chat", GRPC, "chat"))
         await m.start(text, [SINK, FLAKY, H2, GRPC])
         m.servers = servers
         yield m
@@ -297,7 +290,7 @@ async def test_grpc_bidirectional_streaming_goes_through(wp):
 
 
 async def test_idle_and_stalled_clients_are_cut_off(wp, monkeypatch):
-    """The moving idle deadline between requests, and a body that stops coming (408)."""
+    """The idle timeout between requests (the idle watch), and a body that stops coming (408)."""
     import waypoint.conn
     monkeypatch.setattr(waypoint.conn, "IDLE_TIMEOUT", 0.3)
     monkeypatch.setattr(waypoint.conn, "REQUEST_READ_TIMEOUT", 0.3)

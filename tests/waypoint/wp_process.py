@@ -75,12 +75,15 @@ def backend(address: str, name: str, mode: str = "ok", idle_timeout: float | Non
     return srv
 
 
-def service(name: str, vip: str, target_port: int, app: str, waypoint: bool = True) -> str:
+def service(name: str, vip: str, target_port: int, app: str, waypoint: bool = True, port_name: str = "http",
+            app_protocol: str | None = None) -> str:
+    """Port 80 named `port_name` ("http" declares HTTP/1.1 upstream, "grpc"/"http2" h2c, "web" nothing)."""
     label = "{trellis.dev/use-waypoint: waypoint}" if waypoint else "{}"
+    proto = f", appProtocol: {app_protocol}" if app_protocol else ""
     return f"""apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: default, labels: {label}}}
-spec: {{clusterIP: {vip}, selector: {{app: {app}}}, ports: [{{name: http, port: 80, targetPort: {target_port}}}]}}
+spec: {{clusterIP: {vip}, selector: {{app: {app}}}, ports: [{{name: {port_name}, port: 80, targetPort: {target_port}{proto}}}]}}
 ---
 """
 
@@ -240,6 +243,28 @@ async def mesh(tmp: Path):
         m = Mesh(tmp, nursery)
         yield m
         nursery.cancel_scope.cancel()
+
+
+async def h2_backend(nursery: trio.Nursery, host: str, connection) -> int:
+    """A prior-knowledge HTTP/2 backend at host:0 on the waypoint's own adapter; its port.
+    `connection()` is called per connection and returns `answer(h2, events) -> bytes`, the
+    frames replying to each batch of the adapter's events."""
+    from waypoint.http.h2 import HTTP2Server
+
+    async def serve(stream):
+        h2, answer = HTTP2Server(), connection()
+        async with stream:
+            await stream.send_all(h2.data_to_send())
+            while data := await stream.receive_some(65536):
+                h2.receive_data(data)
+                out = answer(h2, h2.events()) + h2.data_to_send()
+                if out:
+                    await stream.send_all(out)
+                if h2.failed is not None:   # not HTTP/2: the adapter refused the connection
+                    return
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host=host))
+    return listeners[0].socket.getsockname()[1]
 
 
 def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -35,6 +35,11 @@ def test_typed_specs():
     assert svc.spec.ports[0].target_port == 8080
     (defaulted,) = parse_documents(SVC.replace(", targetPort: 8080", ""), "svc.yaml").resources
     assert defaulted.spec.ports[0].target_port == 80
+    assert defaulted.spec.ports[0].app_protocol is None
+    for value in ("kubernetes.io/h2c", "grpc", "example.com/my-protocol_v2"):
+        (declared,) = parse_documents(SVC.replace("targetPort: 8080", f"targetPort: 8080, appProtocol: {value}"),
+                                      "svc.yaml").resources
+        assert declared.spec.ports[0].app_protocol == value
 
 
 BAD = [
@@ -49,6 +54,10 @@ BAD = [
     ("apiVersion: trellis.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec: {address: 10.0.0.1, node: n}\n"
      "status: {}\n", "status", "unknown field (allowed: apiVersion, kind, metadata, spec)"),  # our kinds: strict
     (SVC.replace("targetPort: 8080", "targetPort: Http"), "spec.ports[0].targetPort", "is neither a port number"),
+    (SVC.replace("targetPort: 8080", "targetPort: 8080, appProtocol: 'h2 c'"), "spec.ports[0].appProtocol",
+     "'h2 c' is not a valid appProtocol"),
+    (SVC.replace("targetPort: 8080", "targetPort: 8080, appProtocol: Kubernetes.IO/h2c"), "spec.ports[0].appProtocol",
+     "is not a valid appProtocol"),
     (SVC.replace("targetPort: 8080", "targetPort: 8080, apProtocol: http"), "spec.ports[0].apProtocol",
      "unknown field (allowed: name, port, targetPort, protocol, appProtocol, nodePort)"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, imagee: x}]}\n",
