@@ -96,11 +96,12 @@ class Mux:
         codec, block_deadline = self.codec, None
         while self.broken is None:
             if block_deadline is None:
-                data = await self.transport.receive_some(READ_SIZE)
+                data = await self.transport.receive_view(READ_SIZE)
             else:
                 # A header block is open: h2 holds its fragments until it ends, so it must end soon.
+                data = b""
                 with trio.move_on_at(block_deadline):
-                    data = await self.transport.receive_some(READ_SIZE)
+                    data = await self.transport.receive_view(READ_SIZE)
                 if trio.current_time() >= block_deadline and codec.header_block_open:
                     exc = codec.guard.header_block_timed_out()
                     codec.calm_down(exc)
@@ -257,7 +258,7 @@ class Mux:
                 self.codec.ack(ev.stream_id, ev.flow_length - len(ev.data))   # padding
             if ev.data:
                 if st.link is None:
-                    st.received.append(ev.data)
+                    st.received.append(bytes(ev.data))   # (a view of the TLS socket's buffer)
                 elif self.relays.deliver(ev.stream_id, st, ev.data):
                     return   # written into the relay's socket: nobody waits for it
             st.notify()
