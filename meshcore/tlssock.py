@@ -25,7 +25,7 @@ import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
 READ_SIZE = 256 * 1024
-MAX_BATCH = 256 * 1024    # plaintext one send_nowait encrypts (Mux's queue stays near this)
+MAX_BATCH = 1024 * 1024   # plaintext one send_nowait encrypts (above what Mux queues: HIGH_WATER + one read)
 # One read buffer for every TlsSocket: a read is copied into OpenSSL's BIO before anything
 # else runs (trio runs one task at a time on the one thread that uses these sockets).
 _RBUF = bytearray(READ_SIZE)
