@@ -85,9 +85,8 @@ class _Base:
         return out
 
     def receive_data(self, data: bytes | memoryview) -> list[Event]:
-        """Feed bytes from the peer. Raises RemoteProtocolError if the peer broke HTTP/2;
-        a GOAWAY has then been queued in `data_to_send()` for the caller to flush. Given a
-        memoryview, the `Data` events it returns are views into it (no copy per frame)."""
+        """Feed bytes from the peer (a memoryview: fast-path `Data` events are views into it).
+        RemoteProtocolError if the peer broke HTTP/2; GOAWAY is then queued in `data_to_send()`."""
         if self.closed:
             return []
         # h2 drops unsent output when a GOAWAY arrives; keep what tunnels already queued.
@@ -123,8 +122,7 @@ class _Base:
         lacks; everything else is parsed in place, so each payload byte is copied once."""
         conn = self._h2
         events: list = []
-        if type(data) is not bytes and type(data) is not memoryview:
-            data = bytes(data)
+        data = data if type(data) is bytes or type(data) is memoryview else bytes(data)
         off = 0
         if self._preface_left:
             head = bytes(data[:self._preface_left])
@@ -150,7 +148,7 @@ class _Base:
             if len(buf) < whole:
                 return events
             self._inbuf = bytearray()
-            self._frames(bytes(buf), 0, events)   # exactly one whole frame
+            self._frames(memoryview(buf), 0, events)   # exactly one whole frame (buf is not reused)
         rest = self._frames(data, off, events)
         if rest < len(data):
             self._inbuf = bytearray(memoryview(data)[rest:])
