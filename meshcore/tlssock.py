@@ -47,7 +47,6 @@ class TlsSocket(trio.abc.Stream):
         self._pending: bytes | memoryview = b""   # ciphertext the socket has not taken yet
         self._read_error: trio.BrokenResourceError | None = None   # after the bytes before it
         self._eof = False
-        self._dry = False   # the last read was short: wait for readability before the next
         self._closed = False
 
     # -- handshake and peer facts
@@ -72,16 +71,10 @@ class TlsSocket(trio.abc.Stream):
             pass
 
     async def _fill(self, what: str) -> None:
-        """One read() of whatever the socket holds into OpenSSL's input. After a short read
-        the socket most likely has nothing more: wait for it first rather than pay a recv()
-        that says EAGAIN (and its exception) every time the reader runs dry."""
+        """One read() of whatever the socket holds into OpenSSL's input."""
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("TLS socket was closed")
-            if self._dry:
-                self._dry = False
-                await wait_readable(self.sock)
-                continue
             try:
                 n = self.sock.recv_into(_RBUF)
             except BlockingIOError:
@@ -91,7 +84,6 @@ class TlsSocket(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"{what}: {e}") from e
             if n:
                 self._rbio.write(_RVIEW[:n])
-                self._dry = n < READ_SIZE
             else:
                 self._rbio.write_eof()
             return
