@@ -155,6 +155,7 @@ def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain
     tokens, controllers = None, []
     if source_kind == "kubernetes":  # nodes and waypoints may authenticate with their ServiceAccount token
         from .rootcert import RootCertPublisher
+        from .statuswriter import StatusWriter
         from .tokenreview import TokenReviewer
         from .waypoints import Settings, WaypointReconciler
         tokens = lambda source: TokenReviewer(source.api, token_audience, tuple(node_accounts))  # noqa: E731
@@ -163,7 +164,8 @@ def main(source_kind, config_dir, kubeconfig, kube_context, ca_dir, trust_domain
                             f"trellis-controlplane.{namespace}.svc:{ports.CONTROL_PLANE}")
         root_pem = b"".join(ca.roots_pem).decode()
         controllers = [lambda source, store: WaypointReconciler(source.api, store, settings),
-                       lambda source, store: RootCertPublisher(source.api, store, root_pem)]
+                       lambda source, store: RootCertPublisher(source.api, store, root_pem),
+                       lambda source, store: StatusWriter(source.api, store)]
     try:
         trio.run(run, ca, lambda store: _source(source_kind, store, config_dir, kubeconfig, kube_context),
                  listen_at, admin_at, tokens, controllers)

@@ -5,9 +5,11 @@ a destination), and only the policies it enforces: those in namespaces with a wo
 that node, or in the mesh root namespace.
 
 A waypoint (a Gateway of class trellis-waypoint): what it routes and enforces for its own
-namespace: the Namespace, its Gateway, the namespace's Services and routes, the Services
-those routes send to (in any namespace), the workloads behind all of those Services (the
-endpoints it picks from), and the policies of its namespace and of the root namespace."""
+namespace: the Namespace, its Gateway, the namespace's Services and routes, the consumer
+routes of other namespaces whose parent is one of its Services, the Services those routes
+send to (in any namespace) and the ReferenceGrants of those Services' namespaces, the
+workloads behind all of those Services (the endpoints it picks from), and the policies of
+its namespace and of the root namespace."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
@@ -23,12 +25,14 @@ WAYPOINT_POLICY_KINDS = POLICY_KINDS | {"TrafficPolicy", "RateLimitPolicy"}
 ROUTE_KINDS = {"HTTPRoute", "GRPCRoute"}
 # What only the control plane uses (the Kubernetes source's inputs): no data-plane view.
 SOURCE_ONLY_KINDS = {"EndpointSlice", "ServiceAccount"}
+# What nodes never use (they route nothing at L7): kept out of their views
+NODE_SKIP_KINDS = SOURCE_ONLY_KINDS | {"GatewayClass", "ReferenceGrant"}
 View = dict[tuple, dict]
 
 
 def node_view(resources: Mapping[tuple, Resource], node: str) -> View:
     local_ns = {r.namespace for r in resources.values() if r.kind == "WorkloadEntry" and r.spec.node == node}
-    return {k: r.raw for k, r in resources.items() if r.kind not in SOURCE_ONLY_KINDS and
+    return {k: r.raw for k, r in resources.items() if r.kind not in NODE_SKIP_KINDS and
             (r.kind not in POLICY_KINDS or r.namespace in local_ns or r.namespace == ROOT_NAMESPACE)}
 
 
@@ -36,10 +40,13 @@ def waypoint_view(resources: Mapping[tuple, Resource], namespace: str, gateway: 
     own = [r for r in resources.values() if r.namespace == namespace]
     keep = {("Namespace", "", namespace), ("Gateway", namespace, gateway)}
     services = {r.key for r in own if r.kind == "Service"}
-    for route in (r for r in own if r.kind in ROUTE_KINDS):
+    for route in (r for r in resources.values() if r.kind in ROUTE_KINDS and _routes_into(r, namespace)):
         keep.add(route.key)
         services |= {("Service", ns, name) for ns, name in _backend_services(route)}
     keep |= {s for s in services if s in resources}
+    # the grants that open the backends' namespaces (routing.py asks meshcore's backend_permitted)
+    keep |= {r.key for r in resources.values() if r.kind == "ReferenceGrant"
+             and any(s[1] == r.namespace for s in services)}
     for s in services:
         svc = resources.get(s)
         if svc is None or not svc.spec.selector:  # no selector: Kubernetes selects no pods
@@ -49,6 +56,14 @@ def waypoint_view(resources: Mapping[tuple, Resource], namespace: str, gateway: 
     keep |= {r.key for r in resources.values()
              if r.kind in WAYPOINT_POLICY_KINDS and r.namespace in (namespace, ROOT_NAMESPACE)}
     return {k: resources[k].raw for k in resources if k in keep}
+
+
+def _routes_into(route: Resource, namespace: str) -> bool:
+    """A route of this namespace (producer routes, and consumer routes for its callers), or a
+    consumer route of another namespace whose Service parent is here: this namespace's
+    waypoint applies it to callers from the route's namespace (GAMMA; routing.py)."""
+    return route.namespace == namespace or any(
+        p.is_service and p.namespace == namespace for p in route.spec.parent_refs)
 
 
 def _backend_services(route: Resource) -> set[tuple[str, str]]:
@@ -74,7 +89,8 @@ def subscriber_view(caller: str, trust_domain: str, kind: str, name: str | None,
     """The view a caller (its certificate's URI SAN) may watch, or SubscriptionRefused
     saying why. A node (node credential) watches its own node's view; a waypoint (the
     workload certificate of its Deployment's ServiceAccount) watches the view of a Gateway
-    in its own namespace: a workload of one namespace never reads another's routes."""
+    in its own namespace: a workload of one namespace never reads another's routes, except
+    the consumer routes written for its own Services."""
     if kind == "node":
         node = node_from_identity(caller, trust_domain)
         if node is None:

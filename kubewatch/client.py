@@ -1,5 +1,5 @@
-"""The Kubernetes API as Trellis needs it: LIST and WATCH of a collection, GET and POST
-of one object, as plain JSON, over the httpx client that lightkube configures. Shared by
+"""The Kubernetes API as Trellis needs it: LIST and WATCH of a collection, GET, POST, PUT,
+merge-PATCH (status) and DELETE of one object, as plain JSON, over the httpx client that lightkube configures. Shared by
 the control plane (config source, TokenReview, the CA Secret) and the node agent (its
 node's pods): a package of its own, since components never import each other.
 
@@ -125,6 +125,15 @@ class KubeApi:
         concurrency: 409 Conflict when someone wrote in between)."""
         resp = await self.http.put(path, json=body)
         if resp.status_code not in (200, 201):
+            raise _error(resp.status_code, resp.content, path)
+        return _json(resp.content, path)
+
+    async def patch(self, path: str, body: dict) -> dict:
+        """A JSON merge patch (RFC 7386) of one object or of a subresource such as `/status`;
+        a metadata.resourceVersion in it makes it conditional (409 Conflict when stale)."""
+        resp = await self.http.patch(path, content=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/merge-patch+json"})
+        if resp.status_code != 200:
             raise _error(resp.status_code, resp.content, path)
         return _json(resp.content, path)
 

@@ -48,13 +48,14 @@ def _setns(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def entered(netns_fd: int) -> Iterator[None]:
-    """Switch the calling thread into `netns_fd` for the block, then switch back.
+def entered(netns_fd: int, home: int | None = None) -> Iterator[None]:
+    """Switch the calling thread into `netns_fd` for the block, then switch back (to `home`,
+    an fd of the thread's own netns, when the caller keeps one: `home_fd()`).
 
     Keep the block short and synchronous (create/bind/connect sockets): nothing else
     may run on this thread meanwhile, which holds for trio's single-threaded loop.
     """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    own = home if home is not None else os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(netns_fd)
         try:
@@ -62,7 +63,20 @@ def entered(netns_fd: int) -> Iterator[None]:
         finally:
             _setns(own)
     finally:
-        os.close(own)
+        if home is None:
+            os.close(own)
+
+
+_home: list[int] = []
+
+
+def home_fd() -> int:
+    """An fd of this process's netns, opened once: what `entered(fd, home_fd())` returns to
+    without an open() and close() of /proc per call (a new inbound connection makes one).
+    Only for a thread that never stays in another netns: ztunnel's trio thread."""
+    if not _home:
+        _home.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+    return _home[0]
 
 
 @contextlib.contextmanager

@@ -51,12 +51,12 @@ async def connect(sock: socket.socket, address: tuple[str, int], timeout: float)
             # A local peer (ztunnel to the app in its pod) has answered the SYN within the
             # connect() call itself: then no epoll registration, cancel scope and trip
             # through the scheduler (getpeername says ENOTCONN while the SYN is out).
-            if not _connected(sock):
+            if not _connected(sock):   # (connected: established, no error to ask for)
                 with trio.fail_after(timeout):
                     await wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err)) from None
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err)) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException:
         sock.close()
@@ -89,6 +89,15 @@ def close(sock: socket.socket | None) -> None:
         return
     notify_closing(sock)
     sock.close()
+
+
+def close_unwatched(sock: socket.socket | None) -> None:
+    """Close a socket no task can be waiting on any more (a proxy's own socket once its relay
+    has ended: the relay machinery wakes its backlog writer when it detaches). trio's
+    notify_closing costs an exception object and a failing epoll_ctl() for a socket trio
+    never waited on, which is every new connection's."""
+    if sock is not None:
+        sock.close()
 
 
 def reset_on_close(sock: socket.socket | None) -> None:

@@ -312,9 +312,11 @@ def lab_delete(file: Path) -> None:
 
 
 def _waypoint_commands() -> None:
+    from .getcli import get
     from .waypointcli import routes, waypoint
     cli.add_command(waypoint)
     cli.add_command(routes)
+    cli.add_command(get)
 
 
 _waypoint_commands()

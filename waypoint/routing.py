@@ -19,8 +19,10 @@ then the same tie-breaks. Requests with a gRPC content-type use the GRPCRoutes w
 attach (Istio merges both kinds the same way); other requests only ever use HTTPRoutes.
 Routes attached but none matches: 404, as the spec and GAMMA conformance require.
 
-Backends: weighted (weight/sum); weight 0 is never chosen; all weights 0, no backendRefs or a
-backend Service that does not exist (or lacks the port) gives 500 for its share.
+Backends: weighted (weight/sum); weight 0 is never chosen; all weights 0, no backendRefs, a
+backend of another kind than Service, a Service that does not exist (or lacks the port) or
+one not open to the route (meshcore.resources.grants.backend_permitted: its ReferenceGrant
+rule) gives 500 for its share.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from urllib.parse import unquote
 
 from meshcore.resources import Resource
 from meshcore.resources.filters import HeaderModifier
+from meshcore.resources.grants import backend_permitted
 from meshcore.resources.routes import BackendRef, Retry, RouteFilter, Timeouts
 
 from . import rewrite
@@ -191,8 +194,11 @@ class RouteTable:
     def __init__(self, resources: Iterable[Resource], services: Mapping[tuple[str, str], Iterable[int]]):
         self.services = {k: dict(v) if isinstance(v, Mapping) else {p: "" for p in v} for k, v in services.items()}
         self.routes: list[_Route] = []
+        self.grants: list[Resource] = []
         for r in resources:
-            if r.kind in ("HTTPRoute", "GRPCRoute"):
+            if r.kind == "ReferenceGrant":
+                self.grants.append(r)
+            elif r.kind in ("HTTPRoute", "GRPCRoute"):
                 created = ((r.raw.get("metadata") or {}).get("creationTimestamp")) or FOREVER
                 self.routes.append(_Route(RouteRef(r.kind, r.namespace, r.name), str(created), r.spec,
                                           r.kind == "GRPCRoute"))
@@ -234,11 +240,11 @@ class RouteTable:
         view = _View(req)
         for e in entries:
             if e.match is None or (_grpc_ok(e.match, view) if e.route.grpc else _http_ok(e.match, view)):
-                return self._apply(req, e, port, pick)
+                return self._apply(req, e, port, pick, (namespace, name))
         return Decision("respond", req, 404, f"no route of Service {namespace}/{name} matches "
                                              f"{req.method} {req.path}")
 
-    def _apply(self, req: Request, e: _Entry, port: int, pick) -> Decision:
+    def _apply(self, req: Request, e: _Entry, port: int, pick, parent: tuple[str, str]) -> Decision:
         rule = e.route.spec.rules[e.rule_index]
         prefix = e.match.path.value if (e.match is not None and not e.route.grpc
                                         and e.match.path.type == "PathPrefix") else None
@@ -254,8 +260,15 @@ class RouteTable:
         if chosen is None:
             why = "has no backendRefs" if not rule.backend_refs else "gives every backendRef weight 0"
             return Decision("respond", req, 500, f"{e.route.ref} rule {e.rule_index} {why}", **common)
+        if (chosen.group, chosen.kind) != ("", "Service"):
+            return Decision("respond", req, 500, f"backendRef {chosen.name} of {e.route.ref}: kind "
+                                                 f"{chosen.group or 'core'}/{chosen.kind} is not supported", **common)
         backend = Backend(chosen.namespace or e.route.ref.namespace, chosen.name, chosen.port)
         ports = self.services.get((backend.namespace, backend.name))
+        if not backend_permitted(self.grants, e.route.ref.kind, e.route.ref.namespace, backend.namespace,
+                                 backend.name, parent):
+            return Decision("respond", req, 500, f"backend Service {backend.namespace}/{backend.name} is not open "
+                                                 f"to {e.route.ref} (no ReferenceGrant)", **common)
         if ports is None or backend.port not in ports:
             missing = "does not exist" if ports is None else f"has no port {backend.port}"
             return Decision("respond", req, 500, f"backend Service {backend.namespace}/{backend.name} {missing} "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import resource
@@ -85,6 +86,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+GC_YOUNG = 10_000   # container allocations between young collections (CPython's default: 700)
+
+
+def tune_gc() -> None:
+    """Call once everything is imported. ztunnel's hot path makes no reference cycles (0
+    collected over 4,000 new connections), yet the cyclic GC cost ~20 us per connection on
+    each side, most of it full collections walking the ~35,000 objects the imports made, and
+    a young collection every 700 allocations: those objects are left out of collections
+    (gc.freeze) and young collections run every GC_YOUNG allocations."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Log to stderr in `fmt`, which names no thread or process: LogRecords then skip asking
+    for them (a getpid() and two lookups per record; a new connection logs one record)."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.basicConfig(level=level.upper(), format=fmt)
+
+
 def main(argv: list[str] | None = None) -> None:
     # argparse rather than click: ztunnel runs on every node for as long as the node does,
     # and click's import alone is 3.6 MiB of resident memory (the target is <= 40 MiB idle).
@@ -98,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))   # exit 2, as for any other bad argument
             raise
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
     raise_fd_limit()
     malloc.tune()
     from .app import Config, Ztunnel
@@ -119,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             app = Owner(cfg, cp, args.workers, args.log_level)
         else:
             app = Ztunnel(cfg, cp)
+        tune_gc()
         trio.run(app.run)
     except (OSError, ValueError, ImportError) as exc:
         print(f"ztunnel: {exc}", file=sys.stderr)

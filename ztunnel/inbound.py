@@ -160,7 +160,7 @@ class Inbound:
             self.active -= 1
             if tunnel.reset_code is not None and outcome == "ok":   # the client reset it (maybe mid-dial)
                 outcome, transfer.error = "reset", transfer.error or f"client reset the tunnel (code {tunnel.reset_code})"
-            sockio.close(app)
+            sockio.close_unwatched(app)   # the relay ended (or never began): nothing waits on it
             log_connection(direction="inbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,
                            pod=self.pod.uid, app_src=app_src)

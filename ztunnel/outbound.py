@@ -80,13 +80,9 @@ class Outbound:
             return None
         return origdst.take(fd, self.cookie, peer_port)
 
-    def _route(self, sock: socket.socket) -> tuple[str, str, route.Route] | None:
-        """(source, original destination, route) for an accepted connection; None, after
-        logging why, when it has no destination to go to."""
-        try:
-            peer = sock.getpeername()
-        except OSError:   # the app already gave up
-            return None
+    def _route(self, peer: tuple) -> tuple[str, str, route.Route] | None:
+        """(source, original destination, route) for a connection accepted from `peer`;
+        None, after logging why, when it has no destination to go to."""
         src = f"{self.pod.address}:{peer[1]}"
         try:
             dst = self.original_destination(peer[1])
@@ -102,14 +98,14 @@ class Outbound:
         r = route.decide(state, state.workload_by_uid(self.pod.uid), dst, self.inputs.pick)
         return src, f"{dst[0]}:{dst[1]}", r
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """One accepted connection, from routing to the last byte (one task: its frame is
-        most of what an idle proxied connection costs here)."""
+    async def handle(self, sock: socket.socket, peer: tuple) -> None:
+        """One accepted connection (a non-blocking socket, and its peer's address as accept()
+        returned it), from routing to the last byte (one task: its frame is most of what an
+        idle proxied connection costs here)."""
         started = time.monotonic()
-        sock = sockio.detach(stream)
-        found = self._route(sock)
+        found = self._route(peer)
         if found is None:
-            sockio.close(sock)
+            sockio.close_unwatched(sock)
             return
         src, dst, r = found
         labels = _labels(self.pod, r, isinstance(r, route.Hbone), self._labels)
@@ -139,8 +135,8 @@ class Outbound:
             self.active -= 1
             if tunnel is not None:
                 tunnel.close()
-            sockio.close(plain)
-            sockio.close(sock)
+            sockio.close_unwatched(plain)   # the relay ended: nothing waits on them
+            sockio.close_unwatched(sock)
             log_connection(direction="outbound", src=src, dst=dst, labels=labels, sent=transfer.sent,
                            received=transfer.received, started=started, outcome=outcome, error=transfer.error,
                            route=type(r).__name__, endpoint=_endpoint(r), waypoint=getattr(r, "waypoint", None),

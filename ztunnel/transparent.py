@@ -131,7 +131,7 @@ class Delivery:
         `origin`: original_source()'s answer for this caller, if the caller has it already."""
         source, why = origin or original_source(state, peer_identity, peer_ip, pod_address)
         family = socket.AF_INET6 if ":" in pod_address else socket.AF_INET
-        with netns.entered(netns_fd):
+        with netns.entered(netns_fd, netns.home_fd()):
             if source is not None:
                 now = time.monotonic()
                 checked, ok = self._routes.get(family, (-ROUTE_CHECK_TTL, False))

@@ -162,9 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s worker-{args.index} %(name)s %(message)s")
-    from .__main__ import raise_fd_limit
+    from .__main__ import configure_logging, raise_fd_limit, tune_gc
+    configure_logging(args.log_level, f"%(asctime)s %(levelname)s worker-{args.index} %(name)s %(message)s")
     raise_fd_limit()
     malloc.tune()
 
@@ -176,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             await Worker(sock, index=args.index, trust_domain=args.trust_domain,
                          drain_timeout=args.drain_timeout).run()
     try:
+        tune_gc()
         trio.run(run)
     except KeyboardInterrupt:
         sys.exit(130)

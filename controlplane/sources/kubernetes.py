@@ -33,6 +33,10 @@ COLLECTIONS = {
     "/apis/discovery.k8s.io/v1/endpointslices": ("discovery.k8s.io/v1", "EndpointSlice"),
     "/apis/gateway.networking.k8s.io/v1/gateways": ("gateway.networking.k8s.io/v1", "Gateway"),
     "/apis/gateway.networking.k8s.io/v1/httproutes": ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    "/apis/gateway.networking.k8s.io/v1/grpcroutes": ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+    "/apis/gateway.networking.k8s.io/v1/gatewayclasses": ("gateway.networking.k8s.io/v1", "GatewayClass"),
+    # v1beta1: served by every Gateway API release with ReferenceGrant (v1 only from 1.5)
+    "/apis/gateway.networking.k8s.io/v1beta1/referencegrants": ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
     "/apis/trellis.dev/v1alpha1/workloadentries": ("trellis.dev/v1alpha1", "WorkloadEntry"),
     "/apis/trellis.dev/v1alpha1/authorizationpolicies": ("trellis.dev/v1alpha1", "AuthorizationPolicy"),
     "/apis/trellis.dev/v1alpha1/peerauthentications": ("trellis.dev/v1alpha1", "PeerAuthentication"),

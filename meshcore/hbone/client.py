@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack
 from typing import Callable, Sequence
 
 import trio
+from trio.lowlevel import ParkingLot
 
 from meshcore import sockio
 from meshcore.tls import IdentityMismatch, verify_peer_identity
@@ -29,6 +30,7 @@ from .errors import (STATUS_ADVICE, HboneConnectionLost, HboneConnectRefused, Hb
 from .limits import DEFAULT_LIMITS, Limits
 from .mux import REFUSED_STREAM, Mux
 from .stream import HboneStream
+from .streamstate import StreamState
 
 log = logging.getLogger("meshcore.hbone")
 SocketFactory = Callable[[int], socket.socket]
@@ -108,7 +110,10 @@ class HboneConnection:
         return (self.mux.broken is None and not codec.closed and not codec.going_away and not self.full
                 and self.active < limit)
 
-    async def open_tunnel(self, authority: str, headers: Sequence[tuple[str, str]], timeout: float) -> HboneStream:
+    async def open_tunnel(self, authority: str, headers: Sequence[tuple[str, str]], timeout: float,
+                          answers: "_Answers | None" = None) -> HboneStream:
+        """One tunnel on this connection, answered within `timeout` (watched by `answers`, the
+        pool's, else by a cancel scope of its own)."""
         mux, peer = self.mux, self.mux.peer
         try:
             sid = mux.codec.open_tunnel(authority, tuple(headers))
@@ -123,17 +128,11 @@ class HboneConnection:
             # HEADERS go with the writer's next batch: tunnels opened in the same scheduler
             # round (a burst of new connections) share one TLS record and one write().
             mux.defer()
-            with trio.fail_after(timeout):
-                while st.response is None:
-                    if st.reset_code == REFUSED_STREAM:
-                        raise _NoRoom(f"{peer} did not process the tunnel to {authority} (REFUSED_STREAM "
-                                      f"or GOAWAY); it is safe to retry on a new connection")
-                    if st.reset_code is not None:
-                        raise HboneTunnelRefused(f"{peer} reset the tunnel to {authority} before answering "
-                                                 f"(code {st.reset_code}); it may be overloaded", 0)
-                    if mux.broken:
-                        raise HboneConnectionLost(self._lost(authority))
-                    await st.wait()
+            if answers is None:
+                with trio.fail_after(timeout):
+                    await self._answer(st, authority, None)
+            else:
+                await answers.wait(self, st, authority, trio.current_time() + timeout)
             if isinstance(st.response, c.TunnelRefused):
                 r = st.response
                 advice = STATUS_ADVICE.get(r.status, "the destination refused the tunnel")
@@ -153,6 +152,22 @@ class HboneConnection:
         self.tunnels_opened += 1
         return stream
 
+    async def _answer(self, st: StreamState, authority: str, deadline: float | None) -> None:
+        """Until the peer answered the tunnel's CONNECT (or TooSlowError once `deadline` passed)."""
+        mux, peer = self.mux, self.mux.peer
+        while st.response is None:
+            if st.reset_code == REFUSED_STREAM:
+                raise _NoRoom(f"{peer} did not process the tunnel to {authority} (REFUSED_STREAM "
+                              f"or GOAWAY); it is safe to retry on a new connection")
+            if st.reset_code is not None:
+                raise HboneTunnelRefused(f"{peer} reset the tunnel to {authority} before answering "
+                                         f"(code {st.reset_code}); it may be overloaded", 0)
+            if mux.broken:
+                raise HboneConnectionLost(self._lost(authority))
+            if deadline is not None and trio.current_time() >= deadline:
+                raise trio.TooSlowError
+            await st.wait()
+
     def _lost(self, authority: str) -> str:
         msg = f"tunnel to {authority} via {self.mux.peer} failed: {self.mux.broken}"
         if self.tunnels_opened == 0:
@@ -165,6 +180,44 @@ class HboneConnection:
         self.active -= 1
         if self.active == 0:
             self.idle_since = trio.current_time()
+
+
+class _Answers:
+    """The pool's tunnels waiting for the answer to their CONNECT, and their deadlines: one
+    task wakes the late ones (each then raises TooSlowError), checking every tick while any
+    wait and for a while after; a cancel scope per tunnel cost ~10 us of a new connection.
+    A tunnel times out between its deadline and a tick (an eighth of the timeout, at most
+    1 s) after it."""
+
+    IDLE_TICKS = 16   # ticks with nothing waiting before the task parks until a tunnel waits
+
+    def __init__(self, timeout: Callable[[], float]) -> None:
+        self._timeout = timeout   # the pool's open_timeout, as it is now
+        self._waiting: dict[StreamState, float] = {}
+        self._parked = ParkingLot()
+
+    async def wait(self, conn: HboneConnection, st: StreamState, authority: str, deadline: float) -> None:
+        self._waiting[st] = deadline
+        self._parked.unpark_all()   # (the task is parked only after IDLE_TICKS idle ticks)
+        try:
+            await conn._answer(st, authority, deadline)
+        finally:
+            del self._waiting[st]
+
+    async def run(self) -> None:
+        idle = 0
+        while True:
+            if idle >= self.IDLE_TICKS:
+                await self._parked.park()
+                idle = 0
+            await trio.sleep(max(min(self._timeout() / 8, 1.0), 0.001))
+            if not self._waiting:
+                idle += 1
+                continue
+            idle = 0
+            now = trio.current_time()
+            for st in [st for st, deadline in self._waiting.items() if deadline <= now]:
+                st.notify()
 
 
 class HboneClientPool:
@@ -181,6 +234,7 @@ class HboneClientPool:
         self.open_timeout = open_timeout
         self._conns: dict[PoolKey, list[HboneConnection]] = {}
         self._locks: dict[PoolKey, trio.Lock] = {}
+        self._answers = _Answers(lambda: self.open_timeout)
         self._stack = AsyncExitStack()
         self._nursery: trio.Nursery | None = None
         self.connections_opened = 0
@@ -189,6 +243,7 @@ class HboneClientPool:
     async def __aenter__(self) -> "HboneClientPool":
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         self._nursery.start_soon(self._reap_idle)
+        self._nursery.start_soon(self._answers.run)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -225,7 +280,7 @@ class HboneClientPool:
                         conn = await self._establish(key, address, expected_identity, socket_factory)
             conn.active += 1
             try:
-                return await conn.open_tunnel(authority, headers, self.open_timeout)
+                return await conn.open_tunnel(authority, headers, self.open_timeout, self._answers)
             except _NoRoom:
                 if attempt == 2:
                     raise

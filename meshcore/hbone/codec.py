@@ -168,7 +168,7 @@ class _Base:
         conn, guard = self._h2, self.guard
         size, slow_from = len(buf), -1
         unpack, take, data_event = h2private.HEADER.unpack_from, h2private.take, Data.parsed
-        header_len, data_type = h2private.HEADER_LEN, h2private.DATA
+        header_len, data_type, ends = h2private.HEADER_LEN, h2private.DATA, h2private.END_STREAM
         while size - pos >= header_len:
             hi, lo, ftype, flags, sid = unpack(buf, pos)
             length = hi << 16 | lo
@@ -182,14 +182,14 @@ class _Base:
                     guard.frame(ftype, flags, length)
             if end > size:
                 break
-            # The tunnel's own header blocks (a CONNECT, its 200) have a fast path too.
-            heads = ftype == h2private.HEADERS and flags == h2private.END_HEADERS
+            # The tunnel's own header blocks (a CONNECT, its 200) and its END_STREAMs have a fast path too.
+            heads = (ftype == h2private.HEADERS and flags == h2private.END_HEADERS) or (ftype == data_type and flags == ends and not length)
             if (ftype == data_type and flags == 0 and length) or heads:
                 if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
                     events.extend(conn.receive_data(bytes(buf[slow_from:pos])))
                     slow_from = -1
                 sid &= 0x7FFFFFFF
-                ev = fastheaders.take(self, sid, bytes(buf[pos + header_len:end])) if heads else (
+                ev = fastheaders.take(self, sid, bytes(buf[pos + header_len:end]), ftype) if heads else (
                     data_event(sid, buf[pos + header_len:end]) if take(conn, sid, length) else None)
                 if ev is not None:
                     events.append(ev)
@@ -265,7 +265,7 @@ class _Base:
 
     def half_close(self, stream_id: int) -> None:
         try:
-            self._h2.end_stream(stream_id)
+            h2private.end_stream(self._h2, stream_id)   # h2's end_stream when it is not the plain case
         except h2.exceptions.ProtocolError as e:
             raise LocalProtocolError(f"cannot half-close stream {stream_id}: {e}") from None
 

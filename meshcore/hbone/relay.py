@@ -204,7 +204,8 @@ class Relays:
             self._sink_failed(st, link, e)
             return
         link.out_done = True
-        st.notify()
+        if not link.polled:   # idle in the poller's care, the relay looks at out_done only later
+            st.notify()
 
     def start_backlog(self, stream_id: int, st: StreamState) -> None:
         link = st.link

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import trio
-from trio.lowlevel import checkpoint
 
 from meshcore import sockio
 from meshcore.tls import IdentityMismatch, verify_peer_identity
@@ -95,9 +94,9 @@ class InboundTunnel:
             raise trio.BrokenResourceError(f"tunnel {self.stream_id} from {self._mux.peer}: {e}") from None
         self.stream = HboneStream(self._mux, self.stream_id)
         self._stats.bump("tunnels_accepted", self._mux.peer)
-        # The 200 goes with the writer's next batch (see HboneConnection.open_tunnel).
+        # The 200 goes with the writer's next batch (see HboneConnection.open_tunnel). No
+        # checkpoint: the caller's relay waits for the app's first bytes next anyway.
         self._mux.defer()
-        await checkpoint()
         return self.stream
 
     async def refuse(self, status: int, reason: str = "") -> None:

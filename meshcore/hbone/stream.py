@@ -111,12 +111,17 @@ class HboneStream(trio.abc.HalfCloseableStream):
             return 1   # the stream is gone: send_all will not block, it will fail
 
     async def send_eof(self) -> None:
+        try:
+            self._end_send()
+        finally:
+            await checkpoint()
+
+    def _end_send(self) -> None:
+        """send_eof() without its checkpoint (the relay's end, which yields when it waits)."""
         self._claim_send()
         if self._st.send_ended:
-            await checkpoint()
             return
         if why := self._broken():
-            await checkpoint()
             raise trio.BrokenResourceError(why)
         self._st.send_ended = True
         try:
@@ -126,7 +131,6 @@ class HboneStream(trio.abc.HalfCloseableStream):
         # Queued for the writer, as DATA is: the tunnels that end in the same scheduler round
         # (a burst of short connections) share one TLS record and one write().
         self._mux.defer()
-        await checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
@@ -208,7 +212,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
                         rounds = 0
                         await checkpoint()
             self._check_relay()
-            await self.send_eof()
+            self._end_send()
             while not link.out_done:
                 self._check_relay()
                 await st.wait()
@@ -272,7 +276,9 @@ class HboneStream(trio.abc.HalfCloseableStream):
                         codec.reset(self.stream_id)
                 except LocalProtocolError:
                     codec.reset(self.stream_id)
-                self._mux.push()
+                # With the writer's next batch, as the END_STREAM the relay queued just before:
+                # the tunnels that end in the same round share one TLS record and one write().
+                self._mux.defer()
             codec.ack(self.stream_id, st.discard_received())   # give the connection window back
             st.notify()
             self._mux.wake_senders()

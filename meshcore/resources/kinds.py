@@ -8,7 +8,8 @@
   action, rules[Rule(from_[Source...], to[Operation...])]) with Istio's semantics.
 - trellis.dev/v1alpha1 PeerAuthentication: PeerAuthenticationSpec(selector, mode).
 - gateway.networking.k8s.io/v1 Gateway, HTTPRoute, GRPCRoute and trellis.dev/v1alpha1 TrafficPolicy,
-  RateLimitPolicy: the waypoint's kinds, typed in gateway.py, routes.py and policies.py.
+  RateLimitPolicy: the waypoint's kinds, typed in gateway.py, routes.py and policies.py;
+  GatewayClass and ReferenceGrant (v1beta1 and v1) in grants.py.
 - v1 Pod, v1 ServiceAccount, discovery.k8s.io/v1 EndpointSlice: kube.py (every Kubernetes field accepted).
 """
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any, Mapping
 from ..identity import SpiffeId
 from . import kube
 from .gateway import TargetRef, check_annotations, gateway_spec
+from .grants import gateway_class_spec, reference_grant_spec
 from .policies import rate_limit_policy_spec, traffic_policy_spec
 from .routes import grpc_route_spec, http_route_spec
 from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_of, obj, port, string, str_map
 
 TRELLIS = "trellis.dev/v1alpha1"
 GATEWAY = "gateway.networking.k8s.io/v1"
+GATEWAY_BETA = "gateway.networking.k8s.io/v1beta1"
 PRINCIPAL = re.compile(r"^(\*|\*?[^*\s]+|[^*\s]+\*)$")
 
 
@@ -243,9 +246,13 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
         "action": F("action", enum("ALLOW", "DENY"), default="ALLOW"),
         "rules": F("rules", list_of(_rule), default=tuple)}), spec_required=False),
     Kind(TRELLIS, "PeerAuthentication", True, _peer_auth, spec_required=False),
-    Kind(GATEWAY, "Gateway", True, gateway_spec, meta_check=check_annotations),
-    Kind(GATEWAY, "HTTPRoute", True, http_route_spec),
-    Kind(GATEWAY, "GRPCRoute", True, grpc_route_spec),
+    # Gateway API kinds carry a status their controllers write: accepted (kubectl get -o yaml loads), never read
+    Kind(GATEWAY, "GatewayClass", False, gateway_class_spec, status=True),
+    Kind(GATEWAY, "Gateway", True, gateway_spec, meta_check=check_annotations, status=True),
+    Kind(GATEWAY, "HTTPRoute", True, http_route_spec, status=True),
+    Kind(GATEWAY, "GRPCRoute", True, grpc_route_spec, status=True),
+    Kind(GATEWAY_BETA, "ReferenceGrant", True, reference_grant_spec),
+    Kind(GATEWAY, "ReferenceGrant", True, reference_grant_spec),
     Kind(TRELLIS, "TrafficPolicy", True, traffic_policy_spec),
     Kind(TRELLIS, "RateLimitPolicy", True, rate_limit_policy_spec),
 ]}

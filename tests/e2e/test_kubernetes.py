@@ -225,6 +225,20 @@ def test_a_gateway_becomes_a_waypoint_pod_that_gets_its_certificate_by_token_and
         assert seen["client"].rsplit(":", 1)[0] == pod["address"]   # the app's caller is the waypoint
         denied = lab.curl("sleep", f"http://{WP_VIP}/admin", "-o", "/dev/null", "-w", "%{http_code}")
         assert denied.stdout.strip() == "403"
+        # the control plane reports through the status subresource, as kubectl shows it
+        gw = wait_until(lambda: (r := lab.api("GET", f"{GW}/waypoint"))[0] == 200 and {
+            c["type"]: c["status"] for c in r[1].get("status", {}).get("conditions", [])}.get("Programmed") == "True"
+            and r[1], "the Gateway's status to say Programmed", timeout=60)
+        assert gw["status"]["addresses"][0]["type"] == "IPAddress"
+        route = wait_until(lambda: (r := lab.api("GET", f"{ROUTES}/web-wp"))[0] == 200 and r[1].get("status") and r[1],
+                           "the HTTPRoute's status", timeout=30)
+        [parent] = route["status"]["parents"]
+        assert parent["controllerName"] == "trellis.dev/waypoint-controller"
+        assert {c["type"]: c["status"] for c in parent["conditions"]} == {
+            "Accepted": "True", "ResolvedRefs": "True", "ResolvedWaypoints": "True"}
+        code, gc = lab.api("GET", "/apis/gateway.networking.k8s.io/v1/gatewayclasses")
+        [cls] = [c for c in gc["items"] if c["metadata"]["name"] == "trellis-waypoint"]
+        assert cls["status"]["conditions"][0]["status"] == "True"
         # its token is its own identity and nothing else; a non-waypoint pod's token gets nothing
         before = refused_total(lab, "other_identity"), refused_total(lab, "not_a_waypoint_pod")
         assert sign_with(lab, token_file, WAYPOINT_ID) == "SIGNED"

@@ -16,6 +16,8 @@ these machines; this serves what a client sees of one:
   for a pod's projected token), answering as kube-apiserver does (apiserver_auth.py),
   GET of one object of a listed kind, and GET/POST of Secrets (409 AlreadyExists on a
   second create);
+- the status subresource of the Gateway API kinds (apiserver_status.py: PUT and merge-PATCH
+  of `.../NAME/status`, status ignored by other writes, metadata.generation);
 - writes of the listed kinds, as kubectl makes them: POST to the namespaced collection
   (`/apis/G/V/namespaces/NS/PLURAL`, 201, 409 if it exists), PUT and DELETE of one object
   (`.../PLURAL/NAME`, 200, 404 if absent); each becomes a watch event;
@@ -39,6 +41,7 @@ import trio
 
 from .apiserver_auth import AuthApis, Token  # noqa: F401 - Token is part of this module's interface
 from .apiserver_pods import COLLECTIONS, PATH_OF, PodsSubresources, _selected, _status
+from .apiserver_status import StatusSubresource, main_write
 
 
 @dataclass
@@ -48,7 +51,7 @@ class Request:
 
 
 @dataclass
-class ApiServerStandIn(PodsSubresources, AuthApis):
+class ApiServerStandIn(PodsSubresources, AuthApis, StatusSubresource):
     gone_as: str = "event"              # how a too-old resourceVersion is refused: "event" or "http"
     bookmark_every: float | None = None  # seconds between BOOKMARKs on each watch, if asked for
     token: str | None = None            # the bearer token every request must carry, if set
@@ -90,6 +93,7 @@ class ApiServerStandIn(PodsSubresources, AuthApis):
         uid = prev["metadata"]["uid"] if prev else meta.get("uid") or str(uuid.uuid4())
         stored["metadata"].update(resourceVersion=str(self.rv), uid=uid,
                                   creationTimestamp="2026-12-01T00:00:00Z")
+        main_write(stored, prev)   # status subresource kinds: status kept, generation counted
         coll[key] = stored
         self._record(path, kind, stored)
         return stored
@@ -149,10 +153,12 @@ class ApiServerStandIn(PodsSubresources, AuthApis):
                 self.requests.append(Request(url.path, params))
                 self._requested.set()
                 self._requested = trio.Event()
-                auth = "x509" if client_cert else dict(event.headers).get(b"authorization", b"").decode()
+                headers = dict(event.headers)
+                auth = "x509" if client_cert else headers.get(b"authorization", b"").decode()
                 if event.method != b"GET" or url.path.startswith(("/api/v1/namespaces/", "/apis/authentication")) \
                         or _named(url.path.strip("/").split("/")):
-                    await self._object(conn, stream, event.method.decode(), url.path, body, auth, params)
+                    await self._object(conn, stream, event.method.decode(), url.path, body, auth, params,
+                                       headers.get(b"content-type", b"").decode())
                 else:
                     await self._route(conn, stream, url.path, params, auth)
                 if conn.our_state is h11.MUST_CLOSE:
@@ -204,13 +210,15 @@ class ApiServerStandIn(PodsSubresources, AuthApis):
         await self._send_json(conn, stream, 200, {"kind": f"{kind}List", "apiVersion": api,
                                                   "metadata": {"resourceVersion": str(self.rv)}, "items": items})
 
-    async def _object(self, conn, stream, method, path, body, authorization, params=None):
-        """One object: TokenReview, a pod by name, a Secret (get and create)."""
+    async def _object(self, conn, stream, method, path, body, authorization, params=None, content_type=""):
+        """One object: TokenReview, a pod by name, a Secret (get and create), a status subresource."""
         if await self._refused(conn, stream, authorization):
             return
         parts = path.strip("/").split("/")
         req = json.loads(body) if body else {}
-        if method == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
+        if method in ("PUT", "PATCH") and parts[-1] == "status":
+            await self._status(conn, stream, method, parts, req, content_type)
+        elif method == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
             await self._send_json(conn, stream, *self.token_review(req))
         elif method == "POST" and len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] \
                 and parts[4] == "serviceaccounts" and parts[6] == "token":
@@ -235,6 +243,8 @@ class ApiServerStandIn(PodsSubresources, AuthApis):
             obj = self.objects.get(_collection(parts), {}).get((parts[-3], parts[-1]))
             await self._send_json(conn, stream, *((200, obj) if obj else
                                                   (404, _status(404, "NotFound", f'{parts[-2]} "{parts[-1]}" not found'))))
+        elif method == "POST" and path in COLLECTIONS and COLLECTIONS[path][1] == "GatewayClass":
+            await self._create_cluster_scoped(conn, stream, path, req)
         elif method in ("POST", "PUT", "DELETE") and _collection(parts) in COLLECTIONS:
             await self._write(conn, stream, method, parts, req)
         elif method == "POST" and len(parts) == 5 and parts[4] == "secrets":

@@ -209,3 +209,28 @@ def test_data_or_a_200_inside_another_header_block_is_a_protocol_error():
     cl2.receive_data(b"\x00\x00\x01\x01\x00" + sid.to_bytes(4, "big") + b"\x88")   # a 200 without END_HEADERS
     with pytest.raises(RemoteProtocolError):
         cl2.receive_data(answer)
+
+
+def test_closed_streams_are_cleaned_up_once_the_table_holds_the_limit_and_the_limit_holds():
+    limit = 4
+    cl, sv = c.ClientConnection(), c.ServerConnection(Limits(max_concurrent_streams=limit))
+    sv.receive_data(cl.data_to_send())
+    cl.receive_data(sv.data_to_send())
+    sv.receive_data(cl.data_to_send())
+    for _ in range(3 * limit):   # open, answer and end tunnels one at a time, both halves
+        sid = cl.open_tunnel("10.0.0.1:80")
+        sv.receive_data(cl.data_to_send())
+        sv.accept(sid)
+        cl.receive_data(sv.data_to_send())
+        cl.half_close(sid)
+        sv.receive_data(cl.data_to_send())
+        sv.half_close(sid)
+        cl.receive_data(sv.data_to_send())
+        # h2 keeps closed streams until a count walks them: never more than the limit
+        assert len(sv._h2.streams) <= limit and len(cl._h2.streams) <= limit
+    # with closed streams in the table, `limit` tunnels still open and one more is refused
+    for _ in range(limit):
+        sid = cl.open_tunnel("10.0.0.1:80")
+        assert only(sv.receive_data(cl.data_to_send()), c.TunnelRequested)
+    with pytest.raises(LimitExceeded):
+        sv.receive_data(connect_frame(sid + 2, b"10.0.0.1:80"))

@@ -8,7 +8,7 @@ import trio
 
 from meshcore.hbone import codec as c
 from meshcore.hbone.client import HboneClientPool
-from meshcore.hbone.errors import HboneConnectRefused
+from meshcore.hbone.errors import HboneConnectRefused, HboneConnectTimeout
 
 from meshcore.hbone.server import serve_hbone
 
@@ -205,3 +205,31 @@ async def test_server_drain_lets_open_tunnels_finish(client_bundle, server_bundl
                 await served.wait()   # serve_hbone returns once the last tunnel is done
                 while pool.connections():
                     await trio.sleep(0.02)
+
+
+async def test_a_tunnel_the_peer_never_answers_times_out_and_the_next_one_opens(nursery, client_bundle,
+                                                                                server_bundle):
+    hold = trio.Event()
+    answered: list[int] = []
+
+    async def slow_then_echo(req):
+        if not answered:           # the first tunnel: no answer until the test is done
+            answered.append(0)
+            await hold.wait()
+            return
+        answered.append(1)
+        await echo(req)
+
+    (port,), _ = await start_server(nursery, slow_then_echo, server_bundle)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle), open_timeout=0.2) as pool:
+        with trio.fail_after(30):   # a hang guard: the pool's deadline watch must end the wait
+            with pytest.raises(HboneConnectTimeout, match="did not answer the tunnel request for 10.244.2.1:8080 "
+                                                          "within 0.2s"):
+                await pool.connect(("127.0.0.1", port), "10.244.2.1:8080", SERVER_ID, CLIENT_ID)
+            # the deadline was the pool's, not the connection's: the next tunnel on it opens
+            s = await pool.connect(("127.0.0.1", port), "10.244.2.2:8080", SERVER_ID, CLIENT_ID)
+            await s.send_all(b"ping")
+            assert await s.receive_some() == b"ping"
+            await s.aclose()
+        assert pool.connections_opened == 1 and answered == [0, 1]
+    hold.set()

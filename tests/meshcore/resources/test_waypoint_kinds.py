@@ -213,8 +213,6 @@ BAD = [
      "spec.rules[0].filters", "May specify either httpRouteFilterRequestRedirect or httpRouteFilterRequestRewrite"),
     (ROUTE.replace("port: 80}]\n  rules", "port: 80}, {group: \"\", kind: Service, name: web, port: 80}]\n  rules"),
      "spec.parentRefs[1]", "is listed twice"),
-    (ROUTE.replace("{name: web-v1, port: 80, weight: 90}", "{kind: Pod, name: web-v1, port: 80}"),
-     "spec.rules[0].backendRefs[0].kind", "only Services"),
     (GRPC.replace("{service: grpc.health.v1.Health, method: Check}", "{type: Exact}"),
      "spec.rules[0].matches[0].method", "One or both of 'service' or 'method' must be specified"),
     (GRPC.replace("method: Check}", "method: Check/x}"), "spec.rules[0].matches[0].method.method",

@@ -1,0 +1,82 @@
+"""`trellis get`: Gateway API objects of a config directory with the status the control plane
+computes (the same function it writes through the status subresource in a cluster)."""
+import yaml
+from click.testing import CliRunner
+
+from trellis.cli import cli
+
+CONFIG = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {trellis.dev/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: mesh}
+spec: {gatewayClassName: trellis-waypoint}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: mesh}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: other}
+spec: {clusterIP: 10.96.0.12, ports: [{port: 80, targetPort: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: mesh}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules: [{backendRefs: [{name: echo, port: 80, weight: 90}, {name: db, namespace: other, port: 80, weight: 10}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: mesh}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules: [{backendRefs: [{name: echo}]}]
+"""
+GRANT = """\
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-mesh, namespace: other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: mesh}]
+  to: [{group: "", kind: Service, name: db}]
+"""
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_get_httproute_yaml_has_status_parents_like_kubectl(tmp_path):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    res = run("get", "httproute", "echo", "-n", "mesh", "--config-dir", str(tmp_path), "-o", "yaml")
+    assert res.exit_code == 0, res.output
+    obj = yaml.safe_load(res.output)
+    [parent] = obj["status"]["parents"]
+    assert parent["controllerName"] == "trellis.dev/waypoint-controller"
+    assert parent["parentRef"] == {"group": "", "kind": "Service", "name": "echo", "port": 80}
+    got = {c["type"]: (c["status"], c["reason"]) for c in parent["conditions"]}
+    assert got == {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "RefNotPermitted"),
+                   "ResolvedWaypoints": ("True", "ResolvedWaypoints")}
+    (tmp_path / "grant.yaml").write_text(GRANT)
+    obj = yaml.safe_load(run("get", "httproute", "echo", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    assert obj["status"]["parents"][0]["conditions"][1]["status"] == "True"
+
+
+def test_get_table_lists_invalid_routes_and_gateways(tmp_path):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    res = run("get", "httproutes", "--config-dir", str(tmp_path))
+    lines = res.output.splitlines()
+    assert lines[0].split()[:5] == ["NAMESPACE", "NAME", "PARENT", "ACCEPTED", "RESOLVED-REFS"]
+    broken = next(l for l in lines if " broken " in l)
+    assert "False (UnsupportedValue)" in broken and "Must have port for Service reference" in broken
+    gw = run("get", "gtw", "--config-dir", str(tmp_path)).output
+    assert "False (Pending)" in gw and "no waypoint replica is running yet" in gw
+    missing = run("get", "httproute", "nope", "--config-dir", str(tmp_path))
+    assert missing.exit_code == 1 and 'httproute "nope" not found' in missing.output
