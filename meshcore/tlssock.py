@@ -25,12 +25,12 @@ import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
 READ_SIZE = 256 * 1024
-FULL_RECORD = 16 * 1024   # TLS's largest plaintext record: one SSL_read returns at most this
-MAX_BATCH = 256 * 1024    # plaintext one send_nowait encrypts (Mux's queue stays near this)
+MAX_BATCH = 1024 * 1024   # plaintext one send_nowait encrypts (above what Mux queues: HIGH_WATER + one read)
 # One read buffer for every TlsSocket: a read is copied into OpenSSL's BIO before anything
 # else runs (trio runs one task at a time on the one thread that uses these sockets).
 _RBUF = bytearray(READ_SIZE)
 _RVIEW = memoryview(_RBUF)
+_DVIEW = memoryview(bytearray(READ_SIZE))   # decrypted plaintext (`receive_view`), shared the same way
 
 
 class TlsSocket(trio.abc.Stream):
@@ -173,25 +173,31 @@ class TlsSocket(trio.abc.Stream):
     # -- receiving
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to `max_bytes` of plaintext: every whole record already read, at least one."""
-        limit = max_bytes or READ_SIZE
-        tls, rbio = self._tls, self._rbio
+        return bytes(await self.receive_view(max_bytes))
+
+    async def receive_view(self, max_bytes: int | None = None) -> memoryview:
+        """`receive_some` without a copy: the plaintext is decrypted into one buffer shared by
+        every TlsSocket, and the view is valid only until the next `receive_view` call on any
+        of them (trio runs one task at a time: the caller uses it before it awaits again, and
+        copies what it keeps). Every record is decrypted straight into place, so a read of
+        many records costs no allocation per record and no join."""
+        limit = min(max_bytes or READ_SIZE, READ_SIZE)
+        tls, rbio, view = self._tls, self._rbio, _DVIEW
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("TLS socket was closed")
             if self._read_error is not None:
                 raise self._read_error
             if self._eof:
-                return b""
-            parts: list[bytes] = []
+                return view[:0]
             got = 0
             try:
                 while got < limit and (rbio.pending or tls.pending() or rbio.eof):
-                    chunk = tls.read(min(limit - got, FULL_RECORD))
-                    if not chunk:
+                    n = tls.read(limit - got, view[got:])
+                    if not n:
                         self._eof = True
                         break
-                    parts.append(chunk)
-                    got += len(chunk)
+                    got += n
             except ssl.SSLWantReadError:
                 pass   # part of a record: the rest is still on its way
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -200,7 +206,7 @@ class TlsSocket(trio.abc.Stream):
             except ssl.SSLError as e:
                 err = trio.BrokenResourceError(f"TLS read failed: {e}")
                 err.__cause__ = e
-                if not parts:
+                if not got:
                     raise err
                 self._read_error = err   # raised on the next call, after these bytes
             if self._wbio.pending:   # a reply to a post-handshake message (key update)
@@ -208,10 +214,8 @@ class TlsSocket(trio.abc.Stream):
                     self._write_output()
                 except OSError as e:
                     raise trio.BrokenResourceError(f"TLS write failed: {e}") from e
-            if parts:
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-            if self._eof:
-                return b""
+            if got or self._eof:
+                return view[:got]
             await self._fill("TLS read failed")
 
     # -- closing

@@ -84,9 +84,9 @@ class _Base:
             out, self._pending = self._pending, bytearray()
         return out
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        """Feed bytes from the peer. Raises RemoteProtocolError if the peer broke HTTP/2;
-        a GOAWAY has then been queued in `data_to_send()` for the caller to flush."""
+    def receive_data(self, data: bytes | memoryview) -> list[Event]:
+        """Feed bytes from the peer (a memoryview: fast-path `Data` events are views into it).
+        RemoteProtocolError if the peer broke HTTP/2; GOAWAY is then queued in `data_to_send()`."""
         if self.closed:
             return []
         # h2 drops unsent output when a GOAWAY arrives; keep what tunnels already queued.
@@ -122,10 +122,10 @@ class _Base:
         lacks; everything else is parsed in place, so each payload byte is copied once."""
         conn = self._h2
         events: list = []
-        data = bytes(data)
+        data = data if type(data) is bytes or type(data) is memoryview else bytes(data)
         off = 0
         if self._preface_left:
-            head = data[:self._preface_left]
+            head = bytes(data[:self._preface_left])
             self._preface_left -= len(head)
             off = len(head)
             events.extend(conn.receive_data(head))
@@ -148,7 +148,7 @@ class _Base:
             if len(buf) < whole:
                 return events
             self._inbuf = bytearray()
-            self._frames(bytes(buf), 0, events)   # exactly one whole frame
+            self._frames(memoryview(buf), 0, events)   # exactly one whole frame (buf is not reused)
         rest = self._frames(data, off, events)
         if rest < len(data):
             self._inbuf = bytearray(memoryview(data)[rest:])
@@ -158,7 +158,7 @@ class _Base:
         if length > MAX_FRAME_SIZE:
             # Refused on its header, before buffering up to 16 MiB of it (h2 would wait).
             if pending:
-                events.extend(self._h2.receive_data(pending))
+                events.extend(self._h2.receive_data(bytes(pending)))
             raise h2.exceptions.FrameTooLargeError(
                 f"frame of {length} bytes exceeds our SETTINGS_MAX_FRAME_SIZE {MAX_FRAME_SIZE}")
 
@@ -186,10 +186,10 @@ class _Base:
             heads = (ftype == h2private.HEADERS and flags == h2private.END_HEADERS) or (ftype == data_type and flags == ends and not length)
             if (ftype == data_type and flags == 0 and length) or heads:
                 if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
-                    events.extend(conn.receive_data(buf[slow_from:pos]))
+                    events.extend(conn.receive_data(bytes(buf[slow_from:pos])))
                     slow_from = -1
                 sid &= 0x7FFFFFFF
-                ev = fastheaders.take(self, sid, buf[pos + header_len:end], ftype) if heads else (
+                ev = fastheaders.take(self, sid, bytes(buf[pos + header_len:end]), ftype) if heads else (
                     data_event(sid, buf[pos + header_len:end]) if take(conn, sid, length) else None)
                 if ev is not None:
                     events.append(ev)
@@ -199,7 +199,7 @@ class _Base:
                 slow_from = pos
             pos = end
         if slow_from >= 0:
-            events.extend(conn.receive_data(buf[slow_from:pos]))
+            events.extend(conn.receive_data(bytes(buf[slow_from:pos])))
         return pos
 
     def _fail(self, message: str, code: int = h2.errors.ErrorCodes.PROTOCOL_ERROR) -> RemoteProtocolError:

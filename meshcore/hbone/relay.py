@@ -30,6 +30,11 @@ from .streamstate import StreamState
 if TYPE_CHECKING:
     from .mux import Mux
 
+# A relayed socket's reads. glibc would serve a 256 KiB recv() buffer with mmap and page
+# faults, but ztunnel fixes malloc's thresholds (meshcore.malloc), so it comes off the heap
+# and a short read costs what a 64 KiB one does; a bulk transfer then takes a quarter of the
+# reads, frames, TLS batches and trips through Python per byte.
+RELAY_READ = 256 * 1024
 # A FIN or an error raises one edge, which a read of the bytes before it consumes.
 _HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
@@ -126,7 +131,7 @@ class Relays:
             self._hand_off(st, link, None)
             return
         try:
-            data = link.sock.recv(sockio.READ_SIZE)
+            data = link.sock.recv(RELAY_READ)
         except BlockingIOError:
             return   # an edge for bytes the relay task already read
         except OSError as e:
@@ -138,7 +143,7 @@ class Relays:
             except LocalProtocolError:
                 n = 0   # the relay's own send reports it
             st.sent += n
-            more = len(data) == sockio.READ_SIZE or link.hup
+            more = len(data) == RELAY_READ or link.hup
             if n == len(data) and not more:
                 self.polled_reads += 1
                 return   # the common case: a request, framed
@@ -153,9 +158,10 @@ class Relays:
         st.notify()
 
     # ---- tunnel -> socket: the sink --------------------------------------------------
-    def deliver(self, stream_id: int, st: StreamState, data: bytes) -> bool:
+    def deliver(self, stream_id: int, st: StreamState, data: bytes | memoryview) -> bool:
         """Into the relay's socket right away when nothing is queued before it, else queue
-        it (with a backlog task to wait for the socket). True when all of it went in."""
+        it (with a backlog task to wait for the socket). True when all of it went in. `data`
+        may be a view of the TLS socket's read buffer: what is queued is copied."""
         link = st.link
         # After a failed write the relay is ending with that error: queue, and closing acks.
         if link.error is None and not st.received and not link.backlog:
@@ -163,12 +169,12 @@ class Relays:
                 n = self.sink_some(stream_id, st, link, data)
             except OSError as e:
                 self._sink_failed(st, link, e)
-                st.received.append(data)
+                st.received.append(bytes(data))
                 return False
             if n == len(data):
                 return True
             data = data[n:]
-        st.received.append(data)
+        st.received.append(bytes(data))
         if link.error is None:
             self.start_backlog(stream_id, st)
         return False

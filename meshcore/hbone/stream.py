@@ -17,6 +17,7 @@ from meshcore import sockio
 
 from .errors import LocalProtocolError
 from .mux import DEFAULT_RECEIVE, Mux
+from .relay import RELAY_READ
 
 CONNECT_ERROR = 0xA   # RFC 9113: "the connection established in response to a CONNECT request was reset"
 
@@ -198,7 +199,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 if data is None:
                     link.edge = False   # what this recv leaves behind raises a new edge
                     try:
-                        data = sock.recv(sockio.READ_SIZE)
+                        data = sock.recv(RELAY_READ)
                     except BlockingIOError:
                         await self._idle()
                         continue
@@ -207,7 +208,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
                 if not data:
                     break
                 await self._send(data)
-                if len(data) < sockio.READ_SIZE and not (link.edge or link.hup):
+                if len(data) < RELAY_READ and not (link.edge or link.hup):
                     # Read dry (a short read), and no edge while _send waited: from here
                     # the next edge reaches the poller.
                     await self._idle()

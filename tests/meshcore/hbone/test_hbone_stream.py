@@ -83,3 +83,35 @@ async def test_tunnels_sending_in_one_scheduler_round_share_one_tls_write(nurser
         for s in streams:
             await s.aclose()
 
+
+
+async def test_bytes_waiting_unread_survive_other_connections_reads(nursery, client_bundle, server_bundle):
+    """Every TLS socket decrypts into one shared buffer (TlsSocket.receive_view): what a
+    tunnel received and nobody read yet must be its own copy, not a view that the next
+    read on another HBONE connection overwrites."""
+    (port,), _ = await start_server(nursery, echo, server_bundle)
+    a_payload, b_payload = bytes(range(256)) * 64, b"\xee" * (64 * 1024)
+    # Two pools: two HBONE connections, each with its own reader on the same buffer.
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pa, \
+            HboneClientPool(lambda src: client_ctx(client_bundle)) as pb:
+        a = await pa.connect(("127.0.0.1", port), "10.244.2.5:8080", SERVER_ID, CLIENT_ID)
+        b = await pb.connect(("127.0.0.1", port), "10.244.2.5:8080", SERVER_ID, CLIENT_ID)
+        await a.send_all(a_payload)
+        await a.send_eof()
+        with trio.fail_after(10):   # a's echo arrives and waits, unread, in its stream
+            while a._st.taken + sum(map(len, a._st.received)) < len(a_payload) and not a._st.recv_ended:
+                await trio.sleep(0.01)
+        for _ in range(4):          # b's reader decrypts into the same buffer meanwhile
+            await b.send_all(b_payload)
+            got = b""
+            with trio.fail_after(10):
+                while len(got) < len(b_payload):
+                    got += await b.receive_some()
+            assert got == b_payload
+        got = b""
+        with trio.fail_after(10):
+            while chunk := await a.receive_some():
+                got += chunk
+        assert got == a_payload
+        await a.aclose()
+        await b.aclose()
