@@ -15,8 +15,9 @@ V1 = "127.0.0.21"
 GRACE = 1.0
 
 
-def config(port: int, bound: bool) -> list:
-    return resources(NAMESPACE + service("web", "10.96.0.10", port, "v1", waypoint=bound) + workload("v1", V1, "v1"))
+def config(port: int, bound: bool, port_name: str = "http") -> list:
+    return resources(NAMESPACE + service("web", "10.96.0.10", port, "v1", waypoint=bound, port_name=port_name)
+                     + workload("v1", V1, "v1"))
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ async def test_an_http2_connection_accepted_while_draining_is_served_then_told_t
     try:
         async with mesh(tmp_path) as m:
             await m.start("", [V1], config_grace=GRACE)
-            m.waypoint.on_update(config(port, True), 1)
+            m.waypoint.on_update(config(port, True, port_name="grpc"), 1)   # a gRPC backend: h2c upstream
             local = await m.bridge("10.96.0.10:80")
             m.waypoint.draining.set()   # what SIGTERM does
             client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
