@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 from meshcore.mesh import serves_waypoint, waypoint_for
 from meshcore.resources import Resource
 from meshcore.resources.gateway import GATEWAY_GROUP, WAYPOINT_CLASS
-from meshcore.resources.grants import CONTROLLER_NAME, backend_permitted
+from meshcore.resources.grants import CONTROLLER_NAME, backend_problem
 from meshcore.resources.model import describe
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -99,21 +99,20 @@ def resolved_refs(kind: str, namespace: str, spec: dict, resources, parent: tupl
     grants = [r for r in resources.values() if r.kind == "ReferenceGrant"]
     problems: list[tuple[str, str]] = []
     for b in _backend_refs(spec):
-        group, bkind, name = b.get("group", ""), b.get("kind", "Service"), b.get("name")
+        group, bkind, name, port = b.get("group", ""), b.get("kind", "Service"), b.get("name"), b.get("port")
         bns = b.get("namespace") or namespace
-        if (group, bkind) != ("", "Service"):
-            problems.append(("InvalidKind", f"backendRef {name}: kind {group or 'core'}/{bkind} is not supported "
-                                            "(only Services)"))
-            continue
-        if not backend_permitted(grants, kind, namespace, bns, name, parent):
-            problems.append(("RefNotPermitted", f"backendRef {bns}/{name} is not open to {kind}s of namespace "
-                                                f"{namespace}: add a ReferenceGrant in {bns}"))
-            continue
         svc = resources.get(("Service", bns, name))
-        if svc is None:
-            problems.append(("BackendNotFound", f"backendRef {bns}/{name}: Service does not exist"))
-        elif b.get("port") is not None and b["port"] not in {p.port for p in svc.spec.ports}:
-            problems.append(("BackendNotFound", f"backendRef {bns}/{name}: Service has no port {b['port']}"))
+        ports = None if svc is None else {p.port for p in svc.spec.ports}
+        reason = backend_problem(grants, kind, namespace, group, bkind, bns, name, port, ports, parent)
+        if reason == "InvalidKind":
+            problems.append((reason, f"backendRef {name}: kind {group or 'core'}/{bkind} is not supported "
+                                     "(only Services)"))
+        elif reason == "RefNotPermitted":
+            problems.append((reason, f"backendRef {bns}/{name} is not open to {kind}s of namespace "
+                                     f"{namespace}: add a ReferenceGrant in {bns}"))
+        elif reason == "BackendNotFound":
+            problems.append((reason, f"backendRef {bns}/{name}: Service does not exist" if ports is None
+                             else f"backendRef {bns}/{name}: Service has no port {port}"))
     if not problems:
         return cond("ResolvedRefs", True, "ResolvedRefs")
     return cond("ResolvedRefs", False, problems[0][0], "; ".join(m for _, m in problems))

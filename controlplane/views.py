@@ -44,7 +44,7 @@ def waypoint_view(resources: Mapping[tuple, Resource], namespace: str, gateway: 
         keep.add(route.key)
         services |= {("Service", ns, name) for ns, name in _backend_services(route)}
     keep |= {s for s in services if s in resources}
-    # the grants that open the backends' namespaces (routing.py asks meshcore's backend_permitted)
+    # the grants that open the backends' namespaces (routing.py asks meshcore's backend_problem)
     keep |= {r.key for r in resources.values() if r.kind == "ReferenceGrant"
              and any(s[1] == r.namespace for s in services)}
     for s in services:

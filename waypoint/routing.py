@@ -21,8 +21,8 @@ Routes attached but none matches: 404, as the spec and GAMMA conformance require
 
 Backends: weighted (weight/sum); weight 0 is never chosen; all weights 0, no backendRefs, a
 backend of another kind than Service, a Service that does not exist (or lacks the port) or
-one not open to the route (meshcore.resources.grants.backend_permitted: its ReferenceGrant
-rule) gives 500 for its share.
+one not open to the route (its ReferenceGrant rule) gives 500 for its share; the reason is
+meshcore.resources.grants.backend_problem's, which the control plane's status shares.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from urllib.parse import unquote
 
 from meshcore.resources import Resource
 from meshcore.resources.filters import HeaderModifier
-from meshcore.resources.grants import backend_permitted
+from meshcore.resources.grants import backend_problem
 from meshcore.resources.routes import BackendRef, Retry, RouteFilter, Timeouts
 
 from . import rewrite
@@ -304,14 +304,16 @@ class RouteTable:
         return plan
 
     def _target(self, route: RouteRef, ref: BackendRef, parent: tuple[str, str]) -> tuple[Backend | None, str]:
-        if (ref.group, ref.kind) != ("", "Service"):
-            return None, f"backendRef {ref.name} of {route}: kind {ref.group or 'core'}/{ref.kind} is not supported"
         backend = Backend(ref.namespace or route.namespace, ref.name, ref.port)
-        where = f"backend Service {backend.namespace}/{backend.name}"
-        if not backend_permitted(self.grants, route.kind, route.namespace, backend.namespace, backend.name, parent):
-            return backend, f"{where} is not open to {route} (no ReferenceGrant)"
         ports = self.services.get((backend.namespace, backend.name))
-        if ports is None or backend.port not in ports:
+        reason = backend_problem(self.grants, route.kind, route.namespace, ref.group, ref.kind, backend.namespace,
+                                 backend.name, backend.port, ports, parent)
+        where = f"backend Service {backend.namespace}/{backend.name}"
+        if reason == "InvalidKind":
+            return None, f"backendRef {ref.name} of {route}: kind {ref.group or 'core'}/{ref.kind} is not supported"
+        if reason == "RefNotPermitted":
+            return backend, f"{where} is not open to {route} (no ReferenceGrant)"
+        if reason == "BackendNotFound":
             missing = "does not exist" if ports is None else f"has no port {backend.port}"
             return backend, f"{where} {missing} ({route})"
         return backend, ""

@@ -107,3 +107,19 @@ def backend_permitted(grants: Iterable, route_kind: str, route_namespace: str, b
         if any(t.group == "" and t.kind == "Service" and t.name in (None, backend_name) for t in g.spec.to):
             return True
     return False
+
+
+def backend_problem(grants: Iterable, route_kind: str, route_namespace: str, group: str, kind: str,
+                    backend_namespace: str, backend_name: str, port: int | None,
+                    service_ports: Iterable[int] | None, parent: tuple[str, str] | None = None) -> str | None:
+    """Why a route's backendRef cannot be used, as the spec's ResolvedRefs reason, checked in
+    this order: its kind (InvalidKind), its ReferenceGrant (RefNotPermitted), the Service and
+    its port (BackendNotFound; `service_ports` None: no such Service); None when it can be.
+    The control plane's status and the waypoint's router both ask this."""
+    if (group, kind) != ("", "Service"):
+        return "InvalidKind"
+    if not backend_permitted(grants, route_kind, route_namespace, backend_namespace, backend_name, parent):
+        return "RefNotPermitted"
+    if service_ports is None or (port is not None and port not in service_ports):
+        return "BackendNotFound"
+    return None
