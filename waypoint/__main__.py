@@ -12,6 +12,7 @@ import trio
 from meshcore import ports
 from meshcore.identity import CertBundle, split_pem_chain
 from meshcore.resources.loader import load_file
+from meshcore.telemetry import configure_logging
 
 from . import accesslog
 from .app import Config, Waypoint, client_for
@@ -141,12 +142,8 @@ def _with_token(cfg: Config, token_file: Path, ca_root_file: Path | None) -> Way
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     level = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "--log-level"), "INFO")
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format=accesslog.FORMAT)   # the access log's fast path writes this format itself
-    # The logging HOWTO's "Optimization": what the format never prints is not collected for
-    # each record (the caller's frame, thread, process).
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # the access log's fast path writes accesslog.FORMAT itself
+    configure_logging(getattr(logging, level.upper(), logging.INFO), accesslog.FORMAT)
     try:
         wp = build(argv)
     except StartupError as exc:

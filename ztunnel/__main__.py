@@ -14,6 +14,7 @@ import trio
 from meshcore import malloc, ports
 from meshcore.addr import parse_hostport
 from meshcore.cpclient import ControlPlaneClient, load_credential
+from meshcore.telemetry import configure_logging
 
 
 def raise_fd_limit() -> None:
@@ -99,13 +100,6 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
-def configure_logging(level: str, fmt: str) -> None:
-    """Log to stderr in `fmt`, which names no thread or process: LogRecords then skip asking
-    for them (a getpid() and two lookups per record; a new connection logs one record)."""
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging.basicConfig(level=level.upper(), format=fmt)
-
-
 def main(argv: list[str] | None = None) -> None:
     # argparse rather than click: ztunnel runs on every node for as long as the node does,
     # and click's import alone is 3.6 MiB of resident memory (the target is <= 40 MiB idle).
@@ -119,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))   # exit 2, as for any other bad argument
             raise
 
-    configure_logging(args.log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level.upper(), "%(asctime)s %(levelname)s %(name)s %(message)s")
     raise_fd_limit()
     malloc.tune()
     from .app import Config, Ztunnel

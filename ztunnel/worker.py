@@ -162,8 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    from .__main__ import configure_logging, raise_fd_limit, tune_gc
-    configure_logging(args.log_level, f"%(asctime)s %(levelname)s worker-{args.index} %(name)s %(message)s")
+    from meshcore.telemetry import configure_logging
+
+    from .__main__ import raise_fd_limit, tune_gc
+    configure_logging(args.log_level.upper(), f"%(asctime)s %(levelname)s worker-{args.index} %(name)s %(message)s")
     raise_fd_limit()
     malloc.tune()
 
