@@ -136,13 +136,12 @@ class View:
         sp = svc.port(backend.port) if svc else None
         if sp is None:
             return []
-        version = upstream_http_version(port_protocol(sp.name, sp.app_protocol, sp.protocol))
+        version = _http_version(sp)
         out = []
         for wl in self.state.endpoints(svc):
             port = sp.target_on(wl.ports)
             if port is not None:
-                out.append(Endpoint(wl.address, port, wl.identity if wl.in_mesh else None, wl.uid,
-                                    wl.service_account, version))
+                out.append(_endpoint(wl, port, version))
         return out
 
     def endpoint_of(self, wl: Workload, port: int) -> Endpoint:
@@ -155,10 +154,9 @@ class View:
         for svc in sorted(self.state.services_of(wl), key=lambda s: s.waypoint != self.gateway):
             sp = next((p for p in svc.ports if p.target_on(wl.ports) == port), None)
             if sp is not None:
-                version = upstream_http_version(port_protocol(sp.name, sp.app_protocol, sp.protocol))
+                version = _http_version(sp)
                 break
-        found = self._direct_cache[(wl.uid, port)] = Endpoint(wl.address, port, wl.identity if wl.in_mesh else None,
-                                                              wl.uid, wl.service_account, version)
+        found = self._direct_cache[(wl.uid, port)] = _endpoint(wl, port, version)
         return found
 
     def cluster(self, namespace: str, name: str) -> Cluster:
@@ -208,3 +206,12 @@ class View:
                                                    transport="hbone" if ep.identity else "plaintext")
             out.append(dump)
         return out
+
+
+def _http_version(sp) -> str | None:
+    """The HTTP version a Service port declares for its upstream (None: the client's)."""
+    return upstream_http_version(port_protocol(sp.name, sp.app_protocol, sp.protocol))
+
+
+def _endpoint(wl: Workload, port: int, http_version: str | None) -> Endpoint:
+    return Endpoint(wl.address, port, wl.identity if wl.in_mesh else None, wl.uid, wl.service_account, http_version)
