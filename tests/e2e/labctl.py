@@ -63,6 +63,13 @@ class Lab:
                                  f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc
 
+    def apply_waypoint(self, namespace: str, timeout: float) -> None:
+        """`trellis waypoint apply -n NS --enroll-namespace`, then wait (bounded by `timeout`)
+        until `waypoint status` reports a ready replica, as a user would."""
+        self.cli("waypoint", "apply", "-n", namespace, "--enroll-namespace")
+        wait_until(lambda: json.loads(self.cli("waypoint", "status", "-n", namespace, "-o", "json").stdout)[0]
+                   ["ready"] >= 1, f"{namespace}/waypoint ready", timeout=timeout)
+
     def up(self) -> None:
         self.cli("lab", "up", str(self.lab_dir), timeout=240)
 

@@ -12,9 +12,7 @@ from e2e.l7guard.guardlab import LAB_DIR, WEB, GuardLab
 @pytest.fixture(scope="package")
 def lab():
     with running(LAB_DIR, "/run/trellis/e2e-l7guard", "ttlg", cls=GuardLab) as lab:
-        lab.cli("waypoint", "apply", "-n", "default", "--enroll-namespace")
-        wait_until(lambda: json.loads(lab.cli("waypoint", "status", "-n", "default", "-o", "json").stdout)[0]
-                   ["ready"] >= 1, "default/waypoint ready", timeout=60)
+        lab.apply_waypoint("default", timeout=60)
         wp_ip = lab.waypoint_pod()["address"]
         # the callers' ztunnels send the Services' traffic to it (the app sees the waypoint)
         wait_until(lambda: json.loads(lab.curl("client", f"http://{WEB}/").stdout)["client"]

@@ -44,10 +44,8 @@ def echo(lab, url):
 
 def test_the_waypoint_routes_authorizes_and_cannot_be_bypassed(lab):
     sleep_ip, web_ip = lab.ip("sleep"), lab.ip("web-1")
-    lab.cli("waypoint", "apply", "-n", "default", "--enroll-namespace")
     try:
-        wait_until(lambda: json.loads(lab.cli("waypoint", "status", "-n", "default", "-o", "json").stdout)[0]
-                   ["ready"] >= 1, "default/waypoint ready", timeout=60)
+        lab.apply_waypoint("default", timeout=60)
         [wp] = [p for p in lab.state()["pods"] if p.get("waypoint") == "waypoint" and p["namespace"] == "default"]
         lab.apply(ROUTE_AND_POLICY)
         # the route's filter shows the request went through the waypoint's routing
