@@ -59,7 +59,7 @@ class WaypointController:
         self.shown: set[str] = set()   # problems logged already (a broken Gateway is not logged every second)
         self.ready = ready or (lambda pod: status.waypoint_ready(pod)[0])
         self.listed: set[tuple[str, str]] = set()   # pods with a WorkloadEntry: ready once, listed while they run
-        self.last_address: dict[str, str] = {}   # per node, the address last given to a waypoint pod
+        self.last_address: dict[str, str] = {}   # per node, the address of the last waypoint pod started there
 
     def _report(self, errors: list[str]) -> None:
         for e in errors:
@@ -93,9 +93,12 @@ class WaypointController:
                 errors += self.remove(st, rec)
             for pod in todo.create:
                 log.info("waypoint pod %s: creating on %s at %s", pod.key, pod.node, pod.address)
-                self.last_address[pod.node] = pod.address
                 try:
                     self.create(st, pod)
+                    # allocation goes on after it only once a pod runs there: the retry of a
+                    # failed creation (e.g. the netns of the pod removed just before is still
+                    # going away) takes the same address, which no neighbour has cached
+                    self.last_address[pod.node] = pod.address
                 except (OSError, RuntimeError, ValueError) as exc:   # NetError, CgroupError are RuntimeErrors
                     errors.append(f"waypoint pod {pod.key}: creating it failed: {exc}; retrying")
                     rec = next((r for r in st.pods if r.get("waypoint") and r["name"] == pod.name
