@@ -212,7 +212,10 @@ def test_a_gateway_becomes_a_waypoint_pod_that_gets_its_certificate_by_token_and
                          "the lab's kubelet to run the waypoint pod", timeout=60)
         code, obj = lab.api("GET", f"/api/v1/namespaces/default/pods/{pod['name']}")
         assert code == 200 and obj["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
-        argv = lab.proc(f"waypoint/default/{pod['name']}")["argv"]
+        # the kubelet records the pod's sandbox before it starts (and records) its process
+        argv = wait_until(lambda: next((p["argv"] for p in lab.state()["procs"]
+                                        if p["name"] == f"waypoint/default/{pod['name']}"), None),
+                          "the waypoint pod's process recorded", timeout=30)
         assert "--token-file" in argv and "--credential-dir" not in argv
         token_file = Path(argv[argv.index("--token-file") + 1])
         cp_log = lab.state_dir / "controlplane.log"
