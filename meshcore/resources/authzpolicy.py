@@ -1,0 +1,246 @@
+"""trellis.dev/v1alpha1 AuthorizationPolicy: its typed spec and validation, with Istio's
+field names and meanings (istio.io/latest/docs/reference/config/security/authorization-policy/
+and .../conditions/). What a mesh without JWT or an external authorizer cannot evaluate is
+refused with an error naming the field, never ignored: an ALLOW that relied on it would
+otherwise quietly allow more, a DENY quietly deny less.
+
+Refused: `requestPrincipals`/`notRequestPrincipals` and `request.auth.*` conditions (no
+RequestAuthentication: no JWT), action CUSTOM and `provider` (no ext-authz provider),
+`connection.sni` (the only TLS is HBONE's own; the app's SNI is never seen), `experimental.*`,
+and path templates (`{*}`, `{**}`).
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from ..identity import SpiffeId
+from .gateway import TargetRef
+from .schema import DNS_SUBDOMAIN, F, enum, integer, list_of, obj, string
+
+PRINCIPAL = re.compile(r"^(\*|\*?[^*\s]+|[^*\s]+\*)$")
+HEADER_KEY = re.compile(r"^request\.headers\[([^\[\]]+)\]$")
+NO_JWT = ("JWT request authentication is not supported (Trellis has no RequestAuthentication), so no "
+          "request would ever carry a request principal or claims; remove it (mesh identities: `principals`)")
+
+
+@dataclass(frozen=True)
+class Source:
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()          # the peer's address: an IP or a CIDR each
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()   # the original client: no proxy is trusted, so the peer's address
+    not_remote_ip_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Operation:
+    ports: tuple[int, ...] = ()
+    not_ports: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()       # the Host header / :authority as sent (port included), case-insensitive
+    not_hosts: tuple[str, ...] = ()
+
+    @property
+    def has_l7(self) -> bool:
+        return bool(self.methods or self.paths or self.not_methods or self.not_paths or self.hosts or self.not_hosts)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One `when` entry: `key` (an Istio attribute) with `values` (any matches) and/or
+    `notValues` (none matches)."""
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+    @property
+    def header(self) -> str | None:
+        """The header name of a `request.headers[<name>]` key (lowercase), else None."""
+        m = HEADER_KEY.match(self.key)
+        return m.group(1).lower() if m else None
+
+    @property
+    def is_l7(self) -> bool:
+        return self.key.startswith("request.headers[")
+
+
+@dataclass(frozen=True)
+class Rule:
+    from_: tuple[Source, ...] = ()
+    to: tuple[Operation, ...] = ()
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthorizationPolicySpec:
+    selector: dict | None = None
+    target_refs: tuple[TargetRef, ...] = ()
+    action: str = "ALLOW"
+    rules: tuple[Rule, ...] = ()
+
+
+def _principal(v, path, problems):
+    s = string()(v, path, problems)
+    if s is None:
+        return None
+    if s.startswith("spiffe://") or s == "*" or PRINCIPAL.match(s):
+        if s.startswith("spiffe://") and "*" not in s:
+            try:
+                SpiffeId.parse(s)
+            except ValueError as exc:
+                problems.append((path, f"{s!r} is not a workload SPIFFE ID: {exc}"))
+                return None
+        return s
+    problems.append((path, f"{s!r} is not a principal: use spiffe://<td>/ns/<ns>/sa/<sa>, "
+                           "a prefix*, a *suffix or *"))
+    return None
+
+
+def ip_block(v, path, problems):
+    """An IP or a CIDR (host bits allowed, as Istio), kept in its canonical spelling."""
+    if isinstance(v, str):
+        try:
+            return str(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            pass
+    problems.append((path, f"must be an IP address or a CIDR (203.0.113.4, 203.0.113.0/24, 2001:db8::/32), got {v!r}"))
+    return None
+
+
+def _port_value(lo: int) -> object:
+    """A port as Istio writes it (a string) or as YAML reads a bare number (an int)."""
+    check = integer(lo, 65535, "a port")
+
+    def port_value(v, path, problems):
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        return check(v, path, problems)
+    return port_value
+
+
+def _path(v, path, problems):
+    s = string()(v, path, problems)
+    if s is not None and ("{*" in s or "{**" in s):
+        problems.append((path, f"{s!r}: path templates ({{*}}, {{**}}) are not supported; use a prefix* or a *suffix"))
+        return None
+    return s
+
+
+def _refused(why: str):
+    def check(v, path, problems):
+        problems.append((path, why))
+        return None
+    return check
+
+
+_strs = list_of(string())
+_source = obj(Source, {"principals": F("principals", list_of(_principal), default=tuple),
+                       "notPrincipals": F("not_principals", list_of(_principal), default=tuple),
+                       "namespaces": F("namespaces", _strs, default=tuple),
+                       "notNamespaces": F("not_namespaces", _strs, default=tuple),
+                       "ipBlocks": F("ip_blocks", list_of(ip_block), default=tuple),
+                       "notIpBlocks": F("not_ip_blocks", list_of(ip_block), default=tuple),
+                       "remoteIpBlocks": F("remote_ip_blocks", list_of(ip_block), default=tuple),
+                       "notRemoteIpBlocks": F("not_remote_ip_blocks", list_of(ip_block), default=tuple),
+                       "requestPrincipals": F("", _refused(NO_JWT)),
+                       "notRequestPrincipals": F("", _refused(NO_JWT))})
+_operation = obj(Operation, {"hosts": F("hosts", _strs, default=tuple),
+                             "notHosts": F("not_hosts", _strs, default=tuple),
+                             "ports": F("ports", list_of(_port_value(1)), default=tuple),
+                             "notPorts": F("not_ports", list_of(_port_value(1)), default=tuple),
+                             "methods": F("methods", _strs, default=tuple),
+                             "notMethods": F("not_methods", _strs, default=tuple),
+                             "paths": F("paths", list_of(_path), default=tuple),
+                             "notPaths": F("not_paths", list_of(_path), default=tuple)})
+_from = obj(dict, {"source": F("source", _source, required=True)})
+_to = obj(dict, {"operation": F("operation", _operation, required=True)})
+
+# key -> the check of each value; request.headers[<name>] is matched apart
+_CONDITION_VALUES = {"source.ip": ip_block, "remote.ip": ip_block, "destination.ip": ip_block,
+                     "source.namespace": string(), "source.principal": _principal,
+                     "destination.port": _port_value(0)}
+_CONDITION_REFUSED = {
+    "request.auth.": NO_JWT,
+    "connection.sni": ("is not supported: the only TLS in the path is HBONE's own (its SNI is not the app's); "
+                       "match the destination with `ports`, destination.ip or targetRefs instead"),
+    "experimental.": "experimental (Envoy filter metadata) keys are not supported: there is no Envoy here",
+}
+KNOWN_KEYS = ("request.headers[<name>]", *_CONDITION_VALUES)
+
+
+def _condition(v, path, problems):
+    c = obj(dict, {"key": F("key", string(), required=True), "values": F("values", list_of(_any_scalar), default=tuple),
+                   "notValues": F("not_values", list_of(_any_scalar), default=tuple)})(v, path, problems)
+    if c is None:
+        return None
+    key, before = c["key"], len(problems)
+    refused = next((why for prefix, why in _CONDITION_REFUSED.items() if key.startswith(prefix)), None)
+    if refused is not None:
+        problems.append((f"{path}.key", f"{key!r}: {refused}"))
+        return None
+    if not c["values"] and not c["not_values"]:
+        problems.append((path, "at least one of values or notValues must be set"))
+    if HEADER_KEY.match(key):
+        check = string()
+    elif key in _CONDITION_VALUES:
+        check = _CONDITION_VALUES[key]
+    else:
+        problems.append((f"{path}.key", f"unknown condition key {key!r} (supported: {', '.join(KNOWN_KEYS)}; "
+                                        "request.auth.*, connection.sni and experimental.* are refused)"))
+        return None
+    out = {}
+    for field, name in (("values", "values"), ("not_values", "notValues")):
+        out[field] = tuple(str(check(x, f"{path}.{name}[{i}]", problems)) for i, x in enumerate(c[field]))
+    return None if len(problems) > before else Condition(key, out["values"], out["not_values"])
+
+
+def _any_scalar(v, path, problems):
+    """A condition value: a string (Istio's type), or a bare number YAML read as an int."""
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        problems.append((path, f"must be a string, got {v!r}"))
+        return None
+    return v
+
+
+def _rule(v, path, problems):
+    r = obj(dict, {"from": F("from_", list_of(_from), default=tuple),
+                   "to": F("to", list_of(_to), default=tuple),
+                   "when": F("when", list_of(_condition), default=tuple)})(v, path, problems)
+    if r is None:
+        return None
+    return Rule(from_=tuple(x["source"] for x in r["from_"]), to=tuple(x["operation"] for x in r["to"]),
+                when=r["when"])
+
+
+def _action(v, path, problems):
+    if v == "CUSTOM":
+        problems.append((path, "CUSTOM is not supported: it delegates to an external authorizer (an ext-authz "
+                               "provider), and Trellis has none; use ALLOW or DENY rules"))
+        return None
+    return enum("ALLOW", "DENY", "AUDIT")(v, path, problems)
+
+
+_target_ref = obj(TargetRef, {"group": F("group", string(), default=""),
+                              "kind": F("kind", enum("Service", "Namespace", "Gateway"), required=True),
+                              "name": F("name", string(DNS_SUBDOMAIN, "name"), required=True)})
+
+
+def authorization_policy_spec(selector):
+    """The spec's Check, given the workload selector's Check (kinds.py owns it)."""
+    return obj(AuthorizationPolicySpec, {
+        "selector": F("selector", selector),
+        "targetRefs": F("target_refs", list_of(_target_ref), default=tuple),
+        "action": F("action", _action, default="ALLOW"),
+        "provider": F("", _refused("is only for action CUSTOM, which is not supported (no ext-authz provider)")),
+        "rules": F("rules", list_of(_rule), default=tuple)})
+
+
+__all__ = ["AuthorizationPolicySpec", "Condition", "Operation", "Rule", "Source", "authorization_policy_spec", "ip_block"]
