@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..identity import SpiffeId
 from .gateway import TargetRef
-from .schema import DNS_SUBDOMAIN, F, enum, integer, list_of, obj, string
+from .schema import DNS_SUBDOMAIN, F, enum, list_of, obj, string
 
 PRINCIPAL = re.compile(r"^(\*|\*?[^*\s]+|[^*\s]+\*)$")
 HEADER_KEY = re.compile(r"^request\.headers\[([^\[\]]+)\]$")
@@ -106,23 +106,27 @@ def _principal(v, path, problems):
 
 def ip_block(v, path, problems):
     """An IP or a CIDR (host bits allowed, as Istio), kept in its canonical spelling."""
-    if isinstance(v, str):
-        try:
-            return str(ipaddress.ip_network(v.strip(), strict=False))
-        except ValueError:
-            pass
-    problems.append((path, f"must be an IP address or a CIDR (203.0.113.4, 203.0.113.0/24, 2001:db8::/32), got {v!r}"))
-    return None
+    s = string()(v, path, problems)
+    if s is None:
+        return None
+    try:
+        return str(ipaddress.ip_network(s.strip(), strict=False))
+    except ValueError:
+        problems.append((path, f"must be an IP address or a CIDR (203.0.113.4, 203.0.113.0/24, 2001:db8::/32), "
+                               f"got {s!r}"))
+        return None
 
 
-def _port_value(lo: int) -> object:
+def _port_value(lo: int):
     """A port as Istio writes it (a string) or as YAML reads a bare number (an int)."""
-    check = integer(lo, 65535, "a port")
-
     def port_value(v, path, problems):
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
-        return check(v, path, problems)
+        n = int(v) if isinstance(v, str) and v.strip().isdigit() else v
+        if isinstance(n, bool) or not isinstance(n, int) or not lo <= n <= 65535:
+            problems.append((path, f"must be a port {lo}-65535 (a number, or a string of one), got {v!r}"))
+            return None
+        return n
+    port_value.crd_schema = {"x-kubernetes-int-or-string": True, "anyOf": [
+        {"type": "integer", "minimum": lo, "maximum": 65535}, {"type": "string", "pattern": r"^[0-9]{1,5}$"}]}
     return port_value
 
 
@@ -134,14 +138,20 @@ def _path(v, path, problems):
     return s
 
 
-def _refused(why: str):
-    def check(v, path, problems):
-        problems.append((path, why))
+def _refused(why: str, crd_schema: dict):
+    """A field refused with `why` unless empty (an empty list says nothing). Its CRD schema
+    refuses it at the API server too (an empty shape, with `why` as its description): a
+    field the CRD did not list would be pruned silently, and an ALLOW would widen."""
+    def refused(v, path, problems):
+        if v not in ([], {}):
+            problems.append((path, why))
         return None
-    return check
+    refused.crd_schema = dict(crd_schema, description=why)
+    return refused
 
 
 _strs = list_of(string())
+_NOTHING = {"type": "array", "items": {"type": "string"}, "maxItems": 0}
 _source = obj(Source, {"principals": F("principals", list_of(_principal), default=tuple),
                        "notPrincipals": F("not_principals", list_of(_principal), default=tuple),
                        "namespaces": F("namespaces", _strs, default=tuple),
@@ -150,8 +160,8 @@ _source = obj(Source, {"principals": F("principals", list_of(_principal), defaul
                        "notIpBlocks": F("not_ip_blocks", list_of(ip_block), default=tuple),
                        "remoteIpBlocks": F("remote_ip_blocks", list_of(ip_block), default=tuple),
                        "notRemoteIpBlocks": F("not_remote_ip_blocks", list_of(ip_block), default=tuple),
-                       "requestPrincipals": F("", _refused(NO_JWT)),
-                       "notRequestPrincipals": F("", _refused(NO_JWT))})
+                       "requestPrincipals": F("", _refused(NO_JWT, _NOTHING)),
+                       "notRequestPrincipals": F("", _refused(NO_JWT, _NOTHING))})
 _operation = obj(Operation, {"hosts": F("hosts", _strs, default=tuple),
                              "notHosts": F("not_hosts", _strs, default=tuple),
                              "ports": F("ports", list_of(_port_value(1)), default=tuple),
@@ -176,30 +186,23 @@ _CONDITION_REFUSED = {
 KNOWN_KEYS = ("request.headers[<name>]", *_CONDITION_VALUES)
 
 
-def _condition(v, path, problems):
-    c = obj(dict, {"key": F("key", string(), required=True), "values": F("values", list_of(_any_scalar), default=tuple),
-                   "notValues": F("not_values", list_of(_any_scalar), default=tuple)})(v, path, problems)
-    if c is None:
+def _condition_key(v, path, problems):
+    key = string()(v, path, problems)
+    if key is None:
         return None
-    key, before = c["key"], len(problems)
     refused = next((why for prefix, why in _CONDITION_REFUSED.items() if key.startswith(prefix)), None)
     if refused is not None:
-        problems.append((f"{path}.key", f"{key!r}: {refused}"))
+        problems.append((path, f"{key!r}: {refused}"))
         return None
-    if not c["values"] and not c["not_values"]:
-        problems.append((path, "at least one of values or notValues must be set"))
-    if HEADER_KEY.match(key):
-        check = string()
-    elif key in _CONDITION_VALUES:
-        check = _CONDITION_VALUES[key]
-    else:
-        problems.append((f"{path}.key", f"unknown condition key {key!r} (supported: {', '.join(KNOWN_KEYS)}; "
-                                        "request.auth.*, connection.sni and experimental.* are refused)"))
+    if not HEADER_KEY.match(key) and key not in _CONDITION_VALUES:
+        problems.append((path, f"unknown condition key {key!r} (supported: {', '.join(KNOWN_KEYS)}; "
+                               "request.auth.*, connection.sni and experimental.* are refused)"))
         return None
-    out = {}
-    for field, name in (("values", "values"), ("not_values", "notValues")):
-        out[field] = tuple(str(check(x, f"{path}.{name}[{i}]", problems)) for i, x in enumerate(c[field]))
-    return None if len(problems) > before else Condition(key, out["values"], out["not_values"])
+    return key
+
+
+_condition_key.crd_schema = {"type": "string", "pattern": "^(request\\.headers\\[[^\\[\\]]+\\]|" + "|".join(
+    k.replace(".", "\\.") for k in _CONDITION_VALUES) + ")$"}
 
 
 def _any_scalar(v, path, problems):
@@ -208,6 +211,25 @@ def _any_scalar(v, path, problems):
         problems.append((path, f"must be a string, got {v!r}"))
         return None
     return v
+
+
+_condition_fields = obj(dict, {"key": F("key", _condition_key, required=True),
+                               "values": F("values", list_of(_any_scalar), default=tuple),
+                               "notValues": F("not_values", list_of(_any_scalar), default=tuple)})
+
+
+def _condition(v, path, problems):
+    c = _condition_fields(v, path, problems)
+    if c is None:
+        return None
+    key, before = c["key"], len(problems)
+    if not c["values"] and not c["not_values"]:
+        problems.append((path, "at least one of values or notValues must be set"))
+    check = string() if HEADER_KEY.match(key) else _CONDITION_VALUES[key]
+    out = {}
+    for field, name in (("values", "values"), ("not_values", "notValues")):
+        out[field] = tuple(str(check(x, f"{path}.{name}[{i}]", problems)) for i, x in enumerate(c[field]))
+    return None if len(problems) > before else Condition(key, out["values"], out["not_values"])
 
 
 def _rule(v, path, problems):
@@ -239,7 +261,8 @@ def authorization_policy_spec(selector):
         "selector": F("selector", selector),
         "targetRefs": F("target_refs", list_of(_target_ref), default=tuple),
         "action": F("action", _action, default="ALLOW"),
-        "provider": F("", _refused("is only for action CUSTOM, which is not supported (no ext-authz provider)")),
+        "provider": F("", _refused("is only for action CUSTOM, which is not supported (no ext-authz provider)",
+                                   {"type": "object", "maxProperties": 0})),
         "rules": F("rules", list_of(_rule), default=tuple)})
 
 
