@@ -256,14 +256,32 @@ _target_ref = obj(TargetRef, {"group": F("group", string(), default=""),
 
 
 def authorization_policy_spec(selector):
-    """The spec's Check, given the workload selector's Check (kinds.py owns it)."""
-    return obj(AuthorizationPolicySpec, {
+    """The spec's Check, given the workload selector's Check (kinds.py owns it). Istio's
+    singular `targetRef` is one more entry of `targetRefs`; as in Istio, at most one of
+    `selector` and `targetRef`/`targetRefs` is set."""
+    fields = obj(dict, {
         "selector": F("selector", selector),
+        "targetRef": F("target_ref", _target_ref),
         "targetRefs": F("target_refs", list_of(_target_ref), default=tuple),
         "action": F("action", _action, default="ALLOW"),
         "provider": F("", _refused("is only for action CUSTOM, which is not supported (no ext-authz provider)",
                                    {"type": "object", "maxProperties": 0})),
         "rules": F("rules", list_of(_rule), default=tuple)})
+
+    def spec(v, path, problems):
+        d = fields(v, path, problems)
+        if d is None:
+            return None
+        refs = d["target_refs"] + ((d["target_ref"],) if d["target_ref"] is not None else ())
+        if d["target_ref"] is not None and d["target_refs"]:
+            problems.append((f"{path}.targetRef", "set targetRef or targetRefs, not both"))
+            return None
+        if d["selector"] is not None and refs:
+            problems.append((f"{path}.selector", "at most one of selector and targetRef/targetRefs may be set "
+                                                 "(Istio's rule): the selector would be ignored"))
+            return None
+        return AuthorizationPolicySpec(selector=d["selector"], target_refs=refs, action=d["action"], rules=d["rules"])
+    return spec
 
 
 __all__ = ["AuthorizationPolicySpec", "Condition", "Operation", "Rule", "Source", "authorization_policy_spec", "ip_block"]

@@ -268,6 +268,10 @@ BAD = [
     ("action: CUSTOM\nprovider: {name: my-ext-authz}\nrules: [{}]\n", "spec.action", "CUSTOM is not supported"),
     ("action: CUSTOM\nprovider: {name: my-ext-authz}\nrules: [{}]\n", "spec.provider", "only for action CUSTOM"),
     ("action: audit\n", "spec.action", "must be one of ALLOW, DENY, AUDIT"),
+    ("selector: {matchLabels: {app: web}}\ntargetRefs: [{kind: Service, name: web}]\n", "spec.selector",
+     "at most one of selector and targetRef/targetRefs"),
+    ("targetRef: {kind: Service, name: a}\ntargetRefs: [{kind: Service, name: b}]\n", "spec.targetRef",
+     "not both"),
 ]
 
 
@@ -275,3 +279,13 @@ BAD = [
 def test_refusals_name_the_field(spec, path, message):
     got = errors(spec)
     assert any(p == path and message in m for p, m in got), got
+
+
+def test_istio_singular_target_ref_and_empty_jwt_lists():
+    """`targetRef` (Istio's first form) is one more target; an empty requestPrincipals says
+    nothing and is accepted."""
+    p = policy("""
+    targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}
+    rules: [{from: [{source: {requestPrincipals: [], namespaces: [foo]}}]}]
+    """)
+    assert p.target_refs == (("Gateway", "waypoint"),) and p.rules[0].from_[0].namespaces == ("foo",)
