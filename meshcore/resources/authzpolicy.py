@@ -130,10 +130,18 @@ def _port_value(lo: int):
     return port_value
 
 
-def _path(v, path, problems):
+def _pattern(v, path, problems):
+    """An Istio string match: exact, `prefix*`, `*suffix` or `*`. A `*` anywhere else would be
+    a literal character (never what was meant: a DENY would silently match nothing)."""
     s = string()(v, path, problems)
-    if s is not None and ("{*" in s or "{**" in s):
+    if s is None:
+        return None
+    if "{*" in s:
         problems.append((path, f"{s!r}: path templates ({{*}}, {{**}}) are not supported; use a prefix* or a *suffix"))
+        return None
+    if s != "*" and "*" in s[1:-1] or (len(s) > 1 and s[0] == s[-1] == "*"):
+        problems.append((path, f"{s!r}: '*' may only be the whole value, its first or its last character "
+                               "(exact, prefix*, *suffix or * matches)"))
         return None
     return s
 
@@ -150,7 +158,7 @@ def _refused(why: str, crd_schema: dict):
     return refused
 
 
-_strs = list_of(string())
+_strs = list_of(_pattern)
 _NOTHING = {"type": "array", "items": {"type": "string"}, "maxItems": 0}
 _source = obj(Source, {"principals": F("principals", list_of(_principal), default=tuple),
                        "notPrincipals": F("not_principals", list_of(_principal), default=tuple),
@@ -168,14 +176,14 @@ _operation = obj(Operation, {"hosts": F("hosts", _strs, default=tuple),
                              "notPorts": F("not_ports", list_of(_port_value(1)), default=tuple),
                              "methods": F("methods", _strs, default=tuple),
                              "notMethods": F("not_methods", _strs, default=tuple),
-                             "paths": F("paths", list_of(_path), default=tuple),
-                             "notPaths": F("not_paths", list_of(_path), default=tuple)})
+                             "paths": F("paths", _strs, default=tuple),
+                             "notPaths": F("not_paths", _strs, default=tuple)})
 _from = obj(dict, {"source": F("source", _source, required=True)})
 _to = obj(dict, {"operation": F("operation", _operation, required=True)})
 
 # key -> the check of each value; request.headers[<name>] is matched apart
 _CONDITION_VALUES = {"source.ip": ip_block, "remote.ip": ip_block, "destination.ip": ip_block,
-                     "source.namespace": string(), "source.principal": _principal,
+                     "source.namespace": _pattern, "source.principal": _principal,
                      "destination.port": _port_value(0)}
 _CONDITION_REFUSED = {
     "request.auth.": NO_JWT,
@@ -225,7 +233,7 @@ def _condition(v, path, problems):
     key, before = c["key"], len(problems)
     if not c["values"] and not c["not_values"]:
         problems.append((path, "at least one of values or notValues must be set"))
-    check = string() if HEADER_KEY.match(key) else _CONDITION_VALUES[key]
+    check = _pattern if HEADER_KEY.match(key) else _CONDITION_VALUES[key]
     out = {}
     for field, name in (("values", "values"), ("not_values", "notValues")):
         out[field] = tuple(str(check(x, f"{path}.{name}[{i}]", problems)) for i, x in enumerate(c[field]))
