@@ -65,14 +65,14 @@ class Deny:
 Decision = Allow | Deny
 
 
-@dataclass(frozen=True)
 class _Ctx:
-    identity: str | None
-    port: int
-    action: str
-    request: Request | None
-    source_ip: str | None
-    destination_ip: str | None
+    """What one evaluation matches against (a plain class: built for every evaluation)."""
+    __slots__ = ("identity", "port", "action", "request", "source_ip", "destination_ip")
+
+    def __init__(self, identity: str | None, port: int, action: str, request: Request | None,
+                 source_ip: str | None, destination_ip: str | None) -> None:
+        self.identity, self.port, self.action, self.request = identity, port, action, request
+        self.source_ip, self.destination_ip = source_ip, destination_ip
 
 
 @lru_cache(maxsize=4096)
@@ -112,10 +112,15 @@ def _source_matches(src: Source, ctx: _Ctx) -> bool:
         return False
     if src.not_namespaces and namespace_matches(src.not_namespaces, identity):
         return False
-    for blocks, negated in ((src.ip_blocks, False), (src.not_ip_blocks, True),
-                            (src.remote_ip_blocks, False), (src.not_remote_ip_blocks, True)):
-        if blocks and ip_matches(blocks, ip) == negated:
-            return False
+    # remoteIpBlocks: no proxy in front is trusted to name another client, so the same peer address
+    if src.ip_blocks and not ip_matches(src.ip_blocks, ip):
+        return False
+    if src.not_ip_blocks and ip_matches(src.not_ip_blocks, ip):
+        return False
+    if src.remote_ip_blocks and not ip_matches(src.remote_ip_blocks, ip):
+        return False
+    if src.not_remote_ip_blocks and ip_matches(src.not_remote_ip_blocks, ip):
+        return False
     return True
 
 
@@ -189,10 +194,13 @@ def _rule_matches(rule: Rule, ctx: _Ctx) -> bool:
     return all(_condition_matches(c, ctx) for c in rule.when)
 
 
+def _matches(policy: AuthzPolicy, ctx: _Ctx) -> bool:
+    return any(_rule_matches(r, ctx) for r in policy.rules)
+
+
 def policy_matches(policy: AuthzPolicy, identity: str | None, port: int, request: Request | None = None, *,
                    source_ip: str | None = None, destination_ip: str | None = None) -> bool:
-    ctx = _Ctx(identity, port, policy.action, request, source_ip, destination_ip)
-    return any(_rule_matches(r, ctx) for r in policy.rules)
+    return _matches(policy, _Ctx(identity, port, policy.action, request, source_ip, destination_ip))
 
 
 def evaluate(policies: Iterable[AuthzPolicy], peer_identity: str | None, port: int,
@@ -200,22 +208,32 @@ def evaluate(policies: Iterable[AuthzPolicy], peer_identity: str | None, port: i
              destination_ip: str | None = None) -> Decision:
     """Decide for a connection (request None: at L4) or an HTTP request from `peer_identity`
     at `source_ip` to `port` (of `destination_ip`) of a workload these policies apply to."""
-    policies = list(policies)
-    at = dict(source_ip=source_ip, destination_ip=destination_ip)
-    audit = tuple(p.key for p in policies if p.action == "AUDIT" and policy_matches(p, peer_identity, port, request, **at))
-    who = peer_identity or "an unauthenticated peer"
-    if source_ip:
-        who = f"{who} at {source_ip}"
-    what = f"port {port}" if request is None else f"{request.method} {request.url_path} on port {port}"
+    policies = policies if isinstance(policies, (list, tuple)) else list(policies)
+    deny = _Ctx(peer_identity, port, "DENY", request, source_ip, destination_ip)
+    audit: tuple[str, ...] = ()
     for p in policies:
-        if p.action == "DENY" and policy_matches(p, peer_identity, port, request, **at):
-            return Deny(f"denied by DENY policy {p.key}: it matches {who} on {what}", p.key, audit)
+        if p.action == "AUDIT" and _matches(p, deny):   # AUDIT matches as DENY does (L7 fields at L4 included)
+            audit += (p.key,)
+    for p in policies:
+        if p.action == "DENY" and _matches(p, deny):
+            return Deny(f"denied by DENY policy {p.key}: it matches {_who(deny)} on {_what(deny)}", p.key, audit)
     allows = [p for p in policies if p.action == "ALLOW"]
     if not allows:
         return Allow("no ALLOW policy applies", audit)
+    allow = _Ctx(peer_identity, port, "ALLOW", request, source_ip, destination_ip)
     for p in allows:
-        if policy_matches(p, peer_identity, port, request, **at):
+        if _matches(p, allow):
             return Allow(f"allowed by {p.key}", audit)
     names = ", ".join(p.key for p in allows)
-    return Deny(f"no ALLOW policy matches {who} on {what} (policies applying here: {names}); "
+    return Deny(f"no ALLOW policy matches {_who(allow)} on {_what(allow)} (policies applying here: {names}); "
                 f"add a rule for this principal if the connection is expected", names, audit)
+
+
+def _who(ctx: _Ctx) -> str:
+    who = ctx.identity or "an unauthenticated peer"
+    return f"{who} at {ctx.source_ip}" if ctx.source_ip else who
+
+
+def _what(ctx: _Ctx) -> str:
+    r = ctx.request
+    return f"port {ctx.port}" if r is None else f"{r.method} {r.url_path} on port {ctx.port}"
