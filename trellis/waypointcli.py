@@ -61,8 +61,10 @@ def _apply(config_dir: Path, docs: list[dict]) -> list[tuple[Any, str]]:
     from .lab import liveconfig
     try:
         resources = [from_dict(d, "<trellis waypoint>") for d in docs]
-    except ResourceInvalid as exc:   # e.g. a name that is not a DNS label
-        _fail(str(exc))
+    except ResourceInvalid as exc:   # e.g. a name that is not a DNS label: name the option too
+        option = {"metadata.name": "--name", "metadata.namespace": "--namespace"}
+        _fail("; ".join(f"{option[e.path] + ': ' if e.path in option else ''}{e.obj}: {e.path}: {e.message}"
+                        for e in exc.errors))
     return liveconfig.apply(config_dir, resources)
 
 
@@ -113,7 +115,7 @@ def apply_cmd(namespace: str, name: str, enroll_namespace: bool, replicas: int |
 
 def _echo_applied(applied) -> None:
     for r, verb in applied:
-        click.echo(f"{r.kind.lower()}/{r.name} {'labeled' if r.kind == 'Namespace' else verb}")
+        click.echo(f"{r.kind.lower()}/{r.name} {'labeled' if r.kind == 'Namespace' and verb != 'unchanged' else verb}")
 
 
 def _wait_listed(d: Path, namespace: str, name: str, timeout: int) -> None:
@@ -305,21 +307,31 @@ def routes(namespace: str | None, all_namespaces: bool, admin_addr: str | None, 
     """Routes as the waypoints apply them (GET /routes on each waypoint's admin port): parent
     Service, matches, backends with weights, timeouts, retry, policies."""
     from . import inspect as insp
+    from .lab.state import state_dir
     from .lab.waypointpods import ADMIN
     if admin_addr:
         targets = [(admin_addr, [insp.Target(admin_addr, *insp.parse_hostport(admin_addr))])]
     else:
-        st, pods = _lab_pods(_scope(namespace, all_namespaces), None)
+        scope = _scope(namespace, all_namespaces)
+        st, pods = _lab_pods(scope, None)
         if st is None:
             _fail("no lab running and no --admin HOST:PORT given")
         host, port = insp.parse_hostport(ADMIN)
-        by_wp: dict[str, list] = {}
+        # the live config says which waypoints should run (in --kubernetes mode the API does)
+        declared = [] if st.kubernetes else _waypoints(_load(state_dir() / "config"), scope)
+        if not declared and not pods:
+            click.echo(f"no waypoint in {f'namespace {scope}' if scope else 'any namespace'}: routes are applied "
+                       f"by waypoints (`trellis waypoint apply -n {scope or 'NS'} --enroll-namespace`)", err=True)
+        by_wp: dict[str, list] = {f"{gw.namespace}/{gw.name}": [] for gw in declared}
         for p in pods:   # every replica applies the same routes: the first that answers speaks for all
             by_wp.setdefault(f"{p['namespace']}/{p['waypoint']}", []).append(
                 insp.Target(f"waypoint/{p['namespace']}/{p['name']}", host, port, p["netns"]))
         targets = sorted(by_wp.items())
     rows, errors = [], []
     for label, ts in targets:
+        if not ts:   # declared, but the lab runs no pod of it (yet)
+            errors.append(f"waypoint {label} has no pod running; see `trellis waypoint status -n "
+                          f"{label.split('/')[0]}`")
         for i, t in enumerate(ts):
             try:
                 rows += route_rows(insp.fetch(t, "/routes"), label)

@@ -149,3 +149,34 @@ def test_apply_waits_for_a_listed_replica_before_labelling(tmp_path):
                             "serviceAccount": "waypoint", "node": "node1", "netns": "x"})
     (tmp_path / "lab-waypoints.yaml").write_text(yaml.safe_dump(entry))
     _wait_listed(tmp_path, "default", "waypoint", timeout=1)   # listed: returns at once
+
+
+async def test_apply_is_idempotent_and_a_bad_name_names_the_option(tmp_path):
+    d = ["--config-dir", str(tmp_path)]
+    code, out, err = await trellis("waypoint", "apply", "-n", "default", "--enroll-namespace", *d)
+    assert code == 0, err
+    files = {f: f.stat().st_mtime_ns for f in tmp_path.iterdir()}
+    code, out, err = await trellis("waypoint", "apply", "-n", "default", "--enroll-namespace", *d)
+    assert code == 0 and out.splitlines() == ["gateway/waypoint unchanged", "namespace/default unchanged"], err
+    assert {f: f.stat().st_mtime_ns for f in tmp_path.iterdir()} == files
+    code, out, _ = await trellis("waypoint", "list", "-o", "json", *d)
+    assert [w["name"] for w in json.loads(out)] == ["waypoint"]
+    code, _, err = await trellis("waypoint", "apply", "-n", "default", "--name", "Way_Point", *d)
+    assert code == 1 and "--name: Gateway default/Way_Point: metadata.name: 'Way_Point' is not a valid name" in err
+
+
+async def test_routes_says_why_a_namespace_has_none(tmp_path):
+    """`routes -n NS`: no waypoint there is an empty answer with the reason (exit 0, as an
+    empty kubectl list); a waypoint the lab runs no pod of cannot be asked (exit 1)."""
+    state = tmp_path / "state"
+    (state / "config").mkdir(parents=True)
+    (state / "lab.json").write_text(json.dumps({"lab_dir": str(tmp_path), "prefix": "tt-routes"}))
+    env = {"TRELLIS_LAB_DIR": str(state)}
+    res = await trio.run_process([*TRELLIS, "routes", "-n", "legacy"], capture_stdout=True, capture_stderr=True,
+                                 check=False, env={**os.environ, **env})
+    assert res.returncode == 0 and res.stdout.decode().strip() == "No resources found."
+    assert "no waypoint in namespace legacy" in res.stderr.decode()
+    (state / "config" / "gw.yaml").write_text(yaml.safe_dump(wc.gateway("default", "waypoint")))
+    res = await trio.run_process([*TRELLIS, "routes", "-n", "default"], capture_stdout=True, capture_stderr=True,
+                                 check=False, env={**os.environ, **env})
+    assert res.returncode == 1 and "waypoint default/waypoint has no pod running" in res.stderr.decode()
