@@ -280,7 +280,10 @@ def _config_dir() -> Path:
     st = state.load()
     if st is None:
         _fail(f"no lab running (no {state.state_file()}); start one with `trellis lab up`")
-    return state.state_dir() / "config"
+    try:
+        return state.config_dir_of(st)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 FILENAME = click.option("-f", "--filename", "file", required=True, metavar="FILE|DIR|-",

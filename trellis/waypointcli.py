@@ -39,10 +39,14 @@ def _config_dir(given: Path | None) -> Path:
             _fail(f"--config-dir {given}: no such directory")
         return given
     from .lab import state
-    if state.load() is None:
+    st = state.load()
+    if st is None:
         _fail(f"no lab running (no {state.state_file()}) and no --config-dir given; "
               f"start one with `trellis lab up` or point --config-dir at a config directory")
-    return state.state_dir() / "config"
+    try:
+        return state.config_dir_of(st)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _load(config_dir: Path):

@@ -92,3 +92,21 @@ def test_validate_a_file_and_the_cross_object_rules(tmp_path):
     code, out, _ = trellis("validate", str(d))
     assert code == 1
     assert out.strip() == f"{d / 'b.yaml'}: Service default/web2: spec.clusterIP: 10.96.0.10 is already used by Service default/web"
+
+
+def test_a_kubernetes_mode_lab_refuses_edits_of_a_config_dir_nothing_reads(tmp_path):
+    """`lab up --kubernetes`: the control plane reads the API server, so writing the config
+    dir ('created', then nothing happens; `waypoint apply` waited 120 s for a replica that
+    never came) is refused, saying how to change the lab instead."""
+    state = fake_lab(tmp_path)
+    (state / "lab.json").write_text(json.dumps({"lab_dir": str(EXAMPLES), "prefix": "tt-apply", "kubernetes": True}))
+    before = sorted((state / "config").iterdir())
+    for args in (["lab", "apply", "-f", str(EXAMPLES / "l7.yaml")], ["lab", "delete", "-f", str(EXAMPLES / "l7.yaml")],
+                 ["waypoint", "apply", "-n", "default", "--enroll-namespace"], ["waypoint", "list"],
+                 ["get", "httproute"]):
+        code, out, err = trellis(*args, state=state)
+        assert code == 1 and out == "", args
+        assert "Kubernetes mode" in err and "tt-apply-fabric" in err and "/gateways" in err, (args, err)
+    assert sorted((state / "config").iterdir()) == before
+    code, out, err = trellis("waypoint", "apply", "-n", "default", "--config-dir", str(tmp_path), state=state)
+    assert (code, out.strip()) == (0, "gateway/waypoint created"), err   # a directory named on purpose: fine
