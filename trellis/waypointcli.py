@@ -157,6 +157,12 @@ def delete_cmd(namespace: str, name: str, config_dir: Path | None) -> None:
         click.echo(f"namespace/{namespace} unlabeled")
     liveconfig.delete(d, [gw])
     click.echo(f"gateway/{name} deleted")
+    from meshcore.resources import WAYPOINT_LABEL
+    for s in resources:   # their own label is theirs to change; but it now names nothing (fail closed)
+        if s.kind == "Service" and s.namespace == namespace and (s.labels or {}).get(WAYPOINT_LABEL) == name:
+            click.echo(f"warning: service/{s.name} is still labeled {WAYPOINT_LABEL}={name}: connections to it are "
+                       f"refused until that label is removed (or set to none) or the waypoint is applied again",
+                       err=True)
 
 
 @waypoint.command("list")

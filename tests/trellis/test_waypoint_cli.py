@@ -180,3 +180,18 @@ async def test_routes_says_why_a_namespace_has_none(tmp_path):
     res = await trio.run_process([*TRELLIS, "routes", "-n", "default"], capture_stdout=True, capture_stderr=True,
                                  check=False, env={**os.environ, **env})
     assert res.returncode == 1 and "waypoint default/waypoint has no pod running" in res.stderr.decode()
+
+
+async def test_delete_warns_about_services_still_labeled_for_the_waypoint(tmp_path):
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default",
+                                                               "labels": {WAYPOINT_LABEL: "waypoint"}},
+           "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}}
+    (tmp_path / "svc.yaml").write_text(yaml.safe_dump(svc))
+    d = ["--config-dir", str(tmp_path)]
+    code, out, err = await trellis("waypoint", "apply", "-n", "default", *d)
+    assert code == 0, err
+    code, out, _ = await trellis("waypoint", "list", *d)
+    assert out.splitlines()[1].split()[-1] == "service/web"
+    code, out, err = await trellis("waypoint", "delete", "-n", "default", *d)
+    assert code == 0 and out.strip() == "gateway/waypoint deleted"
+    assert "warning: service/web is still labeled trellis.dev/use-waypoint=waypoint" in err
