@@ -115,6 +115,18 @@ def apply_cmd(namespace: str, name: str, enroll_namespace: bool, replicas: int |
         ns = _find(resources, "Namespace", None, namespace)
         docs.append(wc.enroll(namespace, name, ns.to_dict() if ns else None))
     _echo_applied(_apply(d, docs) if docs else [])
+    if not enroll_namespace and not _users(resources, namespace, name):
+        click.echo(f"note: nothing uses waypoint {namespace}/{name} yet: --enroll-namespace labels namespace/"
+                   f"{namespace} for it, or label a Service trellis.dev/use-waypoint={name}", err=True)
+
+
+def _users(resources, namespace: str, name: str) -> list[str]:
+    """Who sends its traffic through the waypoint: its namespace, Services with their own label."""
+    from meshcore.resources import WAYPOINT_LABEL
+    ns = _find(resources, "Namespace", None, namespace)
+    users = [f"namespace/{namespace}"] if ns is not None and (ns.labels or {}).get(WAYPOINT_LABEL) == name else []
+    return users + [f"service/{s.name}" for s in resources if s.kind == "Service" and s.namespace == namespace
+                    and (s.labels or {}).get(WAYPOINT_LABEL) == name]
 
 
 def _echo_applied(applied) -> None:
@@ -157,10 +169,9 @@ def delete_cmd(namespace: str, name: str, config_dir: Path | None) -> None:
         click.echo(f"namespace/{namespace} unlabeled")
     liveconfig.delete(d, [gw])
     click.echo(f"gateway/{name} deleted")
-    from meshcore.resources import WAYPOINT_LABEL
-    for s in resources:   # their own label is theirs to change; but it now names nothing (fail closed)
-        if s.kind == "Service" and s.namespace == namespace and (s.labels or {}).get(WAYPOINT_LABEL) == name:
-            click.echo(f"warning: service/{s.name} is still labeled {WAYPOINT_LABEL}={name}: connections to it are "
+    for user in _users(resources, namespace, name):   # a Service's own label is theirs to change; it names nothing now
+        if user.startswith("service/"):
+            click.echo(f"warning: {user} is still labeled trellis.dev/use-waypoint={name}: connections to it are "
                        f"refused until that label is removed (or set to none) or the waypoint is applied again",
                        err=True)
 
@@ -172,16 +183,10 @@ def delete_cmd(namespace: str, name: str, config_dir: Path | None) -> None:
 @OUTPUT
 def list_cmd(namespace: str | None, all_namespaces: bool, config_dir: Path | None, fmt: str) -> None:
     """Waypoints in the config, and the namespaces and Services that use them."""
-    from meshcore.resources import WAYPOINT_LABEL
     resources = _load(_config_dir(config_dir))
-    ns_labels = {r.name: dict(r.labels or {}) for r in resources if r.kind == "Namespace"}
-    rows = []
-    for gw in _waypoints(resources, _scope(namespace, all_namespaces)):
-        users = [f"namespace/{gw.namespace}"] if ns_labels.get(gw.namespace, {}).get(WAYPOINT_LABEL) == gw.name else []
-        users += [f"service/{s.name}" for s in resources if s.kind == "Service" and s.namespace == gw.namespace
-                  and (s.labels or {}).get(WAYPOINT_LABEL) == gw.name]   # its own label (the namespace's: above)
-        rows.append({"namespace": gw.namespace, "name": gw.name, "class": gw.spec.gateway_class_name,
-                     "replicas": wc.replicas_of(gw.to_dict()), "usedBy": users})
+    rows = [{"namespace": gw.namespace, "name": gw.name, "class": gw.spec.gateway_class_name,
+             "replicas": wc.replicas_of(gw.to_dict()), "usedBy": _users(resources, gw.namespace, gw.name)}
+            for gw in _waypoints(resources, _scope(namespace, all_namespaces))]
     click.echo(render(rows, fmt, LIST_COLUMNS))
 
 
