@@ -169,11 +169,29 @@ def delete_cmd(namespace: str, name: str, config_dir: Path | None) -> None:
         click.echo(f"namespace/{namespace} unlabeled")
     liveconfig.delete(d, [gw])
     click.echo(f"gateway/{name} deleted")
-    for user in _users(resources, namespace, name):   # a Service's own label is theirs to change; it names nothing now
+    users = _users(resources, namespace, name)
+    for user in users:   # a Service's own label is theirs to change; it names nothing now
         if user.startswith("service/"):
             click.echo(f"warning: {user} is still labeled trellis.dev/use-waypoint={name}: connections to it are "
                        f"refused until that label is removed (or set to none) or the waypoint is applied again",
                        err=True)
+    for pol in _l7_policies(resources, namespace, users):
+        click.echo(f"warning: authorizationpolicy/{pol.name} has HTTP rules (methods/paths) for Services this "
+                   f"waypoint served: without a waypoint ztunnel enforces it at L4, where HTTP rules fail closed "
+                   f"({'every connection is refused' if pol.spec.action == 'DENY' else 'they admit no connection'}); "
+                   f"delete it (`trellis lab delete -f ...`) to go back to plain L4", err=True)
+
+
+def _l7_policies(resources, namespace: str, users: list[str]) -> list:
+    """AuthorizationPolicies with HTTP rules attached to Services that used the waypoint
+    (the namespace's label covers all its Services; a Service's own label, that Service)."""
+    from meshcore.resources import WAYPOINT_LABEL
+    whole_ns = f"namespace/{namespace}" in users
+    services = {s.name for s in resources if s.kind == "Service" and s.namespace == namespace
+                and (f"service/{s.name}" in users or (whole_ns and (s.labels or {}).get(WAYPOINT_LABEL) is None))}
+    return [p for p in resources if p.kind == "AuthorizationPolicy" and p.namespace == namespace
+            and any(t.kind == "Service" and t.name in services for t in p.spec.target_refs)
+            and any(op.has_l7 for rule in p.spec.rules for op in rule.to)]
 
 
 @waypoint.command("list")

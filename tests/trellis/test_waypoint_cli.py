@@ -198,3 +198,27 @@ async def test_delete_warns_about_services_still_labeled_for_the_waypoint(tmp_pa
     code, out, err = await trellis("waypoint", "delete", "-n", "default", *d)
     assert code == 0 and out.strip() == "gateway/waypoint deleted"
     assert "warning: service/web is still labeled trellis.dev/use-waypoint=waypoint" in err
+
+
+async def test_delete_warns_that_http_rules_fail_closed_at_l4(tmp_path):
+    """The README walk: l7.yaml's DENY /admin on Service/web stays after `waypoint delete`, and
+    ztunnel then refused every connection to web (Istio's fail-closed rule): say so."""
+    docs = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+             "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}},
+            {"apiVersion": "trellis.dev/v1alpha1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": "deny-admin", "namespace": "default"},
+             "spec": {"targetRefs": [{"kind": "Service", "name": "web"}], "action": "DENY",
+                      "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}},
+            {"apiVersion": "trellis.dev/v1alpha1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": "allow-sleep", "namespace": "default"},
+             "spec": {"targetRefs": [{"kind": "Service", "name": "web"}],
+                      "rules": [{"from": [{"source": {"principals": ["spiffe://cluster.local/ns/default/sa/sleep"]}}]}]}}]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump_all(docs))
+    d = ["--config-dir", str(tmp_path)]
+    code, _, err = await trellis("waypoint", "apply", "-n", "default", "--enroll-namespace", *d)
+    assert code == 0, err
+    code, out, err = await trellis("waypoint", "delete", "-n", "default", *d)
+    assert code == 0 and out.splitlines() == ["namespace/default unlabeled", "gateway/waypoint deleted"]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "authorizationpolicy/deny-admin has HTTP rules" in warnings[0], err
+    assert "every connection is refused" in warnings[0]
