@@ -99,6 +99,22 @@ _port_obj = obj(ServicePort, {"name": F("name", string(DNS_LABEL, "port name"), 
                               **kube.SERVICE_PORT_IGNORED})
 
 
+def _cluster_ip(v, path, problems):
+    if v == "None":   # headless: Kubernetes' own spelling, valid there
+        problems.append((path, "headless Services (clusterIP: None) are not supported by the mesh yet: a Service "
+                               "needs a cluster IP (its VIP) to be captured"))
+        return None
+    return ip_address(v, path, problems)
+
+
+def _service_post(spec: ServiceSpec, path, problems):
+    if spec.cluster_ip is None:   # the API server allocates one; a config directory has none to give
+        problems.append((f"{path}.clusterIP", "is required: outside a cluster nothing allocates one; give a free "
+                                              "address, e.g. in the lab's 10.96.0.0/16"))
+        return
+    _unique_ports(spec, path, problems)
+
+
 def _unique_ports(spec: ServiceSpec, path, problems):
     seen = set()
     for i, p in enumerate(spec.ports):
@@ -150,10 +166,10 @@ class Kind:
 KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
     Kind("v1", "Namespace", False, obj(NamespaceSpec, kube.ignored("finalizers")), spec_required=False, status=True),
     Kind("v1", "Service", True, obj(ServiceSpec, {
-        "clusterIP": F("cluster_ip", ip_address, required=True),
+        "clusterIP": F("cluster_ip", _cluster_ip),
         "selector": F("selector", labels, default=dict),
         "ports": F("ports", list_of(_port_entry), required=True), **kube.SERVICE_IGNORED},
-        post=_unique_ports), status=True),
+        post=_service_post), status=True),
     Kind("v1", "Pod", True, kube.pod, top_level=True),
     Kind("v1", "ServiceAccount", True, kube.service_account, top_level=True),
     Kind("discovery.k8s.io/v1", "EndpointSlice", True, kube.endpoint_slice, top_level=True),
