@@ -44,7 +44,8 @@ async def connect(sock: socket.socket, address: tuple[str, int], timeout: float)
     Takes ownership of `sock`: on any failure it is closed, and trio.TooSlowError (after
     `timeout`) or OSError propagates for the caller to word as advice."""
     try:
-        sock.setblocking(False)
+        if sock.gettimeout() != 0.0:   # (made with SOCK_NONBLOCK: no ioctl to say it again)
+            sock.setblocking(False)
         try:
             sock.connect(address)
         except BlockingIOError:

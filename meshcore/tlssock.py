@@ -132,19 +132,25 @@ class TlsSocket(trio.abc.Stream):
     def send_nowait(self, data) -> int:
         """Encrypt and write; returns how much of `data` was taken (all of it, or 0 while
         earlier ciphertext still waits for the socket). Every record of one call leaves
-        in one write(), so the kernel sends a batch as one large segment."""
+        in one write(), so the kernel sends a batch as one large segment. `data` may be a
+        list of buffers (`Mux`'s queue): each is encrypted where it lies, no joining copy.
+        At most MAX_BATCH is taken per call."""
         if self._closed:
             raise trio.ClosedResourceError("TLS socket was closed")
         try:
             if self._pending and not self._write_pending():
                 return 0
-            if not data:
-                return 0
-            if len(data) > MAX_BATCH:
-                data = memoryview(data)[:MAX_BATCH]
-            n = self._tls.write(data)
-            self._write_output()
-            return n
+            taken = 0
+            for chunk in data if type(data) is list else (data,):
+                if not chunk:
+                    continue
+                room = MAX_BATCH - taken
+                taken += self._tls.write(chunk if len(chunk) <= room else memoryview(chunk)[:room])
+                if taken >= MAX_BATCH:
+                    break
+            if taken:
+                self._write_output()
+            return taken
         except (ssl.SSLError, OSError, ValueError) as e:
             raise trio.BrokenResourceError(f"TLS write failed: {e}") from e
 

@@ -133,6 +133,8 @@ class Pod:
                     self.state = "serving"
         finally:
             self.state = "stopped"
+            if self.inbound is not None:
+                self.inbound.delivery.close()   # the sockets it made ahead in the pod's netns
             self.inputs.certs.release(self.info.identity)
             self.done.set()
 

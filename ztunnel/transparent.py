@@ -32,6 +32,7 @@ IPV6_TRANSPARENT = 75          # linux/in6.h
 IP_BIND_ADDRESS_NO_PORT = 24   # the port is chosen at connect(), by 4-tuple, not at bind()
 MAX_NOTICES = 256              # distinct fallback reasons remembered per pod (bounds the log)
 ROUTE_CHECK_TTL = 2.0          # seconds a route check holds per pod and family (it costs ~25 us)
+STOCK = 8                      # sockets made per trip into the pod's netns (Delivery._fresh)
 # rtnetlink (linux/rtnetlink.h, linux/netlink.h)
 RTM_NEWROUTE, RTM_GETROUTE, NLM_F_REQUEST, RTA_DST, RTA_MARK, RTN_LOCAL = 24, 26, 1, 1, 16, 2
 
@@ -93,12 +94,8 @@ def _rta(kind: int, data: bytes) -> bytes:
     return struct.pack("=HH", length, kind) + data + b"\0" * (-length % 4)
 
 
-def _bind_transparent(source: str, family: int, route_ok: bool) -> tuple[socket.socket | None, str]:
-    """In the current netns: a socket bound to `source`, or None and why not."""
-    if not route_ok:
-        return None, (f"no route back for replies to {source} in the pod's netns (fwmark "
-                      f"{inpod.TPROXY_MARK:#x} -> table {inpod.ROUTE_TABLE}, set by the node agent at enrollment)")
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _bind_transparent(sock: socket.socket, source: str, family: int) -> tuple[socket.socket | None, str]:
+    """`sock` (made in the pod's netns) bound to `source`, or None (it is closed) and why not."""
     try:
         _transparent(sock, family)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, inpod.ZTUNNEL_MARK)
@@ -112,12 +109,32 @@ def _bind_transparent(source: str, family: int, route_ok: bool) -> tuple[socket.
 
 
 class Delivery:
-    """Per pod: makes the socket to the app and remembers which fallbacks it has reported."""
+    """Per pod: makes the socket to the app and remembers which fallbacks it has reported.
+
+    A socket belongs to the netns its creating thread is in, so each new one costs two
+    setns() calls around socket(); they are made STOCK at a time (non-blocking from the
+    start) and handed out as tunnels come. Options and bind() need no switch: they act in
+    the socket's own netns. `close()` closes what is left when the pod goes."""
 
     def __init__(self, uid: str) -> None:
         self.uid = uid
         self._said: set[str] = set()
         self._routes: dict[int, tuple[float, bool]] = {}   # family -> (checked at, route back exists)
+        self._stock: dict[int, list[socket.socket]] = {}   # family -> unused sockets made in the pod's netns
+
+    def _fresh(self, netns_fd: int, family: int) -> socket.socket:
+        stock = self._stock.get(family)
+        if not stock:
+            with netns.entered(netns_fd, netns.home_fd()):
+                stock = self._stock[family] = [socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                                               for _ in range(STOCK)]
+        return stock.pop()
+
+    def close(self) -> None:
+        for stock in self._stock.values():
+            for sock in stock:
+                sock.close()
+        self._stock.clear()
 
     def notice(self, key: str, message: str, level: int = logging.WARNING) -> None:
         if key in self._said or len(self._said) >= MAX_NOTICES:
@@ -131,19 +148,23 @@ class Delivery:
         `origin`: original_source()'s answer for this caller, if the caller has it already."""
         source, why = origin or original_source(state, peer_identity, peer_ip, pod_address)
         family = socket.AF_INET6 if ":" in pod_address else socket.AF_INET
-        with netns.entered(netns_fd, netns.home_fd()):
-            if source is not None:
-                now = time.monotonic()
-                checked, ok = self._routes.get(family, (-ROUTE_CHECK_TTL, False))
-                if now - checked >= ROUTE_CHECK_TTL:
+        if source is not None:
+            now = time.monotonic()
+            checked, ok = self._routes.get(family, (-ROUTE_CHECK_TTL, False))
+            if now - checked >= ROUTE_CHECK_TTL:
+                with netns.entered(netns_fd, netns.home_fd()):
                     ok = _route_back(source, family)
-                    self._routes[family] = (now, ok)
-                sock, why = _bind_transparent(source, family, ok)
+                self._routes[family] = (now, ok)
+            if ok:
+                sock, why = _bind_transparent(self._fresh(netns_fd, family), source, family)
                 if sock is not None:
                     return sock, source
-                self.notice("kernel" if why.startswith("the kernel") else "route", why)
-            elif why.startswith("the caller's address"):
-                self.notice(f"{peer_identity} {peer_ip}", why)
-            elif why.startswith("no workload"):
-                self.notice(f"unknown {peer_ip}", why, logging.INFO)
-            return socket.socket(family, socket.SOCK_STREAM), pod_address
+            else:
+                why = (f"no route back for replies to {source} in the pod's netns (fwmark {inpod.TPROXY_MARK:#x} "
+                       f"-> table {inpod.ROUTE_TABLE}, set by the node agent at enrollment)")
+            self.notice("kernel" if why.startswith("the kernel") else "route", why)
+        elif why.startswith("the caller's address"):
+            self.notice(f"{peer_identity} {peer_ip}", why)
+        elif why.startswith("no workload"):
+            self.notice(f"unknown {peer_ip}", why, logging.INFO)
+        return self._fresh(netns_fd, family), pod_address

@@ -18,7 +18,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from . import fastheaders, h2private
+from . import h2private
+from .framesplit import MAX_FRAME_SIZE, FrameSplitter
 from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import DEFAULT_LIMITS, ENHANCE_YOUR_CALM, FrameGuard, LimitExceeded, Limits
 # Re-exported: codec users see one namespace, as with h11.
@@ -29,17 +30,17 @@ from .events import (REASON_HEADER, BadRequest, ConnectionClosed, Data, Event, G
 # Large windows and frames so bulk transfer is not throttled by flow control: on a fast
 # path 64 KiB default windows stall a stream every few microseconds of RTT. 4 MiB per stream
 # and 16 MiB per connection cover ~3 Gbit/s x 10 ms per stream while bounding what a slow
-# reader can pin. 1 MiB frames amortise framing and TLS records (we chunk at the peer's limit).
+# reader can pin. 1 MiB frames (MAX_FRAME_SIZE, in framesplit) amortise framing and TLS records
+# (we chunk at the peer's limit).
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
-MAX_FRAME_SIZE = 1024 * 1024
 MAX_CONCURRENT_STREAMS = DEFAULT_LIMITS.max_concurrent_streams
 MAX_HEADER_LIST_SIZE = 16 * 1024   # CONNECT needs a few hundred bytes; refuse header bombs
 CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4; h2 checks it
 
 # ---- connections -----------------------------------------------------------------
 @dataclass
-class _Base:
+class _Base(FrameSplitter):
     client_side: bool
     limits: Limits = DEFAULT_LIMITS
     _h2: h2.connection.H2Connection = field(init=False)
@@ -114,93 +115,6 @@ class _Base:
         except Exception as e:   # hpack/hyperframe corner cases, a non-numeric :status, ...
             raise self._fail(f"malformed HTTP/2 from peer ({type(e).__name__}: {e})") from None
         return out
-
-    def _receive(self, data: bytes) -> list:
-        """Split the input at frame boundaries: plain DATA on open streams is handled here
-        (`h2private`), every other frame goes to h2 in order. Only a frame cut by the end of
-        a read is buffered (`_inbuf`), completed from the next read with just the bytes it
-        lacks; everything else is parsed in place, so each payload byte is copied once."""
-        conn = self._h2
-        events: list = []
-        data = data if type(data) is bytes or type(data) is memoryview else bytes(data)
-        off = 0
-        if self._preface_left:
-            head = bytes(data[:self._preface_left])
-            self._preface_left -= len(head)
-            off = len(head)
-            events.extend(conn.receive_data(head))
-        buf = self._inbuf
-        if buf:
-            if len(buf) < h2private.HEADER_LEN:
-                take = min(h2private.HEADER_LEN - len(buf), len(data) - off)
-                buf += memoryview(data)[off:off + take]
-                off += take
-                if len(buf) < h2private.HEADER_LEN:
-                    return events
-            hi, lo, ftype = h2private.HEADER.unpack_from(buf)[:3]
-            self._check_size(hi << 16 | lo, events, b"")
-            if ftype != h2private.DATA:
-                self.guard.check_length(ftype, hi << 16 | lo)
-            whole = h2private.HEADER_LEN + (hi << 16 | lo)
-            take = min(whole - len(buf), len(data) - off)
-            buf += memoryview(data)[off:off + take]
-            off += take
-            if len(buf) < whole:
-                return events
-            self._inbuf = bytearray()
-            self._frames(memoryview(buf), 0, events)   # exactly one whole frame (buf is not reused)
-        rest = self._frames(data, off, events)
-        if rest < len(data):
-            self._inbuf = bytearray(memoryview(data)[rest:])
-        return events
-
-    def _check_size(self, length: int, events: list, pending: bytes) -> None:
-        if length > MAX_FRAME_SIZE:
-            # Refused on its header, before buffering up to 16 MiB of it (h2 would wait).
-            if pending:
-                events.extend(self._h2.receive_data(bytes(pending)))
-            raise h2.exceptions.FrameTooLargeError(
-                f"frame of {length} bytes exceeds our SETTINGS_MAX_FRAME_SIZE {MAX_FRAME_SIZE}")
-
-    def _frames(self, buf: bytes, pos: int, events: list) -> int:
-        """Handle every whole frame in buf[pos:]; return where the first partial one starts.
-        Fast-path frames (`h2private`) become our events here; h2's are translated later."""
-        conn, guard = self._h2, self.guard
-        size, slow_from = len(buf), -1
-        unpack, take, data_event = h2private.HEADER.unpack_from, h2private.take, Data.parsed
-        header_len, data_type, ends = h2private.HEADER_LEN, h2private.DATA, h2private.END_STREAM
-        while size - pos >= header_len:
-            hi, lo, ftype, flags, sid = unpack(buf, pos)
-            length = hi << 16 | lo
-            if length > MAX_FRAME_SIZE:
-                self._check_size(length, events, buf[slow_from:pos] if slow_from >= 0 else b"")
-            end = pos + header_len + length
-            if ftype != data_type:
-                # Checked on the header, before a fragment is buffered; counted once whole.
-                guard.check_length(ftype, length)
-                if end <= size:
-                    guard.frame(ftype, flags, length)
-            if end > size:
-                break
-            # The tunnel's own header blocks (a CONNECT, its 200) and its END_STREAMs have a fast path too.
-            heads = (ftype == h2private.HEADERS and flags == h2private.END_HEADERS) or (ftype == data_type and flags == ends and not length)
-            if (ftype == data_type and flags == 0 and length) or heads:
-                if slow_from >= 0:   # earlier frames may change this stream's state: h2 first
-                    events.extend(conn.receive_data(bytes(buf[slow_from:pos])))
-                    slow_from = -1
-                sid &= 0x7FFFFFFF
-                ev = fastheaders.take(self, sid, bytes(buf[pos + header_len:end]), ftype) if heads else (
-                    data_event(sid, buf[pos + header_len:end]) if take(conn, sid, length) else None)
-                if ev is not None:
-                    events.append(ev)
-                    pos = end
-                    continue
-            if slow_from < 0:
-                slow_from = pos
-            pos = end
-        if slow_from >= 0:
-            events.extend(conn.receive_data(bytes(buf[slow_from:pos])))
-        return pos
 
     def _fail(self, message: str, code: int = h2.errors.ErrorCodes.PROTOCOL_ERROR) -> RemoteProtocolError:
         self.closed = True

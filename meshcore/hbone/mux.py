@@ -6,7 +6,7 @@ connection's relay machinery (`relay.Relays`: the socket sink the reader writes 
 into, the backlog tasks for full sockets, and the poller task that reads idle relays'
 sockets).
 
-Output is one queue (`_out`) owned by the connection. Tunnel DATA is queued (`defer`)
+Output is one queue (`_out`, a list of buffers) owned by the connection. Tunnel DATA is queued (`defer`)
 and written by the writer task once per scheduler round, so the tunnels that had data
 in the same round share one TLS record and one write(); control output (window updates,
 resets, headers) is written at once by whoever produced it (`push`, `flush`) unless a
@@ -35,6 +35,10 @@ READ_SIZE = 256 * 1024
 REFUSED_STREAM = 7   # RFC 9113 error code: the peer did not process the stream
 DEFAULT_RECEIVE = 64 * 1024
 HIGH_WATER = 256 * 1024   # queued output above which a sender waits for the socket
+# Output shorter than this joins the last queued buffer when that is short too (a burst of
+# small frames makes one TLS record); longer output (a bulk read's DATA) is queued where the
+# codec framed it, and the TLS socket encrypts each buffer in place: no copy into a joint one.
+COALESCE = 16 * 1024
 
 
 class Mux:
@@ -51,7 +55,8 @@ class Mux:
         self.bytes_in = self.bytes_out = 0
         self.bad_requests = 0   # streams the codec refused itself (not CONNECT, bad :authority)
         self._on_request = on_request
-        self._out = bytearray()            # codec output not yet on the wire
+        self._out: list[bytearray] = []    # codec output not yet on the wire, in order
+        self._out_len = 0                  # its bytes
         self._writing = False              # a task is between send_nowait and wait_writable
         self._queued = self._written = 0   # totals, so flush() knows when its bytes left
         self._flushed_lot = ParkingLot()
@@ -153,10 +158,12 @@ class Mux:
     def _take_output(self) -> None:
         data = self.codec.take_output()
         if data:
-            if self._out:
-                self._out += data
+            out = self._out
+            if out and len(data) < COALESCE and len(out[-1]) < COALESCE:
+                out[-1] += data
             else:
-                self._out = data   # the common case: no copy
+                out.append(data)   # no copy (the codec starts a new buffer)
+            self._out_len += len(data)
             self._queued += len(data)
 
     def _write_some(self) -> int:
@@ -166,12 +173,24 @@ class Mux:
             self._break(f"writing to {self.peer} failed: {e or type(e).__name__}")
             raise trio.BrokenResourceError(self.broken) from None
         if n:
-            del self._out[:n]
+            self._drop(n)
             self._written += n
             self.bytes_out += n
             if self._flushed_lot:   # (an empty lot's unpark_all costs ~2.5 us: once per write)
                 self._flushed_lot.unpark_all()
         return n
+
+    def _drop(self, n: int) -> None:
+        """The first `n` queued bytes were taken."""
+        out = self._out
+        self._out_len -= n
+        while n:
+            first = out[0]
+            if len(first) > n:
+                del first[:n]
+                return
+            n -= len(first)
+            del out[0]
 
     def push(self) -> None:
         """Write the codec's output now if the socket takes it; leave the rest to the writer task."""
@@ -197,7 +216,7 @@ class Mux:
 
     @property
     def congested(self) -> bool:
-        return len(self._out) > HIGH_WATER
+        return self._out_len > HIGH_WATER
 
     async def flush(self) -> None:
         """Return once everything queued so far was taken by the TLS socket; the one that

@@ -54,6 +54,15 @@ class RelayLink:
         self.handoff: bytes | OSError | None = None   # what the poller read but could not send
 
 
+def _read_after_hangup(sock: socket.socket) -> bytes | OSError | None:
+    try:
+        return sock.recv(RELAY_READ)
+    except BlockingIOError:
+        return None   # a hangup without EOF (an error): the relay task reads on
+    except OSError as e:
+        return e
+
+
 class Relays:
     """The poller, the socket sink and the backlog tasks of one connection (`Mux.relays`)."""
 
@@ -149,7 +158,25 @@ class Relays:
                 return   # the common case: a request, framed
             link.edge = more   # a full read may have left more, or EOF is queued: the relay reads on
             data = data[n:] or None
+            if data is None and n < RELAY_READ:
+                # All of a short read framed, and the app's FIN behind it (a response, then
+                # close): read the EOF here too, so END_STREAM leaves with the data.
+                data = _read_after_hangup(link.sock)
+        if data == b"":
+            self._end(stream_id, st)
         self._hand_off(st, link, data)
+
+    def _end(self, stream_id: int, st: StreamState) -> None:
+        """EOF from the relay's socket: END_STREAM now, with whatever this poll framed (the
+        relay task, handed the EOF, then finds its direction ended). If the codec refuses,
+        the relay's own end raises why."""
+        if st.send_ended or st.reset_code is not None or self._mux.broken is not None:
+            return
+        try:
+            self._mux.codec.half_close(stream_id)
+        except LocalProtocolError:
+            return
+        st.send_ended = True
 
     @staticmethod
     def _hand_off(st: StreamState, link: RelayLink, what: bytes | OSError | None) -> None:

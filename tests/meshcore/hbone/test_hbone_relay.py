@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from meshcore import sockio
+from meshcore.hbone import h2private
 from meshcore.hbone.client import HboneClientPool
 from tcp_helpers import read_all, tcp_pair
 
@@ -279,6 +280,35 @@ async def test_bytes_and_fin_arriving_together_on_an_idle_relay_end_the_directio
                 app.shutdown(socket.SHUT_WR)
                 assert await read_all(user) == b"bye"
             assert out == [None]
+
+
+async def test_bytes_and_fin_on_an_idle_relay_leave_with_end_stream_in_one_write(
+        nursery, client_bundle, server_bundle):
+    """The poller takes the EOF behind an idle relay's last bytes itself: END_STREAM is framed
+    with them and leaves in the same TLS write (the peer gets both in one read)."""
+    srv = Relayed()
+    (port,), _ = await start_server(nursery, srv.handler, server_bundle)
+    async with HboneClientPool(lambda src: client_ctx(client_bundle)) as pool:
+        async with relayed(pool, port, srv) as (tunnel, user, app, out):
+            await round_trip(user, app, b"hello", b"world")
+            await trio.sleep(0.05)   # both relays parked: the poller watches the sockets
+            tls, writes = tunnel._mux.transport, []
+            real_send = tls.send_nowait
+
+            def spy(data):
+                writes.append(b"".join(bytes(c) for c in (data if type(data) is list else [data])))
+                return real_send(data)
+
+            tls.send_nowait = spy
+            user.send(b"last words")
+            user.shutdown(socket.SHUT_WR)
+            assert await read_all(app) == b"last words"
+            end = h2private.HEADER.pack(0, 0, h2private.DATA, h2private.END_STREAM, tunnel.stream_id)
+            assert end in next(w for w in writes if b"last words" in w), writes
+            app.send(b"bye")
+            app.shutdown(socket.SHUT_WR)
+            assert await read_all(user) == b"bye"
+        assert out == [None]
 
 
 async def test_an_app_reset_on_an_idle_relay_ends_it_with_the_error(nursery, client_bundle, server_bundle):
