@@ -24,7 +24,8 @@ LIST_COLUMNS = [("NAMESPACE", "namespace"), ("NAME", "name"), ("CLASS", "class")
                 ("USED BY", "usedBy")]
 STATUS_COLUMNS = [("WAYPOINT", "waypoint"), ("POD", "name"), ("NODE", "node"), ("ADDRESS", "address"),
                   ("IDENTITY", "identity"), ("PROCESS", "process"), ("RESTARTS", "restarts"), ("READY", "ready")]
-ROUTE_COLUMNS = [("WAYPOINT", "waypoint"), ("PARENT", "parent"), ("ROUTE", "route"), ("MATCHES", "matchesText"),
+ROUTE_COLUMNS = [("WAYPOINT", "waypoint"), ("PARENT", "parent"), ("FROM", "from"), ("ROUTE", "route"),
+                 ("MATCHES", "matchesText"),
                  ("BACKENDS", "backendsText"), ("TIMEOUTS", "timeoutsText"), ("RETRY", "retryText"),
                  ("POLICIES", "policiesText")]
 
@@ -265,10 +266,11 @@ def _service_rows(entry: dict) -> list[dict]:
         kind, _, name = str(route.get("route", "")).partition(" ")   # "HTTPRoute ns/name"
         for i, rule in enumerate(route.get("rules") or []):
             rows.append(dict(rule, parent=parent, route=name or kind, kind=kind if name else None,
-                             rule=rule.get("rule", i), policies=policies))
+                             rule=rule.get("rule", i), policies=policies,
+                             **{"from": route.get("consumers") or "*"}))   # a consumer route: its namespace
     if not rows:
         ns, _, name = entry["service"].partition("/")
-        rows.append({"parent": parent, "route": None, "kind": None, "rule": None, "matches": [],
+        rows.append({"parent": parent, "from": "*", "route": None, "kind": None, "rule": None, "matches": [],
                      "backends": [{"name": name, "namespace": ns, "port": entry.get("port"), "weight": 1}],
                      "timeouts": {}, "retry": None, "policies": policies})
     return rows

@@ -223,8 +223,8 @@ class RouteTable:
         self._cache: dict[tuple, tuple[list[_Entry], list[_Entry]]] = {}
         self._plans: dict[int, tuple] = {}   # id(entry) -> _plan(entry); entries live as long as _cache
 
-    def attached(self, namespace: str, name: str, port: int, client_namespace: str) -> list[_Route]:
-        """The routes that apply to this caller of Service namespace/name:port (GAMMA)."""
+    def _found(self, namespace: str, name: str, port: int) -> list[_Route]:
+        """Every route with a parentRef to Service namespace/name:port, producer or consumer."""
         found = []
         port_name = self.services.get((namespace, name), {}).get(port, "")
         for route in self.routes:
@@ -233,8 +233,17 @@ class RouteTable:
                         and p.port in (None, port) and p.section_name in (None, port_name)):
                     found.append(route)
                     break
+        return found
+
+    def attached(self, namespace: str, name: str, port: int, client_namespace: str) -> list[_Route]:
+        """The routes that apply to this caller of Service namespace/name:port (GAMMA)."""
+        found = self._found(namespace, name, port)
         consumer = [r for r in found if r.ref.namespace != namespace and r.ref.namespace == client_namespace]
         return consumer or [r for r in found if r.ref.namespace == namespace]
+
+    def consumer_namespaces(self, namespace: str, name: str, port: int) -> list[str]:
+        """The namespaces whose callers of Service namespace/name:port have consumer routes."""
+        return sorted({r.ref.namespace for r in self._found(namespace, name, port) if r.ref.namespace != namespace})
 
     def _entries(self, namespace: str, name: str, port: int, client_namespace: str):
         key = (namespace, name, port, client_namespace)

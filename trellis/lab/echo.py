@@ -79,6 +79,17 @@ class Behaviour:
                     "requests": self.requests, "failed": self.failed}
 
 
+def joined_headers(items) -> dict[str, str]:
+    """Header fields by name, the values of a repeated name joined with "," in the order
+    received (RFC 9110 5.3), under the name's first spelling: what the app sees."""
+    out: dict[str, str] = {}
+    spelling: dict[str, str] = {}
+    for name, value in items:
+        key = spelling.setdefault(name.lower(), name)
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
 class EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "trellis-echo"
@@ -98,7 +109,7 @@ class EchoHandler(BaseHTTPRequestHandler):
     def _describe(self) -> dict:
         return {"pod": pod_name(), "namespace": os.environ.get("POD_NAMESPACE"),
                 "client": f"{self.client_address[0]}:{self.client_address[1]}", "method": self.command,
-                "path": self.path, "headers": dict(self.headers.items())}
+                "path": self.path, "headers": joined_headers(self.headers.items())}
 
     def _json(self, status: int, doc: dict) -> None:
         self._reply(status, (json.dumps(doc) + "\n").encode(), "application/json")
