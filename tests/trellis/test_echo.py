@@ -70,6 +70,15 @@ def test_get_describes_pod_and_client():
             assert info["headers"]["X-Test"] == "1"
 
 
+def test_a_repeated_header_is_reported_with_its_values_joined_in_order():
+    with echo() as port:
+        head, body, s = http(port, b"GET / HTTP/1.1\r\nHost: web\r\nX-Add: one\r\nx-add: two\r\n"
+                                   b"X-Other: 3\r\n\r\n")
+        with s:
+            headers = json.loads(body)["headers"]
+            assert headers["X-Add"] == "one,two" and "x-add" not in headers and headers["X-Other"] == "3"
+
+
 def test_post_echoes_body_and_keeps_alive():
     with echo() as port:
         payload = bytes(range(256)) * 100
