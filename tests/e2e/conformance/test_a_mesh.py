@@ -3,6 +3,8 @@ httproute-simple-same-namespace.go): which requests a Service-parented route app
 from the suite's own client pods, through ztunnel and the waypoint. Each test is named after
 the suite's ShortName and sends its requests with its expectations; `seen_path` and
 `location` are checks the suite's mesh client leaves out that the spec asks for."""
+import json
+
 from e2e.conformance.conflab import CONSUMER_NS, NS, Case
 
 
@@ -69,3 +71,18 @@ def test_MeshConsumerRoute(applied):
         assert rows and {r["parent"] for r in rows} == {f"{NS}/echo-v1:80", f"{NS}/echo-v1:8080",
                                                         f"{NS}/echo-v1:7070"}, rows
         assert all(r["from"] == CONSUMER_NS for r in rows), rows
+
+
+def test_waypoint_gateway_status_as_the_spec_requires(lab):
+    # not a conformance case: the Gateway API's status for the waypoint Gateway itself
+    gw = json.loads(lab.cli("get", "gateway", "waypoint", "-n", NS, "-o", "json").stdout)
+    st = gw["status"]
+    assert {c["type"]: c["status"] for c in st["conditions"]} == {"Accepted": "True", "Programmed": "True"}
+    [listener] = st["listeners"]
+    assert (listener["name"], listener["supportedKinds"], listener["attachedRoutes"]) == ("mesh", [], 0)
+    conds = {c["type"]: (c["status"], c["observedGeneration"]) for c in listener["conditions"]}
+    assert conds == {"Accepted": ("True", 1), "Programmed": ("True", 1), "ResolvedRefs": ("True", 1),
+                     "Conflicted": ("False", 1)}
+    # computed from the lab's config directory: the same times on every `get`
+    again = json.loads(lab.cli("get", "gateway", "waypoint", "-n", NS, "-o", "json").stdout)
+    assert again["status"] == st
