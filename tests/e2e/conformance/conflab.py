@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,10 @@ class ConformanceLab(Lab):
         return json.loads(proc.stdout)
 
     def expect(self, cases: list[Case], pod: str = "echo-v1", namespace: str = NS,
-               timeout: float = CONVERGE) -> None:
-        """Every case met (eventually: config reaches the waypoint a moment after apply)."""
+               timeout: float = CONVERGE, protocol: str = "http") -> None:
+        """Every case met (eventually: config reaches the waypoint a moment after apply);
+        `protocol` "h2c" sends the HTTP cases over HTTP/2 with prior knowledge instead."""
+        cases = [replace(c, protocol=protocol) if c.protocol == "http" else c for c in cases]
         deadline = time.monotonic() + timeout
         while True:
             answers = self.client([c.request() for c in cases], pod, namespace)

@@ -30,3 +30,9 @@ def applied(lab):
             for t in texts:
                 lab.delete(t)
     return apply
+
+
+@pytest.fixture(params=["http", "h2c"])
+def proto(request):
+    """The suite sends HTTP/1.1; its cases hold for a client speaking HTTP/2 (prior knowledge) too."""
+    return request.param

@@ -26,17 +26,17 @@ def test_MeshTrafficSplit(applied):
                     Case(path="/v1/x", status=404), Case(path="/", status=404)])
 
 
-def test_MeshFrontend(applied):
+def test_MeshFrontend(applied, proto):
     with applied("mesh-frontend.yaml") as lab:
         v2 = lab.ip("echo-v2", NS)
         lab.expect([
             Case(host="echo-v2", status=200, response_headers={"X-Header-Set": "set"}, backend="echo-v2"),
             # "Send to pod IP": routes belong to the Service address (GAMMA), not its pods
             Case(host=f"{v2}:8080", status=200, absent_response_headers=["X-Header-Set"], backend="echo-v2"),
-        ])
+        ], protocol=proto)
 
 
-def test_MeshFrontendHostname(applied):
+def test_MeshFrontendHostname(applied, proto):
     # the route attaches by the Service dialled (its ClusterIP), whatever the Host header says
     with applied("mesh-frontend.yaml") as lab:
         lab.expect([
@@ -44,10 +44,10 @@ def test_MeshFrontendHostname(applied):
                  backend="echo-v2"),
             Case(connect="echo-v1", host="echo-v2", status=200, absent_response_headers=["X-Header-Set"],
                  backend="echo-v1"),
-        ])
+        ], protocol=proto)
 
 
-def test_MeshPorts(applied):
+def test_MeshPorts(applied, proto):
     with applied("mesh-ports.yaml") as lab:
         lab.expect([
             Case(host="echo-v1", response_headers={"X-Header-Set": "v1"}, backend="echo-v1"),
@@ -56,16 +56,16 @@ def test_MeshPorts(applied):
             # no port in the parentRef: every port of the Service
             Case(host="echo-v2", response_headers={"X-Header-Set": "v2"}, backend="echo-v2"),
             Case(host="echo-v2:8080", response_headers={"X-Header-Set": "v2"}, backend="echo-v2"),
-        ])
+        ], protocol=proto)
 
 
-def test_MeshConsumerRoute(applied):
+def test_MeshConsumerRoute(applied, proto):
     with applied("mesh-consumer-route.yaml") as lab:
         host = f"echo-v1.{NS}"
         lab.expect([Case(host=host, response_headers={"X-Header-Set": "set"}, backend="echo-v1")],
-                   namespace=CONSUMER_NS)
+                   namespace=CONSUMER_NS, protocol=proto)
         # the producer's own callers do not get the consumer's route
-        lab.expect([Case(host=host, absent_response_headers=["X-Header-Set"], backend="echo-v1")])
+        lab.expect([Case(host=host, absent_response_headers=["X-Header-Set"], backend="echo-v1")], protocol=proto)
         # the waypoint lists the consumer route, for callers of that namespace only
         rows = [r for r in lab.waypoint_routes() if r.get("route") == f"{CONSUMER_NS}/mesh-echo-add-header"]
         assert rows and {r["parent"] for r in rows} == {f"{NS}/echo-v1:80", f"{NS}/echo-v1:8080",

@@ -8,16 +8,16 @@ def _to(path: str, backend: str, headers: dict | None = None) -> Case:
     return Case(path=path, headers=headers or {}, backend=backend, seen_path=path)
 
 
-def test_MeshHTTPRouteMatching(applied):
+def test_MeshHTTPRouteMatching(applied, proto):
     with applied("httproute-matching.yaml") as lab:
         lab.expect([
             _to("/", "echo-v1"), _to("/example", "echo-v1"), _to("/", "echo-v1", {"Version": "one"}),
             _to("/v2", "echo-v2"), _to("/v2/example", "echo-v2"), _to("/", "echo-v2", {"Version": "two"}),
             _to("/v2/", "echo-v2"), _to("/v2example", "echo-v1"), _to("/foo/v2/example", "echo-v1"),
-        ])
+        ], protocol=proto)
 
 
-def test_MeshHTTPRouteQueryParamMatching(applied):
+def test_MeshHTTPRouteQueryParamMatching(applied, proto):
     with applied("httproute-query-param-matching.yaml") as lab:
         lab.expect([
             _to("/?animal=whale", "echo-v1"), _to("/?animal=dolphin", "echo-v2"),
@@ -31,7 +31,7 @@ def test_MeshHTTPRouteQueryParamMatching(applied):
             Case(path="/?animal=shark", status=404), Case(path="/path4?animal=kraken", status=404),
             # precedence: a path match beats a query match
             _to("/path5?animal=hydra", "echo-v1"),
-        ])
+        ], protocol=proto)
 
 
 def test_MeshHTTPRouteNamedRule(applied):

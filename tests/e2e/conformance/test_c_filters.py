@@ -13,23 +13,23 @@ def _redirect(path: str, status: int, location: str) -> Case:
 
 
 @pytest.mark.parametrize("code,path", [(303, "/redirect"), (307, "/temporary"), (308, "/permanent")])
-def test_MeshHTTPRoute30xRedirect(applied, code, path):
+def test_MeshHTTPRoute30xRedirect(applied, code, path, proto):
     # MeshHTTPRoute303Redirect, MeshHTTPRoute307Redirect, MeshHTTPRoute308Redirect (provisional)
     with applied(f"httproute-{code}-redirect.yaml") as lab:
         lab.expect([_redirect(path, code, f"http://echo{path}"),
-                    _redirect(path + "/x?q=1", code, f"http://echo{path}/x?q=1")])
+                    _redirect(path + "/x?q=1", code, f"http://echo{path}/x?q=1")], protocol=proto)
 
 
-def test_MeshHTTPRouteRedirectHostAndStatus(applied):
+def test_MeshHTTPRouteRedirectHostAndStatus(applied, proto):
     with applied("httproute-redirect-host-and-status.yaml") as lab:
         lab.expect([_redirect("/hostname-redirect", 302, "http://example.org/hostname-redirect"),
                     _redirect("/host-and-status", 301, "http://example.org/host-and-status"),
                     # parentRef port 80: the Service's port 8080 has no route, and is not redirected
                     Case(path="/hostname-redirect", host="echo:8080", status=200, backend="echo-",
-                         seen_path="/hostname-redirect", absent_response_headers=["location"])])
+                         seen_path="/hostname-redirect", absent_response_headers=["location"])], protocol=proto)
 
 
-def test_MeshHTTPRouteRedirectPath(applied):
+def test_MeshHTTPRouteRedirectPath(applied, proto):
     with applied("httproute-redirect-path.yaml") as lab:
         lab.expect([
             _redirect("/original-prefix/lemon", 302, "http://echo/replacement-prefix/lemon"),
@@ -38,30 +38,30 @@ def test_MeshHTTPRouteRedirectPath(applied):
             _redirect("/path-and-status", 301, "http://echo/replacement-prefix"),
             _redirect("/full-path-and-host", 302, "http://example.org/replacement-full"),
             _redirect("/full-path-and-status", 301, "http://echo/replacement-full"),
-        ])
+        ], protocol=proto)
 
 
-def test_MeshHTTPRouteRedirectPort(applied):
+def test_MeshHTTPRouteRedirectPort(applied, proto):
     with applied("httproute-redirect-port.yaml") as lab:
         lab.expect([
             _redirect("/port", 302, "http://echo:8083/port"),
             _redirect("/port-and-host", 302, "http://example.org:8083/port-and-host"),
             _redirect("/port-and-status", 301, "http://echo:8083/port-and-status"),
             _redirect("/port-and-host-and-status", 302, "http://example.org:8083/port-and-host-and-status"),
-        ])
+        ], protocol=proto)
 
 
-def test_MeshHTTPRouteSchemeRedirect(applied):
+def test_MeshHTTPRouteSchemeRedirect(applied, proto):
     with applied("httproute-redirect-scheme.yaml") as lab:
         lab.expect([
             _redirect("/scheme", 302, "https://echo/scheme"),
             _redirect("/scheme-and-host", 302, "https://example.org/scheme-and-host"),
             _redirect("/scheme-and-status", 301, "https://echo/scheme-and-status"),
             _redirect("/scheme-and-host-and-status", 302, "https://example.org/scheme-and-host-and-status"),
-        ])
+        ], protocol=proto)
 
 
-def test_MeshHTTPRouteRewritePath(applied):
+def test_MeshHTTPRouteRewritePath(applied, proto):
     mods = {"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1", "X-Header-Set": "set-val"}
     modded = {"X-Header-Add": "header-val-1", "X-Header-Add-Append": "append-val-1,header-val-2",
               "X-Header-Set": "set-overwrites-values"}
@@ -75,7 +75,7 @@ def test_MeshHTTPRouteRewritePath(applied):
                  seen_path="/test", seen_headers=modded, absent_headers=["X-Header-Remove"]),
             Case(path="/prefix/rewrite-path-and-modify-headers/one", headers=mods, backend="echo-v1",
                  seen_path="/prefix/one", seen_headers=modded, absent_headers=["X-Header-Remove"]),
-        ])
+        ], protocol=proto)
 
 
 def _header_cases() -> list[Case]:
@@ -103,14 +103,14 @@ def _header_cases() -> list[Case]:
     ]
 
 
-def test_MeshHTTPRouteRequestHeaderModifier(applied):
+def test_MeshHTTPRouteRequestHeaderModifier(applied, proto):
     with applied("httproute-request-header-modifier.yaml") as lab:
-        lab.expect(_header_cases())
+        lab.expect(_header_cases(), protocol=proto)
 
 
-def test_MeshHTTPRouteBackendRequestHeaderModifier(applied):
+def test_MeshHTTPRouteBackendRequestHeaderModifier(applied, proto):
     with applied("httproute-request-header-modifier-backend.yaml") as lab:
-        lab.expect(_header_cases())
+        lab.expect(_header_cases(), protocol=proto)
 
 
 # Beyond the suite (its Services are dialled on port 80 only, where the listener port and
@@ -132,12 +132,14 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /to-http}}]
     filters: [{type: RequestRedirect, requestRedirect: {scheme: http, port: 80}}]
   - matches: [{path: {type: PathPrefix, value: /rewrite}}]
-    filters: [{type: URLRewrite, urlRewrite: {hostname: rewritten.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: rewritten.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}
     backendRefs: [{name: echo-v2, port: 8080}]
 """
 
 
-def test_redirect_ports_follow_the_port_dialled(lab):
+def test_redirect_ports_follow_the_port_dialled(lab, proto):
     lab.apply(EVERY_PORT)
     try:
         lab.expect([
@@ -148,6 +150,6 @@ def test_redirect_ports_follow_the_port_dialled(lab):
             # URLRewrite: the backend sees the new Host and path
             Case(path="/rewrite/x?q=1", host="echo:8080", backend="echo-v2", seen_path="/x?q=1",
                  seen_headers={"Host": "rewritten.example"}),
-        ])
+        ], protocol=proto)
     finally:
         lab.delete(EVERY_PORT)
