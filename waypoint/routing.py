@@ -276,11 +276,9 @@ class RouteTable:
         rule, prefix, common, targets = self._plan(e, parent)
         if rule.filters:
             req, response_mods = _run_filters(req, rule.filters, prefix)
-            for f in rule.filters:
-                if f.request_redirect is not None:
-                    loc = rewrite.redirect_location(req, f.request_redirect, prefix, port)
-                    return Decision("redirect", req, f.request_redirect.status_code, location=loc,
-                                    response_headers=response_mods, **common)
+            redirect = _redirect(req, rule.filters, prefix, port, response_mods, common)
+            if redirect is not None:
+                return redirect
         else:
             response_mods = ()
         chosen = choose_backend(rule.backend_refs, pick)
@@ -290,9 +288,12 @@ class RouteTable:
         backend, refused = targets[id(chosen)]
         if refused:
             return Decision("respond", req, 500, refused, **common)
-        if chosen.filters:
+        if chosen.filters:   # the backendRef's own (implementation-specific in the spec; all four here)
             req, more = _run_filters(req, chosen.filters, prefix)
             response_mods += more
+            redirect = _redirect(req, chosen.filters, prefix, port, response_mods, common)
+            if redirect is not None:
+                return redirect
         return Decision("forward", req, backend=backend, response_headers=response_mods, **common)
 
     def _plan(self, e: _Entry, parent: tuple[str, str]) -> tuple:
@@ -326,6 +327,17 @@ class RouteTable:
             missing = "does not exist" if ports is None else f"has no port {backend.port}"
             return backend, f"{where} {missing} ({route})"
         return backend, ""
+
+
+def _redirect(req: Request, filters: tuple[RouteFilter, ...], prefix: str | None, port: int,
+              response_mods: tuple, common: dict) -> Decision | None:
+    """The answer of a RequestRedirect among `filters` (after the request-side ones ran), if any."""
+    for f in filters:
+        if f.request_redirect is not None:
+            loc = rewrite.redirect_location(req, f.request_redirect, prefix, port)
+            return Decision("redirect", req, f.request_redirect.status_code, location=loc,
+                            response_headers=response_mods, **common)
+    return None
 
 
 def _run_filters(req: Request, filters: tuple[RouteFilter, ...], prefix: str | None):

@@ -8,7 +8,10 @@ Knobs, to play a misbehaving backend in L7 tests (outlier detection, retries, ti
 (GET) and changes (PUT `?fail_status=503&fail_every=2&delay=0.5`; 0 turns a knob off) them
 at runtime, and counts the requests served and failed. It answers only the pod itself
 (loopback, e.g. `trellis lab exec web-1 -- curl -X PUT ...`): mesh traffic neither reaches
-it nor changes the counts."""
+it nor changes the counts.
+
+A request header `X-Echo-Set-Header: Name:value,Name2:value2` makes the answer carry those
+response headers (the Gateway API conformance echo's knob, for response header filters)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 16 * 1024 * 1024
 CONTROL_PATH = "/_echo/config"
+SET_HEADER = "X-Echo-Set-Header"   # "Name:value,Name2:value2": response headers to add (as echo-basic)
 
 
 def pod_name() -> str:
@@ -102,6 +106,11 @@ class EchoHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", ctype)
         self.send_header("content-length", str(len(body)))
+        self.send_header("x-echo-pod", pod_name())   # who answered, also where the body does not say (POST, PUT)
+        for item in (self.headers.get(SET_HEADER) or "").split(","):   # the conformance echo's knob
+            name, sep, value = item.partition(":")
+            if sep and name.strip():
+                self.send_header(name.strip(), value.strip())
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -151,6 +160,19 @@ class EchoHandler(BaseHTTPRequestHandler):
         self._json(200, self._describe())
 
     do_HEAD = do_GET
+
+    def _describe_other(self) -> None:
+        """DELETE, PATCH, OPTIONS: described like a GET, a body read and dropped (keep-alive)."""
+        try:
+            length = int(self.headers.get("content-length", "0"))
+        except ValueError:
+            return self._reply(400, b"content-length must be an integer\n", "text/plain")
+        if length < 0 or length > MAX_BODY:
+            return self._reply(413, f"body must be 0..{MAX_BODY} bytes\n".encode(), "text/plain")
+        self.rfile.read(length)
+        self.do_GET()
+
+    do_DELETE = do_PATCH = do_OPTIONS = _describe_other
 
     def _echo_body(self) -> None:
         if self._control():

@@ -57,7 +57,7 @@ def _record(status: int, headers, body: bytes) -> dict:
         doc = json.loads(body)
         rec.update(pod=doc.get("pod"), path=doc.get("path"), request_headers=doc.get("headers"))
     else:
-        rec["body"] = body[:300].decode("latin-1")
+        rec.update(body=body[:300].decode("latin-1"), pod=(rec["headers"].get("x-echo-pod") or [None])[0])
     return rec
 
 
