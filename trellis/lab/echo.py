@@ -161,29 +161,31 @@ class EchoHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def _describe_other(self) -> None:
-        """DELETE, PATCH, OPTIONS: described like a GET, a body read and dropped (keep-alive)."""
+    def _body(self) -> bytes | None:
+        """The request's body; None when its length is refused (and answered: 400 or 413)."""
         try:
             length = int(self.headers.get("content-length", "0"))
         except ValueError:
-            return self._reply(400, b"content-length must be an integer\n", "text/plain")
+            self._reply(400, b"content-length must be an integer\n", "text/plain")
+            return None
         if length < 0 or length > MAX_BODY:
-            return self._reply(413, f"body must be 0..{MAX_BODY} bytes\n".encode(), "text/plain")
-        self.rfile.read(length)
-        self.do_GET()
+            self._reply(413, f"body must be 0..{MAX_BODY} bytes\n".encode(), "text/plain")
+            return None
+        return self.rfile.read(length)
+
+    def _describe_other(self) -> None:
+        """DELETE, PATCH, OPTIONS: described like a GET, a body read and dropped (keep-alive)."""
+        if self._body() is not None:
+            self.do_GET()
 
     do_DELETE = do_PATCH = do_OPTIONS = _describe_other
 
     def _echo_body(self) -> None:
         if self._control():
             return
-        try:
-            length = int(self.headers.get("content-length", "0"))
-        except ValueError:
-            return self._reply(400, b"content-length must be an integer\n", "text/plain")
-        if length < 0 or length > MAX_BODY:
-            return self._reply(413, f"body must be 0..{MAX_BODY} bytes\n".encode(), "text/plain")
-        body = self.rfile.read(length)
+        body = self._body()
+        if body is None:
+            return
         if self._misbehave():
             return
         self._reply(200, body, self.headers.get("content-type", "application/octet-stream"))
