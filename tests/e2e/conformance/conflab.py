@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from e2e.labctl import TRELLIS, Lab
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +127,26 @@ class ConformanceLab(Lab):
         for a in answers:
             seen[a["pod"]] = seen.get(a["pod"], 0) + 1
         return seen
+
+    def check_route_status(self, manifest: str) -> None:
+        """Every route of `manifest`, as `trellis get` reports it: one parent entry per
+        parentRef, Accepted and ResolvedRefs True (but BackendNotFound where a backendRef
+        names a Service the suite does not deploy, as MeshGRPCRouteWeight's echo-v3) and
+        applied by the namespace's waypoint."""
+        for doc in yaml.safe_load_all(manifest):
+            if not doc or doc.get("kind") not in ("HTTPRoute", "GRPCRoute"):
+                continue
+            meta = doc["metadata"]
+            got = json.loads(self.cli("get", doc["kind"].lower(), meta["name"], "-n", meta["namespace"],
+                                      "-o", "json").stdout)
+            parents = got["status"]["parents"]
+            assert [p["parentRef"] for p in parents] == doc["spec"]["parentRefs"], parents
+            missing = any(b["name"] not in HOSTS for r in doc["spec"]["rules"] for b in r.get("backendRefs") or [])
+            for p in parents:
+                conds = {c["type"]: (c["status"], c["reason"]) for c in p["conditions"]}
+                assert conds == {"Accepted": ("True", "Accepted"),
+                                 "ResolvedRefs": ("False", "BackendNotFound") if missing else ("True", "ResolvedRefs"),
+                                 "ResolvedWaypoints": ("True", "ResolvedWaypoints")}, (meta["name"], conds)
 
     def waypoint_routes(self) -> Any:
         return json.loads(self.cli("routes", "-n", NS, "-o", "json").stdout)

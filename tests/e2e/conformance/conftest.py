@@ -24,6 +24,7 @@ def applied(lab):
         texts = [lab.manifest(n) for n in names]
         for t in texts:
             lab.apply(t)
+            lab.check_route_status(t)
         try:
             yield lab
         finally:
