@@ -54,9 +54,10 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", metavar="PATH", type=click.Path(exists=True, path_type=Path))
 def validate(directory: Path) -> None:
-    """Check every resource in DIRECTORY; one line per error.
+    """Check every resource in PATH (a config directory or one YAML file) as the control
+    plane would, cross-object rules included; one line per error.
 
     A lab directory (with lab.yaml) is checked whole: lab.yaml and its config/."""
     from .lab.topology import LabConfigError, load_lab, plan
@@ -72,10 +73,13 @@ def validate(directory: Path) -> None:
         directory = directory / "config" if (directory / "config").is_dir() else None
     count = 0
     if directory is not None:
-        result = _resources().load_dir(directory)
-        errors += [str(e) for e in result.errors]
+        from controlplane.sources import settle
+        res = _resources()
+        result = res.load_dir(directory) if directory.is_dir() else res.load_file(directory)
+        _, problems = settle(result.resources, result.errors)   # what the control plane reports
+        errors += [str(e) for e in problems]
         count = len(result.resources)
-        for e in result.errors:
+        for e in problems:
             click.echo(str(e))
     if errors:
         sys.exit(1)
@@ -276,33 +280,60 @@ def _config_dir() -> Path:
     st = state.load()
     if st is None:
         _fail(f"no lab running (no {state.state_file()}); start one with `trellis lab up`")
-    return state.state_dir() / "config"
+    try:
+        return state.config_dir_of(st)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
-def _parse_or_fail(file: Path):
-    result = _resources().parse_documents(file.read_text(), str(file))
+FILENAME = click.option("-f", "--filename", "file", required=True, metavar="FILE|DIR|-",
+                        type=click.Path(exists=True, allow_dash=True, path_type=Path),
+                        help="a YAML file, a directory of them, or - for stdin (as kubectl's -f)")
+
+
+def _parse_or_fail(file: Path, verb: str):
+    res = _resources()
+    from meshcore.resources.loader import yaml_files
+    if str(file) == "-":
+        result = res.parse_documents(sys.stdin.read(), "<stdin>")
+    elif file.is_dir():
+        result = res.LoadResult()
+        for f in yaml_files(file):
+            result.extend(res.load_file(f))
+    else:
+        result = res.load_file(file)
     for err in result.errors:
         click.echo(str(err), err=True)
     if result.errors:
         sys.exit(1)
+    if not result.resources:
+        _fail(f"no objects passed to {verb} in {'stdin' if str(file) == '-' else file}")
     return result.resources
 
 
 @lab.command("apply")
-@click.option("-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@FILENAME
 def lab_apply(file: Path) -> None:
     """Validate FILE and create or replace its objects in the lab's live config dir."""
     from .lab import liveconfig
-    for r, verb in liveconfig.apply(_config_dir(), _parse_or_fail(file)):
+    d = _config_dir()
+    resources = _parse_or_fail(file, "apply")
+    problems = liveconfig.conflicts(d, resources)
+    for err in problems:   # what the control plane would refuse: say so now, apply nothing
+        click.echo(str(err), err=True)
+    if problems:
+        sys.exit(1)
+    for r, verb in liveconfig.apply(d, resources):
         click.echo(f"{r.kind.lower()}/{r.name} {verb}")
 
 
 @lab.command("delete")
-@click.option("-f", "--filename", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@FILENAME
 def lab_delete(file: Path) -> None:
     """Remove FILE's objects (matched by kind, namespace and name) from the lab's live config."""
     from .lab import liveconfig
-    deleted, missing = liveconfig.delete(_config_dir(), _parse_or_fail(file))
+    d = _config_dir()
+    deleted, missing = liveconfig.delete(d, _parse_or_fail(file, "delete"))
     for r in deleted:
         click.echo(f"{r.kind.lower()}/{r.name} deleted")
     for r in missing:

@@ -145,7 +145,8 @@ def policy_rows(rows: list[dict]) -> list[dict]:
         sel_text = ",".join(f"{k}={v}" for k, v in (sel.items() if isinstance(sel, dict) else sel or []))
         refs = r.get("target_refs") or r.get("targetRefs") or []
         targets_text = ",".join("/".join(map(str, x.values() if isinstance(x, dict) else x)) for x in refs)
-        out.append(dict(r, selectorText=sel_text or ("(namespace)" if sel is None else "(all)"),
+        # no selector: the whole namespace, unless targetRefs name what it applies to
+        out.append(dict(r, selectorText=sel_text or ("" if refs else "(namespace)" if sel is None else "(all)"),
                         targetsText=targets_text, ruleCount=len(r.get("rules") or [])))
     return out
 

@@ -39,10 +39,14 @@ def _config_dir(given: Path | None) -> Path:
             _fail(f"--config-dir {given}: no such directory")
         return given
     from .lab import state
-    if state.load() is None:
+    st = state.load()
+    if st is None:
         _fail(f"no lab running (no {state.state_file()}) and no --config-dir given; "
               f"start one with `trellis lab up` or point --config-dir at a config directory")
-    return state.state_dir() / "config"
+    try:
+        return state.config_dir_of(st)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _load(config_dir: Path):
@@ -61,8 +65,10 @@ def _apply(config_dir: Path, docs: list[dict]) -> list[tuple[Any, str]]:
     from .lab import liveconfig
     try:
         resources = [from_dict(d, "<trellis waypoint>") for d in docs]
-    except ResourceInvalid as exc:   # e.g. a name that is not a DNS label
-        _fail(str(exc))
+    except ResourceInvalid as exc:   # e.g. a name that is not a DNS label: name the option too
+        option = {"metadata.name": "--name", "metadata.namespace": "--namespace"}
+        _fail("; ".join(f"{option[e.path] + ': ' if e.path in option else ''}{e.obj}: {e.path}: {e.message}"
+                        for e in exc.errors))
     return liveconfig.apply(config_dir, resources)
 
 
@@ -109,11 +115,23 @@ def apply_cmd(namespace: str, name: str, enroll_namespace: bool, replicas: int |
         ns = _find(resources, "Namespace", None, namespace)
         docs.append(wc.enroll(namespace, name, ns.to_dict() if ns else None))
     _echo_applied(_apply(d, docs) if docs else [])
+    if not enroll_namespace and not _users(resources, namespace, name):
+        click.echo(f"note: nothing uses waypoint {namespace}/{name} yet: --enroll-namespace labels namespace/"
+                   f"{namespace} for it, or label a Service trellis.dev/use-waypoint={name}", err=True)
+
+
+def _users(resources, namespace: str, name: str) -> list[str]:
+    """Who sends its traffic through the waypoint: its namespace, Services with their own label."""
+    from meshcore.resources import WAYPOINT_LABEL
+    ns = _find(resources, "Namespace", None, namespace)
+    users = [f"namespace/{namespace}"] if ns is not None and (ns.labels or {}).get(WAYPOINT_LABEL) == name else []
+    return users + [f"service/{s.name}" for s in resources if s.kind == "Service" and s.namespace == namespace
+                    and (s.labels or {}).get(WAYPOINT_LABEL) == name]
 
 
 def _echo_applied(applied) -> None:
     for r, verb in applied:
-        click.echo(f"{r.kind.lower()}/{r.name} {'labeled' if r.kind == 'Namespace' else verb}")
+        click.echo(f"{r.kind.lower()}/{r.name} {'labeled' if r.kind == 'Namespace' and verb != 'unchanged' else verb}")
 
 
 def _wait_listed(d: Path, namespace: str, name: str, timeout: int) -> None:
@@ -151,6 +169,29 @@ def delete_cmd(namespace: str, name: str, config_dir: Path | None) -> None:
         click.echo(f"namespace/{namespace} unlabeled")
     liveconfig.delete(d, [gw])
     click.echo(f"gateway/{name} deleted")
+    users = _users(resources, namespace, name)
+    for user in users:   # a Service's own label is theirs to change; it names nothing now
+        if user.startswith("service/"):
+            click.echo(f"warning: {user} is still labeled trellis.dev/use-waypoint={name}: connections to it are "
+                       f"refused until that label is removed (or set to none) or the waypoint is applied again",
+                       err=True)
+    for pol in _l7_policies(resources, namespace, users):
+        click.echo(f"warning: authorizationpolicy/{pol.name} has HTTP rules (methods/paths) for Services this "
+                   f"waypoint served: without a waypoint ztunnel enforces it at L4, where HTTP rules fail closed "
+                   f"({'every connection is refused' if pol.spec.action == 'DENY' else 'they admit no connection'}); "
+                   f"delete it (`trellis lab delete -f ...`) to go back to plain L4", err=True)
+
+
+def _l7_policies(resources, namespace: str, users: list[str]) -> list:
+    """AuthorizationPolicies with HTTP rules attached to Services that used the waypoint
+    (the namespace's label covers all its Services; a Service's own label, that Service)."""
+    from meshcore.resources import WAYPOINT_LABEL
+    whole_ns = f"namespace/{namespace}" in users
+    services = {s.name for s in resources if s.kind == "Service" and s.namespace == namespace
+                and (f"service/{s.name}" in users or (whole_ns and (s.labels or {}).get(WAYPOINT_LABEL) is None))}
+    return [p for p in resources if p.kind == "AuthorizationPolicy" and p.namespace == namespace
+            and any(t.kind == "Service" and t.name in services for t in p.spec.target_refs)
+            and any(op.has_l7 for rule in p.spec.rules for op in rule.to)]
 
 
 @waypoint.command("list")
@@ -160,16 +201,10 @@ def delete_cmd(namespace: str, name: str, config_dir: Path | None) -> None:
 @OUTPUT
 def list_cmd(namespace: str | None, all_namespaces: bool, config_dir: Path | None, fmt: str) -> None:
     """Waypoints in the config, and the namespaces and Services that use them."""
-    from meshcore.resources import WAYPOINT_LABEL
     resources = _load(_config_dir(config_dir))
-    ns_labels = {r.name: dict(r.labels or {}) for r in resources if r.kind == "Namespace"}
-    rows = []
-    for gw in _waypoints(resources, _scope(namespace, all_namespaces)):
-        users = [f"namespace/{gw.namespace}"] if ns_labels.get(gw.namespace, {}).get(WAYPOINT_LABEL) == gw.name else []
-        users += [f"service/{s.name}" for s in resources if s.kind == "Service" and s.namespace == gw.namespace
-                  and (s.labels or {}).get(WAYPOINT_LABEL) == gw.name]   # its own label (the namespace's: above)
-        rows.append({"namespace": gw.namespace, "name": gw.name, "class": gw.spec.gateway_class_name,
-                     "replicas": wc.replicas_of(gw.to_dict()), "usedBy": users})
+    rows = [{"namespace": gw.namespace, "name": gw.name, "class": gw.spec.gateway_class_name,
+             "replicas": wc.replicas_of(gw.to_dict()), "usedBy": _users(resources, gw.namespace, gw.name)}
+            for gw in _waypoints(resources, _scope(namespace, all_namespaces))]
     click.echo(render(rows, fmt, LIST_COLUMNS))
 
 
@@ -307,21 +342,31 @@ def routes(namespace: str | None, all_namespaces: bool, admin_addr: str | None, 
     """Routes as the waypoints apply them (GET /routes on each waypoint's admin port): parent
     Service, matches, backends with weights, timeouts, retry, policies."""
     from . import inspect as insp
+    from .lab.state import state_dir
     from .lab.waypointpods import ADMIN
     if admin_addr:
         targets = [(admin_addr, [insp.Target(admin_addr, *insp.parse_hostport(admin_addr))])]
     else:
-        st, pods = _lab_pods(_scope(namespace, all_namespaces), None)
+        scope = _scope(namespace, all_namespaces)
+        st, pods = _lab_pods(scope, None)
         if st is None:
             _fail("no lab running and no --admin HOST:PORT given")
         host, port = insp.parse_hostport(ADMIN)
-        by_wp: dict[str, list] = {}
+        # the live config says which waypoints should run (in --kubernetes mode the API does)
+        declared = [] if st.kubernetes else _waypoints(_load(state_dir() / "config"), scope)
+        if not declared and not pods:
+            click.echo(f"no waypoint in {f'namespace {scope}' if scope else 'any namespace'}: routes are applied "
+                       f"by waypoints (`trellis waypoint apply -n {scope or 'NS'} --enroll-namespace`)", err=True)
+        by_wp: dict[str, list] = {f"{gw.namespace}/{gw.name}": [] for gw in declared}
         for p in pods:   # every replica applies the same routes: the first that answers speaks for all
             by_wp.setdefault(f"{p['namespace']}/{p['waypoint']}", []).append(
                 insp.Target(f"waypoint/{p['namespace']}/{p['name']}", host, port, p["netns"]))
         targets = sorted(by_wp.items())
     rows, errors = [], []
     for label, ts in targets:
+        if not ts:   # declared, but the lab runs no pod of it (yet)
+            errors.append(f"waypoint {label} has no pod running; see `trellis waypoint status -n "
+                          f"{label.split('/')[0]}`")
         for i, t in enumerate(ts):
             try:
                 rows += route_rows(insp.fetch(t, "/routes"), label)

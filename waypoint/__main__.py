@@ -91,8 +91,8 @@ def build(argv: list[str]) -> Waypoint:
     except ValueError as exc:
         raise StartupError(f"span export: {exc}") from None
     if a.standalone_config:
-        if not a.listen:
-            raise StartupError("--standalone-config needs --listen HOST:PORT")
+        if not a.listen and not a.check:   # --check serves nothing
+            raise StartupError("--standalone-config needs --listen HOST:PORT (or --check)")
         cfg.standalone_listen = a.listen
         # metrics and readiness only when asked for (the bench runs beside other processes)
         cfg.metrics = None if a.metrics == ("0.0.0.0", ports.METRICS) else a.metrics

@@ -155,7 +155,9 @@ class ClientConnection:
         rule with HTTP fields always does, so L7 policy cannot be sidestepped by not speaking HTTP."""
         view = self.pipeline.view_of()
         t = self.target
-        verdict = authz.evaluate(view.target_policies(t), self.caller.identity, t.port, None)
+        verdict = authz.evaluate(view.target_policies(t), self.caller.identity, t.port, None,
+                                 source_ip=self.caller.address,
+                                 destination_ip=t.workload.address if t.workload else t.service.cluster_ip)
         if isinstance(verdict, authz.Deny):
             self.pipeline.metrics.authz_denied.labels(t.service.key, verdict.policy or "").inc()
             log.info("waypoint: L4 tunnel from %s to %s refused: %s", self.caller.identity, t.service.key, verdict.reason)

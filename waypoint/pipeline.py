@@ -106,7 +106,12 @@ class Pipeline:
             return await self._respond(send, exc.status, exc.message)
         policies = view.target_policies(target)
         verdict = authz.evaluate(policies, caller.identity, target.port,
-                                 authz.Request(req.method, req.path, req.host)) if policies else None
+                                 authz.Request(req.method, req.target, req.authority, req.headers),
+                                 source_ip=caller.address,   # the client pod's: its ztunnel dials from it
+                                 destination_ip=target.workload.address if target.workload else svc.cluster_ip
+                                 ) if policies else None
+        if verdict is not None and verdict.audit:   # AUDIT: the access-log line says which policies matched
+            info["audit"] = ",".join(verdict.audit)
         if isinstance(verdict, authz.Deny):   # no policy at all: allowed (evaluate's "no ALLOW policy applies")
             self.metrics.authz_denied.labels(svc.key, verdict.policy or "").inc()
             info["authz"] = verdict.reason

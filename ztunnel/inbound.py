@@ -28,7 +28,7 @@ from .transparent import Delivery, original_source
 log = logging.getLogger("trellis.ztunnel.inbound")
 
 
-CACHE_ENTRIES = 4096   # per pod and snapshot: (caller identity, address) labels, (identity, port) decisions
+CACHE_ENTRIES = 4096   # per pod and snapshot: (caller identity, address) labels, (identity, port, address) decisions
 SNAPSHOT_POLL = 0.05   # how often a tunnel waiting out the config grace looks for a new snapshot
 
 
@@ -45,7 +45,7 @@ class PodView:
     """What one snapshot says about the pod, computed once per snapshot instead of per
     tunnel: its workload, first Service, L4 policies, the waypoints in front of it, and,
     filled as callers come, the metric labels per caller and authorization per
-    (caller identity, port). A new snapshot is a new State object, hence a new view."""
+    (caller identity, port, address). A new snapshot is a new State object, hence a new view."""
     __slots__ = ("state", "workload", "service", "policies", "fronts", "callers", "decisions")
 
     def __init__(self, state: State, workload: Workload) -> None:
@@ -56,14 +56,15 @@ class PodView:
         self.fronts = waypoints.accepted_sources(state, workload)
         # (caller identity, address) -> (metric labels, the address to deliver from and why)
         self.callers: dict[tuple[str | None, str], tuple[ConnLabels, tuple[str | None, str]]] = {}
-        self.decisions: dict[tuple[str | None, int], authz.Allow | authz.Deny] = {}
+        self.decisions: dict[tuple[str | None, int, str | None], authz.Allow | authz.Deny] = {}
 
-    def decide(self, peer: str | None, port: int) -> authz.Allow | authz.Deny:
-        d = self.decisions.get((peer, port))
+    def decide(self, peer: str | None, port: int, peer_ip: str | None = None) -> authz.Allow | authz.Deny:
+        d = self.decisions.get((peer, port, peer_ip))
         if d is None:
             if len(self.decisions) >= CACHE_ENTRIES:
                 self.decisions.clear()
-            d = self.decisions[(peer, port)] = authz.evaluate(self.policies, peer, port)
+            d = self.decisions[(peer, port, peer_ip)] = authz.evaluate(
+                self.policies, peer, port, source_ip=peer_ip, destination_ip=self.workload.address)
         return d
 
 
@@ -147,7 +148,10 @@ class Inbound:
             log.warning("inbound to %s port %d: waypoint bypass refused: %s", self.pod.uid, port, bypass)
             return 403, bypass, "waypoint_bypass"
         # What a waypoint enforces (policies on its Services) is not enforced again here.
-        decision = view.decide(tunnel.peer_identity, port)
+        decision = view.decide(tunnel.peer_identity, port, str(tunnel.peer_address[0]))
+        if decision.audit:
+            log.info("inbound to %s port %d from %s at %s: audited by %s", self.pod.uid, port,
+                     tunnel.peer_identity, tunnel.peer_address[0], ", ".join(decision.audit))
         if isinstance(decision, authz.Deny):
             log.warning("inbound to %s port %d: RBAC denied %s: %s", self.pod.uid, port,
                         tunnel.peer_identity, decision.reason)

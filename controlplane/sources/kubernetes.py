@@ -40,6 +40,8 @@ COLLECTIONS = {
     "/apis/trellis.dev/v1alpha1/workloadentries": ("trellis.dev/v1alpha1", "WorkloadEntry"),
     "/apis/trellis.dev/v1alpha1/authorizationpolicies": ("trellis.dev/v1alpha1", "AuthorizationPolicy"),
     "/apis/trellis.dev/v1alpha1/peerauthentications": ("trellis.dev/v1alpha1", "PeerAuthentication"),
+    "/apis/trellis.dev/v1alpha1/trafficpolicies": ("trellis.dev/v1alpha1", "TrafficPolicy"),
+    "/apis/trellis.dev/v1alpha1/ratelimitpolicies": ("trellis.dev/v1alpha1", "RateLimitPolicy"),
 }
 KEEP_METADATA = ("name", "namespace", "labels", "annotations")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"

@@ -1,7 +1,7 @@
 """The resource model: Kubernetes-style objects, validated with errors that name the file,
 the object and the field path. See kinds.py for the kinds and their typed specs."""
 from .errors import ResourceError, ResourceInvalid
-from .kinds import (KINDS, AuthorizationPolicySpec, NamespaceSpec, OpaqueSpec, Operation, PeerAuthenticationSpec,
+from .kinds import (KINDS, AuthorizationPolicySpec, Condition, NamespaceSpec, OpaqueSpec, Operation, PeerAuthenticationSpec,
                     Rule, ServicePort, ServiceSpec, Source, TargetRef, WorkloadEntrySpec)
 from .model import Resource, from_dict
 from .selectors import matches
@@ -22,7 +22,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "AMBIENT_LABEL", "KINDS", "ROOT_NAMESPACE", "WAYPOINT_LABEL", "AuthorizationPolicySpec", "LoadResult",
+    "AMBIENT_LABEL", "KINDS", "ROOT_NAMESPACE", "WAYPOINT_LABEL", "AuthorizationPolicySpec", "Condition", "LoadResult",
     "NamespaceSpec", "OpaqueSpec", "Operation", "PeerAuthenticationSpec", "Resource", "ResourceError",
     "ResourceInvalid", "Rule", "ServicePort", "ServiceSpec", "Source", "TargetRef", "WorkloadEntrySpec",
     "check_references", "from_dict", "load_dir", "load_file", "matches", "parse_documents",

@@ -6,7 +6,8 @@
 - trellis.dev/v1alpha1 WorkloadEntry: WorkloadEntrySpec(address, labels, service_account,
   node, network_namespace, ports).
 - trellis.dev/v1alpha1 AuthorizationPolicy: AuthorizationPolicySpec(selector, target_refs,
-  action, rules[Rule(from_[Source...], to[Operation...])]) with Istio's semantics.
+  action, rules[Rule(from_[Source...], to[Operation...], when[Condition...])]) with Istio's
+  semantics, typed and validated in authzpolicy.py.
 - trellis.dev/v1alpha1 PeerAuthentication: PeerAuthenticationSpec(selector, mode).
 - gateway.networking.k8s.io/v1 Gateway, HTTPRoute, GRPCRoute and trellis.dev/v1alpha1 TrafficPolicy,
   RateLimitPolicy: the waypoint's kinds, typed in gateway.py, routes.py and policies.py;
@@ -16,13 +17,13 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..identity import SpiffeId
 from . import kube
-from .gateway import TargetRef, check_annotations, gateway_spec
+from .authzpolicy import (AuthorizationPolicySpec, Condition, Operation, Rule, Source,  # noqa: F401 (re-exported)
+                          authorization_policy_spec)
+from .gateway import TargetRef, check_annotations, gateway_spec  # noqa: F401 (TargetRef re-exported)
 from .grants import gateway_class_spec, reference_grant_spec
 from .policies import rate_limit_policy_spec, traffic_policy_spec
 from .routes import grpc_route_spec, http_route_spec
@@ -31,7 +32,6 @@ from .schema import DNS_LABEL, DNS_SUBDOMAIN, F, enum, ip_address, labels, list_
 TRELLIS = "trellis.dev/v1alpha1"
 GATEWAY = "gateway.networking.k8s.io/v1"
 GATEWAY_BETA = "gateway.networking.k8s.io/v1beta1"
-PRINCIPAL = re.compile(r"^(\*|\*?[^*\s]+|[^*\s]+\*)$")
 
 
 @dataclass(frozen=True)
@@ -74,40 +74,6 @@ class WorkloadEntrySpec:
 
 
 @dataclass(frozen=True)
-class Source:
-    principals: tuple[str, ...] = ()
-    not_principals: tuple[str, ...] = ()
-    namespaces: tuple[str, ...] = ()
-    not_namespaces: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Operation:
-    ports: tuple[int, ...] = ()
-    not_ports: tuple[int, ...] = ()
-    methods: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
-
-    @property
-    def has_l7(self) -> bool:
-        return bool(self.methods or self.paths)
-
-
-@dataclass(frozen=True)
-class Rule:
-    from_: tuple[Source, ...] = ()
-    to: tuple[Operation, ...] = ()
-
-
-@dataclass(frozen=True)
-class AuthorizationPolicySpec:
-    selector: dict | None = None
-    target_refs: tuple[TargetRef, ...] = ()
-    action: str = "ALLOW"
-    rules: tuple[Rule, ...] = ()
-
-
-@dataclass(frozen=True)
 class PeerAuthenticationSpec:
     selector: dict | None = None
     mode: str = "PERMISSIVE"
@@ -133,6 +99,22 @@ _port_obj = obj(ServicePort, {"name": F("name", string(DNS_LABEL, "port name"), 
                               **kube.SERVICE_PORT_IGNORED})
 
 
+def _cluster_ip(v, path, problems):
+    if v == "None":   # headless: Kubernetes' own spelling, valid there
+        problems.append((path, "headless Services (clusterIP: None) are not supported by the mesh yet: a Service "
+                               "needs a cluster IP (its VIP) to be captured"))
+        return None
+    return ip_address(v, path, problems)
+
+
+def _service_post(spec: ServiceSpec, path, problems):
+    if spec.cluster_ip is None:   # the API server allocates one; a config directory has none to give
+        problems.append((f"{path}.clusterIP", "is required: outside a cluster nothing allocates one; give a free "
+                                              "address, e.g. in the lab's 10.96.0.0/16"))
+        return
+    _unique_ports(spec, path, problems)
+
+
 def _unique_ports(spec: ServiceSpec, path, problems):
     seen = set()
     for i, p in enumerate(spec.ports):
@@ -147,52 +129,6 @@ _match_labels = obj(dict, {"matchLabels": F("matchLabels", labels, required=True
 def _selector(v, path, problems):
     out = _match_labels(v, path, problems)
     return None if out is None else out["matchLabels"]
-
-
-def _principal(v, path, problems):
-    s = string()(v, path, problems)
-    if s is None:
-        return None
-    if s.startswith("spiffe://") or s == "*" or PRINCIPAL.match(s):
-        if s.startswith("spiffe://") and "*" not in s:
-            try:
-                SpiffeId.parse(s)
-            except ValueError as exc:
-                problems.append((path, f"{s!r} is not a workload SPIFFE ID: {exc}"))
-                return None
-        return s
-    problems.append((path, f"{s!r} is not a principal: use spiffe://<td>/ns/<ns>/sa/<sa>, "
-                           "a prefix*, a *suffix or *"))
-    return None
-
-
-def _strs(check=string()):
-    return list_of(check)
-
-
-_source = obj(Source, {"principals": F("principals", list_of(_principal), default=tuple),
-                       "notPrincipals": F("not_principals", list_of(_principal), default=tuple),
-                       "namespaces": F("namespaces", _strs(), default=tuple),
-                       "notNamespaces": F("not_namespaces", _strs(), default=tuple)})
-_operation = obj(Operation, {"ports": F("ports", list_of(port), default=tuple),
-                             "notPorts": F("not_ports", list_of(port), default=tuple),
-                             "methods": F("methods", _strs(), default=tuple),
-                             "paths": F("paths", _strs(), default=tuple)})
-_from = obj(dict, {"source": F("source", _source, required=True)})
-_to = obj(dict, {"operation": F("operation", _operation, required=True)})
-
-
-def _rule(v, path, problems):
-    r = obj(dict, {"from": F("from_", list_of(_from), default=tuple),
-                   "to": F("to", list_of(_to), default=tuple)})(v, path, problems)
-    if r is None:
-        return None
-    return Rule(from_=tuple(x["source"] for x in r["from_"]), to=tuple(x["operation"] for x in r["to"]))
-
-
-_target_ref = obj(TargetRef, {"group": F("group", string(), default=""),
-                              "kind": F("kind", enum("Service", "Namespace", "Gateway"), required=True),
-                              "name": F("name", string(DNS_SUBDOMAIN, "name"), required=True)})
 
 
 def _opaque(v, path, problems):
@@ -230,10 +166,10 @@ class Kind:
 KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
     Kind("v1", "Namespace", False, obj(NamespaceSpec, kube.ignored("finalizers")), spec_required=False, status=True),
     Kind("v1", "Service", True, obj(ServiceSpec, {
-        "clusterIP": F("cluster_ip", ip_address, required=True),
+        "clusterIP": F("cluster_ip", _cluster_ip),
         "selector": F("selector", labels, default=dict),
         "ports": F("ports", list_of(_port_entry), required=True), **kube.SERVICE_IGNORED},
-        post=_unique_ports), status=True),
+        post=_service_post), status=True),
     Kind("v1", "Pod", True, kube.pod, top_level=True),
     Kind("v1", "ServiceAccount", True, kube.service_account, top_level=True),
     Kind("discovery.k8s.io/v1", "EndpointSlice", True, kube.endpoint_slice, top_level=True),
@@ -244,11 +180,7 @@ KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
         "serviceAccount": F("service_account", string(DNS_SUBDOMAIN, "service account name"), default="default"),
         "networkNamespace": F("network_namespace", string()),
         "ports": F("ports", str_map(string(), port), default=dict)})),
-    Kind(TRELLIS, "AuthorizationPolicy", True, obj(AuthorizationPolicySpec, {
-        "selector": F("selector", _selector),
-        "targetRefs": F("target_refs", list_of(_target_ref), default=tuple),
-        "action": F("action", enum("ALLOW", "DENY"), default="ALLOW"),
-        "rules": F("rules", list_of(_rule), default=tuple)}), spec_required=False),
+    Kind(TRELLIS, "AuthorizationPolicy", True, authorization_policy_spec(_selector), spec_required=False),
     Kind(TRELLIS, "PeerAuthentication", True, _peer_auth, spec_required=False),
     # Gateway API kinds carry a status their controllers write: accepted (kubectl get -o yaml loads), never read
     Kind(GATEWAY, "GatewayClass", False, gateway_class_spec, status=True),

@@ -176,7 +176,8 @@ def _principal(v, path, problems):
     try:
         SpiffeId.parse(s)
     except ValueError as exc:
-        problems.append((path, f"{s!r} is not a workload SPIFFE ID: {exc}"))
+        why = "" if str(exc).startswith("not a workload SPIFFE ID") else f": {exc}"   # say the shape once
+        problems.append((path, f"{s!r} is not a workload SPIFFE ID (spiffe://<trust domain>/ns/<ns>/sa/<sa>){why}"))
         return None
     return s
 

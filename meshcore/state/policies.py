@@ -1,11 +1,13 @@
-"""L4 AuthorizationPolicies, indexed for the destination side. Rules are the resource
-model's own frozen types (meshcore.resources: Rule(from_, to), Source, Operation)."""
+"""AuthorizationPolicies, indexed for the destination side (ztunnel at L4, a waypoint at L7).
+Rules are the resource model's own frozen types (meshcore.resources.authzpolicy:
+Rule(from_, to, when), Source, Operation, Condition); action is ALLOW, DENY or AUDIT."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..resources import ROOT_NAMESPACE, Operation, Resource, Rule, Source  # noqa: F401 (re-exported)
+from ..resources import ROOT_NAMESPACE, Resource
+from ..resources.authzpolicy import Condition, Operation, Rule, Source  # noqa: F401 (re-exported)
 
 @dataclass(frozen=True)
 class AuthzPolicy:

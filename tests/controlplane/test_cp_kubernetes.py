@@ -164,3 +164,33 @@ async def test_an_api_that_is_not_installed_is_empty_and_retried(tmp_path):
         assert len(delays) >= 2 and delays[1] >= delays[0]
 
 
+
+
+def test_every_crd_the_chart_installs_is_read_by_the_source():
+    """A kind the chart gives a CRD for is one a user can create in the cluster: the source
+    must list and watch it (TrafficPolicy and RateLimitPolicy had CRDs but were never read)."""
+    from pathlib import Path
+
+    import yaml
+    crds = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "trellis" / "crds"
+    served = {(api, kind) for api, kind in COLLECTIONS.values()}
+    for f in sorted(crds.glob("*.yaml")):
+        crd = yaml.safe_load(f.read_text())
+        group, names = crd["spec"]["group"], crd["spec"]["names"]
+        for v in crd["spec"]["versions"]:
+            path = f"/apis/{group}/{v['name']}/{names['plural']}"
+            assert COLLECTIONS.get(path) == (f"{group}/{v['name']}", names["kind"]), f"{f.name}: {path} not read"
+    assert ("trellis.dev/v1alpha1", "TrafficPolicy") in served and ("trellis.dev/v1alpha1", "RateLimitPolicy") in served
+
+
+async def test_traffic_and_rate_limit_policies_come_from_the_api(tmp_path):
+    standin = world()
+    for kind, spec in (("TrafficPolicy", {"targetRefs": [{"kind": "Service", "name": "web"}],
+                                          "loadBalancer": {"simple": "LEAST_REQUEST"}}),
+                       ("RateLimitPolicy", {"targetRefs": [{"kind": "Service", "name": "web"}], "requestsPerUnit": 5})):
+        standin.put({"apiVersion": "trellis.dev/v1alpha1", "kind": kind, "metadata": {"name": "web", "namespace": "shop"},
+                     "spec": spec})
+    async with kube_source(tmp_path, standin) as (source, store):
+        res = store.current().resources
+        assert res[("TrafficPolicy", "shop", "web")].spec.load_balancer == "LEAST_REQUEST"
+        assert res[("RateLimitPolicy", "shop", "web")].spec.limit.requests_per_unit == 5

@@ -72,9 +72,11 @@ def test_row_shapes_follow_ztunnel_dumps():
     assert line[:4] == ["default/web", "10.96.0.10", "80->8080/TCP", "default/web-1,default/web-2"]
     pol = insp.policy_rows([{"namespace": "default", "name": "default/allow", "action": "ALLOW",
                              "selector": {"app": "web"}, "target_refs": [["Service", "web"]], "rules": [{}, {}]},
-                            {"name": "default/ns-wide", "action": "DENY", "selector": None, "rules": []}])
+                            {"name": "default/ns-wide", "action": "DENY", "selector": None, "rules": []},
+                            {"name": "default/web-only", "action": "ALLOW", "selector": None,
+                             "target_refs": [["Service", "web"]], "rules": [{}]}])
     assert [(r["selectorText"], r["targetsText"], r["ruleCount"]) for r in pol] == [
-        ("app=web", "Service/web", 2), ("(namespace)", "", 0)]
+        ("app=web", "Service/web", 2), ("(namespace)", "", 0), ("", "Service/web", 1)]   # targetRefs: not namespace-wide
     certs = insp.cert_rows([{"identity": "spiffe://td/ns/a/sa/b", "not_after": "2026-01-01T00:00:00Z"}])
     assert certs[0]["notAfter"] == "2026-01-01T00:00:00Z" and certs[0]["notBefore"] is None
     wl = insp.workload_rows([{"namespace": "a", "name": "b"}])

@@ -149,3 +149,76 @@ def test_apply_waits_for_a_listed_replica_before_labelling(tmp_path):
                             "serviceAccount": "waypoint", "node": "node1", "netns": "x"})
     (tmp_path / "lab-waypoints.yaml").write_text(yaml.safe_dump(entry))
     _wait_listed(tmp_path, "default", "waypoint", timeout=1)   # listed: returns at once
+
+
+async def test_apply_is_idempotent_and_a_bad_name_names_the_option(tmp_path):
+    d = ["--config-dir", str(tmp_path)]
+    code, out, err = await trellis("waypoint", "apply", "-n", "default", "--enroll-namespace", *d)
+    assert code == 0, err
+    files = {f: f.stat().st_mtime_ns for f in tmp_path.iterdir()}
+    code, out, err = await trellis("waypoint", "apply", "-n", "default", "--enroll-namespace", *d)
+    assert code == 0 and out.splitlines() == ["gateway/waypoint unchanged", "namespace/default unchanged"], err
+    assert {f: f.stat().st_mtime_ns for f in tmp_path.iterdir()} == files
+    code, out, _ = await trellis("waypoint", "list", "-o", "json", *d)
+    assert [w["name"] for w in json.loads(out)] == ["waypoint"]
+    code, _, err = await trellis("waypoint", "apply", "-n", "default", "--name", "Way_Point", *d)
+    assert code == 1 and "--name: Gateway default/Way_Point: metadata.name: 'Way_Point' is not a valid name" in err
+
+
+async def test_routes_says_why_a_namespace_has_none(tmp_path):
+    """`routes -n NS`: no waypoint there is an empty answer with the reason (exit 0, as an
+    empty kubectl list); a waypoint the lab runs no pod of cannot be asked (exit 1)."""
+    state = tmp_path / "state"
+    (state / "config").mkdir(parents=True)
+    (state / "lab.json").write_text(json.dumps({"lab_dir": str(tmp_path), "prefix": "tt-routes"}))
+    env = {"TRELLIS_LAB_DIR": str(state)}
+    res = await trio.run_process([*TRELLIS, "routes", "-n", "legacy"], capture_stdout=True, capture_stderr=True,
+                                 check=False, env={**os.environ, **env})
+    assert res.returncode == 0 and res.stdout.decode().strip() == "No resources found."
+    assert "no waypoint in namespace legacy" in res.stderr.decode()
+    (state / "config" / "gw.yaml").write_text(yaml.safe_dump(wc.gateway("default", "waypoint")))
+    res = await trio.run_process([*TRELLIS, "routes", "-n", "default"], capture_stdout=True, capture_stderr=True,
+                                 check=False, env={**os.environ, **env})
+    assert res.returncode == 1 and "waypoint default/waypoint has no pod running" in res.stderr.decode()
+
+
+async def test_delete_warns_about_services_still_labeled_for_the_waypoint(tmp_path):
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default",
+                                                               "labels": {WAYPOINT_LABEL: "waypoint"}},
+           "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}}
+    (tmp_path / "svc.yaml").write_text(yaml.safe_dump(svc))
+    d = ["--config-dir", str(tmp_path)]
+    code, out, err = await trellis("waypoint", "apply", "-n", "default", *d)
+    assert code == 0 and "note:" not in err, err   # the Service uses it already
+    code, out, _ = await trellis("waypoint", "list", *d)
+    assert out.splitlines()[1].split()[-1] == "service/web"
+    code, out, err = await trellis("waypoint", "apply", "-n", "prod", *d)
+    assert code == 0 and out.strip() == "gateway/waypoint created"
+    assert "note: nothing uses waypoint prod/waypoint yet: --enroll-namespace" in err
+    code, out, err = await trellis("waypoint", "delete", "-n", "default", *d)
+    assert code == 0 and out.strip() == "gateway/waypoint deleted"
+    assert "warning: service/web is still labeled trellis.dev/use-waypoint=waypoint" in err
+
+
+async def test_delete_warns_that_http_rules_fail_closed_at_l4(tmp_path):
+    """The README walk: l7.yaml's DENY /admin on Service/web stays after `waypoint delete`, and
+    ztunnel then refused every connection to web (Istio's fail-closed rule): say so."""
+    docs = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+             "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}},
+            {"apiVersion": "trellis.dev/v1alpha1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": "deny-admin", "namespace": "default"},
+             "spec": {"targetRefs": [{"kind": "Service", "name": "web"}], "action": "DENY",
+                      "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}},
+            {"apiVersion": "trellis.dev/v1alpha1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": "allow-sleep", "namespace": "default"},
+             "spec": {"targetRefs": [{"kind": "Service", "name": "web"}],
+                      "rules": [{"from": [{"source": {"principals": ["spiffe://cluster.local/ns/default/sa/sleep"]}}]}]}}]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump_all(docs))
+    d = ["--config-dir", str(tmp_path)]
+    code, _, err = await trellis("waypoint", "apply", "-n", "default", "--enroll-namespace", *d)
+    assert code == 0, err
+    code, out, err = await trellis("waypoint", "delete", "-n", "default", *d)
+    assert code == 0 and out.splitlines() == ["namespace/default unlabeled", "gateway/waypoint deleted"]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "authorizationpolicy/deny-admin has HTTP rules" in warnings[0], err
+    assert "every connection is refused" in warnings[0]

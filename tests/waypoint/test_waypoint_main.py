@@ -40,6 +40,16 @@ def test_standalone_check_and_errors(tmp_path):
     assert res.returncode == 2 and "bad.yaml" in res.stderr and "portz" in res.stderr
     res = run("--standalone-config", str(bad))
     assert res.returncode == 2 and "--listen" in res.stderr
+    # --check serves nothing: it needs no --listen (README: "--check validates FILE and exits")
+    res = run("--standalone-config", str(bad), "--check")
+    assert res.returncode == 2 and "portz" in res.stderr and "--listen" not in res.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint}\n"
+                    "spec: {gatewayClassName: trellis-waypoint}\n---\napiVersion: v1\nkind: Service\n"
+                    "metadata: {name: web, labels: {trellis.dev/use-waypoint: waypoint}}\n"
+                    "spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n")
+    res = run("--standalone-config", str(good), "--check")
+    assert res.returncode == 0 and "ok, serving Service default/web port 80" in res.stdout, res.stderr
 
 
 def test_token_mode_flags_are_checked_and_files_named(tmp_path):

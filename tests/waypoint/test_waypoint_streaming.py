@@ -250,6 +250,9 @@ async def test_a_slow_http2_reader_holds_the_backend_back(wp):
 
     async with stream:
         await stream.send_all(client.data_to_send())
+        with trio.fail_after(15):       # the response has started (slow on a loaded machine)
+            while not (received and wp.h2_downloads):
+                await pump(ack=False)
         with trio.move_on_after(1.5):   # a while for the bytes to go wherever a waypoint lets them
             while True:
                 await pump(ack=False)

@@ -38,7 +38,7 @@ def test_the_pod_view_is_built_once_per_snapshot_and_follows_a_new_one():
     assert inbound.view() is view and view.service == "default/web" and view.workload.name == "web"
     assert isinstance(view.decide(CLIENT, 8080), authz.Allow)
     assert isinstance(view.decide(CLIENT, 22), authz.Deny)
-    assert view.decide(CLIENT, 22) is view.decisions[(CLIENT, 22)]   # remembered for the snapshot
+    assert view.decide(CLIENT, 22) is view.decisions[(CLIENT, 22, None)]   # remembered for the snapshot
     a, origin = inbound.caller(view, CLIENT, "10.244.1.2")
     assert inbound.caller(view, CLIENT, "10.244.1.2")[0] is a and a.source_workload == "client"
     assert origin == ("10.244.1.2", "verified")

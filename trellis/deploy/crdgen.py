@@ -7,7 +7,8 @@ generator reads each closure's captured arguments (the field table of `obj`, the
 A hand-written check (a module function such as `_selector`, or a closure made elsewhere)
 is run once on a probe with its module's functions and its own captured functions wrapped:
 the first check it hands the value to is the shape of its input. A check that hands the
-value to nobody is described by the types it accepts.
+value to nobody is described by the types it accepts. A check may instead state its own
+schema as a `crd_schema` attribute (a port as an int or a numeric string, a refused field).
 tests/trellis/deploy/test_deploy_crds.py fails when the committed CRDs differ from this output.
 """
 from __future__ import annotations
@@ -106,6 +107,9 @@ def schema_of(check: Callable, path: str = "spec") -> dict:
     """The OpenAPI v3 schema of the YAML values `check` accepts."""
     while hasattr(check, "__wrapped__"):
         check = check.__wrapped__
+    own = getattr(check, "crd_schema", None)
+    if own is not None:   # a check that states its own schema (what probes cannot tell)
+        return dict(own)
     kind = _factory(check)
     if kind is not None:
         c = _cells(check)
@@ -138,8 +142,8 @@ def schema_of(check: Callable, path: str = "spec") -> dict:
 def _by_accepted_types(check: Callable, path: str) -> dict:
     accepted = {t for t, probe in (("object", {}), ("array", []), ("integer", 1), ("number", 1.5), ("boolean", True))
                 if _accepts(check, probe)}
-    # a string check may want a particular form (an IP address, a principal): try a few
-    if any(_accepts(check, s) for s in ("a", "10.0.0.1", "spiffe://td/ns/a/sa/b", "*")):
+    # a string check may want a particular form (an IP address, a principal, a port number): try a few
+    if any(_accepts(check, s) for s in ("a", "10.0.0.1", "spiffe://td/ns/a/sa/b", "*", "80")):
         accepted.add("string")
     if accepted == {"object"}:
         return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from meshcore.resources import Resource
+from meshcore.resources import Resource, ResourceError, check_references, load_dir
 from meshcore.resources.loader import yaml_files
 from meshcore.resources.model import from_dict
 
@@ -53,10 +53,31 @@ def file_for(config_dir: Path, r: Resource) -> Path:
     return config_dir / f"{r.kind.lower()}-{r.namespace or 'cluster'}-{r.name}.yaml"
 
 
+def _current(config_dir: Path) -> dict[tuple, Resource]:
+    """The valid objects of the config dir by key (the first of duplicates, as load_dir)."""
+    return {r.key: r for r in reversed(load_dir(config_dir).resources)}
+
+
+def conflicts(config_dir: Path, resources: list[Resource]) -> list[ResourceError]:
+    """What the control plane would refuse of `resources` once applied beside the rest of
+    the config: the cross-object rules (a clusterIP or a WorkloadEntry address already taken)."""
+    keys = {r.key for r in resources}
+    merged = [r for r in load_dir(config_dir).resources if r.key not in keys] + list(resources)
+    mine = {(r.source, r.display) for r in resources}
+    return [e for e in check_references(merged) if (e.source, e.obj) in mine]
+
+
 def apply(config_dir: Path, resources: list[Resource]) -> list[tuple[Resource, str]]:
-    existing = set(_remove_keys(config_dir, {r.key for r in resources}))
+    """Create or replace each object; one identical to what is there is left alone
+    ("unchanged", as kubectl says: the file is not rewritten, nothing reloads)."""
+    current = _current(config_dir)
+    same = {r.key for r in resources if r.key in current and current[r.key].raw == r.raw}
+    existing = set(_remove_keys(config_dir, {r.key for r in resources} - same))
     out = []
     for r in resources:
+        if r.key in same:
+            out.append((r, "unchanged"))
+            continue
         _write_atomic(file_for(config_dir, r), [r.to_dict()])
         out.append((r, "configured" if r.key in existing else "created"))
     return out

@@ -69,6 +69,20 @@ class LabState:
         return cls(**d)
 
 
+def config_dir_of(st: LabState, sdir: Path | None = None) -> Path:
+    """The live config dir the lab's control plane watches. A `lab up --kubernetes` lab has
+    none (its control plane reads the API server): ValueError saying how to change it."""
+    if st.kubernetes:
+        raise ValueError(f"this lab runs in Kubernetes mode (`lab up --kubernetes`): its control plane reads its "
+                         f"API server, not the config directory that `trellis lab apply`, `trellis waypoint` and "
+                         f"`trellis get` use; change objects through the API as with kubectl (README, \"A "
+                         f"cluster-shaped lab\"), e.g. `ip netns exec {st.prefix}-fabric curl --cacert "
+                         f"{sdir or state_dir()}/kube/pki/ca.crt -H \"Authorization: Bearer $(jq -r .admin "
+                         f"{sdir or state_dir()}/kube/tokens.json)\" https://10.100.0.1:6443/apis/"
+                         f"gateway.networking.k8s.io/v1/gateways`")
+    return (sdir or state_dir()) / "config"
+
+
 def state_file(sdir: Path | None = None) -> Path:
     return (sdir or state_dir()) / "lab.json"
 

@@ -147,10 +147,13 @@ def rapid_reset(host: str, port: int, streams: int) -> dict:
                 if ended or goaways(got):
                     break
         except OSError as exc:
+            # the server closed while we were still writing (EPIPE, or ECONNRESET once its
+            # kernel answered our late frames with RST); what it sent before closing, the
+            # GOAWAY included, is still queued on our socket: read it below
             ended = f"while sending: {exc!r}"
         s.settimeout(5)
         try:
-            while not ended and (data := s.recv(65536)):
+            while data := s.recv(65536):
                 got += data
             ended = ended or "eof"
         except ConnectionResetError:

@@ -48,7 +48,8 @@ BAD = [
     (SVC.replace("port: 80,", "port: 70000,"), "spec.ports[0].port", "must be an integer 1-65535, got 70000"),
     (SVC.replace("10.96.0.10", "10.96.0.300"), "spec.clusterIP", "must be an IPv4 or IPv6 address, got '10.96.0.300'"),
     (SVC.replace("name: web,", "name: Web_1,"), "metadata.name", "'Web_1' is not a valid name"),
-    (SVC.replace("  clusterIP: 10.96.0.10\n", ""), "spec.clusterIP", "is required"),
+    (SVC.replace("  clusterIP: 10.96.0.10\n", ""), "spec.clusterIP", "is required: outside a cluster nothing allocates"),
+    (SVC.replace("10.96.0.10", "None"), "spec.clusterIP", "headless Services (clusterIP: None) are not supported"),
     (SVC.replace("{app: web}", "{app: [web]}"), "spec.selector.app", "['web'] is not a valid label value"),
     (SVC + "statuss: {}\n", "statuss", "unknown field (allowed: apiVersion, kind, metadata, spec, status)"),
     ("apiVersion: trellis.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec: {address: 10.0.0.1, node: n}\n"

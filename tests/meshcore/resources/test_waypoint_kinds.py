@@ -249,6 +249,13 @@ def test_bad_waypoint_documents_name_file_object_and_field(text, path, message):
     assert all(str(e).startswith("cfg/x.yaml: ") for e in res.errors)
 
 
+def test_a_bad_override_principal_says_the_expected_shape_once():
+    res = parse_documents(RATE.replace("principal: spiffe://cluster.local/ns/default/sa/batch", "principal: batch"),
+                          "f.yaml")
+    assert [e.message for e in res.errors] == [
+        "'batch' is not a workload SPIFFE ID (spiffe://<trust domain>/ns/<ns>/sa/<sa>)"]
+
+
 def test_round_trip_through_raw():
     for text in (WAYPOINT, ROUTE, GRPC, TRAFFIC, RATE):
         r = one(text)
