@@ -10,7 +10,9 @@ objects it owns, from one snapshot of the config.
   message) and Istio's `ResolvedWaypoints` (is there a waypoint to apply the route at all).
   Other controllers' entries are kept as they are.
 - Gateway of class trellis-waypoint: `Accepted`, `Programmed` (True once a replica runs: a
-  workload labelled with its gateway-name), `addresses` (its Service's ClusterIP).
+  workload labelled with its gateway-name), `addresses` (its Service's ClusterIP), and
+  `listeners` (name, supportedKinds, attachedRoutes, conditions Accepted, Programmed,
+  ResolvedRefs, Conflicted) as the spec requires of every Gateway.
 - GatewayClass whose controllerName is ours: `Accepted`.
 
 `merge` lays computed conditions over the served status the way Kubernetes' meta.SetStatusCondition
@@ -148,20 +150,47 @@ def route_parents(raw: dict, resources: Mapping[tuple, Resource], problems: Iter
     return out
 
 
-def gateway_status(gw: Resource | None, resources: Mapping[tuple, Resource], problems: Iterable[str] = ()) -> dict:
+def _listener(name: Any, accepted: Cond, programmed: Cond) -> dict:
+    """A status.listeners entry. The HBONE listener takes no routes (a route names the Service
+    it is for, GAMMA; one naming the Gateway is NotAllowedByListeners), hence no supported
+    kinds and no attached routes, as Istio reports its waypoints' `mesh` listener."""
+    return {"name": name, "supportedKinds": [], "attachedRoutes": 0,
+            "conditions": [accepted, programmed, cond("ResolvedRefs", True, "ResolvedRefs"),
+                           cond("Conflicted", False, "NoConflicts")]}
+
+
+def _invalid_listeners(raw_spec: Any) -> list[dict]:
+    """status.listeners of a waypoint Gateway that does not validate: each listener as written,
+    not accepted (a protocol other than HBONE: UnsupportedProtocol; else PortUnavailable)."""
+    listeners = (raw_spec or {}).get("listeners") if isinstance(raw_spec, dict) else None
+    out = []
+    for x in listeners if isinstance(listeners, list) else []:
+        if isinstance(x, dict) and isinstance(x.get("name"), str):
+            hbone = x.get("protocol") == "HBONE"
+            accepted = cond("Accepted", False, "PortUnavailable" if hbone else "UnsupportedProtocol",
+                            f"a {WAYPOINT_CLASS} Gateway has one listener, protocol HBONE on port 15008")
+            out.append(_listener(x["name"], accepted, cond("Programmed", False, "Invalid", "not accepted")))
+    return out
+
+
+def gateway_status(gw: Resource | None, resources: Mapping[tuple, Resource], problems: Iterable[str] = (),
+                   raw_spec: Any = None) -> dict:
     """A waypoint Gateway's status (conditions without timestamps); `gw` None with `problems`
-    when it does not validate."""
+    when it does not validate (its listeners then as `raw_spec` writes them)."""
     problems = list(problems)
     if gw is None or problems:
         msg = "; ".join(problems) or "the Gateway does not validate"
         reason = "ListenersNotValid" if "listeners" in msg else "InvalidParameters"
         return {"conditions": [cond("Accepted", False, reason, msg),
-                               cond("Programmed", False, "Invalid", "not accepted")]}
+                               cond("Programmed", False, "Invalid", "not accepted")],
+                "listeners": _invalid_listeners(raw_spec)}
     replicas = [r for r in resources.values() if r.kind == "WorkloadEntry" and r.namespace == gw.namespace
                 and serves_waypoint(r.labels, getattr(r.spec, "labels", None)) == gw.name]
     programmed = (cond("Programmed", True, "Programmed", f"{len(replicas)} waypoint replica(s) running")
                   if replicas else cond("Programmed", False, "Pending", "no waypoint replica is running yet"))
-    out: dict[str, Any] = {"conditions": [cond("Accepted", True, "Accepted"), programmed]}
+    out: dict[str, Any] = {"conditions": [cond("Accepted", True, "Accepted"), programmed],
+                           "listeners": [_listener(x.name, cond("Accepted", True, "Accepted"), dict(programmed))
+                                         for x in gw.spec.listeners]}
     svc = resources.get(("Service", gw.namespace, gw.name))
     if svc is not None and svc.spec.selector.get("gateway.networking.k8s.io/gateway-name") == gw.name:
         out["addresses"] = [{"type": "IPAddress", "value": str(svc.spec.cluster_ip)}]
@@ -205,7 +234,7 @@ def new_status(raw: dict, resources: Mapping[tuple, Resource], problems: Mapping
             return None
         gw = resources.get(key)
         return merge_object(old, gateway_status(gw if gw is not None and not problems.get(describe(raw)) else None,
-                                                resources, mine), generation, now)
+                                                resources, mine, raw.get("spec")), generation, now)
     if kind == "GatewayClass":   # read as served: a class just created is ours before the snapshot has it
         if (raw.get("spec") or {}).get("controllerName") != CONTROLLER_NAME:
             return None
@@ -245,6 +274,11 @@ def merge_object(old_status: dict | None, computed: dict, generation: int, now: 
         out.pop("addresses", None)
     out["conditions"] = merge_conditions((old_status or {}).get("conditions"), computed["conditions"],
                                          generation, now)
+    if "listeners" in computed:   # each listener's conditions merged with the same-named one's
+        before = {x.get("name"): x for x in (old_status or {}).get("listeners") or [] if isinstance(x, dict)}
+        out["listeners"] = [{**x, "conditions": merge_conditions((before.get(x["name"]) or {}).get("conditions"),
+                                                                 x["conditions"], generation, now)}
+                            for x in computed["listeners"]]
     return out
 
 

@@ -33,8 +33,20 @@ COLUMNS = {
 COLUMNS["GRPCRoute"] = COLUMNS["HTTPRoute"]
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def config_time(files) -> str:
+    """When the config last changed (the newest mtime of its files and directories, which a
+    removed file changes; now when there is none): the
+    `lastTransitionTime` of the status computed from it. A directory has no status history,
+    and a condition can only have changed when the config did, so this is the latest moment
+    it can have happened; unlike the time of the command, it is the same on every `get`."""
+    times = []
+    for f in files:
+        try:
+            times.append(f.stat().st_mtime)
+        except OSError:
+            continue
+    when = datetime.fromtimestamp(max(times), timezone.utc) if times else datetime.now(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def objects_with_status(config_dir: Path, kind: str, now: str | None = None) -> list[dict]:
@@ -47,8 +59,10 @@ def objects_with_status(config_dir: Path, kind: str, now: str | None = None) -> 
     resources, errors = settle(loaded.resources, loaded.errors)
     by_key = {r.key: r for r in resources}
     problems = problems_by_object(errors)
+    files = yaml_files(config_dir)
+    now = now or config_time([Path(config_dir), *{f.parent for f in files}, *files])   # dirs: a file removed
     out = []
-    for f in yaml_files(config_dir):
+    for f in files:
         try:
             docs = list(yaml.safe_load_all(f.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
@@ -60,7 +74,7 @@ def objects_with_status(config_dir: Path, kind: str, now: str | None = None) -> 
             if kind != "GatewayClass":
                 d["metadata"].setdefault("namespace", "default")
             d.pop("status", None)   # what the file says is not what the control plane reports
-            st = new_status(d, by_key, problems, now or _now())
+            st = new_status(d, by_key, problems, now)
             if st is not None:
                 d["status"] = st
             out.append(d)

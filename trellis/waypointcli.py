@@ -26,7 +26,7 @@ STATUS_COLUMNS = [("WAYPOINT", "waypoint"), ("POD", "name"), ("NODE", "node"), (
                   ("IDENTITY", "identity"), ("PROCESS", "process"), ("RESTARTS", "restarts"), ("READY", "ready")]
 ROUTE_COLUMNS = [("WAYPOINT", "waypoint"), ("PARENT", "parent"), ("ROUTE", "route"), ("MATCHES", "matchesText"),
                  ("BACKENDS", "backendsText"), ("TIMEOUTS", "timeoutsText"), ("RETRY", "retryText"),
-                 ("POLICIES", "policiesText")]
+                 ("POLICIES", "policiesText"), ("FROM", "from")]   # FROM: a consumer route's namespace, "*"
 
 
 def _fail(msg: str) -> None:
@@ -290,20 +290,22 @@ def _text_match(m: dict) -> str:
 
 def _service_rows(entry: dict) -> list[dict]:
     """A waypoint's /routes entry (one Service port: its policies and attached routes, each
-    with its rules) as one row per rule; a port without routes is one row to the Service."""
+    with its rules) as one row per rule; a port without producer routes has one row to the
+    Service for every caller ("*") without consumer routes of its own."""
     policies = ([f"AuthorizationPolicy/{k}" for k in entry.get("authorization") or []]
                 + [f"RateLimitPolicy/{k}" for k in entry.get("rateLimits") or []]
                 + ([f"TrafficPolicy/{entry['trafficPolicy']}"] if entry.get("trafficPolicy") else []))
     parent = f"{entry['service']}:{entry.get('port')}"
-    rows = []
+    rows: list[dict] = []
     for route in entry.get("routes") or []:
         kind, _, name = str(route.get("route", "")).partition(" ")   # "HTTPRoute ns/name"
         for i, rule in enumerate(route.get("rules") or []):
             rows.append(dict(rule, parent=parent, route=name or kind, kind=kind if name else None,
-                             rule=rule.get("rule", i), policies=policies))
-    if not rows:
+                             rule=rule.get("rule", i), policies=policies,
+                             **{"from": route.get("consumers") or "*"}))   # a consumer route: its namespace
+    if not any(r["from"] == "*" for r in rows):
         ns, _, name = entry["service"].partition("/")
-        rows.append({"parent": parent, "route": None, "kind": None, "rule": None, "matches": [],
+        rows.insert(0, {"parent": parent, "from": "*", "route": None, "kind": None, "rule": None, "matches": [],
                      "backends": [{"name": name, "namespace": ns, "port": entry.get("port"), "weight": 1}],
                      "timeouts": {}, "retry": None, "policies": policies})
     return rows
@@ -320,7 +322,7 @@ def route_rows(data: Any, waypoint: str) -> list[dict]:
         backends = [f"{b.get('name') or b.get('service')}:{b.get('port')}={b.get('weight', 1)}"
                     for b in r.get("backends") or [] if isinstance(b, dict)]
         retry = r.get("retry") or {}
-        out.append(dict(r, waypoint=waypoint,
+        out.append(dict(r, waypoint=waypoint, **{"from": r.get("from") or "*"},
                         matchesText=",".join(_text_match(m) for m in r.get("matches") or [] if isinstance(m, dict)) or "*",
                         backendsText=",".join(backends),
                         timeoutsText=",".join(f"{k}={v}" for k, v in (r.get("timeouts") or {}).items() if v),

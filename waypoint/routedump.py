@@ -54,13 +54,25 @@ def retry_dump(r: Retry | None) -> dict | None:
     return out
 
 
-def route_dump(route) -> dict:
-    """One attached route (a routing table entry) and its rules, as they apply."""
+def route_dump(route, consumers: str | None = None) -> dict:
+    """One attached route (a routing table entry) and its rules, as they apply; `consumers`:
+    the namespace whose callers it applies to (a consumer route), None for every caller."""
     r = route
-    return {"route": str(r.ref), "rules": [
-        {"rule": i, "matches": [match_dump(m, r.grpc) for m in rule.matches],
+    out = {"route": str(r.ref), "consumers": consumers, "rules": [
+        {"rule": i, **({"name": rule.name} if getattr(rule, "name", None) else {}), "matches": [match_dump(m, r.grpc) for m in rule.matches],
          "backends": [{"service": f"{b.namespace or r.ref.namespace}/{b.name}", "name": b.name,
                        "namespace": b.namespace or r.ref.namespace, "port": b.port, "weight": b.weight}
                       for b in rule.backend_refs],
          "timeouts": timeouts_dump(getattr(rule, "timeouts", None)), "retry": retry_dump(getattr(rule, "retry", None))}
         for i, rule in enumerate(r.spec.rules)]}
+    return out
+
+
+def service_routes(table, namespace: str, name: str, port: int) -> list[dict]:
+    """The routes of Service namespace/name:port (a RouteTable's): the producer routes, for
+    every caller without routes of its own, then each namespace's consumer routes (GAMMA), so
+    that `/routes` shows every route the waypoint may apply to that port."""
+    out = [route_dump(r) for r in table.attached(namespace, name, port, namespace)]
+    for ns in table.consumer_namespaces(namespace, name, port):
+        out += [route_dump(r, ns) for r in table.attached(namespace, name, port, ns)]
+    return out

@@ -223,8 +223,8 @@ class RouteTable:
         self._cache: dict[tuple, tuple[list[_Entry], list[_Entry]]] = {}
         self._plans: dict[int, tuple] = {}   # id(entry) -> _plan(entry); entries live as long as _cache
 
-    def attached(self, namespace: str, name: str, port: int, client_namespace: str) -> list[_Route]:
-        """The routes that apply to this caller of Service namespace/name:port (GAMMA)."""
+    def _found(self, namespace: str, name: str, port: int) -> list[_Route]:
+        """Every route with a parentRef to Service namespace/name:port, producer or consumer."""
         found = []
         port_name = self.services.get((namespace, name), {}).get(port, "")
         for route in self.routes:
@@ -233,8 +233,17 @@ class RouteTable:
                         and p.port in (None, port) and p.section_name in (None, port_name)):
                     found.append(route)
                     break
+        return found
+
+    def attached(self, namespace: str, name: str, port: int, client_namespace: str) -> list[_Route]:
+        """The routes that apply to this caller of Service namespace/name:port (GAMMA)."""
+        found = self._found(namespace, name, port)
         consumer = [r for r in found if r.ref.namespace != namespace and r.ref.namespace == client_namespace]
         return consumer or [r for r in found if r.ref.namespace == namespace]
+
+    def consumer_namespaces(self, namespace: str, name: str, port: int) -> list[str]:
+        """The namespaces whose callers of Service namespace/name:port have consumer routes."""
+        return sorted({r.ref.namespace for r in self._found(namespace, name, port) if r.ref.namespace != namespace})
 
     def _entries(self, namespace: str, name: str, port: int, client_namespace: str):
         key = (namespace, name, port, client_namespace)
@@ -267,11 +276,9 @@ class RouteTable:
         rule, prefix, common, targets = self._plan(e, parent)
         if rule.filters:
             req, response_mods = _run_filters(req, rule.filters, prefix)
-            for f in rule.filters:
-                if f.request_redirect is not None:
-                    loc = rewrite.redirect_location(req, f.request_redirect, prefix, port)
-                    return Decision("redirect", req, f.request_redirect.status_code, location=loc,
-                                    response_headers=response_mods, **common)
+            redirect = _redirect(req, rule.filters, prefix, port, response_mods, common)
+            if redirect is not None:
+                return redirect
         else:
             response_mods = ()
         chosen = choose_backend(rule.backend_refs, pick)
@@ -281,9 +288,12 @@ class RouteTable:
         backend, refused = targets[id(chosen)]
         if refused:
             return Decision("respond", req, 500, refused, **common)
-        if chosen.filters:
+        if chosen.filters:   # the backendRef's own (implementation-specific in the spec; all four here)
             req, more = _run_filters(req, chosen.filters, prefix)
             response_mods += more
+            redirect = _redirect(req, chosen.filters, prefix, port, response_mods, common)
+            if redirect is not None:
+                return redirect
         return Decision("forward", req, backend=backend, response_headers=response_mods, **common)
 
     def _plan(self, e: _Entry, parent: tuple[str, str]) -> tuple:
@@ -317,6 +327,17 @@ class RouteTable:
             missing = "does not exist" if ports is None else f"has no port {backend.port}"
             return backend, f"{where} {missing} ({route})"
         return backend, ""
+
+
+def _redirect(req: Request, filters: tuple[RouteFilter, ...], prefix: str | None, port: int,
+              response_mods: tuple, common: dict) -> Decision | None:
+    """The answer of a RequestRedirect among `filters` (after the request-side ones ran), if any."""
+    for f in filters:
+        if f.request_redirect is not None:
+            loc = rewrite.redirect_location(req, f.request_redirect, prefix, port)
+            return Decision("redirect", req, f.request_redirect.status_code, location=loc,
+                            response_headers=response_mods, **common)
+    return None
 
 
 def _run_filters(req: Request, filters: tuple[RouteFilter, ...], prefix: str | None):

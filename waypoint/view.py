@@ -188,12 +188,11 @@ class View:
             if svc.waypoint != self.gateway or svc.namespace != self.namespace:
                 continue
             for p in svc.ports:
-                routes = self.routes.attached(svc.namespace, svc.name, p.port, svc.namespace)
                 out.append({"service": svc.key, "port": p.port, "vip": svc.cluster_ip,
                             "authorization": [a.key for a in self.authz_policies(svc)],
                             "rateLimits": [n for n, _ in rate_limits(self.resources, svc.namespace, svc.name)],
                             "trafficPolicy": traffic_policy(self.resources, svc.namespace, svc.name).name,
-                            "routes": [routedump.route_dump(r) for r in routes]})
+                            "routes": routedump.service_routes(self.routes, svc.namespace, svc.name, p.port)})
         return out
 
     def dump_clusters(self) -> list[dict]:

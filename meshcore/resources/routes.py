@@ -5,7 +5,9 @@ CEL rules), with the spec's own messages where it has one.
 Supported filters: RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite
 (GRPCRoute: the two header modifiers). RequestMirror, ExtensionRef, CORS and ExternalAuth are
 refused as unsupported (the spec lets an implementation reject what it cannot do).
-Backend-level filters: the two header modifiers.
+Backend-level filters: the same four (the spec leaves them implementation-specific; the
+conformance suite's HTTPRouteBackendRequestRedirect and HTTPRouteBackendURLRewrite use the
+last two).
 """
 from __future__ import annotations
 
@@ -203,7 +205,7 @@ def _backend_ref(filters):
         "filters": F("filters", filters, default=tuple)}, post=_backend_post)
 
 
-_backend_filters = filter_list(RouteFilter, _HEADER_FILTERS, _HTTP_UNSUPPORTED + ("RequestRedirect", "URLRewrite"))
+_backend_filters = filter_list(RouteFilter, _HTTP_FILTERS, _HTTP_UNSUPPORTED)
 _http_filters = filter_list(RouteFilter, _HTTP_FILTERS, _HTTP_UNSUPPORTED)
 _grpc_filters = filter_list(RouteFilter, _HEADER_FILTERS, ("RequestMirror", "ExtensionRef"))
 

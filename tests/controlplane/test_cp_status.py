@@ -1,6 +1,7 @@
 """Gateway API status, computed (controlplane/status.py), table-driven from the spec's
 conditions and reasons (apis/v1/shared_types.go, httproute_types.go, gateway_types.go)."""
 import pytest
+import yaml
 
 from controlplane.status import merge_conditions, new_status, problems_by_object
 from meshcore.resources import parse_documents
@@ -230,3 +231,33 @@ def test_grpc_route_needs_a_grant_for_grpc_routes_not_http_routes():
     grpc_grant = GRANT.replace("kind: HTTPRoute", "kind: GRPCRoute")
     entry = status_of(text, grpc_grant, kind="GRPCRoute")["parents"][0]
     assert conditions(entry)["ResolvedRefs"] == ("True", "ResolvedRefs")
+
+
+def _listeners(st):
+    return [(x["name"], x["supportedKinds"], x["attachedRoutes"],
+             {c["type"]: (c["status"], c["reason"], c["observedGeneration"], c["lastTransitionTime"])
+              for c in x["conditions"]}) for x in st["listeners"]]
+
+
+def test_gateway_listeners_status_follows_programmed_and_keeps_transition_times():
+    pending = status_of("", kind="Gateway", name="waypoint", generation=3)
+    assert _listeners(pending) == [("mesh", [], 0, {
+        "Accepted": ("True", "Accepted", 3, NOW), "Programmed": ("False", "Pending", 3, NOW),
+        "ResolvedRefs": ("True", "ResolvedRefs", 3, NOW), "Conflicted": ("False", "NoConflicts", 3, NOW)})]
+    ready = status_of("", REPLICA, kind="Gateway", name="waypoint", served_status=pending, now=LATER, generation=3)
+    assert _listeners(ready) == [("mesh", [], 0, {
+        "Accepted": ("True", "Accepted", 3, NOW), "Programmed": ("True", "Programmed", 3, LATER),
+        "ResolvedRefs": ("True", "ResolvedRefs", 3, NOW), "Conflicted": ("False", "NoConflicts", 3, NOW)})]
+
+
+def test_an_invalid_waypoint_gateway_reports_its_listeners_not_accepted():
+    gw = ("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: bad, namespace: mesh}\n"
+          "spec: {gatewayClassName: trellis-waypoint, listeners: [{name: http, port: 80, protocol: HTTP}]}\n---\n")
+    resources, errors = world(gw)
+    raw = yaml.safe_load(gw.split("---")[0])
+    st = new_status(raw, resources, problems_by_object(errors), NOW)
+    assert {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]} == {
+        "Accepted": ("False", "ListenersNotValid"), "Programmed": ("False", "Invalid")}
+    [(name, kinds, attached, conds)] = _listeners(st)
+    assert (name, kinds, attached) == ("http", [], 0)
+    assert conds["Accepted"][:2] == ("False", "UnsupportedProtocol") and conds["Programmed"][:2] == ("False", "Invalid")

@@ -70,6 +70,40 @@ def test_get_describes_pod_and_client():
             assert info["headers"]["X-Test"] == "1"
 
 
+def test_every_answer_names_the_pod_and_other_methods_are_described():
+    with echo() as port:
+        head, body, s = http(port, b"POST /p HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nhi")
+        with s:
+            assert body == b"hi" and b"\r\nx-echo-pod: web-1" in head
+        for method in (b"DELETE", b"PATCH", b"OPTIONS"):
+            head, body, s = http(port, method + b" /x HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n\r\nabc")
+            with s:
+                s.sendall(b"GET /next HTTP/1.1\r\nHost: web\r\n\r\n")   # the body was consumed: keep-alive holds
+                info = json.loads(body)
+                assert head.startswith(b"HTTP/1.1 200") and info["method"] == method.decode() and info["path"] == "/x"
+                data = b""
+                while b"/next" not in data and (chunk := s.recv(65536)):
+                    data += chunk
+                assert b'"path": "/next"' in data
+
+
+def test_set_header_knob_adds_response_headers():
+    with echo() as port:
+        head, body, s = http(port, b"GET / HTTP/1.1\r\nHost: web\r\nX-Echo-Set-Header: X-A:1, X-B:two,bad\r\n\r\n")
+        with s:
+            lines = head.decode().split("\r\n")
+            assert "X-A: 1" in lines and "X-B: two" in lines and json.loads(body)["pod"] == "web-1"
+
+
+def test_a_repeated_header_is_reported_with_its_values_joined_in_order():
+    with echo() as port:
+        head, body, s = http(port, b"GET / HTTP/1.1\r\nHost: web\r\nX-Add: one\r\nx-add: two\r\n"
+                                   b"X-Other: 3\r\n\r\n")
+        with s:
+            headers = json.loads(body)["headers"]
+            assert headers["X-Add"] == "one,two" and "x-add" not in headers and headers["X-Other"] == "3"
+
+
 def test_post_echoes_body_and_keeps_alive():
     with echo() as port:
         payload = bytes(range(256)) * 100

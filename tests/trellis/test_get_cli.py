@@ -80,3 +80,40 @@ def test_get_table_lists_invalid_routes_and_gateways(tmp_path):
     assert "False (Pending)" in gw and "no waypoint replica is running yet" in gw
     missing = run("get", "httproute", "nope", "--config-dir", str(tmp_path))
     assert missing.exit_code == 1 and 'httproute "nope" not found' in missing.output
+
+
+def _times(obj: dict) -> set[str]:
+    st = obj["status"]
+    conds = [c for p in st.get("parents") or [] for c in p["conditions"]] + list(st.get("conditions") or [])
+    conds += [c for x in st.get("listeners") or [] for c in x["conditions"]]
+    return {c["lastTransitionTime"] for c in conds}
+
+
+def test_last_transition_time_is_the_config_change_not_the_command(tmp_path):
+    import os
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    os.utime(tmp_path / "c.yaml", (1_780_000_000, 1_780_000_000))
+    os.utime(tmp_path, (1_780_000_000, 1_780_000_000))
+    first = yaml.safe_load(run("get", "httproute", "echo", "-n", "mesh", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    assert _times(first) == {"2026-05-28T20:26:40Z"}
+    again = yaml.safe_load(run("get", "httproute", "echo", "-n", "mesh", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    assert again == first                                   # the same on every get
+    (tmp_path / "grant.yaml").write_text(GRANT)              # the config changes: so may the status
+    os.utime(tmp_path / "grant.yaml", (1_780_000_600, 1_780_000_600))
+    os.utime(tmp_path, (1_780_000_600, 1_780_000_600))
+    later = yaml.safe_load(run("get", "httproute", "echo", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    assert _times(later) == {"2026-05-28T20:36:40Z"}
+    (tmp_path / "grant.yaml").unlink()                       # a file removed moves it too (its directory)
+    os.utime(tmp_path, (1_780_001_200, 1_780_001_200))
+    gone = yaml.safe_load(run("get", "httproute", "echo", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    assert _times(gone) == {"2026-05-28T20:46:40Z"}
+
+
+def test_waypoint_gateway_reports_its_listeners(tmp_path):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    gw = yaml.safe_load(run("get", "gateway", "waypoint", "-n", "mesh", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    [listener] = gw["status"]["listeners"]
+    assert listener["name"] == "mesh" and listener["supportedKinds"] == [] and listener["attachedRoutes"] == 0
+    got = {c["type"]: (c["status"], c["reason"], c["observedGeneration"]) for c in listener["conditions"]}
+    assert got == {"Accepted": ("True", "Accepted", 1), "Programmed": ("False", "Pending", 1),
+                   "ResolvedRefs": ("True", "ResolvedRefs", 1), "Conflicted": ("False", "NoConflicts", 1)}

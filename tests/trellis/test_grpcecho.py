@@ -39,8 +39,10 @@ def flaky():
 
 def test_answers_any_method_and_fails_every_other_call(flaky):
     say = flaky.unary_unary("/trellis.lab.Echo/Say")
-    first = json.loads(say(b"hi", timeout=10))
+    first = json.loads(say(b"hi", timeout=10, metadata=(("x-twice", "a"), ("x-twice", "b"), ("x-bin", b"\x01"))))
     assert first.pop("peer").startswith("ipv4:127.0.0.1:")
+    seen = first.pop("metadata")   # a repeated key's values joined, as the echo app reports headers
+    assert seen["x-twice"] == "a,b" and seen["x-bin"] == "01" and seen["user-agent"].startswith("grpc-python")
     assert first == {"pod": "grpc-1", "method": "/trellis.lab.Echo/Say", "call": 1, "request": "hi"}
     with pytest.raises(grpc.RpcError) as err:
         flaky.unary_unary("/other.Svc/Who")(b"x", timeout=10)

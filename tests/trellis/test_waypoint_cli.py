@@ -129,7 +129,7 @@ async def test_routes_from_a_waypoint_admin_port(nursery):
     assert code == 0, err
     head, row = out.splitlines()
     assert head.split()[:3] == ["WAYPOINT", "PARENT", "ROUTE"]
-    assert row.split() == [addr, "default/web:80", "default/web", "Exact", "/", "web:80=1", "request=5s", "-", "-"]
+    assert row.split() == [addr, "default/web:80", "default/web", "Exact", "/", "web:80=1", "request=5s", "-", "-", "*"]
     code, out, _ = await trellis("routes", "--admin", addr, "-o", "json")
     assert code == 0 and json.loads(out)[0]["backends"] == routes[0]["backends"]
     code, _, err = await trellis("routes", "--admin", "127.0.0.1:1")

@@ -266,3 +266,28 @@ def test_client_side_grpc_trailers_and_a_large_request_body():
     resp, data, end = ours.events()
     assert resp.status == 200 and data.data == b"\x00" * 5
     assert end == EndOfMessage((("grpc-status", "14"), ("grpc-message", "down")), sid)   # one end, with trailers
+
+
+def test_an_answer_to_head_carries_no_content():
+    # a local answer (the waypoint's 404 or redirect) has a body for GET; on a HEAD stream it
+    # must not be sent: h2 clients treat DATA there as a protocol error of the stream
+    client, server = peer(), HTTP2Server()
+    pump(client, server)
+    client.send_headers(1, [(b":method", b"HEAD"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")],
+                        end_stream=True)
+    pump(client, server)
+    assert server.events()[0].method == "HEAD"
+    wire = server.send(Response(404, (("content-length", "31"),), stream_id=1))
+    wire += server.send(Data(b"no route of Service x matches /", 1)) + server.send(EndOfMessage(stream_id=1))
+    evs = client.receive_data(wire)
+    assert not [e for e in evs if isinstance(e, h2.events.DataReceived) and e.data]   # END_STREAM: empty DATA
+    assert isinstance(evs[-1], h2.events.StreamEnded)
+    assert dict(evs[0].headers)[b":status"] == b"404" and dict(evs[0].headers)[b"content-length"] == b"31"
+    # the next stream, a GET, gets its body as before
+    client.send_headers(3, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")],
+                        end_stream=True)
+    pump(client, server)
+    server.events()
+    wire = server.send(Response(404, (), stream_id=3)) + server.send(Data(b"body", 3))
+    wire += server.send(EndOfMessage(stream_id=3))
+    assert any(isinstance(e, h2.events.DataReceived) and e.data == b"body" for e in client.receive_data(wire))

@@ -89,3 +89,37 @@ def test_the_cli_shows_a_row_per_rule_with_what_the_routes_say():
     # a port with no route: its traffic goes to the Service itself
     assert unrouted["backendsText"] == "api:8080=1" and unrouted["matchesText"] == "*"
     assert unrouted["policiesText"] == ""
+
+
+CONSUMERS = """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mine, namespace: client}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, namespace: default}]
+  rules:
+  - name: tagged
+    filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-from, value: client}]}}]
+    backendRefs: [{name: web, namespace: default, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: theirs, namespace: batch}
+spec:
+  parentRefs: [{group: "", kind: Service, name: api, namespace: default, port: 8080}]
+  rules: [{backendRefs: [{name: api, namespace: default, port: 8080}]}]
+"""
+
+
+def test_consumer_routes_are_listed_with_the_namespace_they_apply_to():
+    res = parse_documents(RESOURCES + CONSUMERS, "mesh.yaml")
+    assert res.errors == [], [str(e) for e in res.errors]
+    view = View(res.resources, trust_domain="cluster.local", namespace="default", gateway="waypoint")
+    shown = route_rows(view.dump_routes(), "default/waypoint")
+    assert [(r["parent"], r["from"], r["route"], r["rule"], r.get("name")) for r in shown] == [
+        ("default/api:8080", "*", None, None, None), ("default/api:8080", "batch", "batch/theirs", 0, None),
+        ("default/web:80", "*", "default/web", 0, None), ("default/web:80", "*", "default/web", 1, None),
+        ("default/web:80", "*", "default/rpc", 0, None), ("default/web:80", "client", "client/mine", 0, "tagged")]
+    # api:8080 has no producer route: every other caller's traffic goes to the Service itself
+    assert view.routes.consumer_namespaces("default", "web", 80) == ["client"]
+    assert view.routes.consumer_namespaces("default", "api", 8080) == ["batch"]

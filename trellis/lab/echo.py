@@ -8,7 +8,10 @@ Knobs, to play a misbehaving backend in L7 tests (outlier detection, retries, ti
 (GET) and changes (PUT `?fail_status=503&fail_every=2&delay=0.5`; 0 turns a knob off) them
 at runtime, and counts the requests served and failed. It answers only the pod itself
 (loopback, e.g. `trellis lab exec web-1 -- curl -X PUT ...`): mesh traffic neither reaches
-it nor changes the counts."""
+it nor changes the counts.
+
+A request header `X-Echo-Set-Header: Name:value,Name2:value2` makes the answer carry those
+response headers (the Gateway API conformance echo's knob, for response header filters)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 16 * 1024 * 1024
 CONTROL_PATH = "/_echo/config"
+SET_HEADER = "X-Echo-Set-Header"   # "Name:value,Name2:value2": response headers to add (as echo-basic)
 
 
 def pod_name() -> str:
@@ -79,6 +83,17 @@ class Behaviour:
                     "requests": self.requests, "failed": self.failed}
 
 
+def joined_headers(items) -> dict[str, str]:
+    """Header fields by name, the values of a repeated name joined with "," in the order
+    received (RFC 9110 5.3), under the name's first spelling: what the app sees."""
+    out: dict[str, str] = {}
+    spelling: dict[str, str] = {}
+    for name, value in items:
+        key = spelling.setdefault(name.lower(), name)
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
 class EchoHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "trellis-echo"
@@ -91,6 +106,11 @@ class EchoHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", ctype)
         self.send_header("content-length", str(len(body)))
+        self.send_header("x-echo-pod", pod_name())   # who answered, also where the body does not say (POST, PUT)
+        for item in (self.headers.get(SET_HEADER) or "").split(","):   # the conformance echo's knob
+            name, sep, value = item.partition(":")
+            if sep and name.strip():
+                self.send_header(name.strip(), value.strip())
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -98,7 +118,7 @@ class EchoHandler(BaseHTTPRequestHandler):
     def _describe(self) -> dict:
         return {"pod": pod_name(), "namespace": os.environ.get("POD_NAMESPACE"),
                 "client": f"{self.client_address[0]}:{self.client_address[1]}", "method": self.command,
-                "path": self.path, "headers": dict(self.headers.items())}
+                "path": self.path, "headers": joined_headers(self.headers.items())}
 
     def _json(self, status: int, doc: dict) -> None:
         self._reply(status, (json.dumps(doc) + "\n").encode(), "application/json")
@@ -141,16 +161,31 @@ class EchoHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def _echo_body(self) -> None:
-        if self._control():
-            return
+    def _body(self) -> bytes | None:
+        """The request's body; None when its length is refused (and answered: 400 or 413)."""
         try:
             length = int(self.headers.get("content-length", "0"))
         except ValueError:
-            return self._reply(400, b"content-length must be an integer\n", "text/plain")
+            self._reply(400, b"content-length must be an integer\n", "text/plain")
+            return None
         if length < 0 or length > MAX_BODY:
-            return self._reply(413, f"body must be 0..{MAX_BODY} bytes\n".encode(), "text/plain")
-        body = self.rfile.read(length)
+            self._reply(413, f"body must be 0..{MAX_BODY} bytes\n".encode(), "text/plain")
+            return None
+        return self.rfile.read(length)
+
+    def _describe_other(self) -> None:
+        """DELETE, PATCH, OPTIONS: described like a GET, a body read and dropped (keep-alive)."""
+        if self._body() is not None:
+            self.do_GET()
+
+    do_DELETE = do_PATCH = do_OPTIONS = _describe_other
+
+    def _echo_body(self) -> None:
+        if self._control():
+            return
+        body = self._body()
+        if body is None:
+            return
         if self._misbehave():
             return
         self._reply(200, body, self.headers.get("content-type", "application/octet-stream"))

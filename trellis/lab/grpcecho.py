@@ -2,7 +2,8 @@
 
 Every unary method of every service answers a JSON document (bytes): the pod, the full
 method name (`/pkg.Service/Method`), the call's number at this process, the caller's
-address (grpcio's `ipv4:IP:PORT`) and the request it got, so a test sees which backend a
+address (grpcio's `ipv4:IP:PORT`), the request it got and its metadata (a repeated key's
+values joined with ","), so a test sees which backend a
 route picked and which path (waypoint or not) the call took. `--fail-every N --fail-code UNAVAILABLE`
 aborts every Nth call with that status instead (N=2: every other one), to play a flaky
 backend for retry tests. grpcio comes with the test extras (`pip install trellis-mesh[test]`)."""
@@ -14,7 +15,7 @@ import sys
 import threading
 from concurrent import futures
 
-from .echo import pod_name
+from .echo import joined_headers, pod_name
 
 
 class Calls:
@@ -44,7 +45,9 @@ def handler(grpc, calls: Calls, fail_code):
                 if fail:
                     context.abort(fail_code, f"{pod_name()}: call {n} fails on purpose (--fail-every {calls.fail_every})")
                 return json.dumps({"pod": pod_name(), "method": method, "call": n, "peer": context.peer(),
-                                   "request": request.decode("utf-8", "replace")}).encode()
+                                   "request": request.decode("utf-8", "replace"),
+                                   "metadata": joined_headers((k, v if isinstance(v, str) else v.hex())
+                                                               for k, v in context.invocation_metadata())}).encode()
             return grpc.unary_unary_rpc_method_handler(unary)
     return Echo()
 

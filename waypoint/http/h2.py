@@ -207,6 +207,7 @@ class HTTP2Server(_H2Side):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         super().__init__(False, clock)
+        self._head: set[int] = set()   # HEAD streams: their answers carry no content (RFC 9110 9.3.2)
 
     @property
     def closed(self) -> bool:
@@ -227,10 +228,22 @@ class HTTP2Server(_H2Side):
                 self._pending.append(ProtocolError(400, f"bad request: {exc}", ev.stream_id))
                 return
             self._open.add(ev.stream_id)
+            if req.method == "HEAD":
+                self._head.add(ev.stream_id)
             self._pending.append(req)
 
     def _stream_done(self, stream_id: int) -> None:
         self._open.discard(stream_id)     # our response is complete: a reset now is not "early"
+        self._head.discard(stream_id)
+
+    def _send_body(self, ev) -> bytes:
+        """A local answer's body (404, a redirect's...) is not sent for HEAD: DATA there breaks
+        the client's stream (h2 checks it against the content-length of zero HEAD implies)."""
+        if isinstance(ev, Data) and ev.stream_id in self._head:
+            return b""
+        if isinstance(ev, StreamReset):
+            self._head.discard(ev.stream_id)
+        return super()._send_body(ev)
 
     def send_headers_only(self, ev: Response) -> bytes:
         """A response without body or trailers in one HEADERS frame with END_STREAM (gRPC's
