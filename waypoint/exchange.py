@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 import trio
 
 from .body import RequestBody
-from .http.events import HOP_BY_HOP, Request, Response, trusted_response
+from .http.events import HOP_BY_HOP, Request, Response, end_to_end, trusted_response
 from .routing import apply_response_headers
 
 Send = Callable[..., Awaitable[None]]   # send(event, more=False): more=True may hold it back to batch the write
@@ -21,14 +21,8 @@ _NOT_FORWARDED = HOP_BY_HOP | {"content-length", "traceparent", "expect"}
 
 
 def forwarded_fields(headers) -> tuple:
-    """`without(end_to_end(headers), "content-length", "traceparent", "expect")` in one pass:
-    hop-by-hop fields and those Connection names dropped, `te: trailers` kept (RFC 9113 8.2.2)."""
-    drop = _NOT_FORWARDED
-    for k, v in headers:
-        if k == "connection":
-            drop = drop | {t.strip().lower() for t in v.split(",")}
-    return tuple([(k, v) for k, v in headers
-                  if k not in drop or (k == "te" and v.strip().lower() == "trailers")])
+    """`without(end_to_end(headers), "content-length", "traceparent", "expect")` in one pass."""
+    return end_to_end(headers, _NOT_FORWARDED)
 
 
 def outgoing(req: Request, body: RequestBody, traceparent: str) -> Request:

@@ -213,4 +213,7 @@ def parse_chunk_head(buf: bytes, pos: int) -> tuple[int, int] | None:
 
 
 def serialize_head(first: str, fields) -> bytes:
-    return (first + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields) + "\r\n").encode("latin-1")
+    if not fields:
+        return (first + "\r\n\r\n").encode("latin-1")
+    # ": ".join of each (name, value) pair: the loop runs in C
+    return (first + "\r\n" + "\r\n".join(map(": ".join, fields)) + "\r\n\r\n").encode("latin-1")
