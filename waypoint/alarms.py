@@ -5,7 +5,8 @@ it removes it again (a context manager and a heap change each way): on the waypo
 path that was the largest single cost after parsing. Here an attempt that waits for a backend
 on a file descriptor sets an alarm instead: one object appended to a FIFO queue per timeout
 length (deadlines in one queue come in order, so nothing is sorted). One task per trio run
-sleeps until the earliest deadline of any queue; when an alarm that was not cleared is due it
+sleeps until the earliest deadline of any queue (cleared alarms leave the queues as new
+ones are set, so a queue holds about the requests in flight, whatever the timeout); when an alarm that was not cleared is due it
 marks it `fired` and calls `trio.lowlevel.notify_closing(fd)`, so whoever waits on that fd
 gets ClosedResourceError at once. The owner then sees `fired` and closes the socket (a
 timed-out attempt's connection is never reused anyway). The owner clears its alarm before
@@ -43,9 +44,13 @@ class Alarms:
         a = Alarm(deadline, fd)
         q = run.queues.get(length)
         if q is None:
-            q = run.queues[length] = deque()
+            q = run.queues[length] = _Queue()
         elif q and q[-1].when > deadline:   # out of order (the clock is monotonic: only a longer wait's
             q = run.stray                   # tail cut by a shorter request timeout): the unsorted queue
+        while q and q[0].done:   # cleared alarms leave from the front as they come (nearly all of them)
+            q.popleft()
+        if len(q) >= q.limit:    # and the rest, behind one still pending, in one pass now and then
+            q.compact()
         q.append(a)
         if deadline < run.wake_at:
             run.wake_at = deadline
@@ -71,7 +76,7 @@ class Alarms:
                     if q:
                         nxt = min(nxt, q[0].when)
                 if run.stray:
-                    keep = deque()
+                    keep = _Queue()
                     for a in run.stray:
                         if a.when <= now:
                             _ring(a)
@@ -90,12 +95,28 @@ def _ring(a: Alarm) -> None:
         trio.lowlevel.notify_closing(a.fd)
 
 
+class _Queue(deque):
+    """Alarms, cleared ones dropped from the front when the next is set; a long-pending one at
+    the front would keep every later cleared one, so past `limit` entries the cleared ones
+    go in one pass (amortised: the limit is at least twice what stays)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limit = 1024
+
+    def compact(self) -> None:
+        live = [a for a in self if not a.done]
+        self.clear()
+        self.extend(live)
+        self.limit = max(1024, 2 * len(live))
+
+
 class _Run:
     __slots__ = ("queues", "stray", "wake_at", "scope")
 
     def __init__(self) -> None:
-        self.queues: dict[float, deque[Alarm]] = {}
-        self.stray: deque[Alarm] = deque()
+        self.queues: dict[float, _Queue] = {}
+        self.stray = _Queue()
         self.wake_at = math.inf
         self.scope = trio.CancelScope()
 

@@ -3,7 +3,7 @@ empty one, a route without authorization or rate-limit policies, a plaintext HTT
 backend with a kept-alive connection, a small answer) takes this path instead of the
 general pipeline's layers, with the same results: the same routing decision, retry budget
 deposit, load balancing and outlier accounting, upstream request bytes, response, metrics,
-access log line and span (docs/internals.md, "waypoint hot path").
+access log line and span (tests/waypoint/test_fast_path.py runs both ways and compares).
 
 What makes it cheaper: no request-body objects, no RetryState or Deadlines unless a retry is
 possible, one coroutine for the exchange instead of five, and no trio cancel scope for the
