@@ -19,33 +19,17 @@ from waypoint.app import Config, Waypoint
 from waypoint.conn import ClientConnection
 from waypoint.pipeline import Caller
 from waypoint.view import Target
-from wp_process import resources, service, workload
+from wp_process import resources, route, service, workload
 
 BACKEND = "127.0.0.41"
 
 
 def config(port: int) -> str:
     return (service("web", "10.96.0.41", port, "web") + service("slow", "10.96.0.42", port, "web")
-            + workload("web", BACKEND, "web") + """apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: web, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
-  rules:
-  - backendRefs: [{name: web, port: 80}]
-    timeouts: {request: 5s, backendRequest: 2s}
-    retry: {attempts: 2, codes: [503], backoff: 10ms}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: slow, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: slow, port: 80}]
-  rules:
-  - backendRefs: [{name: slow, port: 80}]
-    timeouts: {request: 5s, backendRequest: 300ms}
----
-""")
+            + workload("web", BACKEND, "web")
+            + route("web", "timeouts: {request: 5s, backendRequest: 2s}",
+                    "retry: {attempts: 2, codes: [503], backoff: 10ms}")
+            + route("slow", "timeouts: {request: 5s, backendRequest: 300ms}"))
 
 
 class Backend:
