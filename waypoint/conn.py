@@ -51,6 +51,10 @@ class ClientConnection:
         self.events: deque = deque()
         self.eof = False
         self.out = bytearray()   # response bytes held back to leave in one write
+        # for fast1.FastPath, worked out once per snapshot: its View, the base labels, whether
+        # requests here may take the lean path at all, the caller's namespace for routing
+        self.fast_view = self.fast_base = None
+        self.fast_ok, self.fast_src_ns = False, ""
 
     async def _fill(self) -> bool:
         """Read once more into the adapter; False at EOF."""
@@ -140,9 +144,13 @@ class ClientConnection:
                 return
             if not isinstance(ev, Request):
                 return
-            length = ev.header("content-length")
-            body = RequestBody(_Http1Body(self), int(length) if length is not None else None)
-            await self.pipeline.handle(ev, body, self.caller, self.target, self._send)
+            events = self.events
+            if not (events and type(events[0]) is EndOfMessage and not events[0].trailers
+                    and (self.draining is None or not self.draining.is_set())
+                    and await self.pipeline.fast.handle(self, ev) is not None):   # no body: the lean path first
+                length = ev.header("content-length")
+                body = RequestBody(_Http1Body(self), int(length) if length is not None else None)
+                await self.pipeline.handle(ev, body, self.caller, self.target, self._send)
             if not self.sc.keep_alive:
                 return
             while self.events and isinstance(self.events[0], (Data, EndOfMessage)):

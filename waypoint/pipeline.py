@@ -11,12 +11,10 @@ attempt, kept for a retry up to the replay bound) and a `send(event)` coroutine 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 import trio
 
@@ -24,18 +22,18 @@ from meshcore import authz
 from meshcore.telemetry import source_labels
 
 from .body import BodyError, RequestBody
+from .exchange import Send, adding_headers, outgoing, response_head, scope, trio_deadline
+from .fast1 import FastPath
 from .filters.normalize import PathRejected, normalize_target
 from .filters.pool import QUEUE, REJECT
 from .filters.retry import ATTEMPT_TIMEOUT, RetryState
 from .filters.timeouts import Deadlines
-from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response, trusted_response, without
+from .http.events import Data, EndOfMessage, Request, Response, end_to_end, simple_response
 from .metrics import Metrics, access_log, log_request
-from .routing import Backend, apply_response_headers
+from .routing import Backend
 from .tracing import Tracer
 from .upstream import PUMP_ERRORS, AttemptFailed, Backend1, Upstream
 from .view import Target, View
-
-Send = Callable[..., Awaitable[None]]   # send(event, more=False): more=True may hold it back to batch the write
 
 
 @dataclass
@@ -57,26 +55,35 @@ class Pipeline:
         self._dest_view: View | None = None
         self._dests: dict[tuple[str, str], tuple] = {}   # for _dest_view: (ns, name) -> _destination()
         self._endpoint_facts: dict = {}   # Endpoint -> (str, destination_workload, its namespace, principal)
+        self.fast = FastPath(self)   # the common HTTP/1.1 request, lean (conn.py asks it first)
 
     async def handle(self, req: Request, body: RequestBody, caller: Caller, target: Target, send: Send) -> int:
         start = self.clock()
         view = self.view_of()
-        svc = target.service
-        # by identity: a connection keeps its Target object, and hashing one hashes its whole Service
-        cached = caller.labels.get(id(target))
-        if cached is not None and cached[0] is view and cached[2] is target:
-            base = cached[1]
-        else:   # first request to target on this connection, or a new snapshot (the old one is let go)
-            base = dict(
-                source_labels(caller.identity, caller.address, view.state), reporter="waypoint",
-                destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
-                destination_service_name=svc.name, destination_service_namespace=svc.namespace,
-                connection_security_policy=caller.security)
-            caller.labels[id(target)] = (view, base, target)
-        labels = dict(base, request_protocol="grpc" if req.is_grpc else caller.protocol)
+        labels = dict(self.base_labels(view, caller, target), request_protocol="grpc" if req.is_grpc else caller.protocol)
         span = self.tracer.begin(req.header("traceparent"), req.header("tracestate"))
         info: dict = {"traceparent": span.traceparent}
         status = await self._run(view, req, body, caller, target, send, labels, info)
+        return self.finish(start, req, caller, target, labels, info, span, status)
+
+    def base_labels(self, view: View, caller: Caller, target: Target) -> dict:
+        """The request labels that stay the same on a connection, built once per snapshot."""
+        # by identity: a connection keeps its Target object, and hashing one hashes its whole Service
+        cached = caller.labels.get(id(target))
+        if cached is not None and cached[0] is view and cached[2] is target:
+            return cached[1]
+        svc = target.service   # first request to target on this connection, or a new snapshot (the old one is let go)
+        base = dict(
+            source_labels(caller.identity, caller.address, view.state), reporter="waypoint",
+            destination_service=f"{svc.name}.{svc.namespace}.svc.cluster.local",
+            destination_service_name=svc.name, destination_service_namespace=svc.namespace,
+            connection_security_policy=caller.security)
+        caller.labels[id(target)] = (view, base, target)
+        return base
+
+    def finish(self, start: float, req: Request, caller: Caller, target: Target, labels: dict, info: dict, span,
+               status: int) -> int:
+        """After the answer: metrics, the access log line, the span."""
         info.pop("_status", None)
         labels["response_code"] = str(status)
         millis = (self.clock() - start) * 1000
@@ -84,7 +91,7 @@ class Pipeline:
         if access_log.isEnabledFor(logging.INFO):
             log_request(reporter="waypoint", method=req.method, path=req.target, authority=req.authority,
                         status=status, duration_ms=round(millis, 1), src=caller.address,
-                        **{"src.identity": caller.identity, "dst.service": svc.key}, **info)
+                        **{"src.identity": caller.identity, "dst.service": target.service.key}, **info)
         self.tracer.end(span, req, status, caller, target, labels, info)
         return status
 
@@ -130,6 +137,12 @@ class Pipeline:
                 return await self._respond(send, decision.status, decision.reason)
             req = decision.request
             backend = decision.backend or Backend(svc.namespace, svc.name, target.port)
+        return await self.forward(view, req, body, caller, target, send, labels, info, decision, backend)
+
+    async def forward(self, view: View, req: Request, body: RequestBody, caller: Caller, target: Target, send: Send,
+                      labels: dict, info: dict, decision, backend: Backend) -> int:
+        """Routed (or a pod dialled directly): rate limits, pool limits, then the attempts."""
+        svc = target.service
         limit_headers: tuple = ()
         for lim in view.limiters(svc, decision.route if decision else None):
             rl = lim.check(caller.identity)
@@ -138,7 +151,7 @@ class Pipeline:
                 return await self._respond(send, rl.status, rl.body, rl.headers)
             limit_headers += rl.headers
         if limit_headers:   # admitted answers carry the quota too (the IETF draft), so a client can pace itself
-            send = _adding_headers(send, limit_headers)
+            send = adding_headers(send, limit_headers)
         found = self._destination(view, backend.namespace, backend.name)
         if found is None:
             return await self._respond(send, 500, f"backend Service {backend.namespace}/{backend.name} does not exist")
@@ -183,10 +196,10 @@ class Pipeline:
         retry = RetryState(decision.retry if decision else None, cluster.budget, view.rng, body.replay)
         deadlines = Deadlines.of(decision.timeouts if decision else None, self.clock())
         if body.poll():   # all here already: it leaves with the head, no pump task
-            return await self._attempt_loop(view, self._outgoing(req, body, info["traceparent"]), body, target, backend, cluster,
+            return await self._attempt_loop(view, outgoing(req, body, info["traceparent"]), body, target, backend, cluster,
                                             decision, send, labels, info, retry, deadlines, None)
         await body.begin()
-        out = self._outgoing(req, body, info["traceparent"])
+        out = outgoing(req, body, info["traceparent"])
         status = failed = None
         async with trio.open_nursery() as nursery:
             def spawn(conn) -> None:
@@ -223,44 +236,20 @@ class Pipeline:
                 conn.broken = True   # the backend stopped reading: its answer, if any, still comes back
 
     async def _attempt_loop(self, view, out, body, target, backend, cluster, decision, send, labels, info, retry,
-                            deadlines, spawn) -> int:
-        info["attempts"] = 0
+                            deadlines, spawn, first=None) -> int:
+        """Attempts until one answers or retries end. `first`: (endpoint, endpoints, conn, response,
+        failure) of an attempt already made (fast1.py's), whose outcome this takes up."""
+        info.setdefault("attempts", 0)
         while True:
-            if target.workload is not None:
-                eps = [view.endpoint_of(target.workload, target.workload_port)]
+            if first is None:
+                made = await self._attempt(view, out, body, target, backend, cluster, send, labels, info, deadlines,
+                                           spawn)
+                if type(made) is int:   # answered: no endpoint to try
+                    return made
+                ep, eps, conn, resp, failure = made
             else:
-                eps = view.endpoints(backend)
-            if not eps:
-                return await self._respond(send, 503, f"no healthy upstream: Service {backend.namespace}/"
-                                                      f"{backend.name} port {backend.port} has no endpoints")
-            ep = cluster.pick(eps)
-            if ep is None:
-                return await self._respond(send, 503, "no healthy upstream: every endpoint is ejected")
-            info["attempts"] += 1
-            facts = self._endpoint_facts.get(ep)
-            if facts is None:   # once per endpoint: its address and labels (a View's endpoints are kept per snapshot)
-                if len(self._endpoint_facts) >= 4096:
-                    self._endpoint_facts.clear()
-                wl_ns, _, wl_name = ep.workload.partition("/")
-                facts = self._endpoint_facts[ep] = (str(ep), wl_name or "unknown", wl_ns or "unknown",
-                                                    ep.identity or "unknown")
-            info["upstream"] = facts[0]
-            labels["destination_workload"], labels["destination_workload_namespace"] = facts[1], facts[2]
-            labels["destination_principal"] = facts[3]
-            cluster.started(ep)
-            now = self.clock()
-            failure = status = grpc_status = None
-            conn = resp = None
-            with _scope(_trio_deadline(deadlines.attempt_deadline(now), self.clock)) as scope:
-                try:
-                    conn, resp = await self.upstream.start(ep, out, body, spawn)
-                except AttemptFailed as exc:
-                    failure, info["error"] = exc.failure, str(exc)
-            if scope.cancelled_caught:
-                failure = ATTEMPT_TIMEOUT
-                if conn is not None:
-                    await conn.aclose()
-                    conn = resp = None
+                (ep, eps, conn, resp, failure), first = first, None
+            status = grpc_status = None
             if resp is not None:
                 status = resp.status
                 gs = resp.header("grpc-status")
@@ -288,27 +277,50 @@ class Pipeline:
             info["_status"] = resp.status   # taken out before the access log
             return await self._relay(conn, resp, decision, send, deadlines)
 
-    def _outgoing(self, req: Request, body: RequestBody, traceparent: str) -> Request:
-        """The request as it goes upstream: hop-by-hop fields dropped (Expect too: the waypoint
-        answered it), the traceparent of this hop's span, and the body's framing."""
-        headers = without(end_to_end(req.headers), "content-length", "traceparent", "expect")
-        headers += (("traceparent", traceparent),)
-        if body.complete:
-            size = body.replay.size
-            if size or req.method in ("POST", "PUT", "PATCH"):
-                headers += (("content-length", str(size)),)
-        elif body.length is not None:
-            headers += (("content-length", str(body.length)),)
-        elif req.http_version != "2":
-            headers += (("transfer-encoding", "chunked"),)   # length unknown: chunked to the HTTP/1.1 backend
-        return req.trusted(headers=headers)   # validated already: the client's fields, ours added
+    async def _attempt(self, view, out, body, target, backend, cluster, send, labels, info, deadlines, spawn):
+        """One attempt on an endpoint the balancer picks: (endpoint, endpoints, conn, response,
+        failure), or the status of the answer when there is no endpoint to try."""
+        if target.workload is not None:
+            eps = [view.endpoint_of(target.workload, target.workload_port)]
+        else:
+            eps = view.endpoints(backend)
+        if not eps:
+            return await self._respond(send, 503, f"no healthy upstream: Service {backend.namespace}/"
+                                                  f"{backend.name} port {backend.port} has no endpoints")
+        ep = cluster.pick(eps)
+        if ep is None:
+            return await self._respond(send, 503, "no healthy upstream: every endpoint is ejected")
+        info["attempts"] += 1
+        self.endpoint_labels(ep, labels, info)
+        cluster.started(ep)
+        failure = conn = resp = None
+        with scope(trio_deadline(deadlines.attempt_deadline(self.clock()), self.clock)) as sc:
+            try:
+                conn, resp = await self.upstream.start(ep, out, body, spawn)
+            except AttemptFailed as exc:
+                failure, info["error"] = exc.failure, str(exc)
+        if sc.cancelled_caught:
+            failure = ATTEMPT_TIMEOUT
+            if conn is not None:
+                await conn.aclose()
+                conn = resp = None
+        return ep, eps, conn, resp, failure
+
+    def endpoint_labels(self, ep, labels: dict, info: dict) -> None:
+        """The attempt's endpoint in the labels and the access log."""
+        facts = self._endpoint_facts.get(ep)
+        if facts is None:   # once per endpoint: its address and labels (a View's endpoints are kept per snapshot)
+            if len(self._endpoint_facts) >= 4096:
+                self._endpoint_facts.clear()
+            wl_ns, _, wl_name = ep.workload.partition("/")
+            facts = self._endpoint_facts[ep] = (str(ep), wl_name or "unknown", wl_ns or "unknown",
+                                                ep.identity or "unknown")
+        info["upstream"] = facts[0]
+        labels["destination_workload"], labels["destination_workload_namespace"] = facts[1], facts[2]
+        labels["destination_principal"] = facts[3]
 
     async def _relay(self, conn, resp: Response, decision, send: Send, deadlines: Deadlines) -> int:
-        headers = end_to_end(resp.headers)
-        if decision is not None and decision.response_headers:   # values from the config: checked
-            head = Response(resp.status, apply_response_headers(headers, decision.response_headers), resp.reason)
-        else:   # the backend's own fields, validated when parsed
-            head = trusted_response(resp.status, headers, resp.reason)
+        head = response_head(resp, end_to_end(resp.headers), decision)
         # `more` while the backend's bytes already read hold further events: a small response
         # leaves in one write instead of one per event
         await send(head, conn.buffered())
@@ -324,51 +336,16 @@ class Pipeline:
                         break
                     await send(ev, True)
             else:
-                with _scope(_trio_deadline(deadlines.request_deadline, self.clock)) as scope:
+                with scope(trio_deadline(deadlines.request_deadline, self.clock)) as sc:
                     async for ev in conn.events():
                         if isinstance(ev, Data):
                             await send(ev, conn.buffered())
                         elif isinstance(ev, EndOfMessage):
                             await send(ev)
-                if scope.cancelled_caught:
+                if sc.cancelled_caught:
                     raise trio.TooSlowError("the request timeout passed while the response was relayed")
             await self.upstream.release(conn)
         except BaseException:
             await conn.aclose()
             raise
         return resp.status
-
-
-class _NoDeadline:
-    """What `_scope` gives for no deadline (the default: routes without timeouts): entering and
-    leaving a trio CancelScope costs more than the rest of a small filter."""
-    cancelled_caught = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-_NO_DEADLINE = _NoDeadline()
-
-
-def _scope(deadline: float):
-    return _NO_DEADLINE if deadline == math.inf else trio.CancelScope(deadline=deadline)
-
-
-def _adding_headers(send: Send, extra: tuple) -> Send:
-    """`send` with `extra` appended to the response head."""
-    async def wrapped(ev, more: bool = False) -> None:
-        if isinstance(ev, Response):
-            ev = dataclasses.replace(ev, headers=tuple(ev.headers) + extra)
-        await send(ev, more)
-    return wrapped
-
-
-def _trio_deadline(when: float | None, clock: Callable[[], float]) -> float:
-    """A deadline on `clock` as a trio deadline (inf: none)."""
-    if when is None:
-        return float("inf")
-    return trio.current_time() + (when - clock())

@@ -174,3 +174,23 @@ def test_client_reads_every_response_framing():
     assert [type(e) for e in c.events()] == [Response, Data]
     c.receive_data(b"")
     assert c.events() == [EndOfMessage()] and not c.keep_alive
+
+
+def test_a_head_seen_before_parses_the_same_and_a_refused_one_is_refused_every_time():
+    """Heads are remembered by their bytes (h1wire._SEEN): the same bytes give the same
+    events, one byte more or less is another head, and a refusal is never remembered."""
+    def parse(wire: bytes) -> list:
+        s = HTTP1Server()
+        s.receive_data(wire)
+        return s.events()
+
+    head = b"POST /x HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n\r\n"
+    first, again = parse(head + b"abc"), parse(head + b"abc")
+    assert first == again == [Request("POST", "/x", "web", (("host", "web"), ("content-length", "3"))),
+                              Data(b"abc"), EndOfMessage()]
+    other = parse(head.replace(b"/x", b"/y").replace(b": 3", b": 2") + b"ab")
+    assert other[0].target == "/y" and other[1:] == [Data(b"ab"), EndOfMessage()]
+    smuggle = head.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(2):
+        (err,) = parse(smuggle)
+        assert isinstance(err, ProtocolError) and err.status == 400 and "smuggling" in err.message

@@ -112,10 +112,10 @@ def grpc_server(address: str, service: str, method: str, handler):
     return server, port
 
 
-def retry_route(name: str) -> str:
-    """An HTTPRoute for Service `name` retrying 503 twice (10 ms backoff), with a 100% retry
-    budget: a backend failing every other request needs a retry for half of them, above the
-    default 20% budget."""
+def route(name: str, *rule: str) -> str:
+    """An HTTPRoute for Service `name` with one rule sending everything to it; `rule`: more
+    lines of that rule (retry, timeouts)."""
+    extra = "".join(f"    {line}\n" for line in rule)
     return f"""apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: {name}, namespace: default}}
@@ -123,9 +123,15 @@ spec:
   parentRefs: [{{group: "", kind: Service, name: {name}, port: 80}}]
   rules:
   - backendRefs: [{{name: {name}, port: 80}}]
-    retry: {{attempts: 2, codes: [503], backoff: 10ms}}
----
-apiVersion: trellis.dev/v1alpha1
+{extra}---
+"""
+
+
+def retry_route(name: str) -> str:
+    """An HTTPRoute for Service `name` retrying 503 twice (10 ms backoff), with a 100% retry
+    budget: a backend failing every other request needs a retry for half of them, above the
+    default 20% budget."""
+    return route(name, "retry: {attempts: 2, codes: [503], backoff: 10ms}") + f"""apiVersion: trellis.dev/v1alpha1
 kind: TrafficPolicy
 metadata: {{name: {name}, namespace: default}}
 spec:

@@ -65,14 +65,15 @@ class RetryState:
     """One client request across its attempts. Call `outcome()` after each attempt."""
 
     def __init__(self, policy: Retry | None, budget: Budget, rng: random.Random | None = None,
-                 body: ReplayBody | None = None):
+                 body: ReplayBody | None = None, record: bool = True):
         self.explicit = policy is not None
         self.policy = policy if policy is not None else ISTIO_DEFAULT
         self.budget = budget
         self.rng = rng or random.Random()
         self.retries = 0
         self.body = body if body is not None else ReplayBody()   # the request's own, when the caller has it
-        budget.record_request()
+        if record:   # False: the caller recorded this request already (fast1.py, before its first attempt)
+            budget.record_request()
 
     @property
     def max_retries(self) -> int:

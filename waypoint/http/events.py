@@ -174,9 +174,10 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "t
                         "proxy-authenticate", "proxy-authorization", "trailer"})
 
 
-def end_to_end(headers: Headers) -> Headers:
+def end_to_end(headers: Headers, drop: frozenset = HOP_BY_HOP) -> Headers:
     """The headers a proxy forwards: hop-by-hop ones and those Connection lists removed, except
-    `te: trailers` (RFC 9113 8.2.2), which gRPC needs end to end."""
-    named = {t.strip().lower() for k, v in headers if k == "connection" for t in v.split(",")}
-    return tuple((k, v) for k, v in headers
-                 if (k not in HOP_BY_HOP and k not in named) or (k == "te" and v.strip().lower() == "trailers"))
+    `te: trailers` (RFC 9113 8.2.2), which gRPC needs end to end. `drop`: these and more, if given."""
+    for k, v in headers:
+        if k == "connection":
+            drop = drop | {t.strip().lower() for t in v.split(",")}
+    return tuple([(k, v) for k, v in headers if k not in drop or (k == "te" and v.strip().lower() == "trailers")])

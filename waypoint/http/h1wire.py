@@ -25,7 +25,7 @@ CHUNK_HEAD = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?[ \t]
 AUTHORITY = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]*")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 MAX_CHUNK_LINE = 4096
-Fields = list  # [(lowercase name, value)], wire order
+Fields = list  # [(lowercase name, value)], wire order (a Head keeps them as a tuple)
 
 
 class WireError(Exception):
@@ -80,8 +80,28 @@ def parse_response(buf: bytes, start: int, end: int, max_fields: int) -> Head:
     return _parse(buf, start, end, max_fields, False)
 
 
+# Heads parsed lately, by their bytes: a kept-alive client or backend sends the same head over
+# and over (a backend's Date changes once a second), and a Head is a pure function of its bytes
+# (never changed after parsing: its fields are a tuple). Small heads only; emptied when full.
+_SEEN: dict[tuple, Head] = {}
+SEEN_HEADS, SEEN_HEAD_BYTES = 256, 2048
+
+
 def _parse(buf: bytes, start: int, end: int, max_fields: int, request: bool) -> Head:
-    text = buf[start:end].decode("latin-1")
+    raw = buf[start:end]
+    key = (raw, max_fields, request)
+    h = _SEEN.get(key)
+    if h is not None:
+        return h
+    h = _parse_new(raw.decode("latin-1"), max_fields, request)
+    if len(raw) <= SEEN_HEAD_BYTES:
+        if len(_SEEN) >= SEEN_HEADS:
+            _SEEN.clear()
+        _SEEN[key] = h
+    return h
+
+
+def _parse_new(text: str, max_fields: int, request: bool) -> Head:
     m = (REQUEST_HEAD if request else STATUS_HEAD).fullmatch(text)
     if m is None:
         raise WireError(400, "malformed HTTP/1.1: " + _diagnose(text, "request" if request else "status"))
@@ -90,7 +110,7 @@ def _parse(buf: bytes, start: int, end: int, max_fields: int, request: bool) -> 
         h.method, h.target, h.version = m.group(1), m.group(2), m.group(3)
     else:
         h.version, h.status, h.reason = m.group(1), int(m.group(2)), m.group(3) or ""
-    h.fields = _fields(m.group(4), max_fields)
+    h.fields = tuple(_fields(m.group(4), max_fields))
     _framing(h, request)
     return h
 
@@ -213,4 +233,7 @@ def parse_chunk_head(buf: bytes, pos: int) -> tuple[int, int] | None:
 
 
 def serialize_head(first: str, fields) -> bytes:
-    return (first + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields) + "\r\n").encode("latin-1")
+    if not fields:
+        return (first + "\r\n\r\n").encode("latin-1")
+    # ": ".join of each (name, value) pair: the loop runs in C
+    return (first + "\r\n" + "\r\n".join(map(": ".join, fields)) + "\r\n\r\n").encode("latin-1")
