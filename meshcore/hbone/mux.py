@@ -20,7 +20,7 @@ import logging
 from typing import Awaitable, Callable
 
 import trio
-from trio.lowlevel import ParkingLot
+from trio.lowlevel import Abort, ParkingLot, current_task, reschedule, wait_task_rescheduled
 
 from meshcore.tlssock import TlsSocket
 
@@ -39,6 +39,34 @@ HIGH_WATER = 256 * 1024   # queued output above which a sender waits for the soc
 # small frames makes one TLS record); longer output (a bulk read's DATA) is queued where the
 # codec framed it, and the TLS socket encrypts each buffer in place: no copy into a joint one.
 COALESCE = 16 * 1024
+
+
+class _Kick:
+    """The writer task's wakeup: a trio.Event that resets itself when its one waiter wakes,
+    without the Event and ParkingLot objects made and the lot's bookkeeping per round (the
+    writer runs once per scheduler round with output)."""
+    __slots__ = ("flag", "task")
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.task = None
+
+    async def wait(self) -> None:
+        if not self.flag:
+            self.task = current_task()
+            await wait_task_rescheduled(self._abort)
+        self.flag = False
+
+    def _abort(self, _raise_cancel) -> Abort:
+        self.task = None
+        return Abort.SUCCEEDED
+
+    def set(self) -> None:
+        self.flag = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task)
 
 
 class Mux:
@@ -60,7 +88,7 @@ class Mux:
         self._writing = False              # a task is between send_nowait and wait_writable
         self._queued = self._written = 0   # totals, so flush() knows when its bytes left
         self._flushed_lot = ParkingLot()
-        self._kick = trio.Event()
+        self._kick = _Kick()
         self._window_lot = ParkingLot()
         self._cancel = trio.CancelScope()
         self._server_side = isinstance(codec, c.ServerConnection)
@@ -147,7 +175,6 @@ class Mux:
     async def _writer(self) -> None:
         while True:
             await self._kick.wait()
-            self._kick = trio.Event()
             await self.flush()
             if self._drained:
                 self._break(f"connection to {self.peer} drained (GOAWAY) with no tunnels left")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import trio
-from trio.lowlevel import ParkingLot, notify_closing
+from trio.lowlevel import Abort, current_task, notify_closing, reschedule, wait_task_rescheduled
 
 from . import codec as c
 
@@ -32,7 +32,7 @@ class StreamState:
       answers); a reset cancels it, so a tunnel reset early never reaches the app
     """
     __slots__ = ("received", "recv_ended", "send_ended", "reset_code", "response", "taken", "sent", "link",
-                 "pending_scope", "_lot")
+                 "pending_scope", "_waiting")
 
     def __init__(self) -> None:
         self.received: list[bytes] = []
@@ -44,21 +44,37 @@ class StreamState:
         self.sent = 0
         self.link: RelayLink | None = None
         self.pending_scope: trio.CancelScope | None = None
-        self._lot = ParkingLot()
+        # the tasks in wait(), as a list of trio tasks (None: nobody), instead of a trio
+        # ParkingLot: its park and unpark_all cost ~3 us more than this per wakeup, and a
+        # stream wakes its reader once per request each way (the waypoint, the relays)
+        self._waiting: list | None = None
 
     async def wait(self) -> None:
         """Until something about this stream changes (`notify`); callers re-check in a loop."""
-        await self._lot.park()
+        task = current_task()
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = []
+        waiting.append(task)
+
+        def abort(_raise_cancel) -> Abort:   # cancelled while parked: out of the list it is in
+            if waiting is self._waiting:
+                waiting.remove(task)
+            return Abort.SUCCEEDED
+        await wait_task_rescheduled(abort)
 
     def notify(self) -> None:
         """Wake the tasks in `wait()`."""
-        if self._lot:   # an empty lot's unpark_all costs ~2.5 us, and most notifies find none
-            self._lot.unpark_all()
+        waiting = self._waiting
+        if waiting is not None:
+            self._waiting = None
+            for task in waiting:
+                reschedule(task)
 
     def interrupt(self) -> None:
         """Wake everyone waiting on this stream, a relay waiting on its socket included
         (notify_closing ends that wait; the relay then finds out why and stops)."""
-        self._lot.unpark_all()
+        self.notify()
         if self.link is not None:
             notify_closing(self.link.sock)
 
