@@ -53,7 +53,9 @@ def _record(status: int, headers, body: bytes) -> dict:
     rec: dict = {"status": status, "headers": {}}
     for k, v in headers:
         rec["headers"].setdefault(k.lower(), []).append(v)
-    if (rec["headers"].get("content-type") or [""])[0].startswith("application/json"):
+    # a HEAD answer has the GET's content-type and no body (an echo's answer to HEAD while
+    # the route is still converging, say): nothing to decode then
+    if body and (rec["headers"].get("content-type") or [""])[0].startswith("application/json"):
         doc = json.loads(body)
         rec.update(pod=doc.get("pod"), path=doc.get("path"), request_headers=doc.get("headers"))
     else:
