@@ -5,9 +5,10 @@ objects it owns, from one snapshot of the config.
   `controllerName`: every Service parent (GAMMA, group "" kind Service) and every parentRef
   to a Gateway of class trellis-waypoint (which takes no routes: NotAllowedByListeners).
   Conditions `Accepted` (False/NoMatchingParent: no such Service, port or port name;
-  False/UnsupportedValue: the route does not validate), `ResolvedRefs` (False/InvalidKind,
-  RefNotPermitted, BackendNotFound, for the first offending backendRef, every one named in the
-  message) and Istio's `ResolvedWaypoints` (is there a waypoint to apply the route at all).
+  False/UnsupportedValue: the route does not validate, or its parent is a headless or
+  ExternalName Service, which GEP-1294 says are no parents), `ResolvedRefs` (False/InvalidKind,
+  also for an ExternalName backend, RefNotPermitted, BackendNotFound, for the first offending
+  backendRef, every one named in the message) and Istio's `ResolvedWaypoints` (is there a waypoint to apply the route at all).
   Other controllers' entries are kept as they are.
 - Gateway of class trellis-waypoint: `Accepted`, `Programmed` (True once a replica runs: a
   workload labelled with its gateway-name), `addresses` (its Service's ClusterIP), and
@@ -61,6 +62,12 @@ def _service_parent(p: dict, ns: str, resources) -> tuple[Cond, Cond]:
     if svc is None:
         return (cond("Accepted", False, "NoMatchingParent", f"parent Service {ns}/{p['name']} does not exist"),
                 cond("ResolvedWaypoints", False, "NoMatchingParent", "parent not found"))
+    if svc.spec.cluster_ip is None:   # GEP-1294: headless (and ExternalName) Services are no route parents
+        why = ("is headless (clusterIP: None)" if svc.spec.headless else "is of type ExternalName")
+        return (cond("Accepted", False, "UnsupportedValue",
+                     f"Service {ns}/{p['name']} {why}: it has no address for a route to apply to (GAMMA routes "
+                     "attach to a Service's cluster IP); a targetRefs AuthorizationPolicy still applies to its "
+                     "pods"), cond("ResolvedWaypoints", False, "UnsupportedValue", "parent has no address"))
     ports = {sp.port: sp.name for sp in svc.spec.ports}
     if p.get("port") is not None and p["port"] not in ports:
         return (cond("Accepted", False, "NoMatchingParent", f"Service {ns}/{p['name']} has no port {p['port']}"),
@@ -106,7 +113,10 @@ def resolved_refs(kind: str, namespace: str, spec: dict, resources, parent: tupl
         svc = resources.get(("Service", bns, name))
         ports = None if svc is None else {p.port for p in svc.spec.ports}
         reason = backend_problem(grants, kind, namespace, group, bkind, bns, name, port, ports, parent)
-        if reason == "InvalidKind":
+        if reason is None and svc.spec.type == "ExternalName":   # the spec: implementations SHOULD NOT
+            problems.append(("InvalidKind", f"backendRef {bns}/{name}: Service of type ExternalName is not "
+                                            "supported (a DNS alias, not endpoints the mesh can reach)"))
+        elif reason == "InvalidKind":
             problems.append((reason, f"backendRef {name}: kind {group or 'core'}/{bkind} is not supported "
                                      "(only Services)"))
         elif reason == "RefNotPermitted":
@@ -192,7 +202,8 @@ def gateway_status(gw: Resource | None, resources: Mapping[tuple, Resource], pro
                            "listeners": [_listener(x.name, cond("Accepted", True, "Accepted"), dict(programmed))
                                          for x in gw.spec.listeners]}
     svc = resources.get(("Service", gw.namespace, gw.name))
-    if svc is not None and svc.spec.selector.get("gateway.networking.k8s.io/gateway-name") == gw.name:
+    if svc is not None and svc.spec.cluster_ip is not None and \
+            svc.spec.selector.get("gateway.networking.k8s.io/gateway-name") == gw.name:
         out["addresses"] = [{"type": "IPAddress", "value": str(svc.spec.cluster_ip)}]
     return out
 

@@ -1,7 +1,12 @@
-"""`trellis get KIND [NAME]`: the Gateway API objects of the lab's live config (or of any
-config directory), kubectl-style, with the status the control plane computes for them
-(controlplane/status.py): what `kubectl get httproute NAME -o yaml` shows in a cluster,
+"""`trellis get KIND [NAME]`: the Gateway API objects and Services of the lab's live config
+(or of any config directory), kubectl-style, with the status the control plane computes for
+them (controlplane/status.py): what `kubectl get httproute NAME -o yaml` shows in a cluster,
 where the control plane writes that same status through the status subresource.
+
+`-o json|yaml` prints as kubectl does: the bare object for `get KIND NAME` (one match), else
+a `List` (`apiVersion: v1`, `kind: List`, `metadata: {resourceVersion: ""}`, `items`), also
+when empty. Services show CLUSTER-IP `None` when headless and `<none>` for ExternalName,
+whose EXTERNAL-IP is its externalName, as `kubectl get svc` does.
 
 Objects that do not validate are listed too, with their route parents not Accepted
 (UnsupportedValue) and the validation errors as the message. Exit codes as kubectl: 0 ok,
@@ -18,9 +23,9 @@ import yaml
 from .output import FORMATS, render
 
 KINDS = {"httproute": "HTTPRoute", "grpcroute": "GRPCRoute", "gateway": "Gateway", "gatewayclass": "GatewayClass",
-         "referencegrant": "ReferenceGrant"}
+         "referencegrant": "ReferenceGrant", "service": "Service"}
 ALIASES = {**{k: v for k, v in KINDS.items()}, **{k + ("es" if k.endswith("s") else "s"): v for k, v in KINDS.items()},
-           "gtw": "Gateway", "gc": "GatewayClass", "refgrant": "ReferenceGrant"}
+           "gtw": "Gateway", "gc": "GatewayClass", "refgrant": "ReferenceGrant", "svc": "Service"}
 COLUMNS = {
     "HTTPRoute": [("NAMESPACE", "namespace"), ("NAME", "name"), ("PARENT", "parent"), ("ACCEPTED", "accepted"),
                   ("RESOLVED-REFS", "resolvedRefs"), ("WAYPOINT", "waypoint"), ("MESSAGE", "message")],
@@ -29,6 +34,8 @@ COLUMNS = {
     "GatewayClass": [("NAME", "name"), ("CONTROLLER", "controller"), ("ACCEPTED", "accepted"),
                      ("MESSAGE", "message")],
     "ReferenceGrant": [("NAMESPACE", "namespace"), ("NAME", "name"), ("FROM", "from"), ("TO", "to")],
+    "Service": [("NAMESPACE", "namespace"), ("NAME", "name"), ("TYPE", "type"), ("CLUSTER-IP", "clusterIP"),
+                ("EXTERNAL-IP", "externalIP"), ("PORT(S)", "ports")],
 }
 COLUMNS["GRPCRoute"] = COLUMNS["HTTPRoute"]
 
@@ -113,10 +120,28 @@ def rows(kind: str, objs: list[dict]) -> list[dict]:
             out.append({**base, "controller": spec.get("controllerName"),
                         "accepted": _cond(st.get("conditions"), "Accepted"),
                         "message": _message(st.get("conditions"))})
+        elif kind == "Service":
+            out.append({**base, **_service_columns(spec)})
         else:
             out.append({**base, "from": [f"{f.get('kind')}/{f.get('namespace')}" for f in spec.get("from") or []],
                         "to": [f"{t.get('kind')}/{t.get('name') or '*'}" for t in spec.get("to") or []]})
     return out
+
+
+def _service_columns(spec: dict) -> dict:
+    """TYPE, CLUSTER-IP, EXTERNAL-IP, PORT(S) as kubectl prints them (its printers.go)."""
+    type_ = spec.get("type") or "ClusterIP"
+    external = (spec.get("externalName") if type_ == "ExternalName" else ",".join(spec.get("externalIPs") or [])
+                or ("<pending>" if type_ == "LoadBalancer" else "<none>"))
+    ports = ",".join(f"{p.get('port')}" + (f":{p['nodePort']}" if p.get("nodePort") else "") +
+                     f"/{p.get('protocol') or 'TCP'}" for p in spec.get("ports") or [] if isinstance(p, dict))
+    return {"type": type_, "clusterIP": spec.get("clusterIP") or "<none>", "externalIP": external or "<none>",
+            "ports": ports or "<none>"}
+
+
+def as_list(items: list[dict]) -> dict:
+    """kubectl's `-o json|yaml` for several objects (or none): a v1 List, keys in its order."""
+    return {"apiVersion": "v1", "items": items, "kind": "List", "metadata": {"resourceVersion": ""}}
 
 
 @click.command("get")
@@ -129,8 +154,9 @@ def rows(kind: str, objs: list[dict]) -> list[dict]:
 @click.option("-o", "--output", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool, config_dir: Path | None,
         fmt: str) -> None:
-    """Gateway API objects with their status: KIND is httproute, grpcroute, gateway,
-    gatewayclass or referencegrant (plurals and gtw, gc, refgrant too)."""
+    """Gateway API objects with their status, and Services: KIND is httproute, grpcroute,
+    gateway, gatewayclass, referencegrant or service (plurals and gtw, gc, refgrant, svc too).
+    -o json|yaml: the object for KIND NAME, else a kubectl List."""
     from .waypointcli import _config_dir
     kind = ALIASES[kind.lower()]
     objs = [o for o in objects_with_status(_config_dir(config_dir), kind)
@@ -139,5 +165,5 @@ def get(kind: str, name: str | None, namespace: str | None, all_namespaces: bool
     if name is not None and not objs:
         raise click.ClickException(f'{kind.lower()} "{name}" not found' + (f" in namespace {namespace}" if namespace
                                                                            else ""))
-    data = objs[0] if name is not None and fmt != "table" and len(objs) == 1 else objs
+    data = objs[0] if name is not None and len(objs) == 1 else as_list(objs)
     click.echo(render(data, fmt, COLUMNS[kind], rows(kind, objs)))

@@ -2,7 +2,9 @@
 
 - v1 Namespace: labels `trellis.dev/dataplane-mode: ambient`, `trellis.dev/use-waypoint`.
 - v1 Service: ServiceSpec(cluster_ip, selector, ports[ServicePort(name, port, target_port, protocol,
-  app_protocol)]).
+  app_protocol)], type, external_name). A headless Service (`clusterIP: None`) has no VIP
+  (cluster_ip None, headless True) and an ExternalName Service neither VIP nor endpoints:
+  both valid, as in Kubernetes (meshcore.state says what the data path does with them).
 - trellis.dev/v1alpha1 WorkloadEntry: WorkloadEntrySpec(address, labels, service_account,
   node, network_namespace, ports).
 - trellis.dev/v1alpha1 AuthorizationPolicy: AuthorizationPolicySpec(selector, target_refs,
@@ -17,7 +19,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from . import kube
@@ -56,11 +58,22 @@ class ServicePort:
         return endpoint_ports.get(self.target_port)
 
 
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
-    cluster_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    cluster_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None   # None: headless, or ExternalName
     selector: dict = field(default_factory=dict)
     ports: tuple[ServicePort, ...] = ()
+    type: str = "ClusterIP"
+    external_name: str | None = None   # type ExternalName: the DNS name it aliases
+    headless: bool = False             # `clusterIP: None`
+
+    @property
+    def cluster_ip_text(self) -> str:
+        """CLUSTER-IP as kubectl prints it: the address, `None` (headless) or `<none>`."""
+        return str(self.cluster_ip) if self.cluster_ip is not None else "None" if self.headless else "<none>"
 
 
 @dataclass(frozen=True)
@@ -99,20 +112,56 @@ _port_obj = obj(ServicePort, {"name": F("name", string(DNS_LABEL, "port name"), 
                               **kube.SERVICE_PORT_IGNORED})
 
 
+HEADLESS = object()   # `clusterIP: None`, Kubernetes' spelling of "no VIP" (a headless Service)
+
+
 def _cluster_ip(v, path, problems):
-    if v == "None":   # headless: Kubernetes' own spelling, valid there
-        problems.append((path, "headless Services (clusterIP: None) are not supported by the mesh yet: a Service "
-                               "needs a cluster IP (its VIP) to be captured"))
+    if v == "":   # Kubernetes' "allocate one"
         return None
-    return ip_address(v, path, problems)
+    return HEADLESS if v == "None" else ip_address(v, path, problems)
 
 
 def _service_post(spec: ServiceSpec, path, problems):
-    if spec.cluster_ip is None:   # the API server allocates one; a config directory has none to give
+    """Kubernetes' own rules (core/validation ValidateService) for what the API server would
+    refuse, so a directory loads what a cluster would: an ExternalName Service has an
+    externalName and no clusterIP; headless is not for NodePort/LoadBalancer; ports may be
+    empty only for headless and ExternalName Services. Outside a cluster a ClusterIP
+    Service needs its address written down (nothing allocates one)."""
+    if spec.type == "ExternalName":
+        if spec.cluster_ip is not None:
+            problems.append((f"{path}.clusterIP", "must be empty for ExternalName Services"))
+        if spec.external_name is None:
+            problems.append((f"{path}.externalName", "is required for ExternalName Services"))
+    elif spec.external_name is not None:
+        problems.append((f"{path}.externalName", f"is only for type ExternalName (this is {spec.type})"))
+    elif spec.cluster_ip is HEADLESS and spec.type != "ClusterIP":
+        problems.append((f"{path}.clusterIP", f"may not be None for {spec.type} Services"))
+    elif spec.cluster_ip is None:   # the API server allocates one; a config directory has none to give
         problems.append((f"{path}.clusterIP", "is required: outside a cluster nothing allocates one; give a free "
-                                              "address, e.g. in the lab's 10.96.0.0/16"))
-        return
+                                              "address, e.g. in the lab's 10.96.0.0/16, or None for a headless "
+                                              "Service"))
+    if not spec.ports and spec.cluster_ip is not HEADLESS and spec.type != "ExternalName":
+        problems.append((f"{path}.ports", "is required (only headless and ExternalName Services may have none)"))
     _unique_ports(spec, path, problems)
+
+
+def _external_name(v, path, problems):
+    """A lowercase RFC 1123 DNS name, one trailing dot allowed (Kubernetes' rule)."""
+    name = v[:-1] if isinstance(v, str) and v.endswith(".") else v
+    return v if string(DNS_SUBDOMAIN, "DNS name (RFC 1123, lowercase)")(name, path, problems) is not None else None
+
+
+_service_spec = obj(ServiceSpec, {
+    "clusterIP": F("cluster_ip", _cluster_ip),
+    "selector": F("selector", labels, default=dict),
+    "ports": F("ports", list_of(_port_entry), default=tuple),
+    "type": F("type", enum(*SERVICE_TYPES), default="ClusterIP"),
+    "externalName": F("external_name", _external_name), **kube.SERVICE_IGNORED}, post=_service_post)
+
+
+def _service(v, path, problems):
+    out = _service_spec(v, path, problems)
+    return replace(out, cluster_ip=None, headless=True) if out is not None and out.cluster_ip is HEADLESS else out
 
 
 def _unique_ports(spec: ServiceSpec, path, problems):
@@ -165,11 +214,7 @@ class Kind:
 
 KINDS: dict[tuple[str, str], Kind] = {(k.api_version, k.kind): k for k in [
     Kind("v1", "Namespace", False, obj(NamespaceSpec, kube.ignored("finalizers")), spec_required=False, status=True),
-    Kind("v1", "Service", True, obj(ServiceSpec, {
-        "clusterIP": F("cluster_ip", _cluster_ip),
-        "selector": F("selector", labels, default=dict),
-        "ports": F("ports", list_of(_port_entry), required=True), **kube.SERVICE_IGNORED},
-        post=_service_post), status=True),
+    Kind("v1", "Service", True, _service, status=True),
     Kind("v1", "Pod", True, kube.pod, top_level=True),
     Kind("v1", "ServiceAccount", True, kube.service_account, top_level=True),
     Kind("discovery.k8s.io/v1", "EndpointSlice", True, kube.endpoint_slice, top_level=True),

@@ -41,10 +41,10 @@ def target_port(v, path, problems):
 
 
 SERVICE_IGNORED = ignored(
-    "allocateLoadBalancerNodePorts", "clusterIPs", "externalIPs", "externalName", "externalTrafficPolicy",
+    "allocateLoadBalancerNodePorts", "clusterIPs", "externalIPs", "externalTrafficPolicy",
     "healthCheckNodePort", "internalTrafficPolicy", "ipFamilies", "ipFamilyPolicy", "loadBalancerClass",
     "loadBalancerIP", "loadBalancerSourceRanges", "publishNotReadyAddresses", "sessionAffinity",
-    "sessionAffinityConfig", "trafficDistribution", "type")
+    "sessionAffinityConfig", "trafficDistribution")
 SERVICE_PORT_IGNORED = ignored("nodePort")
 # A Service port's `appProtocol` (Kubernetes validates it as a qualified name: an optional DNS
 # subdomain prefix and '/', then a name of at most 63 characters).

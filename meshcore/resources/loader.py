@@ -110,6 +110,8 @@ def check_references(resources: list[Resource]) -> list[ResourceError]:
             if r.kind != kind:
                 continue
             value = getattr(r.spec, attr)
+            if value is None:   # a headless or ExternalName Service has no address to share
+                continue
             if value in owner:
                 errors.append(ResourceError(r.source, r.display, f"spec.{what}",
                                             f"{value} is already used by {owner[value].display}"))

@@ -126,6 +126,8 @@ class State:
             resources = resources.values()
         by_kind: dict[str, list[Any]] = {}
         for r in resources:
+            if r.kind == "Service" and getattr(r.spec, "type", "") == "ExternalName":
+                continue   # a DNS alias: no VIP, no endpoints; nothing for the data path (Istio ambient alike)
             by_kind.setdefault(r.kind, []).append(r)
         namespaces = namespace_labels(by_kind.get("Namespace", []))
         warnings: list[str] = []

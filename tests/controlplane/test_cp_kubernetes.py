@@ -194,3 +194,47 @@ async def test_traffic_and_rate_limit_policies_come_from_the_api(tmp_path):
         res = store.current().resources
         assert res[("TrafficPolicy", "shop", "web")].spec.load_balancer == "LEAST_REQUEST"
         assert res[("RateLimitPolicy", "shop", "web")].spec.limit.requests_per_unit == 5
+
+
+HEADLESS = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "shop"},
+            # as the API server serves a StatefulSet's governing Service
+            "spec": {"type": "ClusterIP", "clusterIP": "None", "clusterIPs": ["None"], "ipFamilies": ["IPv4"],
+                     "ipFamilyPolicy": "SingleStack", "publishNotReadyAddresses": True, "selector": {"app": "db"},
+                     "ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "targetPort": 5432}]},
+            "status": {"loadBalancer": {}}}
+EXTERNAL = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "payments", "namespace": "shop"},
+            "spec": {"type": "ExternalName", "externalName": "api.payments.example.com",
+                     "sessionAffinity": "None"}, "status": {"loadBalancer": {}}}
+DB_POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db-0", "namespace": "shop", "labels": {"app": "db"}},
+          "spec": {"nodeName": "node2", "serviceAccountName": "db", "hostname": "db-0", "subdomain": "db",
+                   "containers": [{"name": "pg", "image": "postgres", "ports": [{"containerPort": 5432}]}]},
+          "status": {"phase": "Running", "podIP": "10.244.2.7"}}
+
+
+async def test_headless_and_external_name_services_are_part_of_the_mesh_not_errors(tmp_path):
+    from meshcore.state import State
+    standin = world()
+    for obj in (HEADLESS, EXTERNAL, DB_POD):
+        standin.put(copy.deepcopy(obj))
+    async with kube_source(tmp_path, standin) as (source, store):
+        snap = store.current()
+        # no recurring source error: only the world's own deliberate typo
+        assert [e.obj for e in snap.errors] == ["Service shop/typo"]
+        db, ext = snap.resources[("Service", "shop", "db")], snap.resources[("Service", "shop", "payments")]
+        assert db.spec.headless and db.spec.cluster_ip is None and db.spec.cluster_ip_text == "None"
+        assert ext.spec.type == "ExternalName" and ext.spec.external_name == "api.payments.example.com"
+        state = State.from_resources(list(snap.resources.values()))
+        svc = next(s for s in state.services if s.key == "shop/db")
+        assert [w.uid for w in state.endpoints(svc)] == ["shop/db-0"] and state.service_at_ip("None") is None
+        assert "shop/payments" not in {s.key for s in state.services}
+        # an edit arrives as for any Service: the alias moves, the headless Service gets a label
+        version = snap.version
+        standin.put(copy.deepcopy(EXTERNAL) | {"spec": dict(EXTERNAL["spec"], externalName="api2.example.com")})
+        standin.put(copy.deepcopy(HEADLESS) | {"metadata": dict(HEADLESS["metadata"], labels={"tier": "data"})})
+        with trio.fail_after(10):
+            while (store.current().version == version
+                   or store.current().resources[("Service", "shop", "db")].labels != {"tier": "data"}):
+                await trio.sleep(0.02)
+        now = store.current()
+        assert now.resources[("Service", "shop", "payments")].spec.external_name == "api2.example.com"
+        assert [e.obj for e in now.errors] == ["Service shop/typo"]

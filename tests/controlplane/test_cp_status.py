@@ -107,6 +107,31 @@ def test_route_parent_conditions(text, extra, accepted, resolved, waypoint):
         assert c["observedGeneration"] == 1 and c["lastTransitionTime"] == NOW
 
 
+NO_VIP = ("apiVersion: v1\nkind: Service\nmetadata: {name: db-pods, namespace: mesh}\n"
+          "spec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432}]}\n---\n"
+          "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: mesh}\n"
+          "spec: {type: ExternalName, externalName: api.example.com, ports: [{port: 80}]}\n---\n")
+
+
+@pytest.mark.parametrize("parent,backends,accepted,resolved,says", [
+    # GEP-1294: headless and ExternalName Services are no route parents (no address to attach to)
+    ("db-pods", "[{name: echo-v2, port: 80}]", ("False", "UnsupportedValue"), ("True", "ResolvedRefs"),
+     "mesh/db-pods is headless (clusterIP: None)"),
+    ("ext", "[{name: echo-v2, port: 80}]", ("False", "UnsupportedValue"), ("True", "ResolvedRefs"),
+     "mesh/ext is of type ExternalName"),
+    # a headless backend has endpoints (its pods): fine; ExternalName: the spec's SHOULD NOT
+    ("echo", "[{name: db-pods, port: 5432}]", ("True", "Accepted"), ("True", "ResolvedRefs"), ""),
+    ("echo", "[{name: ext, port: 80}]", ("True", "Accepted"), ("False", "InvalidKind"),
+     "mesh/ext: Service of type ExternalName is not supported"),
+])
+def test_services_without_a_cluster_ip_as_parent_and_backend(parent, backends, accepted, resolved, says):
+    st = status_of(route(parent=f"{{group: \"\", kind: Service, name: {parent}}}", backends=backends), NO_VIP)
+    [entry] = st["parents"]
+    got = conditions(entry)
+    assert (got["Accepted"], got["ResolvedRefs"]) == (accepted, resolved)
+    assert says in " ".join(c["message"] for c in entry["conditions"])
+
+
 def test_the_first_problem_names_the_reason_and_the_message_names_all():
     st = status_of(route(backends="[{name: db, namespace: other, port: 5432}, {name: gone, port: 80}]"))
     c = next(c for c in st["parents"][0]["conditions"] if c["type"] == "ResolvedRefs")

@@ -240,3 +240,59 @@ spec: {address: 10.244.1.6, node: n1, labels: {app: cart}}
 """
     s = _state(docs)
     assert (s.workload_by_uid("shop/cart-1").waypoint, s.workload_by_uid("shop/cart-2").waypoint) == ("shop-wp", None)
+
+
+def test_headless_services_index_endpoints_and_policies_but_no_vip():
+    docs = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: db, labels: {trellis.dev/dataplane-mode: ambient}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {name: pg-0, namespace: db}
+spec: {address: 10.244.1.7, node: n1, labels: {app: pg}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pg, namespace: db}
+spec: {clusterIP: None, selector: {app: pg}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pg-bare, namespace: db}
+spec: {clusterIP: None, selector: {app: pg}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: upstream, namespace: db}
+spec: {type: ExternalName, externalName: pg.example.com, selector: {app: pg}, ports: [{port: 5432}]}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: pg-only-app, namespace: db}
+spec:
+  targetRefs: [{kind: Service, name: pg}]
+  rules: [{from: [{source: {namespaces: [app]}}]}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: by-external, namespace: db}
+spec:
+  targetRefs: [{kind: Service, name: upstream}]
+"""
+    s = _state(docs)
+    assert s.warnings == []
+    pg = next(x for x in s.services if x.key == "db/pg")
+    assert pg.cluster_ip is None and pg.headless
+    # no VIP entry at all: not under None, not under "None"
+    assert s._vips == {} and s._by_vip == {}
+    assert s.service_by_vip("None", 5432) is None and s.service_at_ip("None") is None
+    pod = s.workload_by_uid("db/pg-0")
+    assert [w.uid for w in s.endpoints(pg)] == ["db/pg-0"]
+    assert {x.key for x in s.services_of(pod)} == {"db/pg", "db/pg-bare"}   # ExternalName: not in the state
+    # Istio ambient: a headless Service's pods are its endpoints for targetRefs policies
+    assert [p.key for p in s.policies_for(pod)] == ["db/pg-only-app"]
+    dumped = {x["name"]: x for x in json.loads(json.dumps(s.dump()))["services"]}
+    assert set(dumped) == {"db/pg", "db/pg-bare"}
+    assert dumped["db/pg"]["clusterIP"] == "None" and dumped["db/pg"]["endpoints"] == ["db/pg-0"]

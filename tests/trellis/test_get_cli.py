@@ -117,3 +117,48 @@ def test_waypoint_gateway_reports_its_listeners(tmp_path):
     got = {c["type"]: (c["status"], c["reason"], c["observedGeneration"]) for c in listener["conditions"]}
     assert got == {"Accepted": ("True", "Accepted", 1), "Programmed": ("False", "Pending", 1),
                    "ResolvedRefs": ("True", "ResolvedRefs", 1), "Conflicted": ("False", "NoConflicts", 1)}
+
+
+def test_json_and_yaml_print_a_list_like_kubectl_and_the_bare_object_by_name(tmp_path):
+    import json
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    listed = json.loads(run("get", "httproute", "--config-dir", str(tmp_path), "-o", "json").output)
+    assert list(listed) == ["apiVersion", "items", "kind", "metadata"]   # kubectl's key order
+    assert (listed["apiVersion"], listed["kind"], listed["metadata"]) == ("v1", "List", {"resourceVersion": ""})
+    assert [(i["kind"], i["metadata"]["name"]) for i in listed["items"]] == [("HTTPRoute", "broken"),
+                                                                           ("HTTPRoute", "echo")]
+    assert all("status" in i for i in listed["items"])
+    as_yaml = yaml.safe_load(run("get", "httproutes", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    assert as_yaml == listed
+    # no object: still a List, as `kubectl get httproute -o json` in an empty namespace
+    empty = yaml.safe_load(run("get", "grpcroute", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    assert empty == {"apiVersion": "v1", "items": [], "kind": "List", "metadata": {"resourceVersion": ""}}
+    one = json.loads(run("get", "httproute", "echo", "--config-dir", str(tmp_path), "-o", "json").output)
+    assert one["kind"] == "HTTPRoute" and one["metadata"]["name"] == "echo"
+
+
+SERVICES = """\
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pg, namespace: other}
+spec: {clusterIP: None, selector: {app: pg}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: payments, namespace: other}
+spec: {type: ExternalName, externalName: api.payments.example.com}
+"""
+
+
+def test_get_services_shows_none_for_headless_and_the_alias_for_external_name(tmp_path):
+    (tmp_path / "c.yaml").write_text(CONFIG + SERVICES)
+    res = run("get", "svc", "-n", "other", "--config-dir", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    rows = [line.split() for line in res.output.splitlines()]
+    assert rows == [["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"],
+                    ["other", "db", "ClusterIP", "10.96.0.12", "<none>", "80/TCP"],
+                    ["other", "payments", "ExternalName", "<none>", "api.payments.example.com", "<none>"],
+                    ["other", "pg", "ClusterIP", "None", "<none>", "5432/TCP"]]
+    pg = yaml.safe_load(run("get", "service", "pg", "--config-dir", str(tmp_path), "-o", "yaml").output)
+    assert pg["spec"]["clusterIP"] == "None" and pg["kind"] == "Service"

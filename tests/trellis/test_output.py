@@ -89,3 +89,13 @@ def test_workloads_from_several_nodes_keep_the_own_node_row():
     out = insp.workload_rows(rows, {"ztunnel/n1": set(), "ztunnel/n2": {"d/web"}})
     assert [(r["uid"], r["source"], r["enrolled"]) for r in out] == [("d/web", "ztunnel/n2", True),
                                                                       ("d/vm", "ztunnel/n1", False)]
+
+
+def test_trellis_services_shows_a_headless_service_as_kubectl_does():
+    from meshcore.resources import parse_documents
+    from meshcore.state import State
+    loaded = parse_documents("apiVersion: v1\nkind: Service\nmetadata: {name: pg, namespace: db}\n"
+                             "spec: {clusterIP: None, selector: {app: pg}, ports: [{port: 5432}]}\n", "s.yaml")
+    dump = State.from_resources(loaded.resources).dump()["services"]   # what ztunnel's /config_dump serves
+    line = table(insp.service_rows(dump), insp.SERVICE_COLUMNS).splitlines()[1].split()
+    assert line[:3] == ["db/pg", "None", "5432->5432/TCP"]

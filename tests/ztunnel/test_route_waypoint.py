@@ -166,9 +166,8 @@ spec: {address: 10.1.0.19, serviceAccount: waypoint, node: n1}
     assert route.decide(out, CLIENT, ("10.96.1.1", 80)).endpoint_ip == "10.1.0.19"
 
 
-def test_service_label_overrides_namespace_without_waypoint():
-    # plain has no namespace label; a Service labelled with an existing waypoint uses it
-    s = state("""
+# a waypoint of namespace plain (which has no use-waypoint label) with one replica
+PLAIN_WP = """
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -179,7 +178,12 @@ apiVersion: trellis.dev/v1alpha1
 kind: WorkloadEntry
 metadata: {name: wp-0, namespace: plain}
 spec: {address: 10.2.0.50, serviceAccount: wp-sa, node: n1, labels: {gateway.networking.k8s.io/gateway-name: wp}}
----
+"""
+
+
+def test_service_label_overrides_namespace_without_waypoint():
+    # plain has no namespace label; a Service labelled with an existing waypoint uses it
+    s = state(PLAIN_WP + """---
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: plain, labels: {trellis.dev/use-waypoint: wp}}
@@ -275,3 +279,36 @@ def test_inbound_accepts_only_the_waypoint_for_a_pod_behind_it():
     inbound, api, _ = _inbound_for(S, "plain/api-1")
     for peer in (f"{TD}/ns/plain/sa/client", f"{TD}/ns/plain/sa/missing"):
         assert "waypoint plain/missing does not exist" in inbound._bypass(inbound.view().fronts, peer)
+
+
+HEADLESS = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db-pods, namespace: plain}
+spec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: plain}
+spec: {type: ExternalName, externalName: db.example.com, ports: [{port: 5432}]}
+"""
+
+
+def test_headless_services_have_no_vip_and_their_pods_stay_on_the_pod_ip_path():
+    s = state(HEADLESS)
+    assert s.warnings == [] and "plain/ext" not in {x.key for x in s.services}   # ExternalName: ignored
+    # pod IP: exactly as before (HBONE to the pod, no waypoint: plain has no use-waypoint label)
+    r = route.decide(s, CLIENT, ("10.2.0.30", 5432))
+    assert isinstance(r, Hbone) and r.endpoint_ip == "10.2.0.30" and r.waypoint is None
+    assert r.expected_identity == f"{TD}/ns/plain/sa/db"
+    # nothing owns an address the headless Service does not have: "None" is not a VIP
+    assert isinstance(route.decide(s, CLIENT, ("None", 5432)), Plaintext)
+
+
+def test_a_headless_service_with_a_waypoint_fronts_its_pods_for_pod_ip_traffic():
+    # as a ClusterIP Service's label does (the bypass rule): its pods are behind the waypoint
+    s = state(HEADLESS.replace("name: db-pods, namespace: plain}",
+                               "name: db-pods, namespace: plain, labels: {trellis.dev/use-waypoint: wp}}") + PLAIN_WP)
+    r = route.decide(s, CLIENT, ("10.2.0.30", 5432))
+    assert r.waypoint == "plain/wp" and r.endpoint_ip == "10.2.0.50" and r.authority == "10.2.0.30:5432"

@@ -279,8 +279,10 @@ class ApiServerStandIn(PodsSubresources, AuthApis, StatusSubresource):
                                   f"({req.get('kind')}/{(req.get('metadata') or {}).get('namespace')}) do not match {path} in {ns}"))
         else:
             req.setdefault("metadata", {})["namespace"] = ns
-            if method == "POST" and req["kind"] == "Service" and "clusterIP" not in req.setdefault("spec", {}):
-                # as kube-apiserver: a created Service gets a ClusterIP (from 10.96.128.0/17, clear of the lab's)
+            if method == "POST" and req["kind"] == "Service" and "clusterIP" not in req.setdefault("spec", {}) \
+                    and req["spec"].get("type") != "ExternalName":
+                # as kube-apiserver: a created Service gets a ClusterIP (from 10.96.128.0/17, clear of the lab's),
+                # except an ExternalName one (a DNS alias); clusterIP: None (headless) is kept
                 ip = f"10.96.{128 + self.rv // 250 % 128}.{1 + self.rv % 250}"
                 req["spec"].update(clusterIP=ip, clusterIPs=[ip])
             await self._send_json(conn, stream, 201 if method == "POST" else 200, self.put(req))

@@ -49,7 +49,20 @@ BAD = [
     (SVC.replace("10.96.0.10", "10.96.0.300"), "spec.clusterIP", "must be an IPv4 or IPv6 address, got '10.96.0.300'"),
     (SVC.replace("name: web,", "name: Web_1,"), "metadata.name", "'Web_1' is not a valid name"),
     (SVC.replace("  clusterIP: 10.96.0.10\n", ""), "spec.clusterIP", "is required: outside a cluster nothing allocates"),
-    (SVC.replace("10.96.0.10", "None"), "spec.clusterIP", "headless Services (clusterIP: None) are not supported"),
+    (SVC.replace("10.96.0.10", "None").replace("spec:\n", "spec:\n  type: NodePort\n"), "spec.clusterIP",
+     "may not be None for NodePort Services"),
+    (SVC.replace("spec:\n", "spec:\n  type: ExternalName\n  externalName: db.example.com\n"), "spec.clusterIP",
+     "must be empty for ExternalName Services"),
+    (SVC.replace("  clusterIP: 10.96.0.10\n", "  type: ExternalName\n"), "spec.externalName",
+     "is required for ExternalName Services"),
+    (SVC.replace("spec:\n", "spec:\n  externalName: db.example.com\n"), "spec.externalName",
+     "is only for type ExternalName (this is ClusterIP)"),
+    (SVC.replace("  clusterIP: 10.96.0.10\n", "  type: ExternalName\n  externalName: DB_host\n"), "spec.externalName",
+     "'DB_host' is not a valid DNS name"),
+    (SVC.replace("spec:\n", "spec:\n  type: Headless\n"), "spec.type",
+     "must be one of ClusterIP, NodePort, LoadBalancer, ExternalName, got 'Headless'"),
+    (SVC.replace("  ports: [{name: http, port: 80, targetPort: 8080}]\n", ""), "spec.ports",
+     "is required (only headless and ExternalName Services may have none)"),
     (SVC.replace("{app: web}", "{app: [web]}"), "spec.selector.app", "['web'] is not a valid label value"),
     (SVC + "statuss: {}\n", "statuss", "unknown field (allowed: apiVersion, kind, metadata, spec, status)"),
     ("apiVersion: trellis.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: w}\nspec: {address: 10.0.0.1, node: n}\n"
@@ -120,6 +133,41 @@ def test_duplicate_objects_name_both_files(tmp_path):
     assert err.source.endswith("b.yaml") and "duplicate of the object in" in err.message and "a.yaml" in err.message
 
 
+HEADLESS = SVC.replace("10.96.0.10", "None")
+EXTERNAL = """apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec: {type: ExternalName, externalName: db.example.com., ports: [{port: 5432}]}
+"""
+
+
+def test_headless_and_external_name_services_load_as_kubernetes_accepts_them():
+    (svc,) = parse_documents(HEADLESS, "h.yaml").resources
+    assert svc.spec.cluster_ip is None and svc.spec.headless and svc.spec.type == "ClusterIP"
+    assert svc.spec.cluster_ip_text == "None" and svc.spec.selector == {"app": "web"}
+    # a StatefulSet's governing Service often lists no port at all
+    (bare,) = parse_documents(HEADLESS.replace("  ports: [{name: http, port: 80, targetPort: 8080}]\n", ""),
+                              "h.yaml").resources
+    assert bare.spec.headless and bare.spec.ports == ()
+    (ext,) = parse_documents(EXTERNAL, "e.yaml").resources
+    assert ext.spec.type == "ExternalName" and ext.spec.external_name == "db.example.com."
+    assert ext.spec.cluster_ip is None and not ext.spec.headless and ext.spec.cluster_ip_text == "<none>"
+    (no_ports,) = parse_documents(EXTERNAL.replace(", ports: [{port: 5432}]", ""), "e.yaml").resources
+    assert no_ports.spec.ports == ()
+    (ip,) = parse_documents(SVC, "s.yaml").resources
+    assert ip.spec.cluster_ip_text == "10.96.0.10" and not ip.spec.headless
+    again = from_dict(svc.to_dict())
+    assert again == svc and again.spec == svc.spec
+
+
+def test_services_without_an_address_never_conflict():
+    docs = "---\n".join([HEADLESS, HEADLESS.replace("name: web,", "name: web2,"), EXTERNAL,
+                         EXTERNAL.replace("name: db,", "name: db2,")])
+    res = parse_documents(docs, "s.yaml")
+    assert res.errors == [] and len(res.resources) == 4
+    assert check_references(res.resources) == []
+
+
 def test_cross_object_conflicts():
     res = parse_documents(SVC + "---\n" + SVC.replace("name: web,", "name: other,"), "s.yaml")
     (err,) = check_references(res.resources)
@@ -136,7 +184,7 @@ def test_from_dict_raises_with_all_errors():
     with pytest.raises(ResourceInvalid) as exc:
         from_dict({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "bogus": 1}, "spec": {"ports": []}})
     paths = {e.path for e in exc.value.errors}
-    assert paths == {"metadata.bogus", "spec.clusterIP"}
+    assert paths == {"metadata.bogus", "spec.clusterIP", "spec.ports"}
 
 
 def test_selectors_and_principals():
