@@ -89,11 +89,12 @@ class Slot:
 
 class Fleet:
     def __init__(self, count: int, worker_args: list[str], replay: Callable[["Slot"], None],
-                 cpus: list[int] | None = None) -> None:
+                 cpus: list[int] | None = None, pin: bool = True) -> None:
         """`worker_args`: flags every worker gets; `replay(slot)` queues what a new worker needs;
-        `cpus[i]`: the CPU worker i is pinned to (None: not pinned)."""
+        `cpus[i]`: the CPU whose connections worker i takes (None: the kernel's hash spreads
+        them), and with `pin` the one CPU it runs on."""
         self.slots = [Slot(i) for i in range(count)]
-        self.cpus = cpus
+        self.cpus, self.pin = cpus, pin
         self.worker_args, self.replay = worker_args, replay
         self.retired: dict[str, CounterFamily] = {}
         self.stopping = False
@@ -229,7 +230,7 @@ class Fleet:
         try:
             argv = [sys.executable, "-m", "ztunnel.worker", "--fd", str(theirs.fileno()), "--owner-pid",
                     str(os.getpid()), "--index", str(slot.index), *self.worker_args,
-                    *(["--cpu", str(self.cpus[slot.index])] if self.cpus else [])]
+                    *(["--cpu", str(self.cpus[slot.index])] if self.cpus and self.pin else [])]
             slot.process = proc = await trio.lowlevel.open_process(argv, pass_fds=(theirs.fileno(),))
         except BaseException:
             ours.close()

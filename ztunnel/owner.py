@@ -153,11 +153,15 @@ class _NodeMetrics:
 
 
 class Owner(Ztunnel):
-    def __init__(self, config, control_plane, workers: int, log_level: str = "INFO", pin: bool = True) -> None:
+    def __init__(self, config, control_plane, workers: int, log_level: str = "INFO", cpu_mode: str = "pin") -> None:
+        """`cpu_mode` (with one worker per usable CPU; else always "off"): "pin" worker i to
+        CPU i and give it the connections that arrive there, "steer" them so but let the
+        workers run anywhere, "off" the kernel's hash spreads connections."""
         super().__init__(config, control_plane)
         args = ["--trust-domain", config.trust_domain, "--drain-timeout", str(config.drain_timeout),
                 "--log-level", log_level]
-        self.fleet = Fleet(workers, args, self._replay, worker_cpus(workers) if pin else None)
+        self.fleet = Fleet(workers, args, self._replay, worker_cpus(workers) if cpu_mode != "off" else None,
+                           pin=cpu_mode == "pin")
         self._snapshot: wire.Snapshot | None = None     # the last sent; deltas follow from it
         self._resources: dict[tuple, Any] = {}          # what it holds
         self._certificates: dict[str, wire.Certificate] = {}
