@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 
 from meshcore.admin import get_json, http_get
-from ztunnel.fleet import BUSY_GRACE
+from ztunnel.fleet import BUSY_GRACE, worker_cpus
 
 PY = sys.executable
 
@@ -81,6 +81,10 @@ def test_owner_runs_two_workers_and_reports_them(tmp_path):
         health = get_json("127.0.0.1", ports["admin"], "/healthz")
         assert sorted(w["pid"] for w in health["workers"]) == sorted(workers)
         assert all(w["alive"] and w["restarts"] == 0 for w in health["workers"])
+        # --worker-cpus pin (default): pinned when there is one worker per usable CPU
+        want = worker_cpus(2)
+        for w in health["workers"]:
+            assert os.sched_getaffinity(w["pid"]) == ({want[w["worker"]]} if want else os.sched_getaffinity(0)), w
         status, body = http_get("127.0.0.1", ports["metrics"], "/metrics")
         assert status == 200 and b"trellis_ztunnel_workers_alive 2.0" in body
         zt.send_signal(signal.SIGTERM)
