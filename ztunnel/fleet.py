@@ -229,14 +229,18 @@ class Fleet:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             argv = [sys.executable, "-m", "ztunnel.worker", "--fd", str(theirs.fileno()), "--owner-pid",
-                    str(os.getpid()), "--index", str(slot.index), *self.worker_args,
-                    *(["--cpu", str(self.cpus[slot.index])] if self.cpus and self.pin else [])]
+                    str(os.getpid()), "--index", str(slot.index), *self.worker_args]
             slot.process = proc = await trio.lowlevel.open_process(argv, pass_fds=(theirs.fileno(),))
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
+        if self.cpus and self.pin:   # before it runs a thread: every thread it starts inherits it
+            try:
+                os.sched_setaffinity(proc.pid, {self.cpus[slot.index]})
+            except OSError as exc:   # still correct, only not local: its connections still arrive
+                log.warning("cannot pin worker %d to CPU %d: %s", slot.index, self.cpus[slot.index], exc)
         slot.pid, slot.started, slot.report, slot.hung = proc.pid, time.monotonic(), None, None
         slot.last_pong, slot.busy_until, slot.busy_seq = slot.started, slot.started + BUSY_GRACE, 0
         send, recv = trio.open_memory_channel(math.inf)

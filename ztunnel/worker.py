@@ -191,7 +191,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--drain-timeout", type=float, default=30.0)
-    p.add_argument("--cpu", type=int, help="pin this worker to this CPU (its listeners take that CPU's connections)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     from meshcore.telemetry import configure_logging
@@ -200,11 +199,6 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level.upper(), f"%(asctime)s %(levelname)s worker-{args.index} %(name)s %(message)s")
     raise_fd_limit()
     malloc.tune()
-    if args.cpu is not None:
-        try:
-            os.sched_setaffinity(0, {args.cpu})
-        except OSError as exc:   # still correct, only no longer local: the group falls back to its hash
-            log.warning("cannot pin to CPU %d: %s", args.cpu, exc)
 
     async def run() -> None:
         if os.getppid() != args.owner_pid:
