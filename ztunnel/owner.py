@@ -80,10 +80,18 @@ class SharedPod:
         """The group's first members: what a restarted node agent takes back (ZDS reply)."""
         return [(podsockets.address_of(s), s.fileno()) for s in self.slots[0]]
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Shutting down: drop the owner's copies of the listeners now. Each worker closes its
+        own as it starts draining, so each worker listener's last copy goes then and the kernel
+        moves what is queued on it (tcp_migrate_req) to a successor's listener of the group,
+        instead of holding it until the slowest worker has drained its open connections."""
         for s in self.owned:
             s.close()
+        self.owned = []
         self.info.close()
+
+    def close(self) -> None:
+        self.release()
         os.close(self.info.netns_fd)
 
     def dump(self) -> dict[str, Any]:
@@ -128,6 +136,8 @@ class SharedPods:
         return True
 
     async def drain_all(self, timeout: float) -> None:
+        for pod in self.pods.values():
+            pod.release()
         await self.owner.fleet.stop(timeout)
         for pod in self.pods.values():
             pod.close()

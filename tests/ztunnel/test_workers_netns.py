@@ -253,3 +253,51 @@ def test_worker_listeners_join_the_node_agents_group_and_queued_connections_migr
     finally:
         for s in primary:
             s.close()
+
+
+async def test_a_successor_gets_the_queued_connections_while_workers_still_drain(lab, tmp_path):
+    """On shutdown the owner drops its copies of the workers' listeners at once, so each closes
+    as its worker starts draining and the kernel moves its queue to a successor's listener,
+    not only once the slowest worker has drained its open connections."""
+    from meshcore import podsockets
+    async with node(lab, tmp_path, 2) as (zt, (a_fd, _), _b, map_fd):
+        with trio.fail_after(30):
+            long_lived = await open_echo(a_fd, map_fd)   # keeps its worker draining for 2 s
+            pod = zt.pods.pods["default/client"]
+            outbound = next(s for s in pod.slots[0] if podsockets.address_of(s) == "127.0.0.1:15001")
+            successor = podsockets.bind_sibling(a_fd, outbound)
+            try:
+                async with trio.open_nursery() as n:
+                    n.start_soon(zt.pods.drain_all, 2)
+
+                    async def draining():
+                        reports = await zt.fleet.scrape()
+                        return len(reports) == 2 and all(p["state"] == "draining"
+                                                         for r in reports.values() for p in r["pods"])
+                    await eventually(draining, interval=0.02)
+                    clients = []
+                    for _ in range(16):
+                        c = netns.socket_in(a_fd)
+                        c.setblocking(False)
+                        try:
+                            c.connect(("127.0.0.1", 15001))
+                        except BlockingIOError:
+                            pass
+                        clients.append(c)
+                    successor.setblocking(False)
+                    accepted = 0
+                    while accepted < 16:
+                        try:
+                            conn, _ = successor.accept()
+                        except BlockingIOError:
+                            await trio.sleep(0.01)
+                            continue
+                        conn.close()
+                        accepted += 1
+                    # all 16 reached the successor while the old worker still served its connection
+                    assert await echoes(long_lived, b"still draining")
+                    await long_lived.aclose()
+                    for c in clients:
+                        c.close()
+            finally:
+                successor.close()
