@@ -88,6 +88,15 @@ def bind_sibling(netns_fd: int, primary: socket.socket) -> socket.socket:
                                  f"{exc.strerror} (is the node agent's listener without SO_REUSEPORT?)") from None
 
 
+def steer_to_cpu(sock: socket.socket, cpu: int) -> None:
+    """SO_INCOMING_CPU on a listener of a reuseport group (Linux >= 6.2 honours it there): a
+    new connection whose SYN the kernel handles on `cpu` goes to this listener, one on a CPU
+    no listener names to the group's hash. A ztunnel worker pinned to `cpu` then serves its
+    connections where their packets arrive. Any member may be set at any time: the group
+    picks by the member's value, not its position, so joins and leaves reorder nothing."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_INCOMING_CPU, cpu)
+
+
 MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 

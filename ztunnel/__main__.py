@@ -28,6 +28,7 @@ def raise_fd_limit() -> None:
 
 MAX_DEFAULT_WORKERS = 4
 WORKERS_ENV = "TRELLIS_ZTUNNEL_WORKERS"
+CPUS_ENV = "TRELLIS_ZTUNNEL_WORKER_CPUS"
 
 
 def cgroup_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int | None:
@@ -83,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="worker processes serving connections (1: one process does everything; N > 1: a "
                    f"node-level owner and N workers; auto: the cores, at most {MAX_DEFAULT_WORKERS}); "
                    f"default ${WORKERS_ENV} or auto")
+    p.add_argument("--worker-cpus", choices=("pin", "steer", "off"), default=os.environ.get(CPUS_ENV, "pin"),
+                   help="with one worker per usable CPU (Linux >= 6.2): pin: worker i runs on CPU i and takes the "
+                   "connections that arrive on it (SO_INCOMING_CPU); steer: takes them, runs anywhere; off: the "
+                   f"kernel's hash spreads connections; default ${CPUS_ENV} or pin")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             cp = ControlPlaneClient(cfg.control_plane, load_credential(args.credential_dir), args.node)
         if args.workers > 1:
             from .owner import Owner
-            app = Owner(cfg, cp, args.workers, args.log_level)
+            app = Owner(cfg, cp, args.workers, args.log_level, cpu_mode=args.worker_cpus)
         else:
             app = Ztunnel(cfg, cp)
         tune_gc()

@@ -31,8 +31,30 @@ from meshcore.wire.packets import ancillary, fds_from
 from .aggregate import CounterFamily, parse_counters, sum_counters
 
 log = logging.getLogger("trellis.ztunnel.fleet")
+
+
+def worker_cpus(count: int) -> list[int] | None:
+    """The CPU of each worker when there is one worker per CPU this process may use (its
+    affinity), else None: the kernel's hash spreads connections and the scheduler places
+    the workers. Pinned, worker i serves the connections whose packets CPU i handles
+    (SO_INCOMING_CPU on its listeners): a request's wakeups stay on one CPU, both HBONE
+    ends of a pair included (over a veth the receiver handles a packet on the sender's CPU)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        kernel = tuple(int(x) for x in os.uname().release.split(".")[:2])
+    except (AttributeError, OSError, ValueError):
+        return None
+    if kernel < (6, 2):   # a reuseport group ignores SO_INCOMING_CPU before 6.2
+        return None
+    return allowed if count > 1 and len(allowed) == count else None
+
+
 # Replacement backoff: the first at once, then 0.5 s doubling to 10 s; reset after 60 s up.
 MIN_BACKOFF, MAX_BACKOFF, STABLE_AFTER = 0.5, 10.0, 60.0
+# Liveness: a Ping every second; a worker whose Pong is HEARTBEAT_TIMEOUT late (stopped,
+# deadlocked, spinning) is killed and replaced. Starting, or applying a snapshot (10,000
+# workloads take seconds of CPU in one go), it has up to BUSY_GRACE; never more.
+HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, BUSY_GRACE = 1.0, 5.0, 30.0
 
 
 @dataclass
@@ -46,16 +68,33 @@ class Slot:
     report: dict[str, Any] | None = None           # the last Stats of the running worker
     pending: dict[int, trio.Event] = field(default_factory=dict)
     process: Any = None
+    last_pong: float = 0.0                         # monotonic time of the last Pong (or start)
+    busy_until: float = 0.0                        # no heartbeat verdict before this...
+    busy_seq: int = 0                              # ...unless a Ping sent after this one is answered
+    pinged: int = 0                                # the last Ping sent
+    hung: str | None = None                        # why the heartbeat killed it
+
+    def heartbeat(self, now: float) -> str:
+        if self.outbox is None:
+            return "-"
+        if now < self.busy_until:
+            return "starting" if self.busy_seq == 0 else "applying config"
+        late = now - self.last_pong
+        return f"late {late:.1f}s" if late > 2 * HEARTBEAT_INTERVAL else "ok"
 
     def dump(self) -> dict[str, Any]:
         return {"worker": self.index, "pid": self.pid, "alive": self.outbox is not None,
-                "restarts": self.restarts, "lastExit": self.last_exit}
+                "restarts": self.restarts, "lastExit": self.last_exit, "heartbeat": self.heartbeat(time.monotonic())}
 
 
 class Fleet:
-    def __init__(self, count: int, worker_args: list[str], replay: Callable[["Slot"], None]) -> None:
-        """`worker_args`: flags every worker gets; `replay(slot)` queues what a new worker needs."""
+    def __init__(self, count: int, worker_args: list[str], replay: Callable[["Slot"], None],
+                 cpus: list[int] | None = None, pin: bool = True) -> None:
+        """`worker_args`: flags every worker gets; `replay(slot)` queues what a new worker needs;
+        `cpus[i]`: the CPU whose connections worker i takes (None: the kernel's hash spreads
+        them), and with `pin` the one CPU it runs on."""
         self.slots = [Slot(i) for i in range(count)]
+        self.cpus, self.pin = cpus, pin
         self.worker_args, self.replay = worker_args, replay
         self.retired: dict[str, CounterFamily] = {}
         self.stopping = False
@@ -76,12 +115,16 @@ class Fleet:
         for slot in self.slots:
             self.send(slot, msg, body, fds)
 
-    async def _sender(self, recv: trio.MemoryReceiveChannel, sock) -> None:
+    async def _sender(self, slot: Slot, recv: trio.MemoryReceiveChannel, sock) -> None:
         async for msg, body, fds in recv:
             try:
                 if body is not None:
                     fds.append(wire.body_fd(body))
                 await sock.sendmsg([wire.encode(msg)], ancillary(fds))
+                if isinstance(msg, wire.Ping):
+                    slot.pinged = msg.seq
+                elif isinstance(msg, wire.Snapshot):   # busy until it answers the next Ping
+                    slot.busy_until, slot.busy_seq = time.monotonic() + BUSY_GRACE, slot.pinged
             except (OSError, WireError) as exc:
                 log.warning("cannot tell a worker %s: %s", getattr(msg, "OP", msg), exc)
             finally:
@@ -99,7 +142,11 @@ class Fleet:
                 return
             try:
                 msg = wire.decode(data, len(fds))
-                if isinstance(msg, wire.Stats):
+                if isinstance(msg, wire.Pong):
+                    slot.last_pong = time.monotonic()
+                    if msg.seq > slot.busy_seq:
+                        slot.busy_until = 0.0
+                elif isinstance(msg, wire.Stats):
                     slot.report = json.loads(wire.read_body(fds[0]))
                     event = slot.pending.pop(msg.seq, None)
                     if event is not None:
@@ -109,6 +156,21 @@ class Fleet:
             finally:
                 for fd in fds:
                     os.close(fd)
+
+    async def _heartbeat(self, slot: Slot, proc) -> None:
+        """Ping the worker every HEARTBEAT_INTERVAL; kill it when it stops answering (the
+        supervisor then replaces it, as if it had died)."""
+        while proc.returncode is None:
+            await trio.sleep(HEARTBEAT_INTERVAL)
+            now = time.monotonic()
+            silent = now - slot.last_pong
+            if silent > HEARTBEAT_TIMEOUT and (now > slot.busy_until or silent > BUSY_GRACE):
+                slot.hung = f"hung: no heartbeat answer for {silent:.1f}s, killed"
+                log.error("worker %d (pid %d) has not answered the heartbeat for %.1fs; killing it",
+                          slot.index, proc.pid, silent)
+                proc.kill()
+                return
+            self.send(slot, wire.Ping(seq=next(self._seq)))
 
     async def scrape(self, timeout: float = 2.0) -> dict[int, dict[str, Any]]:
         """Each live worker's Stats ({"metrics", "pods", "certs", "pid", ...}); a worker that
@@ -174,7 +236,13 @@ class Fleet:
             raise
         finally:
             theirs.close()
-        slot.pid, slot.started, slot.report = proc.pid, time.monotonic(), None
+        if self.cpus and self.pin:   # before it runs a thread: every thread it starts inherits it
+            try:
+                os.sched_setaffinity(proc.pid, {self.cpus[slot.index]})
+            except OSError as exc:   # still correct, only not local: its connections still arrive
+                log.warning("cannot pin worker %d to CPU %d: %s", slot.index, self.cpus[slot.index], exc)
+        slot.pid, slot.started, slot.report, slot.hung = proc.pid, time.monotonic(), None, None
+        slot.last_pong, slot.busy_until, slot.busy_seq = slot.started, slot.started + BUSY_GRACE, 0
         send, recv = trio.open_memory_channel(math.inf)
         sock = trio.socket.from_stdlib_socket(ours)
         try:
@@ -183,8 +251,9 @@ class Fleet:
             log.info("worker %d started, pid %d", slot.index, proc.pid)
             task_status.started()
             async with trio.open_nursery() as n:
-                n.start_soon(self._sender, recv, sock)
+                n.start_soon(self._sender, slot, recv, sock)
                 n.start_soon(self._reader, slot, sock)
+                n.start_soon(self._heartbeat, slot, proc)
                 await proc.wait()
                 n.cancel_scope.cancel()
         finally:
@@ -193,8 +262,8 @@ class Fleet:
                 if proc.returncode is None:  # the owner is being cancelled: leave nothing behind
                     proc.kill()
                     await proc.wait()
-            slot.last_exit = (f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
-                              else f"exit code {proc.returncode}")
+            slot.last_exit = slot.hung or (f"signal {signal.Signals(-proc.returncode).name}"
+                                           if proc.returncode < 0 else f"exit code {proc.returncode}")
             sock.close()
             while True:  # close the fds queued for the dead worker
                 try:

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 import trio
 
@@ -43,12 +44,17 @@ from .pods import PodManager
 log = logging.getLogger("trellis.ztunnel.worker")
 
 
+class OutOfStep(Exception):
+    """A config change this worker cannot apply to what it holds: it exits to be replaced."""
+
+
 class Worker:
     def __init__(self, sock: trio.socket.SocketType, *, index: int, trust_domain: str,
                  drain_timeout: float) -> None:
         self.sock, self.index, self.trust_domain, self.drain_timeout = sock, index, trust_domain, drain_timeout
         self.state = State(trust_domain=trust_domain)
         self.seq = -1
+        self.resources: dict[tuple, Any] = {}   # the owner's, as of snapshot `seq`
         self.metrics = Metrics()
         self.certs = CertificateManager(None, trust_domain)  # never run: fed by put()
         self.origdst_fd: int | None = None
@@ -63,8 +69,7 @@ class Worker:
         async with trio.open_nursery() as nursery:
             self.pods = PodManager(self.inputs, nursery)
             nursery.start_soon(self._on_signals, nursery.cancel_scope)
-            await self._serve()
-            log.info("owner gone: draining")
+            log.info("%s: draining", await self._serve())
             await self.drain(nursery.cancel_scope)
 
     async def drain(self, scope: trio.CancelScope) -> None:
@@ -78,20 +83,25 @@ class Worker:
                 await self.drain(scope)
                 return
 
-    async def _serve(self) -> None:
+    async def _serve(self) -> str:
+        """Act on the owner's messages until it goes away (or this worker cannot follow it:
+        it drains and exits, and the owner starts another); why it stopped."""
         while True:
             try:
                 data, anc, _flags, _ = await self.sock.recvmsg(wire.CODEC.max_message, wire.CODEC.ancdata_space())
             except OSError as exc:
                 log.warning("owner connection failed: %s", exc)
-                return
+                return "owner gone"
             fds = fds_from(anc)
             if not data and not fds:
-                return
+                return "owner gone"
             try:
                 await self.handle(data, fds)
             except (WireError, ValueError, OSError) as exc:
                 log.error("bad message from the owner: %s", exc)
+            except OutOfStep as exc:
+                log.error("cannot follow the owner's config any more: %s", exc)
+                return "out of step with the owner"
 
     async def handle(self, data: bytes, fds: list[int]) -> None:
         """Act on one message; every fd is kept by its new owner or closed."""
@@ -121,6 +131,8 @@ class Worker:
                 await self.pods.remove(msg.uid)
             elif isinstance(msg, wire.Scrape):
                 await self._stats(msg.seq)
+            elif isinstance(msg, wire.Ping):
+                await self.sock.send(wire.encode(wire.Pong(seq=msg.seq)))
         finally:
             for fd in owned:
                 os.close(fd)
@@ -129,17 +141,36 @@ class Worker:
         if msg.seq <= self.seq:
             return  # an older one overtaken by a newer
         try:
-            resources = [from_dict(d, "<owner>") for d in json.loads(body)]
-            new = State.from_resources(resources, trust_domain=self.trust_domain,
+            resources = self._resources_of(msg, json.loads(body))
+        except (ValueError, ResourceInvalid, KeyError, TypeError) as exc:
+            # The owner sent what it applied itself, so this is a bug or a mixed install: a
+            # successor gets every resource from the owner (Fleet replays them), this one cannot.
+            raise OutOfStep(f"snapshot {msg.seq} (a change to {msg.base}) from the owner: {exc}") from exc
+        self.resources, self.seq = resources, msg.seq   # as the owner holds them, applied or not
+        try:
+            new = State.from_resources(resources.values(), trust_domain=self.trust_domain,
                                        version=None if msg.version < 0 else msg.version)
         except (ValueError, ResourceInvalid) as exc:
             log.error("cannot apply snapshot %d from the owner (%s); keeping version %s", msg.seq, exc,
                       self.state.version)
             return
-        self.state, self.seq = new, msg.seq
+        self.state = new
         if new.version is not None:
             self.metrics.config_version.set(new.version)
         self._configured.set()
+
+    def _resources_of(self, msg: wire.Snapshot, data: Any) -> dict[tuple, Any]:
+        if msg.base < 0:
+            return {r.key: r for r in (from_dict(d, "<owner>") for d in data)}
+        if msg.base != self.seq:
+            raise ValueError(f"this worker holds snapshot {self.seq}")
+        out = dict(self.resources)
+        for k in data["deletes"]:
+            out.pop(tuple(k), None)
+        for d in data["upserts"]:
+            r = from_dict(d, "<owner>")
+            out[r.key] = r
+        return out
 
     async def _stats(self, seq: int) -> None:
         body = json.dumps({"pid": os.getpid(), "worker": self.index, "version": self.state.version,

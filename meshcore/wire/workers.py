@@ -5,13 +5,17 @@ message (meshcore.wire.packets), fds as SCM_RIGHTS. The owner holds what is node
 (certificates, the control-plane watch, the node agent's handoff) and tells every worker:
 
   owner -> worker   OrigDst + [map fd]        the node agent's origdst map (each new hello)
-                    Snapshot + [body memfd]   the whole config: a JSON list of resources
+                    Snapshot + [body memfd]   the config: every resource (to a new worker), then
+                                              only what changed
                     Certificate               a workload key and chain (issued or renewed)
                     zds.AddPod + [netns, *listeners]   serve a pod on these sockets
                     zds.RemovePod             drain a pod
                     Scrape                    ask for counters and pod states
+                    Ping                      liveness, every second
   worker -> owner   Stats + [body memfd]      the answer: {"metrics": text exposition,
                                               "pods": [...], "certs": [...], "pid": N}
+                    Pong                      the answer to Ping (same seq): the worker's event
+                                              loop runs and took in everything sent before it
 
 Nothing is acknowledged: the owner replays everything a worker needs when it starts one,
 so a replaced worker converges to the same state; the socketpair closing means the peer is
@@ -38,10 +42,13 @@ class OrigDst:
 @dataclass(frozen=True)
 class Snapshot:
     """`seq` orders snapshots (a worker ignores one older than what it has); `version`
-    is the control plane's (-1: none)."""
+    is the control plane's (-1: none). `base` -1: the body is every resource, a JSON list;
+    else the body is what changed since snapshot `base`, {"upserts": [resource, ...],
+    "deletes": [[kind, namespace, name], ...]} (a worker that lacks `base` is out of step)."""
     OP: ClassVar[str] = "snapshot"
     seq: int = key("seq")
     version: int = key("version", -1, required=False)
+    base: int = key("base", -1, required=False)
 
     def fd_roles(self) -> list[str]:
         return ["the snapshot body"]
@@ -80,8 +87,26 @@ class Stats:
         return ["the stats body"]
 
 
-Message = Union[OrigDst, Snapshot, Certificate, zds.AddPod, zds.RemovePod, Scrape, Stats]
-CODEC = Codec("worker", (OrigDst, Snapshot, Certificate, zds.AddPod, zds.RemovePod, Scrape, Stats),
+@dataclass(frozen=True)
+class Ping:
+    OP: ClassVar[str] = "ping"
+    seq: int = key("seq")
+
+    def fd_roles(self) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
+class Pong:
+    OP: ClassVar[str] = "pong"
+    seq: int = key("seq")
+
+    def fd_roles(self) -> list[str]:
+        return []
+
+
+Message = Union[OrigDst, Snapshot, Certificate, zds.AddPod, zds.RemovePod, Scrape, Stats, Ping, Pong]
+CODEC = Codec("worker", (OrigDst, Snapshot, Certificate, zds.AddPod, zds.RemovePod, Scrape, Stats, Ping, Pong),
               max_message=zds.MAX_MESSAGE, max_fds=zds.MAX_FDS)
 
 

@@ -34,8 +34,9 @@ async def eventually(predicate, timeout=20.0, interval=0.1):
 
 
 @asynccontextmanager
-async def node(lab, tmp_path, workers, ca_ttl=None):
-    """Two pods (client, web) handed to an owner with `workers` worker processes."""
+async def node(lab, tmp_path, workers, ca_ttl=None, cpus=None):
+    """Two pods (client, web) handed to an owner with `workers` worker processes, pinned to
+    `cpus` (worker i to cpus[i]; None: not pinned, connections spread by the kernel's hash)."""
     _, a_ip, a_fd = lab.pod("a", 1)
     _, b_ip, b_fd = lab.pod("b", 2)
     cp = StaticControlPlane(two_pods(a_ip, b_ip, VIP), version=3)
@@ -43,7 +44,8 @@ async def node(lab, tmp_path, workers, ca_ttl=None):
         cp.ca.ttl = ca_ttl
     cfg = Config(node="n1", control_plane=("127.0.0.1", 1), credential_dir=tmp_path, run_dir=tmp_path / "run",
                  admin=("127.0.0.1", 0), metrics=("127.0.0.1", 0), ready=("127.0.0.1", 0), drain_timeout=2)
-    zt = Owner(cfg, cp, workers)
+    zt = Owner(cfg, cp, workers, cpu_mode="off")
+    zt.fleet.cpus, zt.fleet.pin = cpus, True
     map_fd = origdst.create_origdst_map(1024)
     try:
         async with trio.open_nursery() as n:
@@ -100,6 +102,36 @@ async def test_connections_spread_over_workers_and_metrics_sum(lab, tmp_path):
                            destination_workload="web") == 24
             assert "trellis_config_version 3.0" in text and "trellis_ztunnel_workers_alive 2.0" in text
             assert text.count("# TYPE istio_tcp_connections_opened_total counter") <= 1
+
+
+async def test_pinned_workers_serve_the_connections_of_their_cpu(lab, tmp_path):
+    """Worker i pinned to CPU i takes the connections whose SYN CPU i handles (SO_INCOMING_CPU):
+    a client on CPU c reaches worker c, and so does its HBONE tunnel on the web pod's side
+    (the veth delivers the tunnel's packets on the CPU of the worker that sent them)."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    assert len(cpus) == 2, "this test needs 2 CPUs"
+    async with node(lab, tmp_path, 2, cpus=cpus) as (zt, (a_fd, _), (_, b_ip), map_fd):
+        for slot in zt.fleet.slots:
+            with open(f"/proc/{slot.pid}/status") as f:
+                allowed = next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list"))
+            assert allowed == str(cpus[slot.index])
+        mine = os.sched_getaffinity(0)
+        try:
+            with trio.fail_after(60):
+                for index, cpu in enumerate(cpus):
+                    os.sched_setaffinity(0, {cpu})   # this thread, which connects
+                    before = await zt.fleet.scrape()
+                    for i in range(8):
+                        got = await client(a_fd, map_fd, (VIP, 80), b"c%d" % i)
+                        assert got == f"{b_ip}\n".encode() + b"c%d" % i
+                    after = await zt.fleet.scrape()
+                    for side in ("source", "destination"):
+                        opened = [counter(after[w], "istio_tcp_connections_opened_total", reporter=side)
+                                  - counter(before[w], "istio_tcp_connections_opened_total", reporter=side)
+                                  for w in (0, 1)]
+                        assert opened == [8 * (index == 0), 8 * (index == 1)], (cpu, side, opened)
+        finally:
+            os.sched_setaffinity(0, mine)
 
 
 async def open_echo(a_fd, map_fd):
@@ -221,3 +253,51 @@ def test_worker_listeners_join_the_node_agents_group_and_queued_connections_migr
     finally:
         for s in primary:
             s.close()
+
+
+async def test_a_successor_gets_the_queued_connections_while_workers_still_drain(lab, tmp_path):
+    """On shutdown the owner drops its copies of the workers' listeners at once, so each closes
+    as its worker starts draining and the kernel moves its queue to a successor's listener,
+    not only once the slowest worker has drained its open connections."""
+    from meshcore import podsockets
+    async with node(lab, tmp_path, 2) as (zt, (a_fd, _), _b, map_fd):
+        with trio.fail_after(30):
+            long_lived = await open_echo(a_fd, map_fd)   # keeps its worker draining for 2 s
+            pod = zt.pods.pods["default/client"]
+            outbound = next(s for s in pod.slots[0] if podsockets.address_of(s) == "127.0.0.1:15001")
+            successor = podsockets.bind_sibling(a_fd, outbound)
+            try:
+                async with trio.open_nursery() as n:
+                    n.start_soon(zt.pods.drain_all, 2)
+
+                    async def draining():
+                        reports = await zt.fleet.scrape()
+                        return len(reports) == 2 and all(p["state"] == "draining"
+                                                         for r in reports.values() for p in r["pods"])
+                    await eventually(draining, interval=0.02)
+                    clients = []
+                    for _ in range(16):
+                        c = netns.socket_in(a_fd)
+                        c.setblocking(False)
+                        try:
+                            c.connect(("127.0.0.1", 15001))
+                        except BlockingIOError:
+                            pass
+                        clients.append(c)
+                    successor.setblocking(False)
+                    accepted = 0
+                    while accepted < 16:
+                        try:
+                            conn, _ = successor.accept()
+                        except BlockingIOError:
+                            await trio.sleep(0.01)
+                            continue
+                        conn.close()
+                        accepted += 1
+                    # all 16 reached the successor while the old worker still served its connection
+                    assert await echoes(long_lived, b"still draining")
+                    await long_lived.aclose()
+                    for c in clients:
+                        c.close()
+            finally:
+                successor.close()

@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 
 from meshcore.admin import get_json, http_get
+from ztunnel.fleet import BUSY_GRACE, worker_cpus
 
 PY = sys.executable
 
@@ -80,6 +81,10 @@ def test_owner_runs_two_workers_and_reports_them(tmp_path):
         health = get_json("127.0.0.1", ports["admin"], "/healthz")
         assert sorted(w["pid"] for w in health["workers"]) == sorted(workers)
         assert all(w["alive"] and w["restarts"] == 0 for w in health["workers"])
+        # --worker-cpus pin (default): pinned when there is one worker per usable CPU
+        want = worker_cpus(2)
+        for w in health["workers"]:
+            assert os.sched_getaffinity(w["pid"]) == ({want[w["worker"]]} if want else os.sched_getaffinity(0)), w
         status, body = http_get("127.0.0.1", ports["metrics"], "/metrics")
         assert status == 200 and b"trellis_ztunnel_workers_alive 2.0" in body
         zt.send_signal(signal.SIGTERM)
@@ -95,3 +100,27 @@ def test_a_killed_owner_leaves_no_worker_behind(tmp_path):
         zt.wait(10)
         # each worker sees its socketpair close and drains (nothing open here), then exits
         wait_for(lambda: not [w for w in workers if alive(w)], timeout=20, what="the orphaned workers to exit")
+
+
+def test_a_hung_worker_is_killed_and_replaced(tmp_path):
+    """A worker that is alive but does not serve (here SIGSTOP) misses the owner's heartbeat:
+    the owner kills it within seconds and starts another; the other worker is not touched."""
+    with node(tmp_path) as (zt, ports):
+        wait_for(lambda: all(w["heartbeat"] == "ok" for w in get_json("127.0.0.1", ports["admin"], "/healthz")["workers"]),
+                 what="both workers to answer the heartbeat")
+        before = {w["worker"]: w for w in get_json("127.0.0.1", ports["admin"], "/healthz")["workers"]}
+        victim, other = before[0]["pid"], before[1]["pid"]
+        os.kill(victim, signal.SIGSTOP)
+
+        def replaced():
+            w = get_json("127.0.0.1", ports["admin"], "/healthz")["workers"][0]
+            return w["alive"] and w["pid"] != victim
+        wait_for(replaced, timeout=30, what="the stopped worker to be replaced")
+        after = {w["worker"]: w for w in get_json("127.0.0.1", ports["admin"], "/healthz")["workers"]}
+        assert after[0]["restarts"] == 1 and "heartbeat" in after[0]["lastExit"], after[0]
+        # killed by the timeout, not at the end of a grace (it had answered since it started)
+        assert float(after[0]["lastExit"].split(" for ")[1].split("s")[0]) < BUSY_GRACE, after[0]
+        assert after[1]["pid"] == other and after[1]["restarts"] == 0, after[1]
+        assert not alive(victim), "the hung worker was left running"
+        assert sorted(children(zt.pid)) == sorted([after[0]["pid"], other])
+        assert http_get("127.0.0.1", ports["ready"], "/healthz/ready")[0] == 200

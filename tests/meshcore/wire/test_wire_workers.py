@@ -12,12 +12,15 @@ from meshcore.wire.packets import body_fd, read_body
     (workers.OrigDst(), 1),
     (workers.Snapshot(seq=3, version=17), 1),
     (workers.Snapshot(seq=1), 1),
+    (workers.Snapshot(seq=5, version=20, base=4), 1),
     (workers.Certificate(identity="spiffe://td/ns/a/sa/b", key_pem="K", chain=("C1", "C2"), roots=("R",),
                          received="2026-01-01T00:00:00+00:00"), 0),
     (zds.AddPod(namespace="a", name="p", address="10.0.0.1", listeners=("127.0.0.1:15001", "0.0.0.0:15008")), 3),
     (zds.RemovePod(uid="a/p"), 0),
     (workers.Scrape(seq=9), 0),
     (workers.Stats(seq=9), 1),
+    (workers.Ping(seq=4), 0),
+    (workers.Pong(seq=4), 0),
 ])
 def test_messages_round_trip_with_their_fds(msg, nfds):
     assert workers.decode(workers.encode(msg), nfds) == msg
@@ -28,6 +31,7 @@ def test_messages_round_trip_with_their_fds(msg, nfds):
 def test_snapshot_without_a_control_plane_version_says_minus_one():
     assert json.loads(workers.encode(workers.Snapshot(seq=2))) == {"op": "snapshot", "seq": 2}
     assert workers.decode(b'{"op":"snapshot","seq":2}', 1).version == -1
+    assert workers.decode(b'{"op":"snapshot","seq":2}', 1).base == -1   # every resource
 
 
 @pytest.mark.parametrize("data, words", [
