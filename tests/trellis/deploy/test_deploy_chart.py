@@ -93,6 +93,10 @@ def test_ztunnel_worker_count_reaches_the_daemonset():
     for bad in ("0", "many"):
         with pytest.raises(chart.ChartError, match="/node/ztunnel/workers"):
             chart.render(chart.user_values(sets=[f"node.ztunnel.workers={bad}"]))
+    assert "--worker-cpus=pin" in ztunnel_args({})
+    assert "--worker-cpus=off" in ztunnel_args(chart.user_values(sets=["node.ztunnel.workerCpus=off"]))
+    with pytest.raises(chart.ChartError, match="/node/ztunnel/workerCpus"):
+        chart.render(chart.user_values(sets=["node.ztunnel.workerCpus=spread"]))
 
 
 def test_values_files_then_sets_compose_like_helm(tmp_path):
@@ -239,7 +243,7 @@ def test_every_flag_the_chart_passes_exists_in_the_component(objs):
         for arg in c["args"]:
             assert arg.split("=", 1)[0] in known, f"{c['name']}: {module} has no {arg.split('=', 1)[0]}"
             checked += 1
-    assert checked == 26  # 7 control plane, 10 node agent (one --exclude-port), 9 ztunnel
+    assert checked == 27  # 7 control plane, 10 node agent (one --exclude-port), 10 ztunnel
 
 
 def test_values_schema_is_a_valid_json_schema_and_accepts_the_defaults():
