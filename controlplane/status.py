@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from meshcore import ports
 from meshcore.mesh import serves_waypoint, waypoint_for
 from meshcore.resources import Resource
 from meshcore.resources.gateway import GATEWAY_GROUP, WAYPOINT_CLASS
@@ -178,7 +179,7 @@ def _invalid_listeners(raw_spec: Any) -> list[dict]:
         if isinstance(x, dict) and isinstance(x.get("name"), str):
             hbone = x.get("protocol") == "HBONE"
             accepted = cond("Accepted", False, "PortUnavailable" if hbone else "UnsupportedProtocol",
-                            f"a {WAYPOINT_CLASS} Gateway has one listener, protocol HBONE on port 15008")
+                            f"a {WAYPOINT_CLASS} Gateway has one listener, protocol HBONE on port {ports.HBONE}")
             out.append(_listener(x["name"], accepted, cond("Programmed", False, "Invalid", "not accepted")))
     return out
 
