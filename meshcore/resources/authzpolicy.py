@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from ..identity import SpiffeId
-from .gateway import TargetRef
+from .gateway import GATEWAY_GROUP, WAYPOINT_CLASS, TargetRef
 from .schema import DNS_SUBDOMAIN, F, enum, list_of, obj, string
 
 PRINCIPAL = re.compile(r"^(\*|\*?[^*\s]+|[^*\s]+\*)$")
@@ -258,9 +258,22 @@ def _action(v, path, problems):
     return enum("ALLOW", "DENY", "AUDIT")(v, path, problems)
 
 
+def _target_ref_post(t: TargetRef, path: str, problems) -> None:
+    """Istio's mesh-wide waypoint form: a GatewayClass target names the waypoints' class (and
+    applies from the root namespace only: State warns about one elsewhere)."""
+    if t.kind != "GatewayClass":
+        return
+    if t.group not in ("", GATEWAY_GROUP):
+        problems.append((f"{path}.group", f"a GatewayClass is in group {GATEWAY_GROUP!r}, got {t.group!r}"))
+    if t.name != WAYPOINT_CLASS:
+        problems.append((f"{path}.name", f"a GatewayClass target must name the waypoints' class {WAYPOINT_CLASS!r}, "
+                                         f"got {t.name!r}"))
+
+
 _target_ref = obj(TargetRef, {"group": F("group", string(), default=""),
-                              "kind": F("kind", enum("Service", "Namespace", "Gateway"), required=True),
-                              "name": F("name", string(DNS_SUBDOMAIN, "name"), required=True)})
+                              "kind": F("kind", enum("Service", "Namespace", "Gateway", "GatewayClass"), required=True),
+                              "name": F("name", string(DNS_SUBDOMAIN, "name"), required=True)},
+                  post=_target_ref_post)
 
 
 def authorization_policy_spec(selector):
