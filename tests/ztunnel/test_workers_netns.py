@@ -271,9 +271,12 @@ async def test_a_successor_gets_the_queued_connections_while_workers_still_drain
                     n.start_soon(zt.pods.drain_all, 2)
 
                     async def draining():
+                        # every worker still answering is draining (the one with no connection
+                        # may finish draining and leave before a scrape sees it: seen in CI);
+                        # the long-lived connection's worker stays so for 2 s
                         reports = await zt.fleet.scrape()
-                        return len(reports) == 2 and all(p["state"] == "draining"
-                                                         for r in reports.values() for p in r["pods"])
+                        return bool(reports) and all(p["state"] == "draining"
+                                                     for r in reports.values() for p in r["pods"])
                     await eventually(draining, interval=0.02)
                     clients = []
                     for _ in range(16):
