@@ -142,11 +142,7 @@ class State:
             return out
 
         for r in by_kind.get("AuthorizationPolicy", []):
-            if r.namespace != policies.ROOT_NAMESPACE and any(
-                    t.kind == "GatewayClass" for t in getattr(r.spec, "target_refs", ())):
-                warnings.append(f"AuthorizationPolicy {r.namespace}/{r.name}: a GatewayClass targetRef applies only "
-                                f"from the root namespace {policies.ROOT_NAMESPACE} (Istio's rule); here it applies "
-                                "to nothing")
+            warnings += [str(w) for w in policies.warnings(r)]
         return cls(trust_domain=trust_domain, version=version,
                    workloads=build("WorkloadEntry", lambda r: workloads.from_resource(
                        r, trust_domain=trust_domain, namespaces=namespaces)),
