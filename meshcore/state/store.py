@@ -142,7 +142,10 @@ class State:
             return out
 
         for r in by_kind.get("AuthorizationPolicy", []):
-            warnings += [str(w) for w in policies.warnings(r)]
+            try:
+                warnings += [str(w) for w in policies.warnings(r)]
+            except (TypeError, ValueError, AttributeError):
+                pass   # one that cannot be read is skipped, and said so, by build() below
         return cls(trust_domain=trust_domain, version=version,
                    workloads=build("WorkloadEntry", lambda r: workloads.from_resource(
                        r, trust_domain=trust_domain, namespaces=namespaces)),
