@@ -102,6 +102,9 @@ def _host_matches(patterns: Iterable[str], host: str | None) -> bool:
     return any(string_matches(p.lower(), value) for p in patterns)
 
 
+# The positive/negated pairs below are spelled out on purpose: a (field, negated field, matcher)
+# table walked per request measured 6-12% more CPU per decision (2026-12-02, timeit, 6
+# alternating runs; even with each object's set fields compiled once), on the per-request path.
 def _source_matches(src: Source, ctx: _Ctx) -> bool:
     identity, ip = ctx.identity, ctx.source_ip
     if src.principals and not principal_matches(src.principals, identity):

@@ -13,6 +13,10 @@ disagree. Each rule follows Istio ambient, with `trellis.dev/` labels:
 - waypoint use: `trellis.dev/use-waypoint: <name>` on a Service (or workload) overrides its
   namespace's; the value `none` opts out. A waypoint's own pods (labelled
   `gateway.networking.k8s.io/gateway-name: <gateway>`, as Istio's) never use a waypoint;
+- mesh-wide waypoint policy: an AuthorizationPolicy targetRef to the GatewayClass
+  `trellis-waypoint` applies at every waypoint when the policy is in the root namespace
+  `trellis-system`; from any other namespace it applies to nothing (Istio's rule; State
+  warns about it);
 - a Service port's protocol: its `appProtocol`, else its name's `<protocol>[-<suffix>]`
   prefix (Istio's protocol selection); undeclared ports are sniffed.
 """
@@ -23,6 +27,7 @@ from typing import Any, Iterable, Mapping
 
 from .identity import SpiffeId
 from .resources import AMBIENT_LABEL, ROOT_NAMESPACE, WAYPOINT_LABEL, matches
+from .resources.gateway import WAYPOINT_CLASS
 
 AMBIENT = "ambient"
 NONE = "none"   # on a pod: keep it out of the mesh; as a waypoint name: use none
@@ -114,6 +119,13 @@ def waypoint_for(namespace_labels: Labels | None, own_labels: Labels | None) -> 
     own = (own_labels or {}).get(WAYPOINT_LABEL)
     name = own if own is not None else (namespace_labels or {}).get(WAYPOINT_LABEL)
     return None if name in (None, "", NONE) else name
+
+
+def applies_at_every_waypoint(policy_namespace: str | None, kind: str, name: str) -> bool:
+    """Whether a policy's targetRef (`kind`, `name`) makes it apply at every waypoint: the
+    waypoints' GatewayClass, targeted from the root namespace (Istio's mesh-wide waypoint
+    policy). A GatewayClass target from elsewhere applies nowhere."""
+    return kind == "GatewayClass" and name == WAYPOINT_CLASS and policy_namespace == ROOT_NAMESPACE
 
 
 # ---- a Service port's declared protocol -------------------------------------------------

@@ -81,6 +81,7 @@ def validate(directory: Path) -> None:
         count = len(result.resources)
         for e in problems:
             click.echo(str(e))
+        _warn(result.resources)
     if errors:
         sys.exit(1)
     click.echo(f"valid: {count} resource(s)")
@@ -311,6 +312,16 @@ def _parse_or_fail(file: Path, verb: str):
     return result.resources
 
 
+def _warn(resources) -> None:
+    """kubectl's `Warning:` lines (stderr) for objects that are valid but cannot work as
+    written (an AuthorizationPolicy value no request matches); they do not change the exit code."""
+    from meshcore.state.policies import warnings
+    for r in resources:
+        if r.kind == "AuthorizationPolicy":
+            for w in warnings(r):
+                click.echo(f"Warning: {w}", err=True)
+
+
 @lab.command("apply")
 @FILENAME
 def lab_apply(file: Path) -> None:
@@ -318,6 +329,7 @@ def lab_apply(file: Path) -> None:
     from .lab import liveconfig
     d = _config_dir()
     resources = _parse_or_fail(file, "apply")
+    _warn(resources)
     problems = liveconfig.conflicts(d, resources)
     for err in problems:   # what the control plane would refuse: say so now, apply nothing
         click.echo(str(err), err=True)

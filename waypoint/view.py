@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from meshcore.mesh import port_protocol, upstream_http_version
+from meshcore.mesh import applies_at_every_waypoint, port_protocol, upstream_http_version
 from meshcore.state import State
-from meshcore.state.policies import ROOT_NAMESPACE
 from meshcore.state.services import Service
 from meshcore.state.workloads import Workload
 
@@ -25,9 +24,6 @@ from .cluster import Cluster
 from .filters.ratelimit import RateLimiter
 from .policies import rate_limits, traffic_policy
 from .routing import Backend, RouteRef, RouteTable
-
-GATEWAY_CLASS = "trellis-waypoint"
-
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -118,7 +114,7 @@ class View:
                 for kind, name in p.target_refs:
                     if ((kind == "Service" and p.namespace == svc.namespace and name == svc.name)
                             or (kind == "Gateway" and p.namespace == self.namespace and name == self.gateway)
-                            or (kind == "GatewayClass" and p.namespace == ROOT_NAMESPACE and name == GATEWAY_CLASS)):
+                            or applies_at_every_waypoint(p.namespace, kind, name)):
                         out.append(p)
                         break
             self._policy_cache[svc.key] = out

@@ -8,6 +8,11 @@ Refused: `requestPrincipals`/`notRequestPrincipals` and `request.auth.*` conditi
 RequestAuthentication: no JWT), action CUSTOM and `provider` (no ext-authz provider),
 `connection.sni` (the only TLS is HBONE's own; the app's SNI is never seen), `experimental.*`,
 and path templates (`{*}`, `{**}`).
+
+Accepted, as Istio accepts them, but warned about (`never_matches`): values that no request
+can match, `methods: ["get"]` (methods are case-sensitive, RFC 9110 9.1, and Istio does not
+fold them) and `paths: ["admin"]` (a request path starts with `/`), in the not- forms and in
+`request.headers[:method]` / `[:path]` conditions too.
 """
 from __future__ import annotations
 
@@ -305,4 +310,40 @@ def authorization_policy_spec(selector):
     return spec
 
 
-__all__ = ["AuthorizationPolicySpec", "Condition", "Operation", "Rule", "Source", "authorization_policy_spec", "ip_block"]
+def _method_never_matches(pattern: str) -> str | None:
+    if pattern == pattern.upper():
+        return None
+    return (f"{pattern!r} has lowercase letters, so it never matches: HTTP methods are case-sensitive "
+            f"(RFC 9110 9.1) and Istio compares them as written; write {pattern.upper()!r}")
+
+
+def _path_never_matches(pattern: str) -> str | None:
+    if pattern.startswith(("/", "*")):
+        return None
+    return f"{pattern!r} never matches: a request path starts with '/'; write {'/' + pattern!r}"
+
+
+_NEVER_OPERATION = (("methods", "methods", _method_never_matches), ("notMethods", "not_methods", _method_never_matches),
+                    ("paths", "paths", _path_never_matches), ("notPaths", "not_paths", _path_never_matches))
+_NEVER_HEADER = {":method": _method_never_matches, ":path": _path_never_matches}
+
+
+def never_matches(spec: AuthorizationPolicySpec, path: str = "spec") -> list[tuple[str, str]]:
+    """(field path, why) for each value of a valid spec that no request can match. Istio accepts
+    them, so they are warnings, not errors; but in an ALLOW the rule silently allows less, and
+    in a DENY (or a not- field) it silently lets through what it was written to stop."""
+    found = []
+    for i, rule in enumerate(spec.rules):
+        for j, op in enumerate(rule.to):
+            found += [(f"{path}.rules[{i}].to[{j}].operation.{name}", getattr(op, attr), check)
+                      for name, attr, check in _NEVER_OPERATION]
+        for j, c in enumerate(rule.when):
+            if c.header in _NEVER_HEADER:
+                found += [(f"{path}.rules[{i}].when[{j}].{name}", values, _NEVER_HEADER[c.header])
+                          for name, values in (("values", c.values), ("notValues", c.not_values))]
+    return [(f"{where}[{k}]", why) for where, values, check in found
+            for k, value in enumerate(values) if (why := check(value))]
+
+
+__all__ = ["AuthorizationPolicySpec", "Condition", "Operation", "Rule", "Source", "authorization_policy_spec", "ip_block",
+           "never_matches"]

@@ -142,11 +142,10 @@ class State:
             return out
 
         for r in by_kind.get("AuthorizationPolicy", []):
-            if r.namespace != policies.ROOT_NAMESPACE and any(
-                    t.kind == "GatewayClass" for t in getattr(r.spec, "target_refs", ())):
-                warnings.append(f"AuthorizationPolicy {r.namespace}/{r.name}: a GatewayClass targetRef applies only "
-                                f"from the root namespace {policies.ROOT_NAMESPACE} (Istio's rule); here it applies "
-                                "to nothing")
+            try:
+                warnings += [str(w) for w in policies.warnings(r)]
+            except (TypeError, ValueError, AttributeError):
+                pass   # one that cannot be read is skipped, and said so, by build() below
         return cls(trust_domain=trust_domain, version=version,
                    workloads=build("WorkloadEntry", lambda r: workloads.from_resource(
                        r, trust_domain=trust_domain, namespaces=namespaces)),

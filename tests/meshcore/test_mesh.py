@@ -128,3 +128,15 @@ def test_namespace_matches_uses_the_identitys_namespace():
 def test_port_protocol_follows_istio(name, app_protocol, transport, declared, version):
     assert mesh.port_protocol(name, app_protocol, transport) == declared
     assert mesh.upstream_http_version(declared) == version
+
+
+@pytest.mark.parametrize("namespace,kind,name,expected", [
+    ("trellis-system", "GatewayClass", "trellis-waypoint", True),    # Istio's mesh-wide waypoint policy
+    ("shop", "GatewayClass", "trellis-waypoint", False),             # outside the root namespace: nowhere
+    (None, "GatewayClass", "trellis-waypoint", False),
+    ("trellis-system", "GatewayClass", "istio-waypoint", False),     # another class
+    ("trellis-system", "Gateway", "trellis-waypoint", False),        # a Gateway of that name is one waypoint only
+    ("trellis-system", "Service", "trellis-waypoint", False),
+])
+def test_a_gatewayclass_target_applies_at_every_waypoint_only_from_the_root_namespace(namespace, kind, name, expected):
+    assert mesh.applies_at_every_waypoint(namespace, kind, name) is expected

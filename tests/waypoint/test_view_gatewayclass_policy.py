@@ -45,7 +45,8 @@ def test_a_root_namespace_gatewayclass_policy_applies_at_the_waypoint_and_elsewh
     svc = view.service("shop", "web")
     assert [p.key for p in view.authz_policies(svc)] == [f"{ROOT_NAMESPACE}/mesh-deny-admin"]
     state = State.from_resources(loaded.resources)
-    assert any("shop/misplaced" in w and "root namespace" in w for w in state.warnings), state.warnings
+    assert any(w.startswith("p.yaml: AuthorizationPolicy shop/misplaced: spec.targetRefs[0]: ") and "root namespace" in w
+               for w in state.warnings), state.warnings
     assert not any("mesh-deny-admin" in w for w in state.warnings)
 
 

@@ -18,15 +18,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controlplane"))
 from cp_helpers import running_api  # noqa: E402
 
 
+async def start_waypoint(ca, port: int, tmp_path: Path, nursery):
+    """The waypoint default/waypoint with a bootstrap certificate from `ca`, watching the
+    control plane's API on `port`: (waypoint, its control-plane client, the bootstrap bundle)."""
+    bootstrap = issue(ca, WAYPOINT_ID)
+    cfg = Config("default", "waypoint", "cluster.local", "waypoint", ("127.0.0.1", port), tmp_path,
+                 hbone=("127.0.0.1", 0), admin=("127.0.0.1", 0), metrics=None, ready=None)
+    holder = {}
+    cp = client_for(cfg, lambda: holder["wp"].bundle())
+    wp = holder["wp"] = Waypoint(cfg, bootstrap=bootstrap, control_plane=cp)
+    await nursery.start(functools.partial(wp.run, handle_signals=False))
+    return wp, cp, bootstrap
+
+
 async def test_the_waypoint_subscribes_with_its_own_certificate(tmp_path):
     async with running_api(tmp_path) as (ca, source, api, port, nursery):
-        bootstrap = issue(ca, WAYPOINT_ID)
-        cfg = Config("default", "waypoint", "cluster.local", "waypoint", ("127.0.0.1", port), tmp_path,
-                     hbone=("127.0.0.1", 0), admin=("127.0.0.1", 0), metrics=None, ready=None)
-        holder = {}
-        cp = client_for(cfg, lambda: holder["wp"].bundle())
-        wp = holder["wp"] = Waypoint(cfg, bootstrap=bootstrap, control_plane=cp)
-        await nursery.start(functools.partial(wp.run, handle_signals=False))
+        wp, cp, bootstrap = await start_waypoint(ca, port, tmp_path, nursery)
         for _ in range(200):      # bounded: the first watch attempt answers within a second
             if cp.last_error:
                 break
@@ -55,13 +62,7 @@ async def test_with_its_gateway_the_waypoint_gets_its_view_and_its_own_certifica
     from cp_helpers import write_config
     (write_config(tmp_path / "config") / "gateway.yaml").write_text(GATEWAY)
     async with running_api(tmp_path) as (ca, source, api, port, nursery):
-        bootstrap = issue(ca, WAYPOINT_ID)
-        cfg = Config("default", "waypoint", "cluster.local", "waypoint", ("127.0.0.1", port), tmp_path,
-                     hbone=("127.0.0.1", 0), admin=("127.0.0.1", 0), metrics=None, ready=None)
-        holder = {}
-        cp = client_for(cfg, lambda: holder["wp"].bundle())
-        wp = holder["wp"] = Waypoint(cfg, bootstrap=bootstrap, control_plane=cp)
-        await nursery.start(functools.partial(wp.run, handle_signals=False))
+        wp, cp, bootstrap = await start_waypoint(ca, port, tmp_path, nursery)
         for _ in range(400):      # bounded: signing and the first snapshot take well under a second
             if wp.snapshots and wp.bundle() is not bootstrap:
                 break
