@@ -22,6 +22,8 @@ disagree. Each rule follows Istio ambient, with `trellis.dev/` labels:
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -171,9 +173,11 @@ def principal(identity: str | None) -> str | None:
     return identity[len(SPIFFE_SCHEME):] if identity.startswith(SPIFFE_SCHEME) else identity
 
 
+@functools.lru_cache(maxsize=4096)
 def namespace_of(identity: str | None) -> str | None:
     """The namespace a workload identity belongs to; None for anything else (a node's
-    credential, a malformed or absent identity)."""
+    credential, a malformed or absent identity). Cached: authorization asks it per
+    decision for the same few peer identities, and parsing one costs ~1.3 us."""
     if not identity:
         return None
     try:
